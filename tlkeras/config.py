@@ -1,0 +1,468 @@
+"""The run configuration: one validated object from kwargs, YAML or `--set` overrides.
+
+Every argument of `tlkeras.build_and_finetune` is a key of `FinetuneConfig`, and
+a key of the YAML file with the same name. Precedence is
+defaults < YAML < explicit arguments/flags. Unknown keys and values of the wrong
+type or range raise `ConfigError` naming the key, the bad value and what is
+valid, so nothing downstream ever sees an unchecked value.
+
+Example:
+
+>>> cfg = FinetuneConfig.from_dict({"backbone": "mobilenetv2", "stage2": {"epochs": 3}})
+>>> cfg = cfg.with_overrides(["stage2.learning_rate=1e-4", "head.dropout=0.3"])
+>>> (cfg.stage2.epochs, cfg.stage2.learning_rate, cfg.head.dropout)
+(3, 0.0001, 0.3)
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+import re
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+import yaml
+
+from tlkeras.errors import ConfigError, closest, did_you_mean
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine")
+POOLINGS = ("avg", "max")
+FLIPS = ("horizontal", "vertical", "horizontal_and_vertical")
+CACHE_CHOICES = ("auto", True, False)
+
+
+# === Sections ===
+
+
+@dataclass
+class HeadConfig:
+    """The new classification head put on top of the backbone.
+
+    Args:
+        hidden_units: sizes of optional hidden Dense layers (ReLU), in order.
+        dropout: dropout rate before each Dense layer of the head, in [0, 1).
+        l2: L2 factor on the head's kernels (the lambda * ||theta||^2 term on new parameters).
+        pooling: "avg" or "max" global pooling of the backbone's feature map.
+    """
+
+    hidden_units: list[int] = field(default_factory=list)
+    dropout: float = 0.2
+    l2: float = 0.0
+    pooling: str = "avg"
+
+
+@dataclass
+class StageConfig:
+    """One training stage: which layers train, with what optimizer, for how long.
+
+    Args:
+        epochs: epochs of this stage; 0 skips it.
+        learning_rate: peak rate. In stage 2, None means stage 1's rate x 0.01.
+        optimizer: "adam", "adamw" or "sgd" (with `momentum`).
+        momentum: SGD momentum.
+        weight_decay: decoupled weight decay (adamw, sgd).
+        schedule: "constant" or "cosine" (cosine decay to 0 over the stage).
+        warmup_epochs: linear warm-up from 0 to the rate over this many epochs (may be fractional).
+        early_stopping: patience in epochs on the validation loss, restoring the best
+            weights; None disables it.
+        unfreeze: stage 2 only. What of the backbone trains: an int (top N layers with
+            weights), a float in (0, 1] (that fraction of them), a layer name (it and
+            everything above it), "blocks:N" (the top N blocks of the family's block map)
+            or "all".
+        train_bn: let BatchNormalization layers of the unfrozen part train (default:
+            they stay frozen and in inference mode, so their statistics never change).
+        bn_momentum: momentum of BatchNormalization layers that do train. keras.applications
+            MobileNets use 0.999, which leaves the moving statistics near their initial
+            values after a few hundred steps; 0.9 (the PyTorch default) tracks them.
+    """
+
+    epochs: int = 5
+    learning_rate: Optional[float] = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    warmup_epochs: float = 0.0
+    early_stopping: Optional[int] = None
+    unfreeze: Union[int, float, str, None] = None
+    train_bn: bool = False
+    bn_momentum: float = 0.9
+
+
+@dataclass
+class AugmentConfig:
+    """Random augmentation of training images (never of validation or serving images).
+
+    All factors follow the Keras preprocessing layers of the same name; 0 or None turns one off.
+    """
+
+    flip: Optional[str] = None
+    rotation: float = 0.0
+    zoom: float = 0.0
+    translation: float = 0.0
+    contrast: float = 0.0
+    brightness: float = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.flip) or any(
+            getattr(self, name) > 0 for name in ("rotation", "zoom", "translation", "contrast", "brightness")
+        )
+
+
+def _stage1() -> StageConfig:
+    return StageConfig(epochs=5, learning_rate=1e-3)
+
+
+def _stage2() -> StageConfig:
+    return StageConfig(epochs=5, learning_rate=None, unfreeze=0.3)
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything a fine-tuning run needs. See the README's config reference.
+
+    `data` and `val_data` may hold in-memory data (NumPy arrays, a tf.data.Dataset);
+    such values are written to config.yaml as null with a comment.
+    """
+
+    data: Any = None
+    backbone: str = "efficientnetb0"
+    weights: Optional[str] = "imagenet"
+    backbone_options: dict = field(default_factory=dict)
+    val_data: Any = None
+    val_split: float = 0.2
+    class_names: Optional[list[str]] = None
+    image_size: Union[int, list[int], None] = None
+    batch_size: int = 32
+    class_weight: Union[str, dict, None] = None
+    cache_images: Union[str, bool] = "auto"
+    head: HeadConfig = field(default_factory=HeadConfig)
+    stage1: StageConfig = field(default_factory=_stage1)
+    stage2: StageConfig = field(default_factory=_stage2)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    output_dir: Optional[str] = None
+    seed: int = 0
+    export: bool = True
+    top_k: int = 5
+
+    # --- Construction ---
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "FinetuneConfig":
+        """Build a validated config from a (possibly nested, possibly partial) mapping."""
+        return cls().merged(values or {})
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "FinetuneConfig":
+        """Read a YAML config file (safe loader); relative data paths stay relative to the cwd."""
+        return cls.from_dict(load_yaml(path))
+
+    def merged(self, values: dict) -> "FinetuneConfig":
+        """A copy with `values` (nested mapping) applied on top, validated."""
+        if not isinstance(values, dict):
+            raise ConfigError(f"A config must be a mapping of keys to values, got {type(values).__name__}.")
+        new = copy.copy(self)
+        for section in _SECTIONS:
+            setattr(new, section, copy.deepcopy(getattr(self, section)))
+        new.backbone_options = dict(self.backbone_options)
+        for key, value in values.items():
+            _set_key(new, str(key), value)
+        new.validate()
+        return new
+
+    def with_overrides(self, assignments: list[str] | tuple[str, ...]) -> "FinetuneConfig":
+        """Apply `key.sub=value` strings (the CLI's `--set`); values are parsed as YAML scalars."""
+        values: dict = {}
+        for assignment in assignments:
+            if "=" not in assignment:
+                raise ConfigError(
+                    f"--set {assignment!r} is not of the form key=value (e.g. --set stage2.epochs=3)."
+                )
+            key, raw = assignment.split("=", 1)
+            key = key.strip()
+            if not key:
+                raise ConfigError(f"--set {assignment!r} has an empty key (e.g. --set stage2.epochs=3).")
+            try:
+                value = yaml.safe_load(raw) if raw.strip() else None
+            except yaml.YAMLError:
+                value = raw
+            node = values
+            parts = key.split(".")
+            for part in parts[:-1]:
+                child = node.setdefault(part, {})
+                if not isinstance(child, dict):
+                    raise ConfigError(f"--set {key}: {'.'.join(parts[:-1])} is not a section.")
+                node = child
+            node[parts[-1]] = value
+        return self.merged(values)
+
+    # --- Output ---
+
+    def to_dict(self) -> dict:
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                value = dataclasses.asdict(value)
+            elif f.name in ("data", "val_data") and value is not None and not isinstance(value, str):
+                value = None
+            out[f.name] = copy.deepcopy(value)
+        return out
+
+    def to_yaml(self, path: str | os.PathLike | None = None) -> str:
+        """The full resolved config as YAML; written to `path` when given."""
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        notes = [
+            f"# {name}: in-memory {_describe_in_memory(getattr(self, name))} (not reproducible from this file)\n"
+            for name in ("data", "val_data")
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str)
+        ]
+        text = "".join(notes) + text
+        if path is not None:
+            from tlkeras.utils import write_text_atomic
+
+            write_text_atomic(path, text)
+        return text
+
+    # --- Validation ---
+
+    def validate(self) -> None:
+        """Raise ConfigError on the first key with a value of the wrong type or range."""
+        _check_choice("backbone", self.backbone, None, kind=str)
+        if self.weights is not None and not isinstance(self.weights, str):
+            raise ConfigError(
+                f"weights: {self.weights!r} is not valid: use 'imagenet', null (random init) or a path to a weights file."
+            )
+        _check_number("val_split", self.val_split, 0.0, 1.0, low_open=False, high_open=True)
+        _check_int("batch_size", self.batch_size, 1)
+        _check_int("seed", self.seed, 0)
+        _check_int("top_k", self.top_k, 1)
+        if self.image_size is not None:
+            sizes = self.image_size if isinstance(self.image_size, list) else [self.image_size]
+            if len(sizes) not in (1, 2) or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
+                raise ConfigError(
+                    f"image_size: {self.image_size!r} is not valid: use a positive int (square) or [height, width]."
+                )
+        if self.class_weight is not None and self.class_weight != "balanced" and not isinstance(self.class_weight, dict):
+            raise ConfigError(
+                f"class_weight: {self.class_weight!r} is not valid: use 'balanced', null, or a mapping class -> weight."
+            )
+        if self.class_names is not None and (
+            not isinstance(self.class_names, list)
+            or not all(isinstance(n, str) and n for n in self.class_names)
+            or len(set(self.class_names)) != len(self.class_names)
+        ):
+            raise ConfigError(f"class_names: {self.class_names!r} is not valid: use a list of distinct, non-empty names.")
+        if self.cache_images not in CACHE_CHOICES:
+            raise ConfigError(f"cache_images: {self.cache_images!r} is not valid: use auto, true or false.")
+        if not isinstance(self.backbone_options, dict):
+            raise ConfigError(f"backbone_options: {self.backbone_options!r} is not a mapping (e.g. {{alpha: 0.35}}).")
+        # head
+        h = self.head
+        if not isinstance(h.hidden_units, list) or not all(
+            isinstance(u, int) and not isinstance(u, bool) and u > 0 for u in h.hidden_units
+        ):
+            raise ConfigError(f"head.hidden_units: {h.hidden_units!r} is not valid: use a list of positive ints, e.g. [256].")
+        _check_number("head.dropout", h.dropout, 0.0, 1.0, low_open=False, high_open=True)
+        _check_number("head.l2", h.l2, 0.0, math.inf, low_open=False)
+        _check_choice("head.pooling", h.pooling, POOLINGS)
+        # stages
+        for name in ("stage1", "stage2"):
+            _validate_stage(name, getattr(self, name))
+        if self.stage1.unfreeze is not None:
+            raise ConfigError(
+                "stage1.unfreeze: stage 1 always trains the head only; set stage2.unfreeze to choose what of the backbone trains."
+            )
+        if self.stage1.learning_rate is None:
+            raise ConfigError("stage1.learning_rate: must be a positive number, e.g. 0.001.")
+        # augment
+        a = self.augment
+        if a.flip is not None and a.flip not in FLIPS and a.flip is not False:
+            raise ConfigError(f"augment.flip: {a.flip!r} is not valid: use one of {', '.join(FLIPS)} or null.")
+        for name in ("rotation", "zoom", "translation", "contrast", "brightness"):
+            _check_number(f"augment.{name}", getattr(a, name), 0.0, 1.0, low_open=False)
+
+    @property
+    def stage2_learning_rate(self) -> float:
+        """Stage 2's rate: as set, or stage 1's rate x 0.01."""
+        if self.stage2.learning_rate is not None:
+            return self.stage2.learning_rate
+        return self.stage1.learning_rate * 0.01
+
+
+_SECTIONS = {"head": HeadConfig, "stage1": StageConfig, "stage2": StageConfig, "augment": AugmentConfig}
+
+
+def load_config(path: str | os.PathLike) -> FinetuneConfig:
+    """Read and validate a YAML config file.
+
+    Example:
+
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "run.yaml"
+    >>> _ = p.write_text("backbone: mobilenetv2\\nstage1: {epochs: 2}\\n")
+    >>> load_config(p).stage1.epochs
+    2
+    """
+    return FinetuneConfig.from_yaml(path)
+
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    if not os.path.isfile(path):
+        raise ConfigError(f"Config file {str(path)!r} does not exist.")
+    with open(path, encoding="utf-8") as f:
+        try:
+            values = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"Config file {str(path)!r} is not valid YAML{where}: {getattr(e, 'problem', e)}.") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"Config file {str(path)!r} must hold a mapping of keys to values, not a {type(values).__name__}.")
+    return values
+
+
+# === Helpers ===
+
+
+def _describe_in_memory(value: Any) -> str:
+    if isinstance(value, (tuple, list)) and value and hasattr(value[0], "shape"):
+        return f"arrays {tuple(value[0].shape)}"
+    return type(value).__name__
+
+
+def _set_key(cfg: FinetuneConfig, key: str, value: Any) -> None:
+    names = {f.name: f for f in dataclasses.fields(cfg)}
+    if key not in names:
+        raise ConfigError(f"Unknown config key {key!r}.{did_you_mean(key, names)}")
+    if key in _SECTIONS:
+        section_cls = _SECTIONS[key]
+        if value is None and key == "augment":
+            setattr(cfg, key, AugmentConfig())
+            return
+        if isinstance(value, section_cls):
+            setattr(cfg, key, copy.deepcopy(value))
+            return
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {key} settings, got {value!r}.")
+        section = getattr(cfg, key)
+        fields = {f.name: f for f in dataclasses.fields(section)}
+        hints = typing.get_type_hints(section_cls)
+        for sub, sub_value in value.items():
+            if sub not in fields:
+                raise ConfigError(f"Unknown config key '{key}.{sub}'.{_suggest(key, sub, fields)}")
+            setattr(section, sub, _coerce(f"{key}.{sub}", sub_value, hints[sub]))
+        return
+    if key == "backbone_options" and value is None:
+        value = {}
+    hints = typing.get_type_hints(FinetuneConfig)
+    setattr(cfg, key, _coerce(key, value, hints[key]))
+
+
+def _suggest(section: str, sub: str, fields: dict) -> str:
+    # Compare the key within its section: a shared "stage2." prefix would make every key look close.
+    matches = closest(sub, fields)
+    if not matches:
+        return ""
+    return " Did you mean " + " or ".join(repr(f"{section}.{m}") for m in matches) + "?"
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Convert YAML/--set scalars to the field's type where that is unambiguous (e.g. '1e-4' -> 0.0001)."""
+    if hint is Any:
+        return value
+    args = typing.get_args(hint)
+    allowed = [a for a in args if a is not type(None)] if args and typing.get_origin(hint) is Union else [hint]
+    if value is None:
+        return None  # validate() decides whether None is allowed for this key
+    if isinstance(value, str):
+        if float in allowed and str not in allowed:
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(f"{key}: {value!r} is not a number.") from None
+        if int in allowed and str not in allowed and float not in allowed:
+            try:
+                return int(value)
+            except ValueError:
+                raise ConfigError(f"{key}: {value!r} is not an integer.") from None
+        if bool in allowed and str not in allowed and value.lower() in ("true", "false", "yes", "no"):
+            return value.lower() in ("true", "yes")
+    if isinstance(value, int) and not isinstance(value, bool) and float in allowed and int not in allowed:
+        return float(value)
+    return value
+
+
+def _check_int(key: str, value: Any, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{key}: {value!r} is not valid: use an integer >= {minimum}.")
+
+
+def _check_number(key, value, low, high, low_open=True, high_open=False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+    if ok:
+        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        lo = "(" if low_open else "["
+        hi = ")" if high_open else "]"
+        raise ConfigError(f"{key}: {value!r} is not valid: use a number in {lo}{low}, {high}{hi}.")
+
+
+def _check_choice(key: str, value: Any, choices, kind=None) -> None:
+    if kind is not None and not isinstance(value, kind):
+        raise ConfigError(f"{key}: {value!r} is not valid: expected a {kind.__name__}.")
+    if choices is not None and value not in choices:
+        raise ConfigError(
+            f"{key}: {value!r} is not valid: use one of {', '.join(map(str, choices))}.{did_you_mean(str(value), choices)}"
+        )
+
+
+_UNFREEZE_HELP = (
+    "use an int (top N layers), a fraction in (0, 1], a layer name, 'blocks:N' or 'all'"
+)
+
+
+def _validate_stage(name: str, s: StageConfig) -> None:
+    _check_int(f"{name}.epochs", s.epochs, 0)
+    if s.learning_rate is not None:
+        _check_number(f"{name}.learning_rate", s.learning_rate, 0.0, math.inf)
+    _check_choice(f"{name}.optimizer", s.optimizer, OPTIMIZERS)
+    _check_number(f"{name}.momentum", s.momentum, 0.0, 1.0, low_open=False, high_open=True)
+    _check_number(f"{name}.weight_decay", s.weight_decay, 0.0, math.inf, low_open=False)
+    _check_choice(f"{name}.schedule", s.schedule, SCHEDULES)
+    _check_number(f"{name}.warmup_epochs", s.warmup_epochs, 0.0, math.inf, low_open=False)
+    if s.warmup_epochs > s.epochs and s.epochs > 0:
+        raise ConfigError(
+            f"{name}.warmup_epochs: {s.warmup_epochs} is longer than the stage ({s.epochs} epochs); use at most {s.epochs}."
+        )
+    if s.early_stopping is not None:
+        _check_int(f"{name}.early_stopping", s.early_stopping, 1)
+    if not isinstance(s.train_bn, bool):
+        raise ConfigError(f"{name}.train_bn: {s.train_bn!r} is not valid: use true or false.")
+    _check_number(f"{name}.bn_momentum", s.bn_momentum, 0.0, 1.0, low_open=False, high_open=True)
+    u = s.unfreeze
+    if u is None:
+        return
+    if isinstance(u, bool):
+        raise ConfigError(f"{name}.unfreeze: {u!r} is not valid: {_UNFREEZE_HELP}.")
+    if isinstance(u, int):
+        if u < 0:
+            raise ConfigError(f"{name}.unfreeze: {u} is not valid: {_UNFREEZE_HELP}.")
+    elif isinstance(u, float):
+        if not 0.0 < u <= 1.0:
+            raise ConfigError(f"{name}.unfreeze: {u} is not valid: a fraction must be in (0, 1]; or {_UNFREEZE_HELP}.")
+    elif isinstance(u, str):
+        if u.startswith("blocks:") and not re.fullmatch(r"blocks:[1-9]\d*", u):
+            raise ConfigError(f"{name}.unfreeze: {u!r} is not valid: 'blocks:N' needs a positive integer N, e.g. 'blocks:2'.")
+        if not u:
+            raise ConfigError(f"{name}.unfreeze: an empty string is not valid: {_UNFREEZE_HELP}.")
+    else:
+        raise ConfigError(f"{name}.unfreeze: {u!r} is not valid: {_UNFREEZE_HELP}.")
