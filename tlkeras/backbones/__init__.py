@@ -1,0 +1,58 @@
+"""Backbone resolution: one place that turns a `backbone=` string into a `BackboneSpec`.
+
+Example:
+
+>>> from tlkeras import backbones
+>>> spec = backbones.resolve("MobileNetV2", {"alpha": 0.35})
+>>> (spec.name, spec.preprocessing, spec.default_size, spec.min_size)
+('mobilenetv2', 'tf', 224, 32)
+>>> backbones.resolve_image_size(spec, 96)
+(96, 96)
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from tlkeras.backbones import applications
+from tlkeras.backbones.spec import BackboneSpec, BlockMap
+from tlkeras.errors import BackboneError
+
+__all__ = ["BackboneSpec", "BlockMap", "resolve", "list_backbones", "block_map_for", "resolve_image_size"]
+
+
+def resolve(name: str, options: dict | None = None) -> BackboneSpec:
+    """Resolve a backbone name (any keras.applications family, case-insensitive)."""
+    if not isinstance(name, str) or not name.strip():
+        raise BackboneError(f"backbone: {name!r} is not a backbone name; run `tlkeras backbones` for the list.")
+    return applications.get_spec(name.strip(), options)
+
+
+def list_backbones() -> list[str]:
+    """Names accepted by `backbone=`, sorted (keras.applications families).
+
+    >>> "efficientnetb0" in list_backbones()
+    True
+    """
+    return sorted(applications.NAMES)
+
+
+def block_map_for(name: str) -> Optional[BlockMap]:
+    """The block map of a backbone family by name, or None when it has none."""
+    return applications.block_map(name)
+
+
+def resolve_image_size(spec: BackboneSpec, image_size) -> tuple[int, int]:
+    """(height, width) from an int, a pair or None (the backbone's default); checks the minimum."""
+    if image_size is None:
+        size = (spec.default_size, spec.default_size)
+    elif isinstance(image_size, int):
+        size = (image_size, image_size)
+    else:
+        size = (int(image_size[0]), int(image_size[1]))
+    if min(size) < spec.min_size:
+        raise BackboneError(
+            f"image_size: {list(size)} is below the minimum of {spec.display_name} "
+            f"({spec.min_size}x{spec.min_size}); use image_size >= {spec.min_size}."
+        )
+    return size

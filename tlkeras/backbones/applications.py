@@ -1,0 +1,193 @@
+"""Every keras.applications family: one table row each (constructor, preprocessing, sizes, blocks)."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+from tlkeras.backbones.spec import BackboneSpec, BlockMap
+from tlkeras.errors import BackboneError, did_you_mean
+
+
+@dataclass(frozen=True)
+class _Family:
+    preprocessing: str  # for [0, 255] inputs, as the family's own preprocess_input does
+    min_size: int
+    block_map: BlockMap
+    # Families that normalise inside the model (include_preprocessing=True) need this mode
+    # instead when the user turns that off.
+    preprocessing_without_builtin: Optional[str] = None
+
+
+_MOBILENET = _Family("tf", 32, BlockMap("prefix", r"^conv_(?:dw|pw)_(\d+)"))
+_MOBILENETV2 = _Family("tf", 32, BlockMap("prefix", r"^(block_\d+)_"))
+_MOBILENETV3 = _Family("none", 32, BlockMap("prefix", r"^(expanded_conv(?:_\d+)?)_"), "tf")
+_EFFICIENTNET = _Family("none", 32, BlockMap("prefix", r"^(block\d+[a-z])_"))
+_EFFICIENTNETV2 = _Family("none", 32, BlockMap("prefix", r"^(block\d+[a-z])_"), "tf")
+_RESNET = _Family("caffe", 32, BlockMap("prefix", r"^(conv\d_block\d+)_"))
+_RESNETV2 = _Family("tf", 32, BlockMap("prefix", r"^(conv\d_block\d+)_"))
+_VGG = _Family("caffe", 32, BlockMap("prefix", r"^(block\d)_"))
+# A DenseNet "block" is a dense block (conv2..conv5) with the transition (poolN) after it.
+_DENSENET = _Family("torch", 32, BlockMap("prefix", r"^(?:conv(\d)_block|pool(\d)_)"))
+_INCEPTIONV3 = _Family("tf", 75, BlockMap("end", r"^mixed\d+$"))
+_INCEPTIONRESNETV2 = _Family("tf", 75, BlockMap("end", r"^(?:mixed_\d[a-z]|block\d+_\d+_ac)$"))
+_XCEPTION = _Family("tf", 71, BlockMap("prefix", r"^(block\d+)_"))
+_NASNET = _Family("tf", 32, BlockMap("end", r"^(?:normal_concat_\d+|reduction_concat_(?:stem|reduce)_\d+)$"))
+_CONVNEXT = _Family("none", 32, BlockMap("prefix", r"_(stage_\d+_block_\d+)_"), "torch")
+
+# keras.applications class name -> (family, default input size)
+APPLICATIONS: dict[str, tuple[_Family, int]] = {
+    "ConvNeXtTiny": (_CONVNEXT, 224),
+    "ConvNeXtSmall": (_CONVNEXT, 224),
+    "ConvNeXtBase": (_CONVNEXT, 224),
+    "ConvNeXtLarge": (_CONVNEXT, 224),
+    "ConvNeXtXLarge": (_CONVNEXT, 224),
+    "DenseNet121": (_DENSENET, 224),
+    "DenseNet169": (_DENSENET, 224),
+    "DenseNet201": (_DENSENET, 224),
+    "EfficientNetB0": (_EFFICIENTNET, 224),
+    "EfficientNetB1": (_EFFICIENTNET, 240),
+    "EfficientNetB2": (_EFFICIENTNET, 260),
+    "EfficientNetB3": (_EFFICIENTNET, 300),
+    "EfficientNetB4": (_EFFICIENTNET, 380),
+    "EfficientNetB5": (_EFFICIENTNET, 456),
+    "EfficientNetB6": (_EFFICIENTNET, 528),
+    "EfficientNetB7": (_EFFICIENTNET, 600),
+    "EfficientNetV2B0": (_EFFICIENTNETV2, 224),
+    "EfficientNetV2B1": (_EFFICIENTNETV2, 240),
+    "EfficientNetV2B2": (_EFFICIENTNETV2, 260),
+    "EfficientNetV2B3": (_EFFICIENTNETV2, 300),
+    "EfficientNetV2S": (_EFFICIENTNETV2, 384),
+    "EfficientNetV2M": (_EFFICIENTNETV2, 480),
+    "EfficientNetV2L": (_EFFICIENTNETV2, 480),
+    "InceptionV3": (_INCEPTIONV3, 299),
+    "InceptionResNetV2": (_INCEPTIONRESNETV2, 299),
+    "MobileNet": (_MOBILENET, 224),
+    "MobileNetV2": (_MOBILENETV2, 224),
+    "MobileNetV3Small": (_MOBILENETV3, 224),
+    "MobileNetV3Large": (_MOBILENETV3, 224),
+    "NASNetMobile": (_NASNET, 224),
+    "NASNetLarge": (_NASNET, 331),
+    "ResNet50": (_RESNET, 224),
+    "ResNet101": (_RESNET, 224),
+    "ResNet152": (_RESNET, 224),
+    "ResNet50V2": (_RESNETV2, 224),
+    "ResNet101V2": (_RESNETV2, 224),
+    "ResNet152V2": (_RESNETV2, 224),
+    "VGG16": (_VGG, 224),
+    "VGG19": (_VGG, 224),
+    "Xception": (_XCEPTION, 299),
+}
+
+# Arguments tlkeras sets itself; a user cannot pass them through backbone_options.
+_RESERVED = {"include_top", "weights", "input_tensor", "input_shape", "pooling", "classes", "classifier_activation", "name"}
+
+
+def canonical(name: str) -> str:
+    """Lower-case, without separators: "EfficientNet-B0" and "efficientnet_b0" -> "efficientnetb0"."""
+    return re.sub(r"[\s_\-]", "", name).lower()
+
+
+NAMES = {canonical(cls): cls for cls in APPLICATIONS}
+
+
+def get_spec(name: str, options: dict | None = None) -> BackboneSpec:
+    """The spec of a keras.applications backbone, by case-insensitive name."""
+    key = canonical(name)
+    if key not in NAMES:
+        raise BackboneError(
+            f"Unknown backbone {name!r}.{did_you_mean(key, NAMES)} "
+            "Run `tlkeras backbones` for the full list."
+        )
+    cls_name = NAMES[key]
+    family, default_size = APPLICATIONS[cls_name]
+    options = dict(options or {})
+    _check_options(cls_name, options)
+    preprocessing = family.preprocessing
+    if options.get("include_preprocessing") is False and family.preprocessing_without_builtin:
+        preprocessing = family.preprocessing_without_builtin
+    return BackboneSpec(
+        name=key,
+        display_name=cls_name,
+        source="keras.applications",
+        preprocessing=preprocessing,
+        default_size=default_size,
+        min_size=family.min_size,
+        block_map=family.block_map,
+        builder=lambda size, weights, opts: _build(cls_name, size, weights, opts),
+        options=options,
+    )
+
+
+def block_map(name: str) -> Optional[BlockMap]:
+    cls_name = NAMES.get(canonical(name))
+    return APPLICATIONS[cls_name][0].block_map if cls_name else None
+
+
+def _constructor(cls_name: str):
+    import keras
+
+    return getattr(keras.applications, cls_name)
+
+
+def _check_options(cls_name: str, options: dict) -> None:
+    allowed = sorted(set(inspect.signature(_constructor(cls_name)).parameters) - _RESERVED)
+    for key in options:
+        if key not in allowed:
+            raise BackboneError(
+                f"backbone_options: {cls_name} has no option {key!r}.{did_you_mean(key, allowed)} "
+                f"Its options are: {', '.join(allowed) or 'none'}."
+            )
+
+
+def _keras_models_dir() -> str:
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return os.path.join(home, "models")
+
+
+def _build(cls_name: str, image_size: tuple[int, int], weights, options: dict):
+    constructor = _constructor(cls_name)
+    h, w = image_size
+    kwargs = dict(include_top=False, weights=None, input_shape=(h, w, 3), name="backbone", **options)
+    if weights == "imagenet":
+        kwargs["weights"] = "imagenet"
+    elif weights is not None and not os.path.isfile(weights):
+        raise BackboneError(
+            f"weights: {weights!r} is neither 'imagenet', null (random initialisation) nor an existing weights file."
+        )
+    try:
+        model = constructor(**kwargs)
+    except Exception as e:  # keras raises a bare Exception when a download fails
+        message = str(e)
+        if "URL fetch failure" in message:
+            url = re.search(r"https?://\S+?(?=:\s|$)", message)
+            url_text = url.group(0) if url else "the weights URL"
+            fname = url_text.rsplit("/", 1)[-1] if url else "<file name from the URL>"
+            raise BackboneError(
+                f"Could not download the ImageNet weights of {cls_name} (no network?). "
+                f"Download {url_text} on a machine with network and place it at "
+                f"{os.path.join(_keras_models_dir(), fname)}, or pass weights='path/to/backbone.weights.h5', "
+                "or weights=None to start from random weights."
+            ) from None
+        if isinstance(e, ValueError):
+            raise BackboneError(f"{cls_name} cannot be built with these settings: {message}") from None
+        raise
+    if weights not in (None, "imagenet"):
+        load_weights_file(model, weights, cls_name)
+    return model
+
+
+def load_weights_file(model, path: str, what: str) -> None:
+    """Load a weights file into `model`, turning a mismatch into an error that says what to do."""
+    try:
+        model.load_weights(path)
+    except Exception as e:
+        raise BackboneError(
+            f"weights file {path!r} does not match the {what} backbone built here "
+            f"(input {model.input_shape[1:3]}): {str(e).splitlines()[0]} "
+            "Pass the same backbone, backbone_options and a weights file saved from that backbone "
+            "(e.g. model.get_layer('backbone').save_weights('backbone.weights.h5'))."
+        ) from None

@@ -1,0 +1,84 @@
+"""What tlkeras needs to know about a backbone: how to build it, feed it and cut it into blocks."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+# Preprocessing modes of `tlkeras.layers.ImagePreprocessing`; the model's input is always
+# RGB pixels in [0, 255] and the mode maps them to what the backbone was trained on.
+PREPROCESSING_MODES = ("none", "tf", "torch", "caffe", "unit")
+
+
+@dataclass(frozen=True)
+class BlockMap:
+    """How a family's layers group into architectural blocks, bottom to top.
+
+    kind="prefix": `pattern` captures a block id from a layer's name (e.g. "block_12" from
+    "block_12_expand_BN"); layers whose names do not match belong to the block before them
+    (layers before the first match form the "stem").
+    kind="end": each layer whose name matches `pattern` ends a block (e.g. Inception's
+    "mixed5"); layers after the last match form one final block. Keras lists a functional
+    model's layers in topological order, so every layer of a block comes before its end.
+    """
+
+    kind: str
+    pattern: str
+
+    def split(self, layer_names: Sequence[str]) -> list[list[str]]:
+        regex = re.compile(self.pattern)
+        blocks: list[list[str]] = []
+        keys: list[str] = []
+        if self.kind == "prefix":
+            for name in layer_names:
+                m = regex.search(name)
+                key = "".join(g for g in m.groups() if g) if m and m.groups() else (m.group(0) if m else None)
+                if key is None:
+                    key = keys[-1] if keys else "stem"
+                if not keys or key != keys[-1]:
+                    keys.append(key)
+                    blocks.append([])
+                blocks[-1].append(name)
+        elif self.kind == "end":
+            current: list[str] = []
+            for name in layer_names:
+                current.append(name)
+                if regex.search(name):
+                    blocks.append(current)
+                    current = []
+            if current:
+                blocks.append(current)
+        else:  # pragma: no cover - table entries are fixed in code
+            raise ValueError(f"unknown block map kind {self.kind!r}")
+        return blocks
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A resolved backbone choice.
+
+    Attributes:
+        name: canonical name, as written in configs (e.g. "mobilenetv2").
+        display_name: the library's own spelling (e.g. "MobileNetV2").
+        source: where it comes from (e.g. "keras.applications").
+        preprocessing: `ImagePreprocessing` mode that maps [0, 255] RGB to the backbone's input.
+        default_size / min_size: input side lengths in pixels.
+        block_map: how its layers group into blocks, for `unfreeze: "blocks:N"`.
+        builder: `builder(image_size, weights, options) -> keras.Model` (include_top=False).
+        options: backbone constructor options (e.g. {"alpha": 0.35}).
+    """
+
+    name: str
+    display_name: str
+    source: str
+    preprocessing: str
+    default_size: int
+    min_size: int
+    block_map: Optional[BlockMap]
+    builder: Callable = field(repr=False, compare=False)
+    options: dict = field(default_factory=dict, compare=False)
+
+    def build(self, image_size: tuple[int, int], weights):
+        """Build the pretrained base (named "backbone") for `image_size`, loading `weights`."""
+        return self.builder(image_size, weights, dict(self.options))

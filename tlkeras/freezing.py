@@ -1,0 +1,195 @@
+"""Freezing and unfreezing the backbone, and the BatchNormalization policy.
+
+In Keras 3 `layer.trainable = False` on a BatchNormalization layer also runs it in
+inference mode, so its moving statistics never change. Building the model with
+`backbone(x, training=False)` is NOT enough: `fit()` passes training=True down
+through nested functional models and overrides it. tlkeras therefore freezes the BN
+layers themselves. A change of `trainable` counts only after the next `compile`.
+
+Example:
+
+>>> import tlkeras
+>>> model = tlkeras.build_model("mobilenetv2", 3, image_size=32, weights=None,
+...                             backbone_options={"alpha": 0.35})
+>>> freeze_backbone(model)
+>>> plan = unfreeze(model, "blocks:1")
+>>> plan.layers[:2], plan.bn_frozen
+(['block_16_expand', 'block_16_depthwise'], True)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+import keras
+
+from tlkeras import backbones
+from tlkeras.errors import BackboneError, did_you_mean
+from tlkeras.model import backbone_name, get_backbone
+
+Unfreeze = Union[int, float, str, None]
+
+
+@dataclass
+class UnfreezePlan:
+    """What `unfreeze` made trainable: layer names (bottom to top) and parameter counts."""
+
+    layers: list[str]
+    trainable_params: int
+    backbone_params: int
+    bn_frozen: bool
+    cut_layer: Optional[str] = None
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        n = len(self.layers)
+        if n == 0:
+            return "no backbone layer trains (head only)"
+        shown = ", ".join(self.layers) if n <= 8 else ", ".join(self.layers[:3]) + ", ..., " + ", ".join(self.layers[-3:])
+        bn = "; BatchNormalization frozen (inference mode)" if self.bn_frozen else "; BatchNormalization trains"
+        share = self.trainable_params / max(self.backbone_params, 1)
+        return (
+            f"{n} backbone layer(s) train, {self.trainable_params:,} of {self.backbone_params:,} "
+            f"backbone parameters ({share:.0%}): {shown}{bn}"
+        )
+
+
+def is_batch_norm(layer) -> bool:
+    return isinstance(layer, keras.layers.BatchNormalization)
+
+
+def freeze(layer) -> None:
+    """Freeze a layer or model and everything inside it."""
+    layer.trainable = False
+
+
+def freeze_backbone(model: keras.Model) -> None:
+    """Stage 1: freeze the whole backbone (BN included); the head stays trainable."""
+    freeze(get_backbone(model))
+    for layer in model.layers:
+        if layer.name != "backbone":
+            layer.trainable = True
+
+
+def backbone_layers(model: keras.Model) -> list:
+    """The backbone's layers bottom to top, without its input layer."""
+    return [layer for layer in get_backbone(model).layers if not isinstance(layer, keras.layers.InputLayer)]
+
+
+def unfreeze(
+    model: keras.Model,
+    unfreeze: Unfreeze,
+    *,
+    train_bn: bool = False,
+    bn_momentum: Optional[float] = None,
+) -> UnfreezePlan:
+    """Make the top of the backbone trainable; everything below the cut stays frozen.
+
+    `unfreeze`: an int N (the top N layers that have weights and will train), a float in
+    (0, 1] (that fraction of them), a layer name (it and every layer above it), "blocks:N"
+    (the top N blocks of the backbone family's block map) or "all". BatchNormalization
+    layers stay frozen unless `train_bn`; those that train get `bn_momentum` if given.
+    The head stays trainable. Recompile the model afterwards.
+    """
+    layers = backbone_layers(model)
+    cut = _cut_index(model, layers, unfreeze, train_bn)
+    backbone = get_backbone(model)
+    backbone.trainable = True  # sets every nested layer; then choose per layer below
+    for layer in model.layers:
+        if layer is not backbone:
+            layer.trainable = True
+    trainable = []
+    for i, layer in enumerate(layers):
+        trains = i >= cut and (train_bn or not is_batch_norm(layer))
+        layer.trainable = trains
+        if trains and is_batch_norm(layer) and bn_momentum is not None:
+            layer.momentum = bn_momentum
+        if trains and layer.weights:
+            trainable.append(layer)
+    return UnfreezePlan(
+        layers=[layer.name for layer in trainable],
+        trainable_params=sum(_count(w) for layer in trainable for w in layer.trainable_weights),
+        backbone_params=sum(_count(w) for w in backbone.weights),
+        bn_frozen=not train_bn,
+        cut_layer=layers[cut].name if cut < len(layers) else None,
+    )
+
+
+def _count(weight) -> int:
+    n = 1
+    for d in weight.shape:
+        n *= int(d)
+    return n
+
+
+def _cut_index(model, layers, unfreeze: Unfreeze, train_bn: bool) -> int:
+    """Index into `layers` of the lowest layer that trains (len(layers): none)."""
+    candidates = [i for i, layer in enumerate(layers) if layer.weights and (train_bn or not is_batch_norm(layer))]
+    if unfreeze is None:
+        return len(layers)
+    if isinstance(unfreeze, bool):
+        raise BackboneError(f"stage2.unfreeze: {unfreeze!r} is not valid.")
+    if unfreeze == "all":
+        return 0
+    if isinstance(unfreeze, int):
+        if unfreeze < 0:
+            raise BackboneError(f"stage2.unfreeze: {unfreeze} is not valid: use a count >= 0.")
+        n = min(unfreeze, len(candidates))
+        return candidates[-n] if n else len(layers)
+    if isinstance(unfreeze, float):
+        if not 0.0 < unfreeze <= 1.0:
+            raise BackboneError(f"stage2.unfreeze: {unfreeze} is not valid: a fraction must be in (0, 1].")
+        n = max(1, int(round(unfreeze * len(candidates))))
+        return candidates[-n]
+    if isinstance(unfreeze, str) and unfreeze.startswith("blocks:"):
+        return _block_cut(model, layers, unfreeze)
+    if isinstance(unfreeze, str):
+        names = [layer.name for layer in layers]
+        if unfreeze not in names:
+            raise BackboneError(
+                f"stage2.unfreeze: the backbone has no layer {unfreeze!r}.{did_you_mean(unfreeze, names)} "
+                "Use an int, a fraction, 'blocks:N', 'all' or one of its layer names."
+            )
+        return names.index(unfreeze)
+    raise BackboneError(f"stage2.unfreeze: {unfreeze!r} is not valid.")
+
+
+def _block_cut(model, layers, unfreeze: str) -> int:
+    try:
+        count = int(unfreeze.split(":", 1)[1])
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise BackboneError(f"stage2.unfreeze: {unfreeze!r} is not valid: use 'blocks:N' with N >= 1.")
+    name = backbone_name(model)
+    block_map = backbones.block_map_for(name) if name else None
+    if block_map is None:
+        raise BackboneError(
+            f"stage2.unfreeze: {unfreeze!r} needs a block map, and backbone {name!r} has none; "
+            "use a layer count, a fraction or a layer name."
+        )
+    blocks = list_blocks(model)
+    count = min(count, len(blocks))
+    first = blocks[-count][0]
+    return [layer.name for layer in layers].index(first)
+
+
+def list_blocks(model: keras.Model) -> list[list[str]]:
+    """The backbone's layer names grouped into blocks, bottom to top."""
+    name = backbone_name(model)
+    block_map = backbones.block_map_for(name) if name else None
+    if block_map is None:
+        raise BackboneError(f"backbone {name!r} has no block map.")
+    return block_map.split([layer.name for layer in backbone_layers(model)])
+
+
+def trainable_layer_names(model: keras.Model) -> list[str]:
+    """Names of the model's layers (backbone layers included) that have trainable weights."""
+    names = []
+    for layer in model.layers:
+        if layer.name == "backbone":
+            names.extend(sub.name for sub in backbone_layers(model) if sub.trainable_weights)
+        elif layer.trainable_weights:
+            names.append(layer.name)
+    return names

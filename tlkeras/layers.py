@@ -1,0 +1,64 @@
+"""Keras layers of tlkeras's own; registered so `.keras` files reload in safe mode."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from tlkeras.backbones.spec import PREPROCESSING_MODES
+
+_IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
+_IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+@keras.saving.register_keras_serializable(package="tlkeras")
+class ImagePreprocessing(keras.layers.Layer):
+    """Map RGB pixels in [0, 255] to the input range a backbone was trained on.
+
+    It is the first layer of every tlkeras model, so the model itself carries its
+    normalisation: the training pipeline and both serving signatures feed it the same
+    resized pixels and cannot disagree about the scale.
+
+    Args:
+        mode: "none" (the backbone normalises itself), "tf" ([-1, 1]), "torch" (ImageNet
+            mean/std), "caffe" (BGR minus the ImageNet mean) or "unit" ([0, 1]).
+        backbone_name: the backbone this model was built with, kept for `unfreeze="blocks:N"`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> layer = ImagePreprocessing("tf")
+    >>> np.asarray(layer(np.array([[[[0.0, 127.5, 255.0]]]]))).round(3).tolist()
+    [[[[-1.0, 0.0, 1.0]]]]
+    """
+
+    def __init__(self, mode: str = "none", backbone_name: str | None = None, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in PREPROCESSING_MODES:
+            raise ValueError(f"mode {mode!r} is not one of {PREPROCESSING_MODES}")
+        self.mode = mode
+        self.backbone_name = backbone_name
+
+    def call(self, inputs):
+        x = ops.cast(inputs, self.compute_dtype)
+        if self.mode == "tf":
+            return x / 127.5 - 1.0
+        if self.mode == "unit":
+            return x / 255.0
+        if self.mode == "torch":
+            mean = ops.convert_to_tensor(_IMAGENET_MEAN_RGB, dtype=x.dtype)
+            std = ops.convert_to_tensor(_IMAGENET_STD_RGB, dtype=x.dtype)
+            return (x / 255.0 - mean) / std
+        if self.mode == "caffe":
+            x = ops.flip(x, axis=-1)  # RGB -> BGR
+            return x - ops.convert_to_tensor(_CAFFE_MEAN_BGR, dtype=x.dtype)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"mode": self.mode, "backbone_name": self.backbone_name})
+        return config
