@@ -1,0 +1,220 @@
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import write_image_folder
+from tlkeras.config import FinetuneConfig
+from tlkeras.data import images as image_io
+from tlkeras.data.datasets import class_weights, load_examples, make_datasets, stratified_split
+from tlkeras.errors import DataError
+
+
+def _write(path, data: bytes):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def _png(shape, value=128):
+    return tf.io.encode_png(np.full(shape, value, np.uint8)).numpy()
+
+
+def _cfg(**values):
+    return FinetuneConfig.from_dict({"batch_size": 4, **values})
+
+
+# === Decoding: the one function ===
+
+
+@pytest.mark.parametrize(
+    "encoded, expected_shape",
+    [
+        (lambda: _png((10, 12, 1)), (10, 12, 3)),  # grayscale
+        (lambda: _png((10, 12, 4)), (10, 12, 3)),  # RGBA
+        (lambda: tf.io.encode_jpeg(np.zeros((9, 7, 3), np.uint8)).numpy(), (9, 7, 3)),
+        (lambda: tf.io.encode_png(np.full((5, 6, 3), 40000, np.uint16)).numpy(), (5, 6, 3)),  # 16-bit PNG
+    ],
+)
+def test_decode_image_gives_rgb_uint8(encoded, expected_shape):
+    image = image_io.decode_image(tf.constant(encoded()))
+    assert tuple(image.shape) == expected_shape and image.dtype == tf.uint8
+
+
+def test_sixteen_bit_png_is_scaled_to_eight_bits():
+    image = image_io.decode_image(tf.constant(tf.io.encode_png(np.full((2, 2, 3), 65535, np.uint16)).numpy()))
+    assert int(tf.reduce_max(image)) == 255
+
+
+def test_decode_and_resize_is_float_pixels_of_the_requested_size():
+    out = image_io.decode_and_resize(tf.constant(_png((50, 70, 3), 200)), (32, 24))
+    assert tuple(out.shape) == (32, 24, 3) and out.dtype == tf.float32
+    np.testing.assert_allclose(out.numpy(), 200.0, atol=1e-3)  # a flat image stays flat, in [0, 255]
+
+
+# === Folders ===
+
+
+def test_folder_listing_ignores_hidden_and_non_image_files_and_walks_nested_folders(tmp_path):
+    root = tmp_path / "data"
+    _write(str(root / "cats" / "a.png"), _png((8, 8, 3)))
+    _write(str(root / "cats" / "deep" / "b.JPG"), tf.io.encode_jpeg(np.zeros((8, 8, 3), np.uint8)).numpy())
+    _write(str(root / "cats" / ".hidden.png"), _png((8, 8, 3)))
+    _write(str(root / "cats" / ".DS_Store"), b"\0")
+    _write(str(root / "cats" / "Thumbs.db"), b"\0")
+    _write(str(root / "cats" / "notes.txt"), b"hello")
+    _write(str(root / "dogs" / "c.png"), _png((8, 8, 3)))
+    _write(str(root / ".git" / "d.png"), _png((8, 8, 3)))
+    folder = image_io.list_image_folder(str(root))
+    assert folder.class_names == ["cats", "dogs"]
+    assert [os.path.relpath(p, root) for p in folder.paths] == ["cats/a.png", "cats/deep/b.JPG", "dogs/c.png"]
+    assert folder.labels == [0, 0, 1]
+
+
+def test_truncated_and_fake_images_are_found_with_reasons(tmp_path):
+    good = str(tmp_path / "good.jpg")
+    truncated = str(tmp_path / "truncated.jpg")
+    fake = str(tmp_path / "fake.png")
+    empty = str(tmp_path / "empty.jpg")
+    jpeg = tf.io.encode_jpeg(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).numpy()
+    _write(good, jpeg)
+    _write(truncated, jpeg[: len(jpeg) // 2])
+    _write(fake, b"this is not an image")
+    _write(empty, b"")
+    bad = dict(image_io.find_undecodable([good, truncated, fake, empty]))
+    assert set(bad) == {truncated, fake, empty}
+    assert all(reason for reason in bad.values())
+
+
+def test_folder_with_a_truncated_jpeg_skips_it_and_reports_it(tmp_path):
+    root = write_image_folder(tmp_path / "data", per_class=4)
+    broken = os.path.join(root, "red", "broken.jpg")
+    jpeg = tf.io.encode_jpeg(np.zeros((40, 40, 3), np.uint8)).numpy()
+    _write(broken, jpeg[:200])
+    bundle = make_datasets(_cfg(data=root, val_split=0.25), (32, 32))
+    assert [p for p, _ in bundle.skipped] == [broken]
+    assert bundle.train_count + bundle.val_count == 12
+    # iterating the whole pipeline does not hit the broken file
+    assert sum(int(x.shape[0]) for x, _ in bundle.train) == bundle.train_count
+
+
+def test_class_folder_without_images_is_an_error_naming_it(tmp_path):
+    root = write_image_folder(tmp_path / "data", per_class=2)
+    os.makedirs(os.path.join(root, "empty"))
+    with pytest.raises(DataError, match=r"the class folder '.*empty' holds no images"):
+        make_datasets(_cfg(data=root), (32, 32))
+
+
+def test_missing_data_path_is_an_error(tmp_path):
+    with pytest.raises(DataError, match=r"data: the path '.*nowhere' does not exist"):
+        make_datasets(_cfg(data=str(tmp_path / "nowhere")), (32, 32))
+
+
+def test_validation_folder_must_use_known_classes(tmp_path):
+    train = write_image_folder(tmp_path / "train", per_class=2)
+    val = write_image_folder(tmp_path / "val", per_class=2, classes={"red": (200, 0, 0), "purple": (90, 0, 90)})
+    with pytest.raises(DataError, match=r"class folders the model does not know: purple"):
+        make_datasets(_cfg(data=train, val_data=val), (32, 32))
+
+
+# === Splits and weights ===
+
+
+def test_stratified_split_keeps_class_proportions_and_is_seeded():
+    labels = np.array([0] * 50 + [1] * 30 + [2] * 10 + [3] * 1)
+    train, val = stratified_split(labels, 0.2, seed=3)
+    assert set(train).isdisjoint(val) and len(train) + len(val) == len(labels)
+    assert np.bincount(labels[val], minlength=4).tolist() == [10, 6, 2, 0]  # a singleton class stays in train
+    again = stratified_split(labels, 0.2, seed=3)
+    assert np.array_equal(again[1], val)
+    assert not np.array_equal(stratified_split(labels, 0.2, seed=4)[1], val)
+
+
+def test_balanced_class_weights():
+    weights = class_weights("balanced", np.array([0, 0, 0, 1]), ["a", "b"])
+    assert weights == pytest.approx({0: 4 / 6, 1: 2.0})
+    assert class_weights({"b": 3}, np.array([0, 1]), ["a", "b"]) == {0: 1.0, 1: 3.0}
+    with pytest.raises(DataError, match=r"class_weight: 'c' is not a class"):
+        class_weights({"c": 3}, np.array([0, 1]), ["a", "b"])
+
+
+# === Arrays and tf.data ===
+
+
+def test_grayscale_arrays_with_string_labels():
+    x = np.random.default_rng(0).integers(0, 255, (10, 8, 8)).astype(np.uint8)
+    y = np.array(["zero", "one"] * 5)
+    bundle = make_datasets(_cfg(val_split=0.2), (16, 16), data=(x, y))
+    assert bundle.class_names == ["one", "zero"]
+    images, labels = next(iter(bundle.val))
+    assert images.shape[1:] == (16, 16, 3)
+    # the validation pipeline is the shared preprocessing, unaugmented
+    row = bundle.val_examples.arrays[0]
+    np.testing.assert_allclose(images[0].numpy(), image_io.prepare_image(row, (16, 16)).numpy())
+
+
+@pytest.mark.parametrize(
+    "x, y, message",
+    [
+        (np.zeros((4, 8)), np.zeros(4, int), r"images must have shape \(N, H, W\)"),
+        (np.zeros((4, 8, 8, 3)), np.zeros(3, int), r"labels must have shape \(4,\)"),
+        (np.zeros((4, 8, 8, 3)), np.array([0, 1, -1, 0]), r"labels must be class indices >= 0"),
+    ],
+)
+def test_bad_arrays_are_explained(x, y, message):
+    with pytest.raises(DataError, match=message):
+        make_datasets(_cfg(), (16, 16), data=(x, y))
+
+
+def test_unit_range_arrays_get_a_warning(caplog):
+    import logging
+
+    x = np.random.default_rng(0).uniform(0, 1, (4, 8, 8, 3)).astype("float32")
+    with caplog.at_level(logging.WARNING, logger="tlkeras"):
+        logger = logging.getLogger("tlkeras")
+        logger.propagate = True
+        make_datasets(_cfg(val_split=0), (16, 16), data=(x, np.array([0, 1, 0, 1])))
+    assert "expects pixels in [0, 255]" in caplog.text
+
+
+def test_tf_data_dataset_batched_input_is_split_and_resized():
+    x = np.random.default_rng(0).integers(0, 255, (12, 10, 10, 3)).astype(np.uint8)
+    y = np.arange(12) % 3
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(5)
+    bundle = make_datasets(_cfg(val_split=0.25, class_names=["a", "b", "c"]), (16, 16), data=ds)
+    assert bundle.class_names == ["a", "b", "c"]
+    assert (bundle.train_count, bundle.val_count) == (9, 3)
+    val_labels = np.concatenate([lbl.numpy() for _, lbl in bundle.val])
+    assert sorted(val_labels.tolist()) == [0, 1, 2]
+    assert sum(int(b.shape[0]) for b, _ in bundle.train) == 9
+
+
+def test_dataset_of_dicts_is_explained():
+    ds = tf.data.Dataset.from_tensor_slices({"image": np.zeros((2, 4, 4, 3)), "label": [0, 1]})
+    with pytest.raises(DataError, match=r"must yield \(image, label\) pairs.*as_supervised=True"):
+        load_examples(ds, "data")
+
+
+def test_tfds_source_through_mock_data():
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=60):
+        bundle = make_datasets(_cfg(val_split=0.2), (16, 16), data="tfds:mnist:train")
+    assert bundle.class_names == [str(i) for i in range(10)]
+    assert bundle.train_count + bundle.val_count == 60
+    images, _ = next(iter(bundle.train))
+    assert images.shape[1:] == (16, 16, 3)
+
+
+def test_augmentation_applies_to_training_batches_only():
+    x = np.random.default_rng(0).integers(0, 255, (8, 16, 16, 3)).astype(np.uint8)
+    y = np.arange(8) % 2
+    cfg = _cfg(val_split=0.5, augment={"flip": "horizontal", "rotation": 0.2}, cache_images=False)
+    bundle = make_datasets(cfg, (16, 16), data=(x, y))
+    val_a = np.concatenate([b.numpy() for b, _ in bundle.val])
+    val_b = np.concatenate([b.numpy() for b, _ in bundle.val])
+    np.testing.assert_array_equal(val_a, val_b)
+    train_images = {tuple(np.round(img.numpy().ravel()[:20], 2)) for b, _ in bundle.train for img in b}
+    clean = {tuple(np.round(image_io.prepare_image(r, (16, 16)).numpy().ravel()[:20], 2))
+             for r in bundle.train_examples.arrays}
+    assert train_images != clean  # augmented

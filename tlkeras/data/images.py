@@ -1,0 +1,154 @@
+"""Images: THE decode-and-resize function, file listing, and the scan for undecodable files.
+
+`decode_and_resize` (bytes -> float32 RGB pixels in [0, 255], resized) and
+`prepare_image` (any decoded image -> the same) are the only image preprocessing
+in tlkeras. The training pipeline maps them over the data, and the exported
+SavedModel's serving signatures call them unchanged; the model itself carries
+the backbone's normalisation (`ImagePreprocessing`). Training and serving can
+therefore not disagree about decoding, resizing or scale.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import tensorflow as tf
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+# Files that operating systems and tools drop into folders; never images.
+IGNORED_FILES = {"thumbs.db", "desktop.ini"}
+
+
+def decode_image(image_bytes: tf.Tensor) -> tf.Tensor:
+    """Decode JPEG, PNG, BMP or GIF (first frame) bytes to uint8 RGB [H, W, 3].
+
+    Grayscale gains three channels, RGBA loses its alpha, 16-bit PNG is scaled to 8 bits.
+    """
+    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False, dtype=tf.uint8)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def prepare_image(image: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
+    """Any decoded image [H, W, C] (C in 1, 3, 4; uint8 or float in [0, 255]) -> float32 [h, w, 3].
+
+    Works on one image or a batch [N, H, W, C]. Bilinear resize with antialiasing, so
+    large photos shrink without aliasing; pixel values stay in [0, 255].
+    """
+    image = tf.convert_to_tensor(image)
+    channels = image.shape[-1]
+    if channels == 1:
+        image = tf.image.grayscale_to_rgb(image)
+    elif channels == 4:
+        image = image[..., :3]
+    elif channels != 3:
+        raise ValueError(f"images must have 1, 3 or 4 channels, got shape {image.shape}")
+    image = tf.cast(image, tf.float32)
+    return tf.image.resize(image, image_size, method="bilinear", antialias=True)
+
+
+def decode_and_resize(image_bytes: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
+    """Encoded image bytes -> float32 RGB [h, w, 3] in [0, 255]: the training and serving input."""
+    return prepare_image(decode_image(image_bytes), image_size)
+
+
+def load_image(path: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
+    """Read a file (local or any tf.io filesystem, e.g. gs://) and `decode_and_resize` it."""
+    return decode_and_resize(tf.io.read_file(path), image_size)
+
+
+# === Listing ===
+
+
+def is_image_file(name: str) -> bool:
+    base = os.path.basename(name)
+    if base.startswith(".") or base.lower() in IGNORED_FILES:
+        return False
+    return base.lower().endswith(IMAGE_EXTENSIONS)
+
+
+@dataclass
+class ImageFolder:
+    """The images of a folder with one subfolder per class."""
+
+    paths: list[str]
+    labels: list[int]
+    class_names: list[str]
+
+
+def list_image_folder(root: str, class_names: list[str] | None = None) -> ImageFolder:
+    """List `root/<class>/**/<image>` files, sorted; classes are the sorted subfolder names.
+
+    Hidden entries and files without an image extension are ignored. With `class_names`
+    (e.g. those of a training folder), the subfolders must be among them.
+    """
+    from tlkeras.errors import DataError
+
+    if not os.path.isdir(root):
+        raise DataError(f"data: the folder {root!r} does not exist.")
+    found = sorted(
+        entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith(".")
+    )
+    if not found:
+        raise DataError(
+            f"data: {root!r} has no class subfolders; put the images of each class in its own folder, "
+            f"e.g. {os.path.join(root, 'cats', 'img1.jpg')}."
+        )
+    if class_names is None:
+        class_names = found
+    else:
+        unknown = [name for name in found if name not in class_names]
+        if unknown:
+            raise DataError(
+                f"data: {root!r} has class folders the model does not know: {', '.join(unknown)} "
+                f"(known: {', '.join(class_names)})."
+            )
+    paths, labels = [], []
+    for name in found:
+        label = class_names.index(name)
+        class_dir = os.path.join(root, name)
+        files = []
+        for dirpath, dirnames, filenames in os.walk(class_dir):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            files.extend(os.path.join(dirpath, f) for f in filenames if is_image_file(f))
+        if not files:
+            raise DataError(f"data: the class folder {class_dir!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
+        files.sort()
+        paths.extend(files)
+        labels.extend([label] * len(files))
+    return ImageFolder(paths, labels, list(class_names))
+
+
+# === Scan ===
+
+
+def find_undecodable(paths: list[str]) -> list[tuple[str, str]]:
+    """Decode every file once, in parallel, with the training decoder; return (path, reason) of failures.
+
+    The reasons come from decoding the few failing files again one by one.
+    """
+    if not paths:
+        return []
+    ds = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), paths))
+    ds = ds.map(
+        lambda i, p: (i, tf.shape(decode_image(tf.io.read_file(p)))),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=False,
+    )
+    ds = ds.ignore_errors()
+    ok = {int(i) for i, _ in ds.as_numpy_iterator()}
+    bad = []
+    for index, path in enumerate(paths):
+        if index not in ok:
+            bad.append((path, _decode_error(path)))
+    return bad
+
+
+def _decode_error(path: str) -> str:
+    try:
+        decode_image(tf.io.read_file(path))
+    except (tf.errors.OpError, ValueError) as e:
+        message = getattr(e, "message", str(e)).strip().splitlines()
+        return message[0] if message else type(e).__name__
+    return "could not be decoded"
