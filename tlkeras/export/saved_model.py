@@ -1,0 +1,182 @@
+"""SavedModel export that TF Serving serves as it is, checked before it is declared done.
+
+Layout: `<export_dir>/<version>/` with an integer version, the next free one. Signatures:
+
+- `serving_default`: `image_bytes` (tf.string [None], encoded JPEG/PNG/BMP/GIF; the `_bytes`
+  suffix makes TF Serving's REST API accept {"b64": ...}) -> `probabilities` [None, C] float32,
+  `classes` [None, k] tf.string class names, `scores` [None, k] float32 (top k, best first).
+- `serving_images`: `images` (float32 [None, H, W, 3], RGB pixels in [0, 255], any size) -> same outputs.
+
+Both run `tlkeras.data.images` — the training pipeline's own decode and resize — and the model
+(which carries the backbone's normalisation) inside the graph. `assets/labels.txt` holds the
+class names, one per line. The export is written into a temporary folder, re-loaded, checked
+against the in-memory model, and only then renamed into place; an existing version is never
+touched.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from tlkeras._logging import get_logger
+from tlkeras.data.images import decode_and_resize, prepare_image
+from tlkeras.errors import ExportError
+from tlkeras.model import image_size_of, predict_function, to_probabilities
+
+LABELS_FILE = "labels.txt"
+# Float32 graphs of the same ops on the same device agree to rounding; 1e-5 is far above
+# that and far below any real train/serve difference (a resize or scale error moves
+# probabilities by 1e-2 or more).
+VERIFY_TOLERANCE = 1e-5
+
+
+class _ServingModule(tf.Module):
+    def __init__(self, model, class_names: Sequence[str], labels_path: str, top_k: int):
+        super().__init__(name="tlkeras_serving")
+        self.model = model
+        self.labels = tf.saved_model.Asset(labels_path)
+        self._class_names = tf.constant(list(class_names))
+        self._image_size = image_size_of(model)
+        self._k = min(top_k, len(class_names))
+
+        size = self._image_size
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+        def serve_bytes(image_bytes):
+            images = tf.map_fn(
+                lambda b: decode_and_resize(b, size),
+                image_bytes,
+                fn_output_signature=tf.TensorSpec([size[0], size[1], 3], tf.float32),
+            )
+            return self._outputs(images)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
+        def serve_images(images):
+            return self._outputs(prepare_image(images, size))
+
+        self.serve_bytes = serve_bytes
+        self.serve_images = serve_images
+
+    def _outputs(self, images):
+        probabilities = tf.cast(to_probabilities(self.model(images, training=False)), tf.float32)
+        scores, indices = tf.math.top_k(probabilities, k=self._k)
+        return {"probabilities": probabilities, "classes": tf.gather(self._class_names, indices), "scores": scores}
+
+
+def next_version(export_dir: str) -> int:
+    """1 + the largest integer folder name under `export_dir` (1 when there is none)."""
+    if not os.path.isdir(export_dir):
+        return 1
+    versions = [int(n) for n in os.listdir(export_dir) if n.isdigit()]
+    return max(versions, default=0) + 1
+
+
+def export_saved_model(
+    model,
+    export_dir: str,
+    class_names: Sequence[str],
+    *,
+    top_k: int = 5,
+    verify_images: Optional[Sequence[bytes]] = None,
+) -> str:
+    """Write a TF Serving SavedModel of `model` to `<export_dir>/<next version>` and return its path.
+
+    Args:
+        model: a tlkeras model (pixels in [0, 255] -> probabilities).
+        export_dir: the model's base folder (what TF Serving's --model_base_path points at).
+        class_names: names of the classes, in label order.
+        top_k: how many classes `classes` / `scores` list per image.
+        verify_images: encoded images to check the export with (e.g. validation images);
+            synthetic ones are used when None.
+
+    Raises:
+        ExportError: the re-loaded SavedModel does not answer as `model` does; nothing is left behind.
+
+    Example:
+
+    >>> import tempfile, tlkeras
+    >>> model = tlkeras.build_model("mobilenetv2", 3, image_size=32, weights=None,
+    ...                             backbone_options={"alpha": 0.35})
+    >>> path = export_saved_model(model, tempfile.mkdtemp(), ["a", "b", "c"], top_k=2)
+    >>> os.path.basename(path)
+    '1'
+    """
+    class_names = [str(c) for c in class_names]
+    n_out = model.output_shape[-1]
+    if (n_out == 1 and len(class_names) != 2) or (n_out > 1 and n_out != len(class_names)):
+        raise ExportError(
+            f"the model predicts {max(n_out, 2)} classes but {len(class_names)} class names were given."
+        )
+    os.makedirs(export_dir, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".tmp-export-", dir=export_dir)
+    try:
+        labels_path = os.path.join(staging, LABELS_FILE)
+        with open(labels_path, "w", encoding="utf-8") as f:
+            f.write("\n".join(class_names) + "\n")
+        module = _ServingModule(model, class_names, labels_path, top_k)
+        target = os.path.join(staging, "model")
+        tf.saved_model.save(
+            module,
+            target,
+            signatures={"serving_default": module.serve_bytes, "serving_images": module.serve_images},
+        )
+        images = list(verify_images) if verify_images else synthetic_images(image_size_of(model))
+        verify_export(target, model, images)
+        while True:
+            version = next_version(export_dir)
+            final = os.path.join(export_dir, str(version))
+            try:
+                os.rename(target, final)  # atomic; fails if another export took this version
+                break
+            except OSError:
+                if not os.path.exists(final):
+                    raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    get_logger().info("exported SavedModel version %d to %s (checked on %d images)", version, final, len(images))
+    return final
+
+
+def synthetic_images(image_size: tuple[int, int], count: int = 4) -> list[bytes]:
+    """Deterministic PNG-encoded noise images of a few sizes."""
+    rng = np.random.default_rng(0)
+    h, w = image_size
+    shapes = [(h, w), (h * 2, w + 7), (max(h // 2, 1), w * 2), (h + 3, h + 3)]
+    return [
+        tf.io.encode_png(rng.integers(0, 256, (*shapes[i % len(shapes)], 3), dtype=np.uint8)).numpy()
+        for i in range(count)
+    ]
+
+
+def verify_export(path: str, model, images: Sequence[bytes], tolerance: float = VERIFY_TOLERANCE) -> float:
+    """Re-load the SavedModel at `path`, run `serving_default` on `images` and compare with `model`.
+
+    Returns the largest absolute probability difference; raises ExportError above `tolerance`.
+    """
+    loaded = tf.saved_model.load(path)
+    served = loaded.signatures["serving_default"](image_bytes=tf.constant(list(images)))
+    size = image_size_of(model)
+    pixels = tf.stack([decode_and_resize(tf.constant(b), size) for b in images])
+    expected = np.asarray(to_probabilities(predict_function(model)(pixels)))
+    diff = float(np.max(np.abs(served["probabilities"].numpy() - expected)))
+    if not diff <= tolerance:
+        raise ExportError(
+            f"the exported SavedModel does not answer as the trained model: probabilities differ by {diff:.2e} "
+            f"(tolerance {tolerance:.0e}); the export was not written."
+        )
+    return diff
+
+
+def export_run(run_dir: str, export_dir: Optional[str] = None, *, top_k: Optional[int] = None) -> str:
+    """Export a finished run's model.keras as the next SavedModel version (default: RUN_DIR/export)."""
+    from tlkeras.rundir import load_run
+
+    model, class_names, cfg = load_run(run_dir)
+    k = top_k or (cfg.top_k if cfg is not None else 5)
+    return export_saved_model(model, export_dir or os.path.join(run_dir, "export"), class_names, top_k=k)

@@ -1,0 +1,130 @@
+"""Batch prediction through an exported SavedModel's `serving_default` signature."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import tensorflow as tf
+
+from tlkeras.data.images import is_image_file
+from tlkeras.errors import ExportError
+from tlkeras.export.saved_model import LABELS_FILE
+
+FORMATS = ("table", "json", "csv")
+
+
+def resolve_export(path: str) -> str:
+    """A SavedModel folder: `path` itself, or its highest integer version subfolder."""
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return path
+    if os.path.isdir(path):
+        versions = sorted(
+            (int(n) for n in os.listdir(path) if n.isdigit() and os.path.isfile(os.path.join(path, n, "saved_model.pb"))),
+        )
+        if versions:
+            return os.path.join(path, str(versions[-1]))
+        if os.path.isdir(os.path.join(path, "export")):  # a run directory
+            return resolve_export(os.path.join(path, "export"))
+    raise ExportError(
+        f"{path!r} holds no SavedModel (no saved_model.pb in it or in a numbered version folder); "
+        "pass an export folder such as runs/NAME/export or runs/NAME/export/1."
+    )
+
+
+def expand_inputs(inputs: list[str]) -> list[str]:
+    """Image files from files and folders (searched recursively), in a stable order."""
+    files = []
+    for item in inputs:
+        if os.path.isdir(item):
+            for dirpath, dirnames, filenames in os.walk(item):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                files.extend(os.path.join(dirpath, f) for f in sorted(filenames) if is_image_file(f))
+        else:
+            files.append(item)
+    return files
+
+
+@dataclass
+class Predictions:
+    rows: list[dict] = field(default_factory=list)  # {"path", "classes", "scores"}
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+
+def predict_files(export_path: str, inputs: list[str], *, top_k: int = 3, batch_size: int = 32) -> Predictions:
+    """Classify image files (and folders of them) with an exported SavedModel.
+
+    Unreadable or undecodable files are skipped and reported in `Predictions.skipped`.
+
+    Example (with an export made by `tlkeras train`):
+
+        preds = predict_files("runs/flowers/export", ["photos/"], top_k=2)
+        preds.rows[0]  # {"path": "photos/a.jpg", "classes": ["tulip", "rose"], "scores": [0.91, 0.06]}
+    """
+    path = resolve_export(export_path)
+    loaded = tf.saved_model.load(path)
+    serve = loaded.signatures["serving_default"]
+    labels_file = os.path.join(path, "assets", LABELS_FILE)
+    with open(labels_file, encoding="utf-8") as f:
+        class_names = [line.rstrip("\n") for line in f if line.rstrip("\n")]
+    k = max(1, min(top_k, len(class_names)))
+    result = Predictions()
+    files = expand_inputs(inputs)
+    for start in range(0, len(files), batch_size):
+        batch_paths, batch_bytes = [], []
+        for p in files[start : start + batch_size]:
+            try:
+                with open(p, "rb") as f:
+                    batch_bytes.append(f.read())
+                batch_paths.append(p)
+            except OSError as e:
+                result.skipped.append((p, e.strerror or str(e)))
+        for p, probs in _serve_batch(serve, batch_paths, batch_bytes, result.skipped):
+            order = np.argsort(-probs, kind="stable")[:k]
+            result.rows.append(
+                {"path": p, "classes": [class_names[i] for i in order], "scores": [float(probs[i]) for i in order]}
+            )
+    return result
+
+
+def _serve_batch(serve, paths, blobs, skipped):
+    if not blobs:
+        return []
+    try:
+        probs = serve(image_bytes=tf.constant(blobs))["probabilities"].numpy()
+        return list(zip(paths, probs))
+    except tf.errors.InvalidArgumentError:
+        pass
+    out = []  # one file broke the batch: find it by serving the files one at a time
+    for p, b in zip(paths, blobs):
+        try:
+            out.append((p, serve(image_bytes=tf.constant([b]))["probabilities"].numpy()[0]))
+        except tf.errors.InvalidArgumentError as e:
+            skipped.append((p, "not a decodable image: " + (e.message.strip().splitlines() or ["?"])[0]))
+    return out
+
+
+def format_predictions(rows: list[dict], fmt: str) -> str:
+    """Render prediction rows as an aligned table, JSON lines or CSV."""
+    if fmt == "json":
+        return "".join(json.dumps(row) + "\n" for row in rows)
+    if fmt == "csv":
+        k = max((len(r["classes"]) for r in rows), default=0)
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["path"] + [x for i in range(1, k + 1) for x in (f"class_{i}", f"score_{i}")])
+        for r in rows:
+            writer.writerow([r["path"]] + [x for c, s in zip(r["classes"], r["scores"]) for x in (c, f"{s:.6f}")])
+        return buf.getvalue()
+    if fmt == "table":
+        width = max((len(r["path"]) for r in rows), default=4)
+        lines = [f"{'path':<{width}}  prediction"]
+        for r in rows:
+            guesses = "  ".join(f"{c} ({s:.1%})" for c, s in zip(r["classes"], r["scores"]))
+            lines.append(f"{r['path']:<{width}}  {guesses}")
+        return "\n".join(lines) + "\n"
+    raise ValueError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
