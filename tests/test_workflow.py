@@ -1,0 +1,81 @@
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import yaml
+
+import tlkeras
+from conftest import TINY, write_image_folder
+from tlkeras.errors import BackboneError, ConfigError
+
+
+def test_run_directory_holds_everything_the_run_made(trained_run):
+    run = trained_run.run_dir
+    for name in ["config.yaml", "history.json", "metrics.json", "labels.txt", "model.keras",
+                 "checkpoints/best.weights.h5", "stage2_trainable_layers.txt"]:
+        assert os.path.getsize(os.path.join(run, name)) > 0, name
+    assert trained_run.export_dir == os.path.join(run, "export", "1")
+    with open(os.path.join(run, "config.yaml")) as f:
+        saved = yaml.safe_load(f)
+    assert saved["backbone"] == "mobilenetv2" and saved["stage2"]["unfreeze"] == "blocks:2"
+    assert saved == trained_run.config.to_dict()
+    with open(os.path.join(run, "labels.txt")) as f:
+        assert f.read().splitlines() == ["blue", "green", "red"]
+
+
+def test_result_reports_history_metrics_and_classes(trained_run):
+    assert trained_run.class_names == ["blue", "green", "red"]
+    assert trained_run.history["epoch"] == [1, 2, 3]
+    assert trained_run.history["stage"] == [1, 1, 2]
+    m = trained_run.metrics
+    assert m["split"] == "val" and m["count"] == 6  # 20% of 8 per class, stratified: 2 x 3
+    assert 0.0 <= m["accuracy"] <= 1.0
+    with open(os.path.join(trained_run.run_dir, "metrics.json")) as f:
+        assert json.load(f) == m
+
+
+def test_saved_model_keras_reloads_in_safe_mode_and_predicts_the_same(trained_run):
+    reloaded = keras.models.load_model(os.path.join(trained_run.run_dir, "model.keras"), safe_mode=True)
+    x = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0), trained_run.model.predict(x, verbose=0), atol=1e-6)
+    assert reloaded.get_layer("preprocess").backbone_name == "mobilenetv2"
+
+
+def test_run_with_a_truncated_jpeg_trains_and_lists_the_skipped_file(tmp_path, backbone_weights):
+    data = write_image_folder(tmp_path / "data", per_class=4)
+    broken = os.path.join(data, "green", "broken.jpg")
+    jpeg = tf.io.encode_jpeg(np.zeros((40, 40, 3), np.uint8)).numpy()
+    with open(broken, "wb") as f:
+        f.write(jpeg[: len(jpeg) // 3])
+    result = tlkeras.build_and_finetune(
+        data, **TINY, weights=backbone_weights, batch_size=4, stage1={"epochs": 1}, stage2={"epochs": 1, "unfreeze": 2},
+        output_dir=str(tmp_path / "run"), export=False, verbose=0,
+    )
+    assert result.export_dir is None
+    assert [p for p, _ in result.skipped_files] == [broken]
+    with open(tmp_path / "run" / "skipped_files.txt") as f:
+        line = f.read().splitlines()
+    assert len(line) == 1 and line[0].startswith(broken + "\t")
+    assert result.history["epoch"] == [1, 2]
+
+
+def test_config_file_and_keyword_overrides(tmp_path, image_folder, backbone_weights):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        **TINY, "data": image_folder, "weights": backbone_weights, "batch_size": 8,
+        "stage1": {"epochs": 1}, "stage2": {"epochs": 0}, "export": False,
+    }))
+    result = tlkeras.build_and_finetune(config=str(config), stage1={"epochs": 2}, output_dir=str(tmp_path / "r"), verbose=0)
+    assert result.history["stage"] == [1, 1]  # the keyword won over the file
+    assert result.config.batch_size == 8  # the file won over the default
+
+
+def test_bad_options_fail_before_any_training(tmp_path):
+    with pytest.raises(ConfigError, match=r"Unknown config key 'epochs'"):
+        tlkeras.build_and_finetune(str(tmp_path), epochs=3)
+    with pytest.raises(BackboneError, match=r"Unknown backbone 'effnet'"):
+        tlkeras.build_and_finetune(str(tmp_path), backbone="effnet", output_dir=str(tmp_path / "r"))
+    assert not os.path.exists(tmp_path / "r")

@@ -1,0 +1,168 @@
+"""The `tlkeras` command line. Each command parses its arguments and makes one library call.
+
+Precedence for `train`: library defaults < --config YAML < named flags < --set key=value.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+
+import click
+
+from tlkeras.errors import TlkerasError
+
+_CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _friendly_errors(command):
+    """Show tlkeras errors (bad input) as one line; --debug shows the traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        debug = click.get_current_context().find_root().params.get("debug", False)
+        try:
+            return command(*args, **kwargs)
+        except TlkerasError as e:
+            if debug:
+                raise
+            raise click.ClickException(str(e)) from None
+
+    return wrapper
+
+
+@click.group(context_settings=_CONTEXT)
+@click.option("--debug", is_flag=True, help="Show full tracebacks.")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors from tlkeras.")
+@click.version_option(package_name="tlkeras")
+def main(debug: bool, quiet: bool) -> None:
+    """Fine-tune pretrained Keras backbones on your images and export them for TF Serving."""
+    from tlkeras._logging import get_logger
+
+    get_logger().setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+@main.command(context_settings=_CONTEXT)
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), help="YAML config file.")
+@click.option("--data", help="Folder with one subfolder per class, or tfds:NAME[:SPLIT].")
+@click.option("--val-data", help="Validation folder (default: a stratified split of --data).")
+@click.option("--backbone", help="Backbone name, e.g. efficientnetb0 (see `tlkeras backbones`).")
+@click.option("--weights", help="imagenet, none, or a path to a backbone weights file.")
+@click.option("--image-size", type=int, help="Input side length in pixels (default: the backbone's).")
+@click.option("--batch-size", type=int)
+@click.option("--output-dir", help="Run directory (default: runs/<backbone>-<time>).")
+@click.option("--seed", type=int)
+@click.option("--export/--no-export", default=None, help="Write the TF Serving SavedModel (default: yes).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any config key, e.g. --set stage2.epochs=3.")
+@_friendly_errors
+def train(config_path, data, val_data, backbone, weights, image_size, batch_size, output_dir, seed, export, overrides):
+    """Fine-tune a backbone in two stages and export it."""
+    from tlkeras.config import FinetuneConfig
+    from tlkeras.workflow import build_and_finetune
+
+    cfg = FinetuneConfig.from_yaml(config_path) if config_path else FinetuneConfig()
+    flags = {
+        "data": data,
+        "val_data": val_data,
+        "backbone": backbone,
+        "image_size": image_size,
+        "batch_size": batch_size,
+        "output_dir": output_dir,
+        "seed": seed,
+        "export": export,
+    }
+    values = {k: v for k, v in flags.items() if v is not None}
+    if weights is not None:
+        values["weights"] = None if weights.lower() in ("none", "null") else weights
+    cfg = cfg.merged(values).with_overrides(list(overrides))
+    result = build_and_finetune(config=cfg)
+    accuracy = result.metrics.get("accuracy")
+    click.echo("")
+    if accuracy is not None:
+        click.echo(f"{result.metrics['split']} accuracy: {accuracy:.4f} ({result.metrics['count']} images)")
+    click.echo(f"run directory:  {result.run_dir}")
+    if result.export_dir:
+        click.echo(f"SavedModel:     {result.export_dir}")
+        click.echo(f"try it:         tlkeras predict {result.export_dir} IMAGE_OR_FOLDER")
+
+
+@main.command(context_settings=_CONTEXT)
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--data", help="Folder of class subfolders (default: the run's own validation split).")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@_friendly_errors
+def evaluate(run_dir, data, batch_size, fmt):
+    """Metrics of a finished run's model on labelled images."""
+    from tlkeras.evaluate import evaluate_run
+
+    metrics = evaluate_run(run_dir, data, batch_size=batch_size)
+    if fmt == "json":
+        click.echo(json.dumps(metrics, indent=2))
+        return
+    click.echo(f"images:   {metrics['count']}")
+    click.echo(f"accuracy: {metrics['accuracy']:.4f}")
+    click.echo(f"loss:     {metrics['loss']:.4f}")
+    for name, acc in metrics["per_class_accuracy"].items():
+        click.echo(f"  {name}: {acc:.4f}")
+
+
+@main.command(context_settings=_CONTEXT)
+@click.argument("export_dir", type=click.Path(exists=True))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("--top-k", type=int, default=3, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@_friendly_errors
+def predict(export_dir, inputs, top_k, batch_size, fmt):
+    """Classify images (files or folders) with an exported SavedModel."""
+    from tlkeras.predict import format_predictions, predict_files
+
+    result = predict_files(export_dir, list(inputs), top_k=top_k, batch_size=batch_size)
+    click.echo(format_predictions(result.rows, fmt), nl=False)
+    for path, reason in result.skipped:
+        click.echo(f"skipped {path}: {reason}", err=True)
+    if result.skipped and not result.rows:
+        sys.exit(1)
+
+
+@main.command(context_settings=_CONTEXT)
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--export-dir", help="Base folder of the versions (default: RUN_DIR/export).")
+@click.option("--top-k", type=int, help="Classes listed per image (default: the run's top_k).")
+@_friendly_errors
+def export(run_dir, export_dir, top_k):
+    """Export a finished run as the next TF Serving SavedModel version."""
+    from tlkeras.export import export_run
+
+    click.echo(export_run(run_dir, export_dir, top_k=top_k))
+
+
+@main.command(context_settings=_CONTEXT)
+def backbones():
+    """List the backbones `--backbone` accepts."""
+    from tlkeras.backbones import list_backbones, resolve
+
+    click.echo(f"{'name':<20} {'source':<20} {'default size':>12} {'min size':>9}  preprocessing")
+    for name in list_backbones():
+        spec = resolve(name)
+        click.echo(
+            f"{name:<20} {spec.source:<20} {spec.default_size:>12} {spec.min_size:>9}  {spec.preprocessing}"
+        )
+    click.echo("\nNames are case-insensitive; pass constructor options with --set backbone_options.alpha=0.5.")
+
+
+@main.command(context_settings=_CONTEXT)
+@click.option("--output-dir", default="runs/demo", show_default=True)
+@_friendly_errors
+def demo(output_dir):
+    """Offline demo: pretrain on digits 0-4, transfer to 5-9, compare with training from scratch."""
+    from tlkeras.demo import run_demo
+
+    run_demo(output_dir, echo=click.echo)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,169 @@
+"""build_and_finetune: config -> data -> model -> two stages -> metrics -> export. Nothing else."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import keras
+
+from tlkeras import backbones
+from tlkeras._logging import get_logger
+from tlkeras.config import FinetuneConfig
+from tlkeras.data import make_datasets
+from tlkeras.evaluate import evaluate_model
+from tlkeras.export import export_saved_model
+from tlkeras.model import build_model
+from tlkeras.training import finetune
+from tlkeras.utils import write_json_atomic, write_text_atomic
+
+# How many validation images the export is checked with.
+EXPORT_CHECK_IMAGES = 16
+
+
+@dataclass
+class FinetuneResult:
+    """What a run produced.
+
+    Attributes:
+        model: the trained keras.Model; its pretrained base is the nested layer "backbone".
+        history: per-epoch metrics of both stages: {"epoch", "stage", "loss", "accuracy", ...}.
+        metrics: final validation metrics (accuracy, loss, count, per-class accuracy).
+        class_names: class names in label order.
+        run_dir: the run directory (config.yaml, history.json, metrics.json, labels.txt, model.keras, ...).
+        export_dir: the SavedModel version folder, or None when export=False.
+        config: the resolved FinetuneConfig.
+        skipped_files: (path, reason) of files that could not be decoded.
+    """
+
+    model: keras.Model
+    history: dict
+    metrics: dict
+    class_names: list[str]
+    run_dir: str
+    export_dir: Optional[str]
+    config: FinetuneConfig
+    skipped_files: list = field(default_factory=list)
+
+
+def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None = None, **options) -> FinetuneResult:
+    """Fine-tune a pretrained backbone on your data in two stages and export it for TF Serving.
+
+    Args:
+        data: a folder with one subfolder per class, an (images, labels) pair of arrays
+            (pixels in [0, 255]), a tf.data.Dataset of (image, label), or "tfds:NAME[:SPLIT]".
+        config: a FinetuneConfig or a path to a YAML config; `options` override it.
+        **options: any FinetuneConfig key: backbone="efficientnetb0", weights="imagenet"
+            ("imagenet" | None | path to a weights file), val_data=None, val_split=0.2,
+            image_size=None (the backbone's own), batch_size=32,
+            head={"hidden_units": [], "dropout": 0.2, "l2": 0.0, "pooling": "avg"},
+            stage1={"epochs": 5, "learning_rate": 1e-3},
+            stage2={"epochs": 5, "learning_rate": None, "unfreeze": 0.3},
+            augment=None (e.g. {"flip": "horizontal", "rotation": 0.1, "zoom": 0.1}),
+            class_weight=None ("balanced"), output_dir=None (runs/<backbone>-<time>), seed=0,
+            export=True, top_k=5, backbone_options={}, class_names=None, cache_images="auto".
+
+    Returns:
+        FinetuneResult with .model, .history, .metrics, .class_names, .run_dir, .export_dir.
+
+    Example:
+
+    >>> import numpy as np, tempfile, tlkeras
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.integers(0, 255, (24, 16, 16, 3)).astype("uint8")
+    >>> y = np.array(["cat", "dog"] * 12)
+    >>> result = tlkeras.build_and_finetune(
+    ...     (x, y), backbone="mobilenetv2", weights=None, image_size=32,
+    ...     backbone_options={"alpha": 0.35}, batch_size=8,
+    ...     stage1={"epochs": 1}, stage2={"epochs": 1, "unfreeze": "blocks:1"},
+    ...     output_dir=tempfile.mkdtemp(), verbose=0)
+    >>> result.class_names, result.history["stage"]
+    (['cat', 'dog'], [1, 2])
+    >>> os.path.basename(result.export_dir)
+    '1'
+    """
+    verbose = options.pop("verbose", "auto")
+    cfg = _resolve_config(data, config, options)
+    log = get_logger()
+    keras.utils.set_random_seed(cfg.seed)
+
+    spec = backbones.resolve(cfg.backbone, cfg.backbone_options)
+    if cfg.weights is None and cfg.stage1.epochs > 0:
+        log.warning(
+            "weights=None: the backbone starts from random weights, so stage 1 trains the head on random "
+            "features. To train from scratch, set stage1.epochs=0 and stage2 unfreeze='all', train_bn=true."
+        )
+    image_size = backbones.resolve_image_size(spec, cfg.image_size)
+    run_dir = cfg.output_dir or os.path.join("runs", f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.makedirs(run_dir, exist_ok=True)
+    cfg.to_yaml(os.path.join(run_dir, "config.yaml"))
+    log.info("run directory: %s", run_dir)
+
+    data_bundle = make_datasets(cfg, image_size)
+    class_names = data_bundle.class_names
+    write_text_atomic(os.path.join(run_dir, "labels.txt"), "\n".join(class_names) + "\n")
+    if data_bundle.skipped:
+        write_text_atomic(
+            os.path.join(run_dir, "skipped_files.txt"),
+            "".join(f"{path}\t{reason}\n" for path, reason in data_bundle.skipped),
+        )
+    log.info(
+        "data: %d training and %d validation images, %d classes%s",
+        data_bundle.train_count, data_bundle.val_count, len(class_names),
+        f", {len(data_bundle.skipped)} file(s) skipped (see skipped_files.txt)" if data_bundle.skipped else "",
+    )
+
+    model = build_model(
+        spec.name, len(class_names), image_size=image_size, weights=cfg.weights,
+        head=cfg.head, backbone_options=cfg.backbone_options,
+    )
+    history = finetune(
+        model, data_bundle.train, data_bundle.val, stage1=cfg.stage1, stage2=cfg.stage2,
+        run_dir=run_dir, class_weight=data_bundle.class_weight, verbose=verbose,
+    )
+
+    eval_ds, split = (data_bundle.val, "val") if data_bundle.val is not None else (data_bundle.train, "train")
+    metrics = {"split": split, **evaluate_model(model, eval_ds, class_names)}
+    write_json_atomic(os.path.join(run_dir, "metrics.json"), metrics)
+    save_model_atomic(model, os.path.join(run_dir, "model.keras"))
+    log.info("%s accuracy %.4f on %d images", split, metrics.get("accuracy", float("nan")), metrics.get("count", 0))
+
+    export_dir = None
+    if cfg.export:
+        examples = data_bundle.val_examples if data_bundle.val_examples is not None else data_bundle.train_examples
+        export_dir = export_saved_model(
+            model, os.path.join(run_dir, "export"), class_names, top_k=cfg.top_k,
+            verify_images=examples.sample_bytes(EXPORT_CHECK_IMAGES),
+        )
+    return FinetuneResult(
+        model=model, history=history, metrics=metrics, class_names=class_names, run_dir=run_dir,
+        export_dir=export_dir, config=cfg, skipped_files=data_bundle.skipped,
+    )
+
+
+def _resolve_config(data, config, options) -> FinetuneConfig:
+    if config is None:
+        cfg = FinetuneConfig()
+    elif isinstance(config, FinetuneConfig):
+        cfg = config
+    else:
+        cfg = FinetuneConfig.from_yaml(config)
+    if data is not None:
+        options["data"] = data
+    return cfg.merged(options)
+
+
+def save_model_atomic(model: keras.Model, path: str) -> None:
+    """model.save() into a temporary file next to `path`, then rename over it."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-model-", suffix=".keras", dir=folder)
+    os.close(fd)
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
