@@ -42,6 +42,26 @@ def test_decode_image_gives_rgb_uint8(encoded, expected_shape):
     assert tuple(image.shape) == expected_shape and image.dtype == tf.uint8
 
 
+def _pillow_bytes(image, fmt, **kwargs) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def test_bmp_and_the_first_frame_of_an_animated_gif():
+    Image = pytest.importorskip("PIL.Image")
+    bmp = _pillow_bytes(Image.new("RGB", (6, 4), (10, 200, 30)), "BMP")
+    out = image_io.decode_image(tf.constant(bmp)).numpy()
+    assert out.shape == (4, 6, 3) and out[0, 0].tolist() == [10, 200, 30]
+    frames = [Image.new("RGB", (5, 5), (255, 0, 0)), Image.new("RGB", (5, 5), (0, 0, 255))]
+    gif = _pillow_bytes(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    out = image_io.decode_image(tf.constant(gif)).numpy()
+    assert out.shape == (5, 5, 3)
+    assert out[2, 2, 0] > 200 and out[2, 2, 2] < 50  # red: the first frame, not the blue second
+
+
 def test_sixteen_bit_png_is_scaled_to_eight_bits():
     image = image_io.decode_image(tf.constant(tf.io.encode_png(np.full((2, 2, 3), 65535, np.uint16)).numpy()))
     assert int(tf.reduce_max(image)) == 255

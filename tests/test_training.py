@@ -149,3 +149,20 @@ def test_weight_decay_spares_biases_and_batch_norm():
     kernel = keras.Variable(np.ones(2), name="kernel")
     assert not optimizer._use_weight_decay(bias)
     assert optimizer._use_weight_decay(kernel)
+
+
+def test_early_stopping_restores_the_best_epoch(tiny_model):
+    """A rate so high that validation loss blows up after the first epoch: the first epoch's weights come back."""
+    ds, val = _color_dataset(), _color_dataset(2, seed=1)
+    snapshots = []
+
+    class Keep(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            snapshots.append((logs["val_loss"], tiny_model.get_layer("predictions").kernel.numpy().copy()))
+
+    history = finetune(tiny_model, ds, val, stage1={"epochs": 6, "learning_rate": 5.0, "early_stopping": 1},
+                       stage2={"epochs": 0}, callbacks=[Keep()], verbose=0)
+    assert len(history["epoch"]) < 6  # it stopped
+    best_loss, best_kernel = min(snapshots, key=lambda s: s[0])
+    np.testing.assert_array_equal(tiny_model.get_layer("predictions").kernel.numpy(), best_kernel)
+
