@@ -226,15 +226,32 @@ def test_tfds_source_through_mock_data():
     assert images.shape[1:] == (16, 16, 3)
 
 
-def test_augmentation_applies_to_training_batches_only():
+def test_augmentation_is_built_for_training_and_the_pipelines_stay_plain():
     x = np.random.default_rng(0).integers(0, 255, (8, 16, 16, 3)).astype(np.uint8)
     y = np.arange(8) % 2
     cfg = _cfg(val_split=0.5, augment={"flip": "horizontal", "rotation": 0.2}, cache_images=False)
     bundle = make_datasets(cfg, (16, 16), data=(x, y))
+    assert [layer.__class__.__name__ for layer in bundle.augmenter.layers] == ["RandomFlip", "RandomRotation"]
     val_a = np.concatenate([b.numpy() for b, _ in bundle.val])
     val_b = np.concatenate([b.numpy() for b, _ in bundle.val])
     np.testing.assert_array_equal(val_a, val_b)
-    train_images = {tuple(np.round(img.numpy().ravel()[:20], 2)) for b, _ in bundle.train for img in b}
-    clean = {tuple(np.round(image_io.prepare_image(r, (16, 16)).numpy().ravel()[:20], 2))
-             for r in bundle.train_examples.arrays}
-    assert train_images != clean  # augmented
+    images, _ = next(iter(bundle.train))
+    augmented = bundle.augmenter(images, training=True).numpy()
+    assert augmented.shape == images.shape and not np.allclose(augmented, images.numpy())
+    assert make_datasets(_cfg(val_split=0.5), (16, 16), data=(x, y)).augmenter is None
+
+
+def test_folder_pixels_are_decoded_once_and_kept_when_they_fit(tmp_path):
+    root = write_image_folder(tmp_path / "data", per_class=3)
+    kept = make_datasets(_cfg(data=root, val_split=0), (32, 32))
+    assert kept.train_examples.pixels.shape == (9, 32, 32, 3)
+    # identical to decoding each file again with the one decode function
+    path = kept.train_examples.paths[4]
+    np.testing.assert_array_equal(
+        kept.train_examples.pixels[4], image_io.load_image(tf.constant(path), (32, 32)).numpy()
+    )
+    streamed = make_datasets(_cfg(data=root, val_split=0, cache_images=False), (32, 32))
+    assert streamed.train_examples.pixels is None
+    a = sorted(float(b.numpy().sum()) for b, _ in kept.train.unbatch().batch(1))
+    b = sorted(float(b.numpy().sum()) for b, _ in streamed.train.unbatch().batch(1))
+    np.testing.assert_allclose(a, b, rtol=1e-6)

@@ -40,3 +40,20 @@ def _json_default(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def as_tensor(array):
+    """A tf.Tensor over a NumPy array's memory, without a copy where TensorFlow allows it.
+
+    tf.data.Dataset.from_tensor_slices copies NumPy arrays; given this tensor it does not, so a
+    gigabyte of cached pixels is held once, not twice.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    array = np.ascontiguousarray(array)
+    try:
+        return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
+    except Exception:  # dtype or layout DLPack cannot share: copy
+        return tf.convert_to_tensor(array)
+

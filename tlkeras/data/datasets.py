@@ -28,10 +28,9 @@ from tlkeras.config import FinetuneConfig
 from tlkeras.data import images as image_io
 from tlkeras.data.augment import build_augmenter
 from tlkeras.errors import DataError
+from tlkeras.utils import as_tensor
 
 AUTOTUNE = tf.data.AUTOTUNE
-# cache_images="auto" keeps decoded, resized images in memory up to this size.
-CACHE_BUDGET_BYTES = 1 << 30
 
 
 # === Examples: a labelled collection before it becomes a pipeline ===
@@ -43,7 +42,8 @@ class Examples:
 
     labels: np.ndarray
     paths: Optional[list[str]] = None
-    arrays: Optional[np.ndarray] = None
+    arrays: Optional[np.ndarray] = None  # raw images as given (any size, 1/3/4 channels)
+    pixels: Optional[np.ndarray] = None  # already decoded and resized: float32 [N, h, w, 3]
     dataset: Optional[tf.data.Dataset] = None
     index: Optional[np.ndarray] = field(default=None)  # rows of `dataset` in this split
 
@@ -54,7 +54,8 @@ class Examples:
         rows = np.sort(np.asarray(rows, dtype=np.int64))
         labels = self.labels[rows]
         if self.paths is not None:
-            return Examples(labels, paths=[self.paths[i] for i in rows])
+            return Examples(labels, paths=[self.paths[i] for i in rows],
+                            pixels=self.pixels[rows] if self.pixels is not None else None)
         if self.arrays is not None:
             return Examples(labels, arrays=self.arrays[rows])
         base = self.index if self.index is not None else np.arange(len(self.labels))
@@ -63,13 +64,15 @@ class Examples:
     def images(self, image_size: tuple[int, int]) -> tf.data.Dataset:
         """Unbatched (float32 [h, w, 3] in [0, 255], int32 label) in a fixed order."""
         labels = self.labels.astype(np.int32)
+        if self.pixels is not None and tuple(self.pixels.shape[1:3]) == tuple(image_size):
+            return tf.data.Dataset.from_tensor_slices((as_tensor(self.pixels), labels))
         if self.paths is not None:
             ds = tf.data.Dataset.from_tensor_slices((self.paths, labels))
             return ds.map(
                 lambda p, y: (image_io.load_image(p, image_size), y), num_parallel_calls=AUTOTUNE
             )
         if self.arrays is not None:
-            ds = tf.data.Dataset.from_tensor_slices((self.arrays, labels))
+            ds = tf.data.Dataset.from_tensor_slices((as_tensor(self.arrays), labels))
             return ds.map(lambda x, y: (image_io.prepare_image(x, image_size), y), num_parallel_calls=AUTOTUNE)
         ds = self.dataset
         if self.index is not None:
@@ -136,7 +139,11 @@ def _spread_rows(labels: np.ndarray, count: int) -> list[int]:
 
 @dataclass
 class DataBundle:
-    """Training and validation pipelines plus what was learned about the data."""
+    """Training and validation pipelines plus what was learned about the data.
+
+    `train` is shuffled but not augmented; `augmenter` (or None) is the random augmentation
+    that training applies to it.
+    """
 
     train: tf.data.Dataset
     val: Optional[tf.data.Dataset]
@@ -146,6 +153,7 @@ class DataBundle:
     skipped: list[tuple[str, str]]
     class_weight: Optional[dict[int, float]]
     cached: bool
+    augmenter: Any = None
 
     @property
     def train_count(self) -> int:
@@ -183,9 +191,12 @@ def make_datasets(
     if data is None:
         raise DataError("data: nothing to train on; pass a folder of class subfolders, (x, y) arrays or a tf.data.Dataset.")
 
-    train, class_names, skipped = load_examples(data, "data", cfg.class_names)
+    budget = cfg.memory_budget_mb << 20 if cfg.cache_images in ("auto", True) else 0
+    if cfg.cache_images is True:
+        budget = 1 << 62  # asked for: cache whatever the size
+    train, class_names, skipped = load_examples(data, "data", cfg.class_names, image_size=image_size, budget_bytes=budget)
     if val_data is not None:
-        val, _, val_skipped = load_examples(val_data, "val_data", class_names)
+        val, _, val_skipped = load_examples(val_data, "val_data", class_names, image_size=image_size, budget_bytes=budget)
         skipped = skipped + val_skipped
     elif cfg.val_split > 0:
         train_rows, val_rows = stratified_split(train.labels, cfg.val_split, cfg.seed)
@@ -211,17 +222,15 @@ def make_datasets(
     total = len(train) + (len(val) if val is not None else 0)
     estimate = total * h * w * 3 * 4
     if cfg.cache_images == "auto":
-        cache = estimate <= CACHE_BUDGET_BYTES
+        cache = estimate <= cfg.memory_budget_mb << 20
         log.info(
-            "image cache: %s (%d images x %dx%d float32 = %.0f MB, budget %.0f MB)",
-            "in memory" if cache else "off",
-            total, h, w, estimate / 2**20, CACHE_BUDGET_BYTES / 2**20,
+            "image cache: %s (%d images x %dx%d float32 = %.0f MB, memory_budget_mb %d)",
+            "in memory" if cache else "off", total, h, w, estimate / 2**20, cfg.memory_budget_mb,
         )
     else:
         cache = bool(cfg.cache_images)
 
-    augmenter = build_augmenter(cfg.augment, cfg.seed)
-    train_ds = build_pipeline(train, image_size, batch_size, training=True, cache=cache, seed=cfg.seed, augmenter=augmenter)
+    train_ds = build_pipeline(train, image_size, batch_size, training=True, cache=cache, seed=cfg.seed)
     val_ds = (
         build_pipeline(val, image_size, batch_size, training=False, cache=cache, seed=cfg.seed)
         if val is not None
@@ -236,6 +245,7 @@ def make_datasets(
         skipped=skipped,
         class_weight=class_weights(cfg.class_weight, train.labels, class_names),
         cached=cache,
+        augmenter=build_augmenter(cfg.augment, cfg.seed),
     )
 
 
@@ -247,34 +257,47 @@ def build_pipeline(
     training: bool,
     cache: bool,
     seed: int,
-    augmenter=None,
 ) -> tf.data.Dataset:
-    """Decode in parallel, cache, shuffle (training), batch, augment (training), prefetch."""
+    """Decode in parallel, cache, shuffle (training), batch, prefetch.
+
+    Augmentation is not applied here: `DataBundle.augmenter` is, by `finetune`, either on the
+    fly or once per cached view.
+    """
     n = len(examples)
-    if training and not cache and examples.paths is not None:
+    in_memory = examples.pixels is not None or examples.arrays is not None
+    if training and not cache and not in_memory and examples.paths is not None:
         # Shuffle file names, not decoded images: a full shuffle at no memory cost.
         order = np.random.default_rng(seed).permutation(n)
         examples = Examples(examples.labels[order], paths=[examples.paths[i] for i in order])
     ds = examples.images(image_size)
-    if cache:
+    if cache and examples.pixels is None:
         ds = ds.cache()
     if training:
-        ds = ds.shuffle(n if cache or examples.paths is None else min(n, 1024), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
-    if training and augmenter is not None:
-        ds = ds.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=AUTOTUNE)
-    return ds.prefetch(AUTOTUNE)
+        full = cache or in_memory or examples.paths is None
+        ds = ds.shuffle(n if full else min(n, 1024), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).prefetch(AUTOTUNE)
 
 
 # === Sources ===
 
 
-def load_examples(source: Any, key: str, class_names: list[str] | None = None):
-    """(Examples, class_names, skipped files) from any supported data source."""
+def load_examples(
+    source: Any,
+    key: str,
+    class_names: list[str] | None = None,
+    *,
+    image_size: tuple[int, int] | None = None,
+    budget_bytes: int = 0,
+):
+    """(Examples, class_names, skipped files) from any supported data source.
+
+    For image folders whose decoded, resized pixels (at `image_size`) fit `budget_bytes`, the
+    scan for undecodable files keeps those pixels, so no image is decoded twice.
+    """
     if isinstance(source, str) and source.startswith("tfds:"):
         return _load_tfds(source, key, class_names)
     if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__"):
-        return _load_folder(str(source), key, class_names)
+        return _load_folder(str(source), key, class_names, image_size, budget_bytes)
     if isinstance(source, tf.data.Dataset):
         return _load_dataset(source, key, class_names)
     if isinstance(source, (tuple, list)) and len(source) == 2:
@@ -285,17 +308,18 @@ def load_examples(source: Any, key: str, class_names: list[str] | None = None):
     )
 
 
-def _load_folder(root: str, key: str, class_names):
+def _load_folder(root: str, key: str, class_names, image_size=None, budget_bytes=0):
     import os
 
     if not os.path.exists(root):
         raise DataError(f"{key}: the path {root!r} does not exist.")
     folder = image_io.list_image_folder(root, class_names)
-    bad = image_io.find_undecodable(folder.paths)
+    keep_pixels = image_size is not None and len(folder.paths) * image_size[0] * image_size[1] * 12 <= budget_bytes
+    bad, pixels = image_io.scan_images(folder.paths, image_size if keep_pixels else None)
     bad_paths = {p for p, _ in bad}
     keep = [i for i, p in enumerate(folder.paths) if p not in bad_paths]
     labels = np.asarray(folder.labels, dtype=np.int64)[keep]
-    examples = Examples(labels, paths=[folder.paths[i] for i in keep])
+    examples = Examples(labels, paths=[folder.paths[i] for i in keep], pixels=pixels)
     for c, name in enumerate(folder.class_names):
         if class_names is None and not np.any(labels == c):
             raise DataError(f"{key}: no decodable images in the class folder {os.path.join(root, name)!r}.")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import tensorflow as tf
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -123,26 +124,42 @@ def list_image_folder(root: str, class_names: list[str] | None = None) -> ImageF
 # === Scan ===
 
 
-def find_undecodable(paths: list[str]) -> list[tuple[str, str]]:
-    """Decode every file once, in parallel, with the training decoder; return (path, reason) of failures.
+def scan_images(paths: list[str], image_size: tuple[int, int] | None = None):
+    """Decode every file once, in parallel, with the training decoder.
 
-    The reasons come from decoding the few failing files again one by one.
+    Returns (bad, pixels): `bad` lists (path, reason) of files that cannot be decoded (the
+    reasons come from decoding those few again one by one); with `image_size`, `pixels` holds
+    the float32 [n_good, h, w, 3] result of `decode_and_resize` for the good files in order,
+    so they are never decoded again; else None.
     """
     if not paths:
-        return []
+        return [], (np.zeros((0, *image_size, 3), np.float32) if image_size else None)
     ds = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), paths))
-    ds = ds.map(
-        lambda i, p: (i, tf.shape(decode_image(tf.io.read_file(p)))),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=False,
-    )
-    ds = ds.ignore_errors()
-    ok = {int(i) for i, _ in ds.as_numpy_iterator()}
-    bad = []
-    for index, path in enumerate(paths):
-        if index not in ok:
-            bad.append((path, _decode_error(path)))
-    return bad
+    if image_size is None:
+        fn = lambda i, p: (i, tf.shape(decode_image(tf.io.read_file(p))))  # noqa: E731
+    else:
+        fn = lambda i, p: (i, load_image(p, image_size))  # noqa: E731
+    ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False).ignore_errors()
+    if image_size is None:
+        ok = {int(i) for i, _ in ds.as_numpy_iterator()}
+        pixels = None
+    else:
+        # One buffer for all files, filled in place (batched: the Python loop runs once per 64
+        # images); rows of undecodable files are dropped at the end.
+        pixels = np.empty((len(paths), *image_size, 3), np.float32)
+        ok = set()
+        for i, values in ds.batch(64).as_numpy_iterator():
+            pixels[i] = values
+            ok.update(i.tolist())
+        if len(ok) < len(paths):
+            pixels = pixels[sorted(ok)]
+    bad = [(path, _decode_error(path)) for index, path in enumerate(paths) if index not in ok]
+    return bad, pixels
+
+
+def find_undecodable(paths: list[str]) -> list[tuple[str, str]]:
+    """(path, reason) of the files the training decoder cannot decode."""
+    return scan_images(paths)[0]
 
 
 def _decode_error(path: str) -> str:
