@@ -79,3 +79,19 @@ def test_bad_options_fail_before_any_training(tmp_path):
     with pytest.raises(BackboneError, match=r"Unknown backbone 'effnet'"):
         tlkeras.build_and_finetune(str(tmp_path), backbone="effnet", output_dir=str(tmp_path / "r"))
     assert not os.path.exists(tmp_path / "r")
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_run_trains_cached_and_exports(tmp_path, image_folder, backbone_weights, policy):
+    result = tlkeras.build_and_finetune(
+        image_folder, **TINY, weights=backbone_weights, batch_size=8, mixed_precision=policy,
+        stage1={"epochs": 1, "learning_rate": 1e-2}, stage2={"epochs": 1, "unfreeze": "blocks:1"},
+        output_dir=str(tmp_path), verbose=0,
+    )
+    compute = {"mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}[policy]
+    assert result.model.get_layer("head_pool").compute_dtype == compute
+    assert result.model.get_layer("predictions").compute_dtype == "float32"
+    assert result.history.cache_plan.stage1 and result.history.cache_plan.stage2
+    assert np.isfinite(result.history["loss"]).all()
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored after the build
+    assert os.path.isfile(os.path.join(result.export_dir, "saved_model.pb"))  # and the export check passed

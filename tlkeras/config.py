@@ -34,6 +34,7 @@ SCHEDULES = ("constant", "cosine")
 POOLINGS = ("avg", "max")
 FLIPS = ("horizontal", "vertical", "horizontal_and_vertical")
 CACHE_CHOICES = ("auto", True, False)
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
 
 # === Sections ===
@@ -142,6 +143,11 @@ class FinetuneConfig:
     batch_size: int = 32
     class_weight: Union[str, dict, None] = None
     cache_images: Union[str, bool] = "auto"
+    cache_features: Union[str, bool] = "auto"
+    cache_views: int = 4
+    memory_budget_mb: int = 1024
+    jit_compile: Union[str, bool] = "auto"
+    mixed_precision: str = "auto"
     head: HeadConfig = field(default_factory=HeadConfig)
     stage1: StageConfig = field(default_factory=_stage1)
     stage2: StageConfig = field(default_factory=_stage2)
@@ -259,8 +265,12 @@ class FinetuneConfig:
             or len(set(self.class_names)) != len(self.class_names)
         ):
             raise ConfigError(f"class_names: {self.class_names!r} is not valid: use a list of distinct, non-empty names.")
-        if self.cache_images not in CACHE_CHOICES:
-            raise ConfigError(f"cache_images: {self.cache_images!r} is not valid: use auto, true or false.")
+        for key in ("cache_images", "cache_features", "jit_compile"):
+            if getattr(self, key) not in CACHE_CHOICES:
+                raise ConfigError(f"{key}: {getattr(self, key)!r} is not valid: use auto, true or false.")
+        _check_int("cache_views", self.cache_views, 1)
+        _check_int("memory_budget_mb", self.memory_budget_mb, 1)
+        _check_choice("mixed_precision", self.mixed_precision, PRECISIONS)
         if not isinstance(self.backbone_options, dict):
             raise ConfigError(f"backbone_options: {self.backbone_options!r} is not a mapping (e.g. {{alpha: 0.35}}).")
         # head

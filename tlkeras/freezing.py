@@ -116,6 +116,16 @@ def unfreeze(
     )
 
 
+def plan_cut(model: keras.Model, unfreeze: Unfreeze, *, train_bn: bool = False) -> tuple[int, int]:
+    """(cut index, number of backbone layers) that `unfreeze` would give, changing nothing.
+
+    Layers at index >= cut train (BatchNormalization only with `train_bn`); cut == number of
+    layers means no backbone layer trains, cut == 0 means the whole backbone does.
+    """
+    layers = backbone_layers(model)
+    return _cut_index(model, layers, unfreeze, train_bn), len(layers)
+
+
 def _count(weight) -> int:
     n = 1
     for d in weight.shape:

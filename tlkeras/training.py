@@ -1,27 +1,51 @@
 """Two-stage fine-tuning. A stage is: freeze/unfreeze -> compile -> fit.
 
-Stage 1 trains the head on a frozen backbone; stage 2 unfreezes the top of the backbone
-and recompiles at a lower rate. Stage 2 counts epochs on from stage 1 (`initial_epoch`),
-so the history, the logs and the checkpoints read as one run.
+Stage 1 trains the head on a frozen backbone; stage 2 unfreezes the top of the backbone and
+recompiles at a lower rate. Stage 2 counts epochs on from stage 1 (`initial_epoch`), so the
+history, the logs and the checkpoints read as one run.
+
+What stays frozen is computed once, not every epoch (see `tlkeras.caching`): stage 1 trains the
+head on cached backbone features, stage 2 trains the top of the backbone on cached activations
+at the unfreeze cut - whenever the training inputs are not randomly augmented.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+import tempfile
+import time
+from dataclasses import dataclass
 from typing import Optional
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tlkeras import freezing
+from tlkeras import caching, freezing
 from tlkeras._logging import get_logger
 from tlkeras.config import StageConfig
+from tlkeras.distribute import uses_float16
+from tlkeras.model import get_backbone
 from tlkeras.utils import write_json_atomic
 
 CHECKPOINT_DIR = "checkpoints"
 BEST_WEIGHTS = "best.weights.h5"
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+class FinetuneHistory(dict):
+    """Column-form history {"epoch": [...], "stage": [...], "loss": [...], ...} of both stages.
+
+    `stage_seconds` holds the wall time of each stage that ran (feature caching included), e.g.
+    {"cache": 3.1, "stage1": 2.0, "stage2": 40.1}; `cache_plan` says what was cached and why.
+    """
+
+    def __init__(self, columns: dict, stage_seconds: dict, cache_plan: Optional["CachePlan"] = None):
+        super().__init__(columns)
+        self.stage_seconds = dict(stage_seconds)
+        self.cache_plan = cache_plan
 
 
 class RunHistory(keras.callbacks.Callback):
@@ -54,8 +78,118 @@ class RunHistory(keras.callbacks.Callback):
         return {k: [record.get(k) for record in self.records] for k in keys}
 
 
+class BestCheckpoint(keras.callbacks.Callback):
+    """Keep the weights of the best epoch (by `monitor`) of the whole run in `path`.
+
+    The model that fits may be a part of `model` (the head, the top of the backbone); the file
+    always holds the whole model. The best weights are copied in memory when they improve and
+    written at most every `min_interval` seconds and at the end of each stage, so a cached stage
+    whose epochs take milliseconds does not spend its time writing files. Written aside and
+    renamed, so never half-written.
+    """
+
+    def __init__(self, model: keras.Model, path: str, monitor: str = "val_loss", min_interval: float = 60.0):
+        super().__init__()
+        self.target, self.path, self.monitor, self.min_interval = model, path, monitor, min_interval
+        self.best = math.inf
+        self._pending: Optional[list] = None
+        self._last_write = -math.inf
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None or not value < self.best:
+            return
+        self.best = float(value)
+        self._pending = [w.numpy().copy() for w in self.model.weights]
+        if time.monotonic() - self._last_write >= self.min_interval:
+            self._flush()
+
+    def on_train_end(self, logs=None):
+        self._flush()
+
+    def _flush(self):
+        if self._pending is None:
+            return
+        current = [w.numpy() for w in self.model.weights]
+        for w, value in zip(self.model.weights, self._pending):
+            w.assign(value)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".weights.h5", dir=os.path.dirname(self.path))
+            os.close(fd)
+            try:
+                self.target.save_weights(tmp)
+                os.replace(tmp, self.path)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+        finally:
+            for w, value in zip(self.model.weights, current):
+                w.assign(value)
+        self._pending = None
+        self._last_write = time.monotonic()
+
+
 def current_learning_rate(optimizer) -> float:
     return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+
+# === What to cache ===
+
+
+@dataclass
+class CachePlan:
+    """Which stages train on cached inputs, and why (logged)."""
+
+    stage1: bool
+    stage2: bool
+    views: int
+    reason: str
+
+
+def plan_caching(
+    setting, train_ds, augmenter, stage1_epochs: int, stage2_epochs: int, cut: Optional[int], views: int,
+    inputs_random: Optional[bool] = None,
+) -> CachePlan:
+    """Decide what to cache. `setting` is cache_features: "auto", True or False.
+
+    auto caches when the training inputs carry no randomness; with random augmentation it runs
+    uncached. True with augmentation caches `views` augmented views per image for stage 1.
+    """
+    if setting is False:
+        return CachePlan(False, False, 1, "cache_features=false: the backbone runs on every batch")
+    random = augmenter is not None or inputs_random
+    if not random and inputs_random is None:
+        random = caching.has_random_ops(train_ds)
+    stage2_frozen_bottom = cut is not None and cut > 0
+    if random is None and setting == "auto":
+        return CachePlan(False, False, 1, "cannot tell whether the training data is randomly augmented; running "
+                         "uncached (set cache_features: true if it is not)")
+    if random:
+        if setting == "auto":
+            return CachePlan(
+                False, False, 1,
+                "random augmentation is on, so the backbone runs on every augmented batch "
+                f"(set cache_features: true to cache {views} augmented views per image for stage 1 instead)",
+            )
+        return CachePlan(
+            stage1_epochs > 0, False, views,
+            f"cache_features=true with random augmentation: stage 1 trains on {views} cached augmented views "
+            "per image; stage 2 runs uncached (its inputs change every epoch)",
+        )
+    s2 = stage2_epochs > 0 and stage2_frozen_bottom
+    why2 = (
+        "stage 2 trains only above the unfreeze cut on cached activations"
+        if s2
+        else "stage 2 runs the whole model (nothing below the cut stays frozen)" if stage2_epochs > 0 else ""
+    )
+    return CachePlan(
+        stage1_epochs > 0, s2, 1,
+        "inputs are not randomly augmented: stage 1 trains the head on cached backbone features"
+        + (f"; {why2}" if why2 else ""),
+    )
+
+
+# === Finetune ===
 
 
 def finetune(
@@ -68,8 +202,14 @@ def finetune(
     run_dir: Optional[str] = None,
     class_weight: Optional[dict] = None,
     callbacks: Optional[list] = None,
+    augmenter=None,
+    cache_features="auto",
+    cache_views: int = 4,
+    memory_budget_mb: int = 1024,
+    jit_compile="auto",
+    inputs_random: Optional[bool] = None,
     verbose: int | str = "auto",
-) -> dict[str, list]:
+) -> FinetuneHistory:
     """Train `model` (from `build_model`) in two stages and return the combined history.
 
     Args:
@@ -79,10 +219,20 @@ def finetune(
             means stage 1's rate x 0.01. epochs=0 skips a stage.
         run_dir: where the best checkpoint and history.json go (nothing is written if None).
         class_weight: Keras class weights {class index: weight}.
-        callbacks: extra Keras callbacks, used in both stages.
+        callbacks: extra Keras callbacks, used in both stages (their `model` is the part that fits).
+        augmenter: random augmentation applied to training batches (e.g. a Sequential of
+            keras.layers.Random* layers), on the fly or once per cached view.
+        cache_features: "auto" (cache what stays frozen unless training inputs are randomly
+            augmented), True, or False. See `tlkeras.caching`.
+        cache_views: augmented views per image cached for stage 1 when cache_features=True and
+            augmentation is on.
+        memory_budget_mb: caches larger than this are stored as float16 or spilled to disk.
+        jit_compile: XLA for the train step: "auto" (Keras's choice: on with a GPU/TPU), True, False.
+        inputs_random: whether `train_ds` itself applies random augmentation; None looks for
+            random ops in its graph (`augmenter` counts as random either way).
 
     Returns:
-        {"epoch": [...], "stage": [...], "loss": [...], "accuracy": [...], "val_loss": ..., ...}
+        FinetuneHistory: {"epoch": [...], "stage": [...], "loss": [...], "val_loss": ..., ...}.
 
     Example:
 
@@ -98,56 +248,194 @@ def finetune(
     """
     from tlkeras.config import FinetuneConfig
 
-    cfg = FinetuneConfig.from_dict(
-        {"stage1": _as_dict(stage1), "stage2": _as_dict(stage2)}
-    )
+    cfg = FinetuneConfig.from_dict({"stage1": _as_dict(stage1), "stage2": _as_dict(stage2)})
     log = get_logger()
     recorder = RunHistory(os.path.join(run_dir, "history.json") if run_dir else None)
     shared = [recorder, keras.callbacks.TerminateOnNaN(), *(callbacks or [])]
     if run_dir:
-        monitor = "val_loss" if val_ds is not None else "loss"
         os.makedirs(os.path.join(run_dir, CHECKPOINT_DIR), exist_ok=True)
-        # One instance across both stages: it keeps the best value seen in the whole run.
-        shared.append(
-            keras.callbacks.ModelCheckpoint(
-                os.path.join(run_dir, CHECKPOINT_DIR, BEST_WEIGHTS),
-                monitor=monitor,
-                save_best_only=True,
-                save_weights_only=True,
-            )
-        )
-    steps = _steps_per_epoch(train_ds)
-    epochs_done = 0
+        monitor = "val_loss" if val_ds is not None else "loss"
+        shared.append(BestCheckpoint(model, os.path.join(run_dir, CHECKPOINT_DIR, BEST_WEIGHTS), monitor))
+    run = _Runner(model, train_ds, val_ds, shared, class_weight, augmenter, jit_compile, verbose)
 
-    # === Stage 1: the head on a frozen backbone ===
     freezing.freeze_backbone(model)
-    if cfg.stage1.epochs > 0:
-        log.info("stage 1: backbone frozen; training the head (%s)", _head_summary(model))
-        recorder.stage = 1
-        epochs_done = run_stage(
-            model, train_ds, val_ds, cfg.stage1, learning_rate=cfg.stage1.learning_rate,
-            steps_per_epoch=steps, initial_epoch=0, callbacks=shared, class_weight=class_weight, verbose=verbose,
+    cut = None
+    if cfg.stage2.epochs > 0:
+        cut, _ = freezing.plan_cut(model, cfg.stage2.unfreeze, train_bn=cfg.stage2.train_bn)
+    plan = plan_caching(cache_features, train_ds, augmenter, cfg.stage1.epochs, cfg.stage2.epochs, cut, cache_views,
+                        inputs_random)
+    log.info("caching: %s", plan.reason)
+    seconds: dict = {}
+    caches = _Caches(model, train_ds, val_ds, int(memory_budget_mb * 2**20), run_dir)
+    epochs_done = 0
+    try:
+        # === Stage 1: the head on a frozen backbone ===
+        if cfg.stage1.epochs > 0:
+            log.info("stage 1: backbone frozen; training the head (%s)", _trainable_summary(model))
+            recorder.stage = 1
+            start = time.time()
+            if plan.stage1:
+                part = caches.for_head(
+                    augmenter=augmenter if plan.views > 1 else None,
+                    views=plan.views,
+                    cut=cut if plan.stage2 else None,
+                )
+                seconds["cache"] = time.time() - start
+                epochs_done = run.stage(cfg.stage1, cfg.stage1.learning_rate, 0, part)
+            else:
+                epochs_done = run.stage(cfg.stage1, cfg.stage1.learning_rate, 0)
+            seconds["stage1"] = time.time() - start
+
+        # === Stage 2: unfreeze the top of the backbone at a lower rate ===
+        if cfg.stage2.epochs > 0:
+            start = time.time()
+            layers = freezing.unfreeze(
+                model, cfg.stage2.unfreeze, train_bn=cfg.stage2.train_bn,
+                bn_momentum=cfg.stage2.bn_momentum if cfg.stage2.train_bn else None,
+            )
+            rate = cfg.stage2_learning_rate
+            log.info("stage 2: unfreeze=%r at learning rate %g: %s", cfg.stage2.unfreeze, rate, layers.describe())
+            if run_dir:
+                with open(os.path.join(run_dir, "stage2_trainable_layers.txt"), "w", encoding="utf-8") as f:
+                    f.write("".join(name + "\n" for name in layers.layers))
+            recorder.stage = 2
+            if plan.stage2:
+                run.stage(cfg.stage2, rate, epochs_done, caches.for_cut(layers.cut_layer))
+            else:
+                caches.close()  # free memory before the full model trains
+                run.stage(cfg.stage2, rate, epochs_done)
+            seconds["stage2"] = time.time() - start
+    finally:
+        caches.close()
+    return FinetuneHistory(recorder.as_dict(), seconds, plan)
+
+
+class _Runner:
+    """Compiles and fits either the full model on the input pipeline or a part of it on caches."""
+
+    def __init__(self, model, train_ds, val_ds, callbacks, class_weight, augmenter, jit_compile, verbose):
+        self.model, self.val_ds, self.callbacks = model, val_ds, callbacks
+        self.class_weight, self.jit_compile, self.verbose = class_weight, jit_compile, verbose
+        self.train_ds = train_ds
+        if augmenter is not None:
+            self.train_ds = train_ds.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=AUTOTUNE)
+        self.steps = _steps_per_epoch(train_ds)
+
+    def stage(self, stage: StageConfig, rate: float, initial_epoch: int, part: Optional["_Part"] = None) -> int:
+        if part is None:  # the full model on the input pipeline
+            part = _Part(self.model, self.train_ds, self.val_ds, self.steps)
+        return run_stage(
+            part.model, part.train, part.val, stage, learning_rate=rate, steps_per_epoch=part.steps,
+            fit_steps=part.steps if part.repeats else None, initial_epoch=initial_epoch, callbacks=self.callbacks,
+            class_weight=self.class_weight, jit_compile=self.jit_compile, verbose=self.verbose,
+            # On cached inputs a step takes microseconds to milliseconds and Python's per-step
+            # overhead would dominate: run up to 16 steps in each call of the compiled function.
+            steps_per_execution=min(part.steps or 1, 16) if part.model is not self.model else 1,
         )
 
-    # === Stage 2: unfreeze the top of the backbone at a lower rate ===
-    if cfg.stage2.epochs > 0:
-        plan = freezing.unfreeze(
-            model,
-            cfg.stage2.unfreeze,
-            train_bn=cfg.stage2.train_bn,
-            bn_momentum=cfg.stage2.bn_momentum if cfg.stage2.train_bn else None,
-        )
-        rate = cfg.stage2_learning_rate
-        log.info("stage 2: unfreeze=%r at learning rate %g: %s", cfg.stage2.unfreeze, rate, plan.describe())
-        if run_dir:
-            with open(os.path.join(run_dir, "stage2_trainable_layers.txt"), "w", encoding="utf-8") as f:
-                f.write("\n".join(plan.layers) + ("\n" if plan.layers else ""))
-        recorder.stage = 2
-        run_stage(
-            model, train_ds, val_ds, cfg.stage2, learning_rate=rate, steps_per_epoch=steps,
-            initial_epoch=epochs_done, callbacks=shared, class_weight=class_weight, verbose=verbose,
-        )
-    return recorder.as_dict()
+
+@dataclass
+class _Part:
+    """What one stage fits: the model (or part of it), its data and the steps of an epoch."""
+
+    model: keras.Model
+    train: tf.data.Dataset
+    val: Optional[tf.data.Dataset]
+    steps: Optional[int]
+    repeats: bool = False  # the training data repeats; an epoch is `steps` batches
+
+
+class _Caches:
+    """Computes the caches lazily, at most one pass over the data per kind, and frees them."""
+
+    def __init__(self, model, train_ds, val_ds, budget: int, run_dir: Optional[str]):
+        self.model, self.train_ds, self.val_ds, self.budget = model, train_ds, val_ds, budget
+        self.spill_dir = run_dir
+        self.batch_size = _batch_size(train_ds)
+        self.train: Optional[caching.Cache] = None
+        self.val: Optional[caching.Cache] = None
+        self.cut: Optional[str] = None
+
+    def _compute(self, fn, augmenter=None, views=1):
+        log = get_logger()
+        spec = keras.tree.flatten(self.train_ds.element_spec)[0]
+        # One trace for every batch size and both splits: tracing a backbone takes seconds.
+        fn = tf.function(fn, input_signature=[tf.TensorSpec([None, *spec.shape[1:]], spec.dtype)])
+        # The passes run at the training batch size: batches of 128 run ~15 % faster on CPU but
+        # hold 4x the activations (+480 MB at 128 px, see benchmarks/RESULTS.md); memory counts.
+        self.train = caching.compute_cache(fn, self.train_ds, self.budget, self.spill_dir, views, augmenter)
+        if self.val_ds is not None:
+            self.val = caching.compute_cache(fn, self.val_ds, self.budget, self.spill_dir)
+        size = self.train.nbytes + (self.val.nbytes if self.val else 0)
+        notes = "; ".join(self.train.notes + (self.val.notes if self.val else [])) or "in memory"
+        log.info("cached %d training%s rows (%.1f MB, %s)", len(self.train.labels),
+                 f" and {len(self.val.labels)} validation" if self.val else "", size / 2**20, notes)
+
+    def for_head(self, augmenter=None, views=1, cut: Optional[int] = None):
+        """Stage 1 on cached features: the head, its data and steps. With `cut` (index of the
+        lowest backbone layer stage 2 trains), the same pass also caches the activations
+        crossing that cut."""
+        extractor, head = caching.split_at_head(self.model)
+        if cut is not None and 0 < cut < len(freezing.backbone_layers(self.model)):
+            layer = freezing.backbone_layers(self.model)[cut].name
+            fn = self._features_and_crossing(layer)
+            self.cut = layer
+        else:
+            def fn(pixels):
+                return extractor(pixels, training=False)
+        if self.train is None:
+            self._compute(fn, augmenter, views)
+        rows = len(self.train.labels) // views
+        train = caching.cached_dataset(self.train.select([0]), self.batch_size, shuffle=True,
+                                       epoch_rows=rows if views > 1 else None)
+        val = caching.cached_dataset(self.val.select([0]), self.batch_size, shuffle=False) if self.val else None
+        return _Part(head, train, val, caching.steps_for(rows, self.batch_size), repeats=views > 1)
+
+    def for_cut(self, cut_layer: Optional[str]):
+        """Stage 2 on cached activations at `cut_layer`: the top of the model, its data and steps.
+        With no cut layer (no backbone layer trains), stage 2 trains the head on the features."""
+        if cut_layer is None:
+            return self.for_head()
+        extract, top, crossing = caching.split_at_cut(self.model, cut_layer)
+        if self.cut != cut_layer:  # not computed with stage 1 (stage 1 skipped or uncached)
+            self.close()
+            self._compute(extract)
+            self.cut = cut_layer
+            first = 0
+        else:
+            first = 1  # column 0 holds the stage-1 features
+        columns = list(range(first, first + len(crossing)))
+        train = caching.cached_dataset(self.train.select(columns), self.batch_size, shuffle=True)
+        val = caching.cached_dataset(self.val.select(columns), self.batch_size, shuffle=False) if self.val else None
+        return _Part(top, train, val, caching.steps_for(len(self.train.labels), self.batch_size))
+
+    def _features_and_crossing(self, cut_layer: str):
+        """One frozen pass giving the head's input features and the stage-2 cut activations."""
+        backbone = get_backbone(self.model)
+        crossing = caching.crossing_tensors(self.model, cut_layer)
+        both = keras.Model(backbone.input, [backbone.output, *crossing])
+        preprocess = self.model.get_layer("preprocess")
+        try:
+            pool = self.model.get_layer("head_pool")
+        except ValueError:
+            pool = None
+
+        def fn(pixels):
+            out = both(preprocess(pixels), training=False)
+            features = pool(out[0]) if pool is not None else out[0]
+            return [features, *out[1:]]
+
+        return fn
+
+    def close(self):
+        for cache in (self.train, self.val):
+            if cache is not None:
+                cache.close()
+        self.train = self.val = None
+        self.cut = None
+
+
+# === One stage ===
 
 
 def run_stage(
@@ -161,13 +449,26 @@ def run_stage(
     initial_epoch: int,
     callbacks: list,
     class_weight: Optional[dict] = None,
+    fit_steps: Optional[int] = None,
+    jit_compile="auto",
+    steps_per_execution: int = 1,
     verbose: int | str = "auto",
 ) -> int:
-    """Compile with this stage's optimizer and fit; return the epoch count reached (initial + run)."""
+    """Compile with this stage's optimizer and fit; return the epoch count reached (initial + run).
+
+    `steps_per_epoch` sizes the learning-rate schedule; `fit_steps` is given to fit only when the
+    training data repeats (Keras then keeps one iterator across epochs).
+    """
+    optimizer = make_optimizer(stage, learning_rate, steps_per_epoch)
+    if uses_float16(model):
+        # Keras wraps only when the model's own policy is mixed_float16; parts built later are not.
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     model.compile(
-        optimizer=make_optimizer(stage, learning_rate, steps_per_epoch),
+        optimizer=optimizer,
         loss=loss_for(model),
         metrics=["accuracy"],
+        jit_compile=jit_compile,
+        steps_per_execution=steps_per_execution,
     )
     stage_callbacks = list(callbacks)
     if stage.early_stopping:
@@ -183,6 +484,7 @@ def run_stage(
         validation_data=val_ds,
         initial_epoch=initial_epoch,
         epochs=initial_epoch + stage.epochs,
+        steps_per_epoch=fit_steps,
         callbacks=stage_callbacks,
         class_weight=class_weight,
         shuffle=False,  # the tf.data pipeline shuffles
@@ -235,14 +537,17 @@ def _steps_per_epoch(ds) -> Optional[int]:
     return n if n > 0 else None
 
 
-def _head_summary(model) -> str:
+def _batch_size(ds) -> int:
+    images, _ = next(iter(ds))
+    return int(keras.tree.flatten(images)[0].shape[0])
+
+
+def _trainable_summary(model) -> str:
     params = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     return f"{params:,} trainable parameters"
 
 
 def _as_dict(stage) -> dict:
-    import dataclasses
-
     if stage is None:
         return {}
     if dataclasses.is_dataclass(stage):

@@ -14,6 +14,7 @@ from tlkeras import backbones
 from tlkeras._logging import get_logger
 from tlkeras.config import FinetuneConfig
 from tlkeras.data import make_datasets
+from tlkeras.distribute import precision_policy, resolve_precision
 from tlkeras.evaluate import evaluate_model
 from tlkeras.export import export_saved_model
 from tlkeras.model import build_model
@@ -37,6 +38,7 @@ class FinetuneResult:
         export_dir: the SavedModel version folder, or None when export=False.
         config: the resolved FinetuneConfig.
         skipped_files: (path, reason) of files that could not be decoded.
+        timings: wall seconds of each step: data, build, stage1, stage2, evaluate, export.
     """
 
     model: keras.Model
@@ -47,6 +49,7 @@ class FinetuneResult:
     export_dir: Optional[str]
     config: FinetuneConfig
     skipped_files: list = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
 
 
 def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None = None, **options) -> FinetuneResult:
@@ -102,6 +105,8 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
     cfg.to_yaml(os.path.join(run_dir, "config.yaml"))
     log.info("run directory: %s", run_dir)
 
+    timings = {}
+    clock = time.time()
     data_bundle = make_datasets(cfg, image_size)
     class_names = data_bundle.class_names
     write_text_atomic(os.path.join(run_dir, "labels.txt"), "\n".join(class_names) + "\n")
@@ -116,14 +121,22 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
         f", {len(data_bundle.skipped)} file(s) skipped (see skipped_files.txt)" if data_bundle.skipped else "",
     )
 
-    model = build_model(
-        spec.name, len(class_names), image_size=image_size, weights=cfg.weights,
-        head=cfg.head, backbone_options=cfg.backbone_options,
-    )
+    timings["data"] = time.time() - clock
+    clock = time.time()
+    with precision_policy(resolve_precision(cfg.mixed_precision)):
+        model = build_model(
+            spec.name, len(class_names), image_size=image_size, weights=cfg.weights,
+            head=cfg.head, backbone_options=cfg.backbone_options,
+        )
+    timings["build"] = time.time() - clock
     history = finetune(
         model, data_bundle.train, data_bundle.val, stage1=cfg.stage1, stage2=cfg.stage2,
-        run_dir=run_dir, class_weight=data_bundle.class_weight, verbose=verbose,
+        run_dir=run_dir, class_weight=data_bundle.class_weight, augmenter=data_bundle.augmenter,
+        cache_features=cfg.cache_features, cache_views=cfg.cache_views, memory_budget_mb=cfg.memory_budget_mb,
+        jit_compile=cfg.jit_compile, inputs_random=False, verbose=verbose,  # augmenter holds the randomness
     )
+    timings.update(history.stage_seconds)
+    clock = time.time()
 
     eval_ds, split = (data_bundle.val, "val") if data_bundle.val is not None else (data_bundle.train, "train")
     metrics = {"split": split, **evaluate_model(model, eval_ds, class_names)}
@@ -131,6 +144,8 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
     save_model_atomic(model, os.path.join(run_dir, "model.keras"))
     log.info("%s accuracy %.4f on %d images", split, metrics.get("accuracy", float("nan")), metrics.get("count", 0))
 
+    timings["evaluate"] = time.time() - clock
+    clock = time.time()
     export_dir = None
     if cfg.export:
         examples = data_bundle.val_examples if data_bundle.val_examples is not None else data_bundle.train_examples
@@ -138,9 +153,10 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
             model, os.path.join(run_dir, "export"), class_names, top_k=cfg.top_k,
             verify_images=examples.sample_bytes(EXPORT_CHECK_IMAGES),
         )
+        timings["export"] = time.time() - clock
     return FinetuneResult(
         model=model, history=history, metrics=metrics, class_names=class_names, run_dir=run_dir,
-        export_dir=export_dir, config=cfg, skipped_files=data_bundle.skipped,
+        export_dir=export_dir, config=cfg, skipped_files=data_bundle.skipped, timings=timings,
     )
 
 

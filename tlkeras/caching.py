@@ -1,0 +1,281 @@
+"""Caching what the frozen part of the model computes, so each stage trains only what trains.
+
+Stage 1: the backbone is frozen, so the pooled features of each image never change. They are
+computed once and the head trains on them for every epoch (`split_at_head`).
+
+Stage 2: below the unfreeze cut nothing trains, so the activations that cross the cut never
+change either. They are computed once and only the top of the backbone plus the head run in
+each epoch (`split_at_cut`).
+
+In both cases the model that trains is built from the very layer objects of the full model, so
+the full model - the one that is evaluated, saved and exported - holds the trained weights with
+no copying. Frozen layers run in inference mode here (no dropout, BatchNormalization on its moving
+statistics), which is what freezing means in tlkeras.
+
+Caches live in memory (float32) while they fit `memory_budget_mb`, else in float16 files under
+the run directory (or a temporary folder), memory-mapped, and deleted when training ends.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tlkeras import freezing
+from tlkeras.heads import HEAD_PREFIX
+from tlkeras.model import get_backbone
+from tlkeras.utils import as_tensor
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+# === Which datasets may be cached ===
+
+
+def has_random_ops(ds: tf.data.Dataset) -> Optional[bool]:
+    """Whether a dataset applies random ops (random augmentation); None if it cannot tell.
+
+    Walks the pipeline's transformations and the graphs of their functions (map, filter, ...),
+    never the data: serialising the whole dataset would copy in-memory images into a GraphDef.
+    Shuffling is not random in this sense: it changes the order, not the examples.
+    """
+    try:
+        seen, stack, python_code = set(), [ds], False
+        while stack:
+            current = stack.pop()
+            if id(current) in seen:
+                continue
+            seen.add(id(current))
+            if type(current).__name__ in ("RandomDataset", "_RandomDataset"):
+                return True
+            for name in ("_map_func", "_predicate", "_key_func", "_reduce_func", "_scan_func", "_func"):
+                wrapper = getattr(current, name, None)
+                if wrapper is not None:
+                    ops = _function_ops(wrapper)
+                    if any("Random" in op for op in ops):
+                        return True
+                    python_code |= any("PyFunc" in op for op in ops)
+            stack.extend(current._inputs())
+        # Python code (from_generator, py_function) may draw random numbers unseen.
+        return None if python_code else False
+    except Exception:  # a dataset type this walk does not know
+        return None
+
+
+def _function_ops(wrapper) -> set:
+    function = getattr(wrapper, "function", wrapper)
+    graph = function.graph.as_graph_def()
+    ops = {node.op for node in graph.node}
+    for nested in graph.library.function:
+        ops.update(node.op for node in nested.node_def)
+    return ops
+
+
+# === Splitting the model ===
+
+
+def _backbone_output(model: keras.Model):
+    """The backbone's output tensor in the model's own graph (a nested model's `.output` is
+    its inner graph's tensor): the input of the layer that follows it."""
+    names = [layer.name for layer in model.layers]
+    return model.layers[names.index("backbone") + 1].input
+
+
+def _head_boundary(model: keras.Model):
+    """The outer-graph tensor the head starts from: the pooled features, or the backbone output."""
+    try:
+        return model.get_layer(f"{HEAD_PREFIX}pool").output
+    except ValueError:
+        return _backbone_output(model)
+
+
+def split_at_head(model: keras.Model) -> tuple[keras.Model, keras.Model]:
+    """(extractor: pixels -> head input, head: head input -> outputs), sharing the model's layers."""
+    boundary = _head_boundary(model)
+    extractor = keras.Model(model.input, boundary, name="frozen_features")
+    head = keras.Model(boundary, model.output, name="head")
+    return extractor, head
+
+
+def crossing_tensors(model: keras.Model, cut_layer: str) -> list:
+    """Tensors of the backbone's graph made below `cut_layer` and used at or above it."""
+    backbone = get_backbone(model)
+    layers = freezing.backbone_layers(model)
+    names = [layer.name for layer in layers]
+    top = set(names[names.index(cut_layer):])
+    seen, crossing = set(), []
+    for layer in layers:
+        if layer.name not in top:
+            continue
+        for tensor in keras.tree.flatten(layer.input):
+            producer = tensor._keras_history.operation
+            if producer.name not in top and id(tensor) not in seen:
+                seen.add(id(tensor))
+                crossing.append(tensor)
+    if not crossing:  # the cut is the first layer after the input
+        crossing = list(keras.tree.flatten(backbone.input))
+    return crossing
+
+
+def split_at_cut(model: keras.Model, cut_layer: str) -> tuple[Callable, keras.Model, list]:
+    """(extract: pixels -> crossing activations, top: activations -> outputs, crossing tensors)."""
+    backbone = get_backbone(model)
+    crossing = crossing_tensors(model, cut_layer)
+    bottom = keras.Model(backbone.input, crossing, name="frozen_bottom")
+    top_backbone = keras.Model(crossing, backbone.output, name="backbone_top")
+    head = keras.Model(_backbone_output(model), model.output, name="head")
+    inputs = [keras.Input(t.shape[1:], dtype=t.dtype, name=f"cached_{i}") for i, t in enumerate(crossing)]
+    outputs = head(top_backbone(inputs if len(inputs) > 1 else inputs[0]))
+    top = keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs, name="trainable_top")
+    preprocess = model.get_layer("preprocess")
+
+    def extract(pixels):
+        return bottom(preprocess(pixels), training=False)
+
+    return extract, top, crossing
+
+
+# === Computing and storing cached arrays ===
+
+
+@dataclass
+class Cache:
+    """Arrays (one per model input) and labels of one split, in memory or memory-mapped on disk."""
+
+    arrays: list
+    labels: np.ndarray
+    folder: Optional[str] = None  # set when spilled to disk
+    notes: list = field(default_factory=list)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays)
+
+    def select(self, columns: list[int]) -> "Cache":
+        """A view holding only some of the arrays (e.g. stage-1 features or stage-2 activations)."""
+        return Cache([self.arrays[i] for i in columns], self.labels, self.folder, self.notes)
+
+    def close(self) -> None:
+        self.arrays = []
+        if self.folder:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class _Spill:
+    """Append-only float16 files, one per output, memory-mapped once complete."""
+
+    def __init__(self, spill_dir: Optional[str], count: int):
+        if spill_dir:
+            os.makedirs(spill_dir, exist_ok=True)
+        self.folder = tempfile.mkdtemp(prefix="tlkeras-cache-", dir=spill_dir)
+        self.files = [open(os.path.join(self.folder, f"{i}.bin"), "wb") for i in range(count)]
+        self.shapes: list = [None] * count
+        self.rows = 0
+
+    def write(self, values: list) -> None:
+        for i, (f, v) in enumerate(zip(self.files, values)):
+            v = np.ascontiguousarray(v, dtype=np.float16)
+            self.shapes[i] = v.shape[1:]
+            f.write(v.tobytes())
+        self.rows += len(values[0])
+
+    def finish(self) -> list:
+        for f in self.files:
+            f.close()
+        return [
+            np.memmap(f.name, dtype=np.float16, mode="r", shape=(self.rows, *shape))
+            for f, shape in zip(self.files, self.shapes)
+        ]
+
+
+def compute_cache(
+    fn: Callable,
+    images: tf.data.Dataset,
+    budget_bytes: int,
+    spill_dir: Optional[str],
+    views: int = 1,
+    augmenter=None,
+) -> Cache:
+    """Run `fn` (pixels -> array or list of arrays; best a tf.function with an input signature,
+    traced once for every batch size) over a batched (pixels, label) dataset once
+    (or `views` times through `augmenter`); keep the results in memory while they fit
+    `budget_bytes`, else stream them to float16 files on disk."""
+    graph_fn = fn if isinstance(fn, tf.types.experimental.PolymorphicFunction) else tf.function(fn)
+    chunks: list[list[np.ndarray]] = []
+    labels: list[np.ndarray] = []
+    size = 0
+    spill: Optional[_Spill] = None
+    for _ in range(views):
+        for pixels, y in images:
+            if augmenter is not None:
+                pixels = augmenter(pixels, training=True)
+            values = [np.asarray(v) for v in keras.tree.flatten(graph_fn(pixels))]
+            labels.append(np.asarray(y, dtype=np.int64))
+            if spill is not None:
+                spill.write(values)
+                continue
+            chunks.append(values)
+            size += sum(v.nbytes for v in values)
+            if size > budget_bytes:  # move what we have to disk and stream the rest there
+                spill = _Spill(spill_dir, len(values))
+                for chunk in chunks:
+                    spill.write(chunk)
+                chunks = []
+    label_array = np.concatenate(labels) if labels else np.zeros((0,), np.int64)
+    if spill is not None:
+        return Cache(spill.finish(), label_array, spill.folder,
+                     [f"over the {budget_bytes / 2**20:.0f} MB budget: spilled to disk as float16 ({spill.folder})"])
+    arrays = [np.concatenate([chunk[i] for chunk in chunks]) for i in range(len(chunks[0]))] if chunks else []
+    return Cache(arrays, label_array)
+
+
+def cached_dataset(
+    cache: Cache, batch_size: int, *, shuffle: bool, seed: Optional[int] = None, epoch_rows: Optional[int] = None
+):
+    """Batched (inputs, label) over a cache. With `epoch_rows` (several views per image) the data
+    repeats and an epoch is `epoch_rows` rows drawn from the whole shuffled pool. The shuffle
+    follows `seed`, or the global seed (keras.utils.set_random_seed) when None."""
+    n = len(cache.labels)
+    inputs = cache.arrays if len(cache.arrays) > 1 else cache.arrays[0]
+    if cache.folder is None:
+        tensors = tuple(as_tensor(a) for a in inputs) if isinstance(inputs, list) else as_tensor(inputs)
+        ds = tf.data.Dataset.from_tensor_slices((tensors, cache.labels))
+        if shuffle:
+            ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    else:
+        ds = _memmap_dataset(cache, shuffle, seed)
+    if cache.arrays[0].dtype == np.float16:
+        ds = ds.map(lambda x, y: (keras.tree.map_structure(lambda t: tf.cast(t, tf.float32), x), y))
+    if epoch_rows is not None and epoch_rows < n:
+        ds = ds.repeat()
+    return ds.batch(batch_size).prefetch(AUTOTUNE)
+
+
+def _memmap_dataset(cache: Cache, shuffle: bool, seed: Optional[int]) -> tf.data.Dataset:
+    n = len(cache.labels)
+    rng = np.random.default_rng(seed if seed is not None else np.random.randint(2**31))
+    single = len(cache.arrays) == 1
+    arrays, labels = list(cache.arrays), cache.labels
+
+    def rows():
+        order = rng.permutation(n) if shuffle else np.arange(n)
+        for i in order:
+            x = tuple(np.asarray(a[i]) for a in arrays)
+            yield (x[0] if single else x), labels[i]
+
+    specs = tuple(tf.TensorSpec(a.shape[1:], tf.float16) for a in cache.arrays)
+    signature = (specs[0] if single else specs, tf.TensorSpec([], tf.int64))
+    ds = tf.data.Dataset.from_generator(rows, output_signature=signature)
+    return ds.apply(tf.data.experimental.assert_cardinality(n))
+
+
+def steps_for(rows: int, batch_size: int) -> int:
+    return max(1, math.ceil(rows / batch_size))
