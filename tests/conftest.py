@@ -12,6 +12,10 @@ import tensorflow as tf
 
 import tlkeras
 
+# Two logical CPUs, so tf.distribute strategies with two replicas run in tests (set before any op).
+_cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
 # A MobileNetV2 with width 0.35 at 32x32: 0.4 M parameters, builds in about a second.
 TINY = {"backbone": "mobilenetv2", "backbone_options": {"alpha": 0.35}, "image_size": 32}
 COLORS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220)}
