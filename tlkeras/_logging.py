@@ -21,6 +21,7 @@ def get_logger() -> logging.Logger:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("tlkeras: %(message)s"))
         logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+        if logger.level == logging.NOTSET:  # keep a level the application set
+            logger.setLevel(logging.INFO)
         logger.propagate = False
     return logger

@@ -30,7 +30,7 @@ import yaml
 from tlkeras.errors import ConfigError, closest, did_you_mean
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "one_cycle")
 POOLINGS = ("avg", "max")
 FLIPS = ("horizontal", "vertical", "horizontal_and_vertical")
 CACHE_CHOICES = ("auto", True, False)
@@ -67,14 +67,21 @@ class StageConfig:
         optimizer: "adam", "adamw" or "sgd" (with `momentum`).
         momentum: SGD momentum.
         weight_decay: decoupled weight decay (adamw, sgd).
-        schedule: "constant" or "cosine" (cosine decay to 0 over the stage).
-        warmup_epochs: linear warm-up from 0 to the rate over this many epochs (may be fractional).
+        schedule: "constant", "cosine" (cosine decay to 0 over the stage) or "one_cycle"
+            (from rate/25 up to the rate over the first 30 % of the stage, then cosine down to 0).
+        warmup_epochs: linear warm-up from 0 to the rate over this many epochs (may be fractional;
+            constant and cosine schedules).
         early_stopping: patience in epochs on the validation loss, restoring the best
             weights; None disables it.
         unfreeze: stage 2 only. What of the backbone trains: an int (top N layers with
             weights), a float in (0, 1] (that fraction of them), a layer name (it and
             everything above it), "blocks:N" (the top N blocks of the family's block map)
             or "all".
+        layer_decay: stage 2 only. Discriminative rates: the head trains at the stage rate, the
+            backbone block below it at rate x layer_decay, the next at rate x layer_decay^2, ...
+            (blocks from the family's block map). None trains everything at the stage rate.
+        gradual_unfreeze: stage 2 only. Unfreeze one more block every this many epochs, from the
+            top block down to what `unfreeze` allows (ULMFiT); 0 unfreezes all at once.
         train_bn: let BatchNormalization layers of the unfrozen part train (default:
             they stay frozen and in inference mode, so their statistics never change).
         bn_momentum: momentum of BatchNormalization layers that do train. keras.applications
@@ -91,6 +98,8 @@ class StageConfig:
     warmup_epochs: float = 0.0
     early_stopping: Optional[int] = None
     unfreeze: Union[int, float, str, None] = None
+    layer_decay: Optional[float] = None
+    gradual_unfreeze: int = 0
     train_bn: bool = False
     bn_momentum: float = 0.9
 
@@ -142,6 +151,7 @@ class FinetuneConfig:
     image_size: Union[int, list[int], None] = None
     batch_size: int = 32
     class_weight: Union[str, dict, None] = None
+    label_smoothing: float = 0.0
     cache_images: Union[str, bool] = "auto"
     cache_features: Union[str, bool] = "auto"
     cache_views: int = 4
@@ -255,10 +265,14 @@ class FinetuneConfig:
                 raise ConfigError(
                     f"image_size: {self.image_size!r} is not valid: use a positive int (square) or [height, width]."
                 )
-        if self.class_weight is not None and self.class_weight != "balanced" and not isinstance(self.class_weight, dict):
+        if self.class_weight is not None and self.class_weight not in ("balanced", "auto") and not isinstance(
+            self.class_weight, dict
+        ):
             raise ConfigError(
-                f"class_weight: {self.class_weight!r} is not valid: use 'balanced', null, or a mapping class -> weight."
+                f"class_weight: {self.class_weight!r} is not valid: use 'balanced', 'auto', null, "
+                "or a mapping class -> weight."
             )
+        _check_number("label_smoothing", self.label_smoothing, 0.0, 1.0, low_open=False, high_open=True)
         if self.class_names is not None and (
             not isinstance(self.class_names, list)
             or not all(isinstance(n, str) and n for n in self.class_names)
@@ -285,10 +299,13 @@ class FinetuneConfig:
         # stages
         for name in ("stage1", "stage2"):
             _validate_stage(name, getattr(self, name))
-        if self.stage1.unfreeze is not None:
-            raise ConfigError(
-                "stage1.unfreeze: stage 1 always trains the head only; set stage2.unfreeze to choose what of the backbone trains."
-            )
+        for key in ("unfreeze", "layer_decay"):
+            if getattr(self.stage1, key) is not None:
+                raise ConfigError(
+                    f"stage1.{key}: stage 1 always trains the head only; set stage2.{key} for the backbone."
+                )
+        if self.stage1.gradual_unfreeze:
+            raise ConfigError("stage1.gradual_unfreeze: stage 1 trains the head only; set stage2.gradual_unfreeze.")
         if self.stage1.learning_rate is None:
             raise ConfigError("stage1.learning_rate: must be a positive number, e.g. 0.001.")
         # augment
@@ -455,6 +472,9 @@ def _validate_stage(name: str, s: StageConfig) -> None:
         )
     if s.early_stopping is not None:
         _check_int(f"{name}.early_stopping", s.early_stopping, 1)
+    if s.layer_decay is not None:
+        _check_number(f"{name}.layer_decay", s.layer_decay, 0.0, 1.0)
+    _check_int(f"{name}.gradual_unfreeze", s.gradual_unfreeze, 0)
     if not isinstance(s.train_bn, bool):
         raise ConfigError(f"{name}.train_bn: {s.train_bn!r} is not valid: use true or false.")
     _check_number(f"{name}.bn_momentum", s.bn_momentum, 0.0, 1.0, low_open=False, high_open=True)

@@ -194,6 +194,36 @@ def list_blocks(model: keras.Model) -> list[list[str]]:
     return block_map.split([layer.name for layer in backbone_layers(model)])
 
 
+def layer_multipliers(model: keras.Model, decay: float) -> dict[str, float]:
+    """{variable path: learning-rate factor} for discriminative rates: decay^depth for the
+    backbone's blocks counted from the top (the top block is depth 1); the head is not listed
+    (factor 1). Backbones without a block map are split into 8 groups of layers instead.
+
+    >>> import tlkeras
+    >>> m = tlkeras.build_model("mobilenetv2", 3, image_size=32, weights=None,
+    ...                         backbone_options={"alpha": 0.35})
+    >>> factors = layer_multipliers(m, 0.5)
+    >>> kernel = m.get_layer("backbone").get_layer("Conv_1").kernel
+    >>> factors[kernel.path], min(factors.values()) == 0.5 ** 17
+    (0.5, True)
+    """
+    layers = backbone_layers(model)
+    name = backbone_name(model)
+    if name and backbones.block_map_for(name) is not None:
+        groups = list_blocks(model)
+    else:
+        weighted = [layer.name for layer in layers if layer.weights]
+        size = max(1, -(-len(weighted) // 8))
+        groups = [weighted[i : i + size] for i in range(0, len(weighted), size)]
+    by_name = {layer.name: layer for layer in layers}
+    factors = {}
+    for depth, group in enumerate(reversed(groups), start=1):
+        for layer_name in group:
+            for weight in by_name[layer_name].weights:
+                factors[weight.path] = decay**depth
+    return factors
+
+
 def trainable_layer_names(model: keras.Model) -> list[str]:
     """Names of the model's layers (backbone layers included) that have trainable weights."""
     names = []

@@ -27,6 +27,7 @@ from tlkeras import caching, freezing
 from tlkeras._logging import get_logger
 from tlkeras.config import StageConfig
 from tlkeras.distribute import uses_float16
+from tlkeras.optimizers import make_loss, make_optimizer
 from tlkeras.model import get_backbone
 from tlkeras.utils import write_json_atomic
 
@@ -208,6 +209,7 @@ def finetune(
     memory_budget_mb: int = 1024,
     jit_compile="auto",
     inputs_random: Optional[bool] = None,
+    label_smoothing: float = 0.0,
     verbose: int | str = "auto",
 ) -> FinetuneHistory:
     """Train `model` (from `build_model`) in two stages and return the combined history.
@@ -230,6 +232,7 @@ def finetune(
         jit_compile: XLA for the train step: "auto" (Keras's choice: on with a GPU/TPU), True, False.
         inputs_random: whether `train_ds` itself applies random augmentation; None looks for
             random ops in its graph (`augmenter` counts as random either way).
+        label_smoothing: label smoothing of the cross-entropy, in [0, 1).
 
     Returns:
         FinetuneHistory: {"epoch": [...], "stage": [...], "loss": [...], "val_loss": ..., ...}.
@@ -256,7 +259,7 @@ def finetune(
         os.makedirs(os.path.join(run_dir, CHECKPOINT_DIR), exist_ok=True)
         monitor = "val_loss" if val_ds is not None else "loss"
         shared.append(BestCheckpoint(model, os.path.join(run_dir, CHECKPOINT_DIR, BEST_WEIGHTS), monitor))
-    run = _Runner(model, train_ds, val_ds, shared, class_weight, augmenter, jit_compile, verbose)
+    run = _Runner(model, train_ds, val_ds, shared, class_weight, augmenter, jit_compile, verbose, label_smoothing)
 
     freezing.freeze_backbone(model)
     cut = None
@@ -289,45 +292,86 @@ def finetune(
         # === Stage 2: unfreeze the top of the backbone at a lower rate ===
         if cfg.stage2.epochs > 0:
             start = time.time()
-            layers = freezing.unfreeze(
-                model, cfg.stage2.unfreeze, train_bn=cfg.stage2.train_bn,
-                bn_momentum=cfg.stage2.bn_momentum if cfg.stage2.train_bn else None,
-            )
             rate = cfg.stage2_learning_rate
-            log.info("stage 2: unfreeze=%r at learning rate %g: %s", cfg.stage2.unfreeze, rate, layers.describe())
-            if run_dir:
-                with open(os.path.join(run_dir, "stage2_trainable_layers.txt"), "w", encoding="utf-8") as f:
-                    f.write("".join(name + "\n" for name in layers.layers))
+            phases = unfreeze_phases(model, cfg.stage2)
+            multipliers = None
+            if cfg.stage2.layer_decay is not None and cfg.stage2.layer_decay < 1:
+                multipliers = freezing.layer_multipliers(model, cfg.stage2.layer_decay)
             recorder.stage = 2
+            part = None
             if plan.stage2:
-                run.stage(cfg.stage2, rate, epochs_done, caches.for_cut(layers.cut_layer))
+                names = [layer.name for layer in freezing.backbone_layers(model)]
+                part = caches.for_cut(names[cut] if cut < len(names) else None)  # the lowest cut of all phases
             else:
                 caches.close()  # free memory before the full model trains
-                run.stage(cfg.stage2, rate, epochs_done)
+            steps_done = 0
+            for index, (unfreeze, epochs) in enumerate(phases):
+                layers = freezing.unfreeze(
+                    model, unfreeze, train_bn=cfg.stage2.train_bn,
+                    bn_momentum=cfg.stage2.bn_momentum if cfg.stage2.train_bn else None,
+                )
+                where = f" phase {index + 1}/{len(phases)} ({epochs} epochs)" if len(phases) > 1 else ""
+                decay = f", layer_decay {cfg.stage2.layer_decay}" if multipliers else ""
+                log.info("stage 2%s: unfreeze=%r at learning rate %g%s: %s", where, unfreeze, rate, decay,
+                         layers.describe())
+                last = index == len(phases) - 1
+                if last and run_dir:
+                    with open(os.path.join(run_dir, "stage2_trainable_layers.txt"), "w", encoding="utf-8") as f:
+                        f.write("".join(name + "\n" for name in layers.layers))
+                epochs_done = run.stage(cfg.stage2, rate, epochs_done, part, epochs=epochs, multipliers=multipliers,
+                                        step_offset=steps_done, early_stopping=last)
+                steps_done += epochs * ((part.steps if part else run.steps) or 0)
             seconds["stage2"] = time.time() - start
     finally:
         caches.close()
     return FinetuneHistory(recorder.as_dict(), seconds, plan)
 
 
+def unfreeze_phases(model: keras.Model, stage: StageConfig) -> list[tuple]:
+    """[(unfreeze, epochs)] of stage 2: one phase, or with `gradual_unfreeze` N one more block
+    every N epochs from the top block down to what `unfreeze` allows; the last phase is always
+    the full extent and takes the remaining epochs."""
+    if not stage.gradual_unfreeze:
+        return [(stage.unfreeze, stage.epochs)]
+    cut, n = freezing.plan_cut(model, stage.unfreeze, train_bn=stage.train_bn)
+    if cut >= n:
+        return [(stage.unfreeze, stage.epochs)]
+    names = [layer.name for layer in freezing.backbone_layers(model)]
+    starts = [names.index(block[0]) for block in freezing.list_blocks(model)]
+    cuts = []
+    for first in reversed(starts):
+        cuts.append(max(cut, first))
+        if cuts[-1] <= cut:
+            break
+    count = min(len(cuts), max(1, math.ceil(stage.epochs / stage.gradual_unfreeze)))
+    cuts = cuts[: count - 1] + [cut]
+    epochs = [stage.gradual_unfreeze] * (count - 1)
+    epochs.append(stage.epochs - sum(epochs))
+    return [(names[c], e) for c, e in zip(cuts, epochs)]
+
+
 class _Runner:
     """Compiles and fits either the full model on the input pipeline or a part of it on caches."""
 
-    def __init__(self, model, train_ds, val_ds, callbacks, class_weight, augmenter, jit_compile, verbose):
+    def __init__(self, model, train_ds, val_ds, callbacks, class_weight, augmenter, jit_compile, verbose,
+                 label_smoothing=0.0):
         self.model, self.val_ds, self.callbacks = model, val_ds, callbacks
+        self.label_smoothing = label_smoothing
         self.class_weight, self.jit_compile, self.verbose = class_weight, jit_compile, verbose
         self.train_ds = train_ds
         if augmenter is not None:
             self.train_ds = train_ds.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=AUTOTUNE)
         self.steps = _steps_per_epoch(train_ds)
 
-    def stage(self, stage: StageConfig, rate: float, initial_epoch: int, part: Optional["_Part"] = None) -> int:
+    def stage(self, stage: StageConfig, rate: float, initial_epoch: int, part: Optional["_Part"] = None,
+              **options) -> int:
         if part is None:  # the full model on the input pipeline
             part = _Part(self.model, self.train_ds, self.val_ds, self.steps)
         return run_stage(
             part.model, part.train, part.val, stage, learning_rate=rate, steps_per_epoch=part.steps,
             fit_steps=part.steps if part.repeats else None, initial_epoch=initial_epoch, callbacks=self.callbacks,
             class_weight=self.class_weight, jit_compile=self.jit_compile, verbose=self.verbose,
+            label_smoothing=self.label_smoothing, **options,
             # On cached inputs a step takes microseconds to milliseconds and Python's per-step
             # overhead would dominate: run up to 16 steps in each call of the compiled function.
             steps_per_execution=min(part.steps or 1, 16) if part.model is not self.model else 1,
@@ -448,30 +492,37 @@ def run_stage(
     steps_per_epoch: Optional[int],
     initial_epoch: int,
     callbacks: list,
+    epochs: Optional[int] = None,
     class_weight: Optional[dict] = None,
     fit_steps: Optional[int] = None,
+    multipliers: Optional[dict] = None,
+    step_offset: int = 0,
+    early_stopping: bool = True,
+    label_smoothing: float = 0.0,
     jit_compile="auto",
     steps_per_execution: int = 1,
     verbose: int | str = "auto",
 ) -> int:
-    """Compile with this stage's optimizer and fit; return the epoch count reached (initial + run).
+    """Compile with this stage's optimizer and fit `epochs` (default: the stage's) epochs;
+    return the epoch count reached (initial + run).
 
-    `steps_per_epoch` sizes the learning-rate schedule; `fit_steps` is given to fit only when the
-    training data repeats (Keras then keeps one iterator across epochs).
+    `steps_per_epoch` sizes the learning-rate schedule (over the whole stage, `step_offset`
+    steps in); `fit_steps` is given to fit only when the training data repeats (Keras then keeps
+    one iterator across epochs); `multipliers` scale the rate per variable (layer-wise rates).
     """
-    optimizer = make_optimizer(stage, learning_rate, steps_per_epoch)
+    optimizer = make_optimizer(stage, learning_rate, steps_per_epoch, multipliers=multipliers, step_offset=step_offset)
     if uses_float16(model):
         # Keras wraps only when the model's own policy is mixed_float16; parts built later are not.
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     model.compile(
         optimizer=optimizer,
-        loss=loss_for(model),
+        loss=make_loss(model, label_smoothing),
         metrics=["accuracy"],
         jit_compile=jit_compile,
         steps_per_execution=steps_per_execution,
     )
     stage_callbacks = list(callbacks)
-    if stage.early_stopping:
+    if stage.early_stopping and early_stopping:
         stage_callbacks.append(
             keras.callbacks.EarlyStopping(
                 monitor="val_loss" if val_ds is not None else "loss",
@@ -483,7 +534,7 @@ def run_stage(
         train_ds,
         validation_data=val_ds,
         initial_epoch=initial_epoch,
-        epochs=initial_epoch + stage.epochs,
+        epochs=initial_epoch + (stage.epochs if epochs is None else epochs),
         steps_per_epoch=fit_steps,
         callbacks=stage_callbacks,
         class_weight=class_weight,
@@ -491,45 +542,6 @@ def run_stage(
         verbose=verbose,
     )
     return initial_epoch + len(history.epoch)
-
-
-def loss_for(model: keras.Model):
-    """Sparse categorical cross-entropy, or binary cross-entropy for a one-unit sigmoid head."""
-    if model.output_shape[-1] == 1:
-        return keras.losses.BinaryCrossentropy()
-    return keras.losses.SparseCategoricalCrossentropy()
-
-
-def make_optimizer(stage: StageConfig, learning_rate: float, steps_per_epoch: Optional[int]):
-    """The stage's optimizer, with warm-up and cosine decay when asked; no weight decay on BN or biases."""
-    rate = _schedule(stage, learning_rate, steps_per_epoch)
-    decay = stage.weight_decay or None
-    if stage.optimizer == "adamw":
-        optimizer = keras.optimizers.AdamW(rate, weight_decay=stage.weight_decay)
-    elif stage.optimizer == "sgd":
-        optimizer = keras.optimizers.SGD(rate, momentum=stage.momentum, weight_decay=decay)
-    else:
-        optimizer = keras.optimizers.Adam(rate, weight_decay=decay)
-    if stage.weight_decay:
-        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
-    return optimizer
-
-
-def _schedule(stage: StageConfig, learning_rate: float, steps_per_epoch: Optional[int]):
-    if stage.schedule == "constant" and not stage.warmup_epochs:
-        return learning_rate
-    if not steps_per_epoch:
-        raise ValueError("a learning-rate schedule needs a training dataset of known length")
-    total = max(1, stage.epochs * steps_per_epoch)
-    warmup = int(math.ceil(stage.warmup_epochs * steps_per_epoch))
-    return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0 if warmup else learning_rate,
-        decay_steps=max(1, total - warmup),
-        # alpha=1 keeps the rate constant after the warm-up
-        alpha=1.0 if stage.schedule == "constant" else 0.0,
-        warmup_target=learning_rate if warmup else None,
-        warmup_steps=warmup,
-    )
 
 
 def _steps_per_epoch(ds) -> Optional[int]:

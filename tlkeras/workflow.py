@@ -133,7 +133,8 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
         model, data_bundle.train, data_bundle.val, stage1=cfg.stage1, stage2=cfg.stage2,
         run_dir=run_dir, class_weight=data_bundle.class_weight, augmenter=data_bundle.augmenter,
         cache_features=cfg.cache_features, cache_views=cfg.cache_views, memory_budget_mb=cfg.memory_budget_mb,
-        jit_compile=cfg.jit_compile, inputs_random=False, verbose=verbose,  # augmenter holds the randomness
+        jit_compile=cfg.jit_compile, inputs_random=False,  # the augmenter holds all the randomness
+        label_smoothing=cfg.label_smoothing, verbose=verbose,
     )
     timings.update(history.stage_seconds)
     clock = time.time()
