@@ -20,6 +20,7 @@ from importlib.metadata import version as _version
 from tlkeras.backbones import list_backbones
 from tlkeras.config import FinetuneConfig, load_config
 from tlkeras.export import export_saved_model
+from tlkeras.lr_finder import find_learning_rate
 from tlkeras.model import build_model
 from tlkeras.training import finetune
 from tlkeras.workflow import FinetuneResult, build_and_finetune
@@ -34,6 +35,7 @@ __all__ = [
     "build_model",
     "finetune",
     "export_saved_model",
+    "find_learning_rate",
     "load_config",
     "list_backbones",
     "FinetuneConfig",

@@ -88,6 +88,33 @@ def train(config_path, data, val_data, backbone, weights, image_size, batch_size
         click.echo(f"try it:         tlkeras predict {result.export_dir} IMAGE_OR_FOLDER")
 
 
+@main.command("find-lr", context_settings=_CONTEXT)
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), help="YAML config file.")
+@click.option("--data", help="Folder with one subfolder per class, or tfds:NAME[:SPLIT].")
+@click.option("--backbone", help="Backbone name, e.g. efficientnetb0.")
+@click.option("--stage", type=click.IntRange(1, 2), default=1, show_default=True,
+              help="Stage whose rate to test (2 first trains stage 1 as configured).")
+@click.option("--min-lr", type=float, default=1e-7, show_default=True)
+@click.option("--max-lr", type=float, default=1.0, show_default=True)
+@click.option("--steps", type=int, default=100, show_default=True)
+@click.option("--plot", "output", type=click.Path(dir_okay=False), help="PNG path (default: OUTPUT_DIR/lr_finder_stageN.png).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any config key.")
+@_friendly_errors
+def find_lr(config_path, data, backbone, stage, min_lr, max_lr, steps, output, overrides):
+    """LR range test: train with a growing rate, plot the loss, suggest a rate."""
+    from tlkeras.config import FinetuneConfig
+    from tlkeras.lr_finder import find_learning_rate
+
+    cfg = FinetuneConfig.from_yaml(config_path) if config_path else FinetuneConfig()
+    values = {k: v for k, v in {"data": data, "backbone": backbone}.items() if v is not None}
+    cfg = cfg.merged(values).with_overrides(list(overrides))
+    result = find_learning_rate(config=cfg, stage=stage, min_lr=min_lr, max_lr=max_lr, steps=steps, output=output)
+    click.echo(f"suggested stage{stage}.learning_rate: {result.suggestion:.3g}")
+    if result.plot:
+        click.echo(f"plot: {result.plot}")
+    click.echo(f"use it: --set stage{stage}.learning_rate={result.suggestion:.3g}")
+
+
 @main.command(context_settings=_CONTEXT)
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--data", help="Folder of class subfolders (default: the run's own validation split).")
