@@ -255,3 +255,15 @@ def test_folder_pixels_are_decoded_once_and_kept_when_they_fit(tmp_path):
     a = sorted(float(b.numpy().sum()) for b, _ in kept.train.unbatch().batch(1))
     b = sorted(float(b.numpy().sum()) for b, _ in streamed.train.unbatch().batch(1))
     np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_class_weight_auto_turns_on_for_imbalance_only(caplog):
+    import logging
+
+    logging.getLogger("tlkeras").propagate = True
+    imbalanced = np.array([0] * 30 + [1] * 10 + [2] * 5)
+    with caplog.at_level(logging.INFO, logger="tlkeras"):
+        weights = class_weights("auto", imbalanced, ["a", "b", "c"])
+    assert weights == pytest.approx({0: 45 / 90, 1: 45 / 30, 2: 45 / 15})
+    assert "6.0x the images of the smallest (threshold 2.0x): balanced weights on" in caplog.text
+    assert class_weights("auto", np.array([0] * 10 + [1] * 8 + [2] * 6), ["a", "b", "c"]) is None

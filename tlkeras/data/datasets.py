@@ -427,11 +427,34 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return np.sort(np.array(train_rows, dtype=np.int64)), np.sort(np.array(val_rows, dtype=np.int64))
 
 
+# class_weight="auto" turns balanced weights on when the largest class has more than this many
+# times the training images of the smallest: below it the weights would change little, above it
+# an unweighted loss lets the large classes dominate.
+AUTO_IMBALANCE_RATIO = 2.0
+
+
 def class_weights(setting, labels: np.ndarray, class_names: list[str]) -> Optional[dict[int, float]]:
-    """Keras `class_weight` for `setting`: None, "balanced" (n / (k * n_c)) or {class name or index: weight}."""
+    """Keras `class_weight` for `setting`: None, "balanced" (n / (k * n_c)), "auto" (balanced
+    when the class counts differ by more than AUTO_IMBALANCE_RATIO, else None; logged) or
+    {class name or index: weight}.
+
+    >>> class_weights("auto", np.array([0] * 9 + [1] * 3), ["a", "b"])
+    {0: 0.6666666666666666, 1: 2.0}
+    >>> class_weights("auto", np.array([0] * 4 + [1] * 3), ["a", "b"]) is None
+    True
+    """
     if setting is None:
         return None
     k = len(class_names)
+    if setting == "auto":
+        counts = np.bincount(labels, minlength=k)
+        ratio = counts.max() / max(counts.min(), 1)
+        imbalanced = ratio > AUTO_IMBALANCE_RATIO
+        get_logger().info(
+            "class_weight=auto: the largest class has %.1fx the images of the smallest (threshold %.1fx): %s",
+            ratio, AUTO_IMBALANCE_RATIO, "balanced weights on" if imbalanced else "no weights",
+        )
+        return class_weights("balanced", labels, class_names) if imbalanced else None
     if setting == "balanced":
         counts = np.bincount(labels, minlength=k).astype(np.float64)
         return {c: float(len(labels) / (k * counts[c])) if counts[c] else 0.0 for c in range(k)}
