@@ -179,3 +179,13 @@ def test_stage2_without_backbone_layers_trains_the_head_on_cached_features(backb
     for before, after in zip(backbone_before, model.get_layer("backbone").weights):
         np.testing.assert_array_equal(before, after.numpy())
 
+
+
+def test_the_cache_pass_shows_a_progress_bar(capsys):
+    from tlkeras import caching
+
+    images = tf.data.Dataset.from_tensor_slices((np.zeros((6, 4), "float32"), np.arange(6))).batch(2)
+    cache = caching.compute_cache(lambda x: x * 2, images, 1 << 20, None, progress="caching training features")
+    out = capsys.readouterr().out
+    assert "caching training features" in out and "3/3" in out
+    assert cache.arrays[0].shape == (6, 4)

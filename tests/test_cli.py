@@ -146,9 +146,25 @@ def test_evaluate_a_run_on_its_own_validation_split_and_on_a_folder(runner, trai
     # the rebuilt validation split is the one the run was scored on
     assert metrics["count"] == trained_run.metrics["count"]
     assert metrics["accuracy"] == pytest.approx(trained_run.metrics["accuracy"])
+    assert metrics["confusion_matrix"] == trained_run.metrics["confusion_matrix"]
     on_folder = runner.invoke(cli.main, ["evaluate", trained_run.run_dir, "--data", image_folder])
     assert on_folder.exit_code == 0
-    assert "images:   24" in on_folder.output
+    assert on_folder.output.startswith("images 24   accuracy ")
+    assert {"red", "green", "blue", "macro avg", "weighted avg"} <= {
+        line.split()[0] if not line.startswith(("macro", "weighted")) else " ".join(line.split()[:2])
+        for line in on_folder.output.splitlines()[3:] if line.strip()
+    }
+
+
+def test_evaluate_an_export_from_image_bytes_agrees_with_the_run(runner, trained_run):
+    """The export answers from encoded bytes through serving_default: same images, same metrics."""
+    served = runner.invoke(cli.main, ["evaluate", os.path.join(trained_run.run_dir, "export"), "--format", "json"])
+    assert served.exit_code == 0, served.output
+    metrics = json.loads(served.output)
+    assert metrics["evaluated"].startswith(os.path.join(trained_run.run_dir, "export"))
+    assert metrics["count"] == trained_run.metrics["count"]
+    assert metrics["confusion_matrix"] == trained_run.metrics["confusion_matrix"]
+    assert metrics["loss"] == pytest.approx(trained_run.metrics["loss"], abs=2e-4)
 
 
 def test_train_end_to_end_through_the_cli(runner, tmp_path, image_folder, backbone_weights):
@@ -163,3 +179,13 @@ def test_train_end_to_end_through_the_cli(runner, tmp_path, image_folder, backbo
     assert f"SavedModel:     {out}/export/1" in result.output
     assert os.path.isfile(os.path.join(out, "export", "1", "saved_model.pb"))
     assert TINY["backbone"] in open(os.path.join(out, "config.yaml")).read()
+
+
+def test_predict_over_many_files_shows_progress_on_stderr_only(runner, trained_run, tmp_path):
+    folder = str(tmp_path / "many")
+    _images(folder, 12)
+    result = runner.invoke(cli.main, ["predict", trained_run.export_dir, folder, "--format", "json", "--batch-size", "2"])
+    assert result.exit_code == 0, result.output
+    assert "predicting" in result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]  # stdout stays pure JSON lines
+    assert len(rows) == 12

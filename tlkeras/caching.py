@@ -203,18 +203,27 @@ def compute_cache(
     spill_dir: Optional[str],
     views: int = 1,
     augmenter=None,
+    progress: Optional[str] = None,
 ) -> Cache:
     """Run `fn` (pixels -> array or list of arrays; best a tf.function with an input signature,
     traced once for every batch size) over a batched (pixels, label) dataset once
     (or `views` times through `augmenter`); keep the results in memory while they fit
-    `budget_bytes`, else stream them to float16 files on disk."""
+    `budget_bytes`, else stream them to float16 files on disk. `progress` (a title) shows a
+    progress bar."""
     graph_fn = fn if isinstance(fn, tf.types.experimental.PolymorphicFunction) else tf.function(fn)
     chunks: list[list[np.ndarray]] = []
     labels: list[np.ndarray] = []
     size = 0
     spill: Optional[_Spill] = None
+    bar = None
+    batches = int(images.cardinality())
+    if progress and batches > 0:
+        print(progress, flush=True)
+        bar = keras.utils.Progbar(batches * views, unit_name="batch")
     for _ in range(views):
         for pixels, y in images:
+            if bar is not None:
+                bar.add(1)
             if augmenter is not None:
                 pixels = augmenter(pixels, training=True)
             values = [np.asarray(v) for v in keras.tree.flatten(graph_fn(pixels))]

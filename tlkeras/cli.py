@@ -116,24 +116,22 @@ def find_lr(config_path, data, backbone, stage, min_lr, max_lr, steps, output, o
 
 
 @main.command(context_settings=_CONTEXT)
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("path", metavar="RUN_DIR_OR_EXPORT", type=click.Path(exists=True, file_okay=False))
 @click.option("--data", help="Folder of class subfolders (default: the run's own validation split).")
 @click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--top-k", type=int, default=5, show_default=True, help="k of the top-k accuracy.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--write/--no-write", default=False, help="Rewrite the run's metrics.json with the result.")
 @_friendly_errors
-def evaluate(run_dir, data, batch_size, fmt):
-    """Metrics of a finished run's model on labelled images."""
+def evaluate(path, data, batch_size, top_k, fmt, write):
+    """Metrics of a run's model (RUN_DIR) or of an export (RUN_DIR/export[/N], served from image
+    bytes as TF Serving would) on labelled images: accuracy, top-k, loss, per-class precision,
+    recall and F1, confusion matrix, calibration, ROC-AUC and PR-AUC."""
     from tlkeras.evaluate import evaluate_run
+    from tlkeras.metrics import format_metrics
 
-    metrics = evaluate_run(run_dir, data, batch_size=batch_size)
-    if fmt == "json":
-        click.echo(json.dumps(metrics, indent=2))
-        return
-    click.echo(f"images:   {metrics['count']}")
-    click.echo(f"accuracy: {metrics['accuracy']:.4f}")
-    click.echo(f"loss:     {metrics['loss']:.4f}")
-    for name, acc in metrics["per_class_accuracy"].items():
-        click.echo(f"  {name}: {acc:.4f}")
+    metrics = evaluate_run(path, data, batch_size=batch_size, top_k=top_k, write=write)
+    click.echo(json.dumps(metrics, indent=2) if fmt == "json" else format_metrics(metrics), nl=fmt == "json")
 
 
 @main.command(context_settings=_CONTEXT)
@@ -147,7 +145,18 @@ def predict(export_dir, inputs, top_k, batch_size, fmt):
     """Classify images (files or folders) with an exported SavedModel."""
     from tlkeras.predict import format_predictions, predict_files
 
-    result = predict_files(export_dir, list(inputs), top_k=top_k, batch_size=batch_size)
+    bar = None
+
+    def progress(done, total):  # on stderr, so JSON/CSV on stdout stay clean; only for long runs
+        nonlocal bar
+        if bar is None and total > 4 * batch_size:
+            bar = click.progressbar(length=total, label="predicting", file=sys.stderr)
+        if bar is not None:
+            bar.update(done - bar.pos)
+
+    result = predict_files(export_dir, list(inputs), top_k=top_k, batch_size=batch_size, progress=progress)
+    if bar is not None:
+        bar.render_finish()
     click.echo(format_predictions(result.rows, fmt), nl=False)
     for path, reason in result.skipped:
         click.echo(f"skipped {path}: {reason}", err=True)

@@ -166,6 +166,9 @@ class FinetuneConfig:
     seed: int = 0
     export: bool = True
     top_k: int = 5
+    report: bool = True
+    tensorboard: bool = True
+    deterministic: bool = False
 
     # --- Construction ---
 
@@ -282,6 +285,9 @@ class FinetuneConfig:
         for key in ("cache_images", "cache_features", "jit_compile"):
             if getattr(self, key) not in CACHE_CHOICES:
                 raise ConfigError(f"{key}: {getattr(self, key)!r} is not valid: use auto, true or false.")
+        for key in ("export", "report", "tensorboard", "deterministic"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"{key}: {getattr(self, key)!r} is not valid: use true or false.")
         _check_int("cache_views", self.cache_views, 1)
         _check_int("memory_budget_mb", self.memory_budget_mb, 1)
         _check_choice("mixed_precision", self.mixed_precision, PRECISIONS)

@@ -1,10 +1,13 @@
-"""Metrics of a trained model on labelled data."""
+"""Metrics of a trained model - in memory, a run directory or an exported SavedModel - on labelled data."""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import tensorflow as tf
 
+from tlkeras.metrics import classification_metrics
 from tlkeras.model import predict_function, to_probabilities
 
 
@@ -20,69 +23,81 @@ def predict_probabilities(model, ds: tf.data.Dataset) -> tuple[np.ndarray, np.nd
     return np.concatenate(probs), np.concatenate(labels).astype(np.int64)
 
 
-def classification_metrics(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict:
-    """Accuracy, cross-entropy loss and per-class accuracy from probabilities and true labels.
-
-    >>> p = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
-    >>> m = classification_metrics(p, np.array([0, 1, 1]), ["a", "b"])
-    >>> round(m["accuracy"], 4), m["count"], m["per_class_accuracy"]
-    (0.6667, 3, {'a': 1.0, 'b': 0.5})
-    """
-    n = len(labels)
-    if n == 0:
-        return {"count": 0}
-    predicted = probabilities.argmax(axis=1)
-    eps = 1e-7
-    picked = np.clip(probabilities[np.arange(n), labels], eps, 1.0)
-    per_class = {}
-    for c, name in enumerate(class_names):
-        rows = labels == c
-        if rows.any():
-            per_class[name] = float((predicted[rows] == c).mean())
-    return {
-        "count": int(n),
-        "accuracy": float((predicted == labels).mean()),
-        "loss": float(-np.log(picked).mean()),
-        "per_class_accuracy": per_class,
-    }
-
-
-def evaluate_model(model, ds: tf.data.Dataset, class_names: list[str]) -> dict:
-    """Metrics of `model` on a batched (pixels, label) dataset."""
+def evaluate_model(model, ds: tf.data.Dataset, class_names: list[str], top_k: int = 5) -> dict:
+    """Metrics of `model` on a batched (pixels, label) dataset (see `tlkeras.metrics`)."""
     probabilities, labels = predict_probabilities(model, ds)
-    return classification_metrics(probabilities, labels, class_names)
+    return classification_metrics(probabilities, labels, class_names, top_k=top_k)
 
 
-def evaluate_run(run_dir: str, data=None, *, batch_size: int = 32) -> dict:
-    """Metrics of a finished run's model on `data` (a folder of class subfolders, "tfds:...").
+def _examples_for(path: str, data, class_names: list[str]):
+    """Labelled examples: `data`, or the run's own validation split rebuilt from config.yaml."""
+    from tlkeras.config import FinetuneConfig
+    from tlkeras.data.datasets import load_examples, stratified_split
+    from tlkeras.errors import DataError
+    from tlkeras.rundir import CONFIG_FILE
 
-    Without `data`, the run's own validation split is rebuilt from its config.yaml (same
-    data, val_split and seed, so the same images).
+    if data is not None:
+        examples, _, skipped = load_examples(data, "data", class_names)
+        return examples, skipped
+    config_path = os.path.join(path, CONFIG_FILE)
+    cfg = FinetuneConfig.from_yaml(config_path) if os.path.isfile(config_path) else None
+    if cfg is None or not isinstance(cfg.data, str):
+        raise DataError(f"{path!r} has no config.yaml naming a data folder; pass --data to evaluate on a folder.")
+    if cfg.val_data is not None:
+        examples, _, skipped = load_examples(cfg.val_data, "val_data", class_names)
+        return examples, skipped
+    examples, _, skipped = load_examples(cfg.data, "data", class_names)
+    _, val_rows = stratified_split(examples.labels, cfg.val_split, cfg.seed)
+    if not len(val_rows):
+        raise DataError(f"{path!r} had no validation split; pass --data to evaluate.")
+    return examples.subset(val_rows), skipped
+
+
+def evaluate_run(path: str, data=None, *, batch_size: int = 32, top_k: int = 5, write: bool = False) -> dict:
+    """Metrics of a finished run's model, or of an exported SavedModel, on labelled images.
+
+    `path` is a run directory (its model.keras) or an export (`run/export` or `run/export/3`,
+    served through its `serving_default` signature from the image bytes, as TF Serving would).
+    `data` is a folder of class subfolders or "tfds:..."; without it, the run's own validation
+    split is rebuilt from its config.yaml (same data, val_split and seed, so the same images).
+    With `write`, a run directory's metrics.json is rewritten with the result.
 
     Example (after `tlkeras train ... --output-dir runs/flowers`):
 
-        evaluate_run("runs/flowers", "photos/test")["accuracy"]
+        evaluate_run("runs/flowers", "photos/test")["per_class"]["tulip"]["recall"]
     """
-    from tlkeras.data.datasets import build_pipeline, load_examples, stratified_split
-    from tlkeras.errors import DataError
+    from tlkeras.data.datasets import build_pipeline
     from tlkeras.model import image_size_of
+    from tlkeras.predict import is_export, load_export
     from tlkeras.rundir import load_run
+    from tlkeras.utils import write_json_atomic
 
-    model, class_names, cfg = load_run(run_dir)
-    if data is not None:
-        examples, _, skipped = load_examples(data, "data", class_names)
+    if is_export(path):
+        serve, class_names, export_dir = load_export(path)
+        run_dir = os.path.dirname(os.path.dirname(export_dir))  # run/export/<version>
+        examples, skipped = _examples_for(run_dir, data, class_names)
+        probabilities, labels = _serve_examples(serve, examples, batch_size)
+        source = export_dir
     else:
-        if cfg is None or not isinstance(cfg.data, str):
-            raise DataError(f"{run_dir!r} was trained on in-memory data; pass --data to evaluate on a folder.")
-        if cfg.val_data is not None:
-            examples, _, skipped = load_examples(cfg.val_data, "val_data", class_names)
-        else:
-            examples, _, skipped = load_examples(cfg.data, "data", class_names)
-            _, val_rows = stratified_split(examples.labels, cfg.val_split, cfg.seed)
-            if not len(val_rows):
-                raise DataError(f"{run_dir!r} had no validation split; pass --data to evaluate.")
-            examples = examples.subset(val_rows)
-    ds = build_pipeline(examples, image_size_of(model), batch_size, training=False, cache=False, seed=0)
-    metrics = evaluate_model(model, ds, class_names)
+        model, class_names, _ = load_run(path)
+        examples, skipped = _examples_for(path, data, class_names)
+        ds = build_pipeline(examples, image_size_of(model), batch_size, training=False, cache=False, seed=0)
+        probabilities, labels = predict_probabilities(model, ds)
+        source = path
+    metrics = classification_metrics(probabilities, labels, class_names, top_k=top_k)
     metrics["skipped_files"] = len(skipped)
+    metrics["evaluated"] = source
+    if write and not is_export(path):
+        write_json_atomic(os.path.join(path, "metrics.json"), {"split": "data" if data else "validation", **metrics})
     return metrics
+
+
+def _serve_examples(serve, examples, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    probs = []
+    rows = np.arange(len(examples.labels))
+    for start in range(0, len(rows), batch_size):
+        blobs = examples.encoded(rows[start : start + batch_size])
+        probs.append(serve(image_bytes=tf.constant(blobs))["probabilities"].numpy())
+    if not probs:
+        return np.zeros((0, 0), np.float32), np.zeros((0,), np.int64)
+    return np.concatenate(probs), np.asarray(examples.labels, np.int64)

@@ -36,6 +36,26 @@ def resolve_export(path: str) -> str:
     )
 
 
+def is_export(path: str) -> bool:
+    """Whether `path` is a SavedModel folder or a folder of numbered SavedModel versions."""
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return True
+    return os.path.isdir(path) and any(
+        n.isdigit() and os.path.isfile(os.path.join(path, n, "saved_model.pb")) for n in os.listdir(path)
+    )
+
+
+def load_export(path: str):
+    """(serving_default signature, class names, SavedModel folder) of an export."""
+    folder = resolve_export(path)
+    loaded = tf.saved_model.load(folder)
+    serve = loaded.signatures["serving_default"]
+    serve._tlkeras_keepalive = loaded  # the signature needs its object alive
+    with open(os.path.join(folder, "assets", LABELS_FILE), encoding="utf-8") as f:
+        class_names = [line.rstrip("\n") for line in f if line.rstrip("\n")]
+    return serve, class_names, folder
+
+
 def expand_inputs(inputs: list[str]) -> list[str]:
     """Image files from files and folders (searched recursively), in a stable order."""
     files = []
@@ -55,22 +75,19 @@ class Predictions:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
 
 
-def predict_files(export_path: str, inputs: list[str], *, top_k: int = 3, batch_size: int = 32) -> Predictions:
+def predict_files(export_path: str, inputs: list[str], *, top_k: int = 3, batch_size: int = 32,
+                  progress=None) -> Predictions:
     """Classify image files (and folders of them) with an exported SavedModel.
 
     Unreadable or undecodable files are skipped and reported in `Predictions.skipped`.
+    `progress(done, total)`, if given, is called after each batch (files done of all files).
 
     Example (with an export made by `tlkeras train`):
 
         preds = predict_files("runs/flowers/export", ["photos/"], top_k=2)
         preds.rows[0]  # {"path": "photos/a.jpg", "classes": ["tulip", "rose"], "scores": [0.91, 0.06]}
     """
-    path = resolve_export(export_path)
-    loaded = tf.saved_model.load(path)
-    serve = loaded.signatures["serving_default"]
-    labels_file = os.path.join(path, "assets", LABELS_FILE)
-    with open(labels_file, encoding="utf-8") as f:
-        class_names = [line.rstrip("\n") for line in f if line.rstrip("\n")]
+    serve, class_names, _ = load_export(export_path)
     k = max(1, min(top_k, len(class_names)))
     result = Predictions()
     files = expand_inputs(inputs)
@@ -88,6 +105,8 @@ def predict_files(export_path: str, inputs: list[str], *, top_k: int = 3, batch_
             result.rows.append(
                 {"path": p, "classes": [class_names[i] for i in order], "scores": [float(probs[i]) for i in order]}
             )
+        if progress is not None:
+            progress(min(start + batch_size, len(files)), len(files))
     return result
 
 

@@ -221,7 +221,8 @@ def finetune(
             means stage 1's rate x 0.01. epochs=0 skips a stage.
         run_dir: where the best checkpoint and history.json go (nothing is written if None).
         class_weight: Keras class weights {class index: weight}.
-        callbacks: extra Keras callbacks, used in both stages (their `model` is the part that fits).
+        callbacks: extra Keras callbacks, used in both stages (their `model` is the part that fits;
+            a callback with a `stage` attribute has it set to 1 or 2 as each stage starts).
         augmenter: random augmentation applied to training batches (e.g. a Sequential of
             keras.layers.Random* layers), on the fly or once per cached view.
         cache_features: "auto" (cache what stays frozen unless training inputs are randomly
@@ -269,13 +270,14 @@ def finetune(
                         inputs_random)
     log.info("caching: %s", plan.reason)
     seconds: dict = {}
-    caches = _Caches(model, train_ds, val_ds, int(memory_budget_mb * 2**20), run_dir)
+    caches = _Caches(model, train_ds, val_ds, int(memory_budget_mb * 2**20), run_dir,
+                     progress=verbose not in (0, "0"))
     epochs_done = 0
     try:
         # === Stage 1: the head on a frozen backbone ===
         if cfg.stage1.epochs > 0:
             log.info("stage 1: backbone frozen; training the head (%s)", _trainable_summary(model))
-            recorder.stage = 1
+            _enter_stage(shared, 1)
             start = time.time()
             if plan.stage1:
                 part = caches.for_head(
@@ -297,7 +299,7 @@ def finetune(
             multipliers = None
             if cfg.stage2.layer_decay is not None and cfg.stage2.layer_decay < 1:
                 multipliers = freezing.layer_multipliers(model, cfg.stage2.layer_decay)
-            recorder.stage = 2
+            _enter_stage(shared, 2)
             part = None
             if plan.stage2:
                 names = [layer.name for layer in freezing.backbone_layers(model)]
@@ -325,6 +327,13 @@ def finetune(
     finally:
         caches.close()
     return FinetuneHistory(recorder.as_dict(), seconds, plan)
+
+
+def _enter_stage(callbacks: list, stage: int) -> None:
+    """Tell the callbacks that keep a `stage` attribute (history, TensorBoard step log) which stage runs."""
+    for callback in callbacks:
+        if hasattr(callback, "stage"):
+            callback.stage = stage
 
 
 def unfreeze_phases(model: keras.Model, stage: StageConfig) -> list[tuple]:
@@ -392,8 +401,9 @@ class _Part:
 class _Caches:
     """Computes the caches lazily, at most one pass over the data per kind, and frees them."""
 
-    def __init__(self, model, train_ds, val_ds, budget: int, run_dir: Optional[str]):
+    def __init__(self, model, train_ds, val_ds, budget: int, run_dir: Optional[str], progress: bool = False):
         self.model, self.train_ds, self.val_ds, self.budget = model, train_ds, val_ds, budget
+        self.progress = progress
         self.spill_dir = run_dir
         self.batch_size = _batch_size(train_ds)
         self.train: Optional[caching.Cache] = None
@@ -407,9 +417,11 @@ class _Caches:
         fn = tf.function(fn, input_signature=[tf.TensorSpec([None, *spec.shape[1:]], spec.dtype)])
         # The passes run at the training batch size: batches of 128 run ~15 % faster on CPU but
         # hold 4x the activations (+480 MB at 128 px, see benchmarks/RESULTS.md); memory counts.
-        self.train = caching.compute_cache(fn, self.train_ds, self.budget, self.spill_dir, views, augmenter)
+        self.train = caching.compute_cache(fn, self.train_ds, self.budget, self.spill_dir, views, augmenter,
+                                           progress="caching training features" if self.progress else None)
         if self.val_ds is not None:
-            self.val = caching.compute_cache(fn, self.val_ds, self.budget, self.spill_dir)
+            self.val = caching.compute_cache(fn, self.val_ds, self.budget, self.spill_dir,
+                                             progress="caching validation features" if self.progress else None)
         size = self.train.nbytes + (self.val.nbytes if self.val else 0)
         notes = "; ".join(self.train.notes + (self.val.notes if self.val else [])) or "in memory"
         log.info("cached %d training%s rows (%.1f MB, %s)", len(self.train.labels),

@@ -15,10 +15,12 @@ from tlkeras._logging import get_logger
 from tlkeras.config import FinetuneConfig
 from tlkeras.data import make_datasets
 from tlkeras.distribute import precision_policy, resolve_precision
-from tlkeras.evaluate import evaluate_model
+from tlkeras.evaluate import predict_probabilities
 from tlkeras.export import export_saved_model
+from tlkeras.metrics import classification_metrics
 from tlkeras.model import build_model
 from tlkeras.training import finetune
+from tlkeras.runrecord import RUN_FILE, build_record
 from tlkeras.utils import write_json_atomic, write_text_atomic
 
 # How many validation images the export is checked with.
@@ -32,7 +34,8 @@ class FinetuneResult:
     Attributes:
         model: the trained keras.Model; its pretrained base is the nested layer "backbone".
         history: per-epoch metrics of both stages: {"epoch", "stage", "loss", "accuracy", ...}.
-        metrics: final validation metrics (accuracy, loss, count, per-class accuracy).
+        metrics: final validation metrics (see `tlkeras.metrics`): accuracy, top-k accuracy, loss,
+            per-class precision/recall/F1/support, averages, confusion matrix, ECE, ROC-AUC, PR-AUC.
         class_names: class names in label order.
         run_dir: the run directory (config.yaml, history.json, metrics.json, labels.txt, model.keras, ...).
         export_dir: the SavedModel version folder, or None when export=False.
@@ -89,9 +92,14 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
     '1'
     """
     verbose = options.pop("verbose", "auto")
+    started = time.time()
     cfg = _resolve_config(data, config, options)
     log = get_logger()
     keras.utils.set_random_seed(cfg.seed)
+    if cfg.deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()  # process-wide; ops without a deterministic kernel raise
 
     spec = backbones.resolve(cfg.backbone, cfg.backbone_options)
     if cfg.weights is None and cfg.stage1.epochs > 0:
@@ -129,9 +137,14 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
             head=cfg.head, backbone_options=cfg.backbone_options,
         )
     timings["build"] = time.time() - clock
+    callbacks = []
+    if cfg.tensorboard:
+        from tlkeras.tensorboard import tensorboard_callbacks
+
+        callbacks = tensorboard_callbacks(run_dir)
     history = finetune(
         model, data_bundle.train, data_bundle.val, stage1=cfg.stage1, stage2=cfg.stage2,
-        run_dir=run_dir, class_weight=data_bundle.class_weight, augmenter=data_bundle.augmenter,
+        run_dir=run_dir, class_weight=data_bundle.class_weight, augmenter=data_bundle.augmenter, callbacks=callbacks,
         cache_features=cfg.cache_features, cache_views=cfg.cache_views, memory_budget_mb=cfg.memory_budget_mb,
         jit_compile=cfg.jit_compile, inputs_random=False,  # the augmenter holds all the randomness
         label_smoothing=cfg.label_smoothing, verbose=verbose,
@@ -140,12 +153,19 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
     clock = time.time()
 
     eval_ds, split = (data_bundle.val, "val") if data_bundle.val is not None else (data_bundle.train, "train")
-    metrics = {"split": split, **evaluate_model(model, eval_ds, class_names)}
+    eval_examples = data_bundle.val_examples if split == "val" else data_bundle.train_examples
+    probabilities, labels = predict_probabilities(model, eval_ds)
+    metrics = {"split": split, **classification_metrics(probabilities, labels, class_names, top_k=cfg.top_k)}
     write_json_atomic(os.path.join(run_dir, "metrics.json"), metrics)
     save_model_atomic(model, os.path.join(run_dir, "model.keras"))
     log.info("%s accuracy %.4f on %d images", split, metrics.get("accuracy", float("nan")), metrics.get("count", 0))
-
     timings["evaluate"] = time.time() - clock
+    record = build_record(cfg=cfg, bundle=data_bundle, run_dir=run_dir, timings=timings, started=started,
+                          plan=history.cache_plan, policy=keras.config.dtype_policy().name)
+    write_json_atomic(os.path.join(run_dir, RUN_FILE), record)
+    if cfg.report:
+        _write_report(run_dir, history, metrics, probabilities, labels, class_names, eval_examples, image_size,
+                      cfg, record)
     clock = time.time()
     export_dir = None
     if cfg.export:
@@ -155,6 +175,10 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
             verify_images=examples.sample_bytes(EXPORT_CHECK_IMAGES),
         )
         timings["export"] = time.time() - clock
+    if export_dir:
+        record["seconds"] = {k: round(float(v), 3) for k, v in timings.items()}
+        record["export_dir"] = export_dir
+        write_json_atomic(os.path.join(run_dir, RUN_FILE), record)
     return FinetuneResult(
         model=model, history=history, metrics=metrics, class_names=class_names, run_dir=run_dir,
         export_dir=export_dir, config=cfg, skipped_files=data_bundle.skipped, timings=timings,
@@ -184,3 +208,25 @@ def save_model_atomic(model: keras.Model, path: str) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _write_report(run_dir, history, metrics, probabilities, labels, class_names, examples, image_size, cfg, record):
+    """Plots and report.html; a failure here is logged, never loses the trained run."""
+    import numpy as np
+
+    from tlkeras.data.images import decode_and_resize
+    from tlkeras.report import write_report
+
+    def images_of(rows):
+        return [np.asarray(decode_and_resize(blob, image_size)) for blob in examples.encoded(rows)]
+
+    try:
+        if examples is None or not np.array_equal(np.asarray(examples.labels), labels):
+            images_of = None  # noqa: F811  (order unknown: no mistakes grid)
+        files = write_report(run_dir, history=dict(history), metrics=metrics, probabilities=probabilities,
+                             labels=labels if images_of else labels[:0], class_names=class_names,
+                             images_of=images_of, config=cfg.to_dict(), record=record)
+        get_logger().info("report: %s", files[-1])
+    except Exception as e:  # noqa: BLE001 - pictures are a by-product; the model and metrics are saved
+        get_logger().warning("could not write the report (%s: %s); the model and metrics are saved",
+                             type(e).__name__, e)

@@ -91,26 +91,23 @@ class Examples:
 
     def sample_bytes(self, count: int) -> list[bytes]:
         """Up to `count` encoded images spread over the classes (for checking an export)."""
-        rows = _spread_rows(self.labels, count)
+        return self.encoded(_spread_rows(self.labels, count))
+
+    def encoded(self, rows) -> list[bytes]:
+        """The images of `rows` as encoded bytes: a file's own bytes, else PNG of the pixels."""
+        rows = [int(r) for r in rows]
         if self.paths is not None:
             return [tf.io.read_file(self.paths[i]).numpy() for i in rows]
         if self.arrays is not None:
-            out = []
-            for i in rows:
-                image = np.clip(np.asarray(self.arrays[i], dtype=np.float64), 0, 255).round().astype(np.uint8)
-                if image.ndim == 2:
-                    image = image[..., None]
-                out.append(tf.io.encode_png(image).numpy())
-            return out
-        wanted = set(int(r) for r in rows)
-        out = []
+            return [_png(self.arrays[i]) for i in rows]
+        wanted = set(rows)
+        found = {}
         for position, (x, _) in enumerate(self.images_raw()):
             if position in wanted:
-                image = np.clip(np.asarray(x, dtype=np.float64), 0, 255).round().astype(np.uint8)
-                out.append(tf.io.encode_png(image).numpy())
-            if len(out) == len(wanted):
-                break
-        return out
+                found[position] = _png(x)
+                if len(found) == len(wanted):
+                    break
+        return [found[r] for r in rows]
 
     def images_raw(self):
         ds = self.dataset
@@ -121,6 +118,13 @@ class Examples:
                     yield xy
         else:
             yield from ds.as_numpy_iterator()
+
+
+def _png(image) -> bytes:
+    image = np.clip(np.asarray(image, dtype=np.float64), 0, 255).round().astype(np.uint8)
+    if image.ndim == 2:
+        image = image[..., None]
+    return tf.io.encode_png(image).numpy()
 
 
 def _spread_rows(labels: np.ndarray, count: int) -> list[int]:

@@ -1,0 +1,196 @@
+"""Classification metrics from predicted probabilities and true labels, in NumPy.
+
+Everything `tlkeras evaluate` and `result.metrics` report: accuracy, top-k accuracy, loss,
+per-class precision / recall / F1 / support, macro and weighted averages, the confusion matrix,
+expected calibration error, and ROC-AUC / PR-AUC (the positive class of a binary task, one class
+against the rest averaged over classes otherwise).
+
+>>> import numpy as np
+>>> p = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+>>> m = classification_metrics(p, np.array([0, 1, 1, 1]), ["cat", "dog"])
+>>> m["accuracy"], m["confusion_matrix"], m["per_class"]["dog"]["recall"]
+(0.75, [[1, 0], [1, 2]], 0.6667)
+>>> m["roc_auc"]  # every dog scores above the cat
+1.0
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+ECE_BINS = 15  # equal-width confidence bins, as in Guo et al. 2017 ("On calibration of modern neural networks")
+_DIGITS = 4
+
+
+def _r(x: float) -> float:
+    return round(float(x), _DIGITS)
+
+
+def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
+    """Area under the ROC curve: the probability that a random positive scores above a random
+    negative (ties count one half). None when one of the two groups is empty.
+
+    >>> roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1]))
+    0.75
+    """
+    positive = positive.astype(bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    ranks = _average_ranks(scores)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, tied values sharing their average rank."""
+    order = np.argsort(values, kind="mergesort")
+    sorted_values = values[order]
+    ranks = np.empty(len(values), dtype=np.float64)
+    start = 0
+    while start < len(values):
+        end = start
+        while end + 1 < len(values) and sorted_values[end + 1] == sorted_values[start]:
+            end += 1
+        ranks[order[start : end + 1]] = (start + end) / 2 + 1
+        start = end + 1
+    return ranks
+
+
+def average_precision(scores: np.ndarray, positive: np.ndarray) -> float | None:
+    """Area under the precision-recall curve as average precision: the mean, over the positives,
+    of the precision at each one's score threshold (tied scores form one threshold).
+
+    >>> average_precision(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1]))  # (1/1 + 2/3) / 2
+    0.8333333333333333
+    """
+    positive = positive.astype(bool)
+    n_pos = int(positive.sum())
+    if n_pos == 0:
+        return None
+    order = np.argsort(-scores, kind="mergesort")
+    s, hits = scores[order], positive[order]
+    # one point per distinct threshold: the last index of each run of equal scores
+    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
+    tp = np.cumsum(hits)[last]
+    precision = tp / (last + 1)
+    recall = tp / n_pos
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Σ over equal-width confidence bins of (share of samples) × |accuracy − mean confidence|,
+    with confidence the top-1 probability.
+
+    >>> expected_calibration_error(np.array([[0.9, 0.1], [0.9, 0.1]]), np.array([0, 1]))  # 0.9 sure, 50 % right
+    0.4
+    """
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        rows = which == b
+        if rows.any():
+            ece += rows.mean() * abs(correct[rows].mean() - confidence[rows].mean())
+    return _r(ece)
+
+
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """[true, predicted] counts."""
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (labels, predicted), 1)
+    return matrix
+
+
+def classification_metrics(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str],
+                           top_k: int = 5) -> dict:
+    """Every metric of a single-label classifier (see the module docstring); numbers rounded to
+    4 digits, the confusion matrix as nested lists (rows: true class, columns: predicted)."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    n, num_classes = len(labels), len(class_names)
+    if n == 0:
+        return {"count": 0}
+    if probabilities.shape != (n, num_classes):
+        raise ValueError(f"probabilities have shape {probabilities.shape}; expected ({n}, {num_classes}) "
+                         f"for {n} labels and {num_classes} classes")
+    predicted = probabilities.argmax(axis=1)
+    matrix = confusion_matrix(labels, predicted, num_classes)
+    picked = np.clip(probabilities[np.arange(n), labels], 1e-7, 1.0)
+
+    per_class = {}
+    support = matrix.sum(axis=1)
+    for c, name in enumerate(class_names):
+        tp = matrix[c, c]
+        predicted_c = matrix[:, c].sum()
+        precision = tp / predicted_c if predicted_c else 0.0
+        recall = tp / support[c] if support[c] else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {"precision": _r(precision), "recall": _r(recall), "f1": _r(f1), "support": int(support[c])}
+
+    present = [name for c, name in enumerate(class_names) if support[c]]
+    averages = {}
+    for avg in ("macro", "weighted"):
+        weights = np.array([per_class[name]["support"] for name in present], dtype=np.float64)
+        if avg == "macro":
+            weights = np.ones_like(weights)
+        averages[avg] = {
+            key: _r(np.average([per_class[name][key] for name in present], weights=weights))
+            for key in ("precision", "recall", "f1")
+        }
+
+    out = {
+        "count": int(n),
+        "accuracy": _r((predicted == labels).mean()),
+        "loss": _r(-np.log(picked).mean()),
+    }
+    k = min(top_k, num_classes)
+    if 1 < k < num_classes:
+        top = np.argsort(-probabilities, axis=1, kind="mergesort")[:, :k]
+        out[f"top_{k}_accuracy"] = _r((top == labels[:, None]).any(axis=1).mean())
+    out.update({
+        "per_class": per_class,
+        "macro_avg": averages["macro"],
+        "weighted_avg": averages["weighted"],
+        "confusion_matrix": matrix.tolist(),
+        "expected_calibration_error": expected_calibration_error(probabilities, labels),
+    })
+    if num_classes == 2:
+        auc, ap = roc_auc(probabilities[:, 1], labels == 1), average_precision(probabilities[:, 1], labels == 1)
+        out["roc_auc"] = None if auc is None else _r(auc)
+        out["pr_auc"] = None if ap is None else _r(ap)
+    else:  # one class against the rest, averaged over the classes present
+        aucs = [roc_auc(probabilities[:, c], labels == c) for c in range(num_classes)]
+        aps = [average_precision(probabilities[:, c], labels == c) for c in range(num_classes)]
+        aucs, aps = [a for a in aucs if a is not None], [a for a in aps if a is not None]
+        out["roc_auc"] = _r(np.mean(aucs)) if aucs else None  # macro one-vs-rest
+        out["pr_auc"] = _r(np.mean(aps)) if aps else None
+    return out
+
+
+def format_metrics(metrics: dict) -> str:
+    """A console report: headline numbers, then precision / recall / F1 / support per class.
+
+    >>> m = classification_metrics(np.array([[0.9, 0.1], [0.2, 0.8]]), np.array([0, 1]), ["cat", "dog"])
+    >>> print(format_metrics(m).splitlines()[0])
+    images 2   accuracy 1.0000   loss 0.1643   ECE 0.1500   ROC-AUC 1.0000   PR-AUC 1.0000
+    """
+    if not metrics.get("count"):
+        return "no images evaluated\n"
+    head = [f"images {metrics['count']}", f"accuracy {metrics['accuracy']:.4f}"]
+    head += [f"{k.replace('_', '-')} {v:.4f}" for k, v in metrics.items() if k.startswith("top_")]
+    head.append(f"loss {metrics['loss']:.4f}")
+    head.append(f"ECE {metrics['expected_calibration_error']:.4f}")
+    for key, label in (("roc_auc", "ROC-AUC"), ("pr_auc", "PR-AUC")):
+        if metrics.get(key) is not None:
+            head.append(f"{label} {metrics[key]:.4f}")
+    rows = [(name, v["precision"], v["recall"], v["f1"], v["support"]) for name, v in metrics["per_class"].items()]
+    for avg in ("macro_avg", "weighted_avg"):
+        v = metrics[avg]
+        rows.append((avg.replace("_avg", " avg"), v["precision"], v["recall"], v["f1"], metrics["count"]))
+    width = max(12, *(len(r[0]) for r in rows))
+    lines = ["   ".join(head), "", f"{'class':<{width}}  precision  recall     f1  support"]
+    for name, p, r, f, n in rows:
+        lines.append(f"{name:<{width}}  {p:9.4f}  {r:6.4f}  {f:5.4f}  {n:7d}")
+    return "\n".join(lines) + "\n"

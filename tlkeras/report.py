@@ -1,0 +1,197 @@
+"""Pictures and a report of a run: training curves, confusion matrix, the most confidently wrong
+images, and one self-contained report.html tying them to the config and the metrics.
+
+Matplotlib draws on its Agg canvas through `Figure` objects (no pyplot state, no display needed).
+
+>>> import os, tempfile
+>>> history = {"epoch": [1, 2, 3], "stage": [1, 1, 2], "loss": [1.0, 0.6, 0.4], "val_loss": [0.9, 0.7, 0.5],
+...            "accuracy": [0.5, 0.7, 0.8], "val_accuracy": [0.5, 0.6, 0.8]}
+>>> path = plot_training_curves(history, os.path.join(tempfile.mkdtemp(), "curves.png"))
+>>> open(path, "rb").read(8) == b"\\x89PNG\\r\\n\\x1a\\n"
+True
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+from typing import Optional
+
+import numpy as np
+
+CURVES_FILE = "training_curves.png"
+CONFUSION_FILE = "confusion_matrix.png"
+MISTAKES_FILE = "confident_mistakes.png"
+REPORT_FILE = "report.html"
+MISTAKES_SHOWN = 16
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: str) -> str:
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, format="png", bbox_inches="tight")
+    os.replace(tmp, path)
+    return path
+
+
+def plot_training_curves(history: dict, path: str) -> str:
+    """Loss and accuracy (training and validation) of both stages on one epoch axis, with the
+    start of stage 2 marked."""
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = history.get("epoch", [])
+    stages = history.get("stage", [])
+    fig = _figure(11, 4)
+    for index, metric in enumerate(("loss", "accuracy")):
+        ax = fig.add_subplot(1, 2, index + 1)
+        for key, style in ((metric, "-o"), ("val_" + metric, "--s")):
+            values = history.get(key)
+            if values and len(values) == len(epochs):
+                ax.plot(epochs, values, style, markersize=3, label=key.replace("_", " "))
+        if 2 in stages and 1 in stages:
+            boundary = epochs[stages.index(2)] - 0.5
+            ax.axvline(boundary, color="grey", linestyle=":")
+            ax.text(boundary, 1.0, " stage 2 ", transform=ax.get_xaxis_transform(), ha="left", va="top", fontsize=8)
+            ax.text(boundary, 1.0, " stage 1 ", transform=ax.get_xaxis_transform(), ha="right", va="top", fontsize=8)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_confusion_matrix(matrix, class_names: list[str], path: str) -> str:
+    """The confusion matrix normalised by true class (rows sum to 1), counts in the cells."""
+    counts = np.asarray(matrix, dtype=np.int64)
+    totals = counts.sum(axis=1, keepdims=True)
+    share = np.divide(counts, np.maximum(totals, 1))
+    n = len(class_names)
+    side = min(20.0, max(4.0, 0.5 * n + 2))
+    fig = _figure(side + 1, side)
+    ax = fig.add_subplot(1, 1, 1)
+    image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    ax.set_xticks(range(n), labels=class_names, rotation=90 if n > 6 else 0)
+    ax.set_yticks(range(n), labels=class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= 30:
+        for i in range(n):
+            for j in range(n):
+                if counts[i, j]:
+                    ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8,
+                            color="white" if share[i, j] > 0.5 else "black")
+    ax.set_title("confusion matrix (validation)")
+    return _save(fig, path)
+
+
+def confident_mistakes(probabilities: np.ndarray, labels: np.ndarray, count: int = MISTAKES_SHOWN) -> np.ndarray:
+    """Rows of the wrongly predicted images, most confident first.
+
+    >>> confident_mistakes(np.array([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4]]), np.array([1, 1, 1])).tolist()
+    [0, 2]
+    """
+    predicted = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    order = np.argsort(-probabilities[wrong, predicted[wrong]], kind="stable")
+    return wrong[order][:count]
+
+
+def plot_mistakes(images: list, rows, probabilities, labels, class_names: list[str], path: str) -> str:
+    """A grid of images (uint8 or float [0, 255], HWC) with true and predicted classes."""
+    rows = list(rows)
+    cols = 4
+    grid_rows = max(1, -(-len(rows) // cols))
+    fig = _figure(2.4 * cols, 2.6 * grid_rows)
+    if not rows:
+        ax = fig.add_subplot(1, 1, 1)
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no misclassified validation images", ha="center", va="center")
+        return _save(fig, path)
+    for k, (row, image) in enumerate(zip(rows, images)):
+        ax = fig.add_subplot(grid_rows, cols, k + 1)
+        pixels = np.clip(np.asarray(image, dtype=np.float32), 0, 255).astype(np.uint8)
+        ax.imshow(pixels.squeeze(), cmap="gray" if pixels.shape[-1] == 1 else None)
+        predicted = int(probabilities[row].argmax())
+        ax.set_title(f"true {class_names[labels[row]]}\npred {class_names[predicted]} "
+                     f"({probabilities[row, predicted]:.0%})", fontsize=8)
+        ax.axis("off")
+    fig.suptitle("most confidently wrong validation images")
+    return _save(fig, path)
+
+
+def _embedded(path: str) -> str:
+    with open(path, "rb") as f:
+        data = base64.b64encode(f.read()).decode("ascii")
+    return f'<img alt="{html.escape(os.path.basename(path))}" src="data:image/png;base64,{data}">'
+
+
+def write_html(run_dir: str, *, metrics: dict, config: dict, record: Optional[dict], pictures: list[str]) -> str:
+    """report.html in `run_dir`: headline metrics, per-class table, the pictures embedded, the run
+    record and the config - one file to mail or archive."""
+    esc = html.escape
+    headline = [(k, metrics[k]) for k in metrics if k in ("count", "accuracy", "loss", "expected_calibration_error",
+                                                          "roc_auc", "pr_auc") or k.startswith("top_")]
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>tlkeras run report</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+        "th{background:#f3f3f3}img{max-width:100%}pre{background:#f6f6f6;padding:1em;overflow:auto}</style>",
+        "</head><body>",
+        f"<h1>tlkeras run: {esc(os.path.basename(os.path.abspath(run_dir)))}</h1>",
+        "<h2>Validation metrics</h2><table>",
+        *[f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>" for k, v in headline],
+        "</table>",
+    ]
+    if metrics.get("per_class"):
+        parts.append("<h2>Per class</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>"
+                     "<th>support</th></tr>")
+        for name, v in metrics["per_class"].items():
+            parts.append(f"<tr><th>{esc(name)}</th><td>{v['precision']:.4f}</td><td>{v['recall']:.4f}</td>"
+                         f"<td>{v['f1']:.4f}</td><td>{v['support']}</td></tr>")
+        for avg in ("macro_avg", "weighted_avg"):
+            v = metrics[avg]
+            parts.append(f"<tr><th>{avg.replace('_avg', ' avg')}</th><td>{v['precision']:.4f}</td>"
+                         f"<td>{v['recall']:.4f}</td><td>{v['f1']:.4f}</td><td>{metrics['count']}</td></tr>")
+        parts.append("</table>")
+    for picture in pictures:
+        if os.path.isfile(picture):
+            parts.append(f"<h2>{esc(os.path.splitext(os.path.basename(picture))[0].replace('_', ' '))}</h2>")
+            parts.append(_embedded(picture))
+    if record:
+        parts.append("<h2>Run record (run.json)</h2><pre>" + esc(json.dumps(record, indent=2), quote=False) + "</pre>")
+    parts.append("<h2>Config</h2><pre>" + esc(json.dumps(config, indent=2, default=str), quote=False) + "</pre>")
+    parts.append("</body></html>")
+    path = os.path.join(run_dir, REPORT_FILE)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("\n".join(parts))
+    os.replace(tmp, path)
+    return path
+
+
+def write_report(run_dir: str, *, history: dict, metrics: dict, probabilities: np.ndarray, labels: np.ndarray,
+                 class_names: list[str], images_of, config: dict, record: Optional[dict] = None) -> list[str]:
+    """Every picture and report.html of a run; `images_of(rows)` gives the images of validation
+    rows (for the mistakes grid). Returns the files written."""
+    pictures = [plot_training_curves(history, os.path.join(run_dir, CURVES_FILE))]
+    if metrics.get("confusion_matrix"):
+        pictures.append(plot_confusion_matrix(metrics["confusion_matrix"], class_names,
+                                              os.path.join(run_dir, CONFUSION_FILE)))
+    if len(labels):
+        rows = confident_mistakes(probabilities, labels)
+        pictures.append(plot_mistakes(images_of(rows) if len(rows) else [], rows, probabilities, labels, class_names,
+                                      os.path.join(run_dir, MISTAKES_FILE)))
+    return pictures + [write_html(run_dir, metrics=metrics, config=config, record=record, pictures=pictures)]
