@@ -165,3 +165,23 @@ def test_a_saved_model_resumes_with_its_multipliers_and_optimizer_state(tmp_path
     for name in ("low", "head"):
         np.testing.assert_allclose(resumed.get_layer(name).kernel.numpy(), straight.get_layer(name).kernel.numpy(),
                                    rtol=1e-6, atol=1e-7)
+
+
+def test_warmup_takes_at_most_half_of_a_short_stage():
+    stage = StageConfig(epochs=1, schedule="cosine", warmup_epochs=1)
+    schedule = make_optimizer(stage, 0.1, steps_per_epoch=10)._learning_rate
+    assert float(schedule(5)) == pytest.approx(0.1)  # the peak at the middle, then down
+    assert float(schedule(9)) < 0.1
+
+
+def test_a_schedule_over_data_of_unknown_length_falls_back_to_the_constant_rate_and_says_so(caplog):
+    import logging
+
+    logging.getLogger("tlkeras").propagate = True
+    try:
+        with caplog.at_level(logging.WARNING, logger="tlkeras"):
+            opt = make_optimizer(StageConfig(epochs=2, schedule="cosine", warmup_epochs=1), 0.01, steps_per_epoch=None)
+    finally:
+        logging.getLogger("tlkeras").propagate = False
+    assert float(opt.learning_rate) == pytest.approx(0.01)
+    assert "no known length" in caplog.text and "assert_cardinality" in caplog.text

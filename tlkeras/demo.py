@@ -34,7 +34,8 @@ SOURCE_EPOCHS = 15
 TRANSFER = {
     "batch_size": 16,
     "stage1": {"epochs": 5, "learning_rate": 1e-2},
-    "stage2": {"epochs": 10, "unfreeze": "all", "train_bn": True, "learning_rate": 1e-3},
+    "stage2": {"epochs": 10, "unfreeze": "all", "train_bn": True, "learning_rate": 1e-3,
+               "layer_decay": None, "schedule": "constant", "warmup_epochs": 0},
     "top_k": 3,
 }
 
@@ -72,7 +73,9 @@ def split_target(labels: np.ndarray, seed: int = 0):
 def _scratch_stage(epochs: int, learning_rate: float) -> dict:
     # Training from scratch: every layer trains, BatchNormalization included, with a
     # momentum that lets its statistics follow a short run.
-    return {"epochs": epochs, "unfreeze": "all", "train_bn": True, "bn_momentum": 0.9, "learning_rate": learning_rate}
+    # One constant rate for every layer: layer-wise decay only makes sense for pretrained layers.
+    return {"epochs": epochs, "unfreeze": "all", "train_bn": True, "bn_momentum": 0.9, "learning_rate": learning_rate,
+            "layer_decay": None, "schedule": "constant", "warmup_epochs": 0}
 
 
 def run_demo(output_dir: str = "runs/demo", echo: Callable[[str], None] = print, seed: int = 0) -> DemoResult:

@@ -100,13 +100,18 @@ def make_schedule(stage, learning_rate: float, steps_per_epoch: Optional[int]):
     if stage.schedule == "constant" and not stage.warmup_epochs:
         return learning_rate
     if not steps_per_epoch:
-        raise ValueError("a learning-rate schedule needs a training dataset of known length")
+        from tlkeras._logging import get_logger
+
+        get_logger().warning("the training data has no known length, so schedule %r cannot be laid out: "
+                             "training at a constant %g (give the dataset a length, e.g. with "
+                             "tf.data.experimental.assert_cardinality)", stage.schedule, learning_rate)
+        return learning_rate
     total = max(1, stage.epochs * steps_per_epoch)
     if stage.schedule == "one_cycle":
         warmup = max(1, int(math.ceil(0.3 * total)))
         start = learning_rate / 25.0
     else:
-        warmup = int(math.ceil(stage.warmup_epochs * steps_per_epoch))
+        warmup = min(int(math.ceil(stage.warmup_epochs * steps_per_epoch)), total // 2)
         start = 0.0 if warmup else learning_rate
     return keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=start,

@@ -217,8 +217,9 @@ def finetune(
     Args:
         model: a tlkeras model (it has a nested layer "backbone").
         train_ds / val_ds: batched tf.data of (pixels in [0, 255], integer label).
-        stage1 / stage2: `StageConfig` or dicts of its fields. Stage 2's learning_rate None
-            means stage 1's rate x 0.01. epochs=0 skips a stage.
+        stage1 / stage2: `StageConfig` or dicts of its fields, over the defaults (stage 1: Adam
+            at 3e-3; stage 2: everything unfrozen, layer_decay 0.7, cosine with 1 warm-up epoch,
+            peak rate stage 1's / 3). epochs=0 skips a stage.
         run_dir: where the best checkpoint and history.json go (nothing is written if None).
         class_weight: Keras class weights {class index: weight}.
         callbacks: extra Keras callbacks, used in both stages (their `model` is the part that fits;
