@@ -171,6 +171,12 @@ def test_tensorboard_logs_both_stages_on_one_step_axis(trained_run):
     # epoch scalars of both stages in one log: 3 epochs
     epochs = _scalars(os.path.join(trained_run.run_dir, "tensorboard", "validation"), "epoch_loss")
     assert sorted(s for s, _ in epochs) == [0, 1, 2]
+    # the model's (conceptual) graph, which TensorBoard's Graphs tab draws
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(os.path.join(trained_run.run_dir, "tensorboard", "train"))
+    acc.Reload()
+    assert "keras" in acc.Tags()["tensors"]
 
 
 @pytest.fixture

@@ -8,8 +8,6 @@ import tensorflow as tf
 
 from conftest import COLORS, make_image
 from tlkeras import freezing
-from tlkeras.config import StageConfig
-from tlkeras.optimizers import make_optimizer
 from tlkeras.training import finetune
 
 
@@ -124,25 +122,6 @@ def test_output_layer_stays_float32_under_mixed_precision(backbone_weights):
     assert model.get_layer("head_pool").compute_dtype == "float16"
     assert model.get_layer("predictions").compute_dtype == "float32"
     assert model.output.dtype == "float32"
-
-
-def test_warmup_then_cosine_schedule():
-    stage = StageConfig(epochs=4, schedule="cosine", warmup_epochs=1)
-    optimizer = make_optimizer(stage, 0.1, steps_per_epoch=10)
-    schedule = optimizer._learning_rate
-    rates = [float(schedule(step)) for step in (0, 5, 10, 25, 40)]
-    assert rates[0] == pytest.approx(0.0, abs=1e-9)
-    assert rates[1] == pytest.approx(0.05, rel=1e-5)  # half-way through the warm-up
-    assert rates[2] == pytest.approx(0.1, rel=1e-5)  # peak
-    assert rates[3] == pytest.approx(0.05, rel=1e-4)  # half-way through the decay
-    assert rates[4] == pytest.approx(0.0, abs=1e-7)
-
-
-def test_warmup_then_constant_schedule():
-    stage = StageConfig(epochs=3, schedule="constant", warmup_epochs=0.5)
-    schedule = make_optimizer(stage, 0.02, steps_per_epoch=10)._learning_rate
-    assert float(schedule(0)) == pytest.approx(0.0, abs=1e-9)
-    assert [float(schedule(s)) for s in (5, 15, 29)] == pytest.approx([0.02, 0.02, 0.02], rel=1e-5)
 
 
 def test_early_stopping_restores_the_best_epoch(tiny_model):

@@ -1,8 +1,7 @@
 """tlkeras: transfer learning for Keras 3 on TensorFlow.
 
-Fine-tune a pretrained backbone on your images in two stages (head first, then the top
-of the backbone at a lower rate) with one call, and get a SavedModel TF Serving serves
-as it is:
+Fine-tune a pretrained backbone on your images in two stages (head first, then the
+backbone at layer-wise rates) with one call, and get a SavedModel TF Serving serves as it is:
 
     import tlkeras
     result = tlkeras.build_and_finetune("photos/", backbone="efficientnetb0")

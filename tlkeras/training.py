@@ -1,8 +1,9 @@
 """Two-stage fine-tuning. A stage is: freeze/unfreeze -> compile -> fit.
 
-Stage 1 trains the head on a frozen backbone; stage 2 unfreezes the top of the backbone and
-recompiles at a lower rate. Stage 2 counts epochs on from stage 1 (`initial_epoch`), so the
-history, the logs and the checkpoints read as one run.
+Stage 1 trains the head on a frozen backbone; stage 2 unfreezes what `unfreeze` says (by default
+all of it, each block at a rate falling with its depth: `layer_decay`, see `tlkeras.optimizers`),
+optionally a block at a time (`gradual_unfreeze`), and recompiles. Stage 2 counts epochs on from
+stage 1 (`initial_epoch`), so the history, the logs and the checkpoints read as one run.
 
 What stays frozen is computed once, not every epoch (see `tlkeras.caching`): stage 1 trains the
 head on cached backbone features, stage 2 trains the top of the backbone on cached activations
@@ -292,7 +293,7 @@ def finetune(
                 epochs_done = run.stage(cfg.stage1, cfg.stage1.learning_rate, 0)
             seconds["stage1"] = time.time() - start
 
-        # === Stage 2: unfreeze the top of the backbone at a lower rate ===
+        # === Stage 2: unfreeze (the top of) the backbone, layer-wise rates ===
         if cfg.stage2.epochs > 0:
             start = time.time()
             rate = cfg.stage2_learning_rate
