@@ -21,6 +21,28 @@ import numpy as np
 RUN_FILE = "run.json"
 
 
+def config_digest(config: dict) -> str:
+    """sha256 of the resolved config as canonical JSON: equal digests, equal configs."""
+    import json
+
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
+def card_facts(record: dict, metrics: dict) -> dict:
+    """The run's facts a model card carries (see `tlkeras.export.saved_model.model_card`)."""
+    headline = {k: v for k, v in metrics.items()
+                if k in ("split", "count", "accuracy", "loss", "expected_calibration_error", "roc_auc", "pr_auc")
+                or k.startswith("top_") or k in ("macro_avg",)}
+    return {
+        "backbone": record.get("backbone"),
+        "config_sha256": config_digest(record.get("config", {})),
+        "seed": record.get("seed"),
+        "trained": record.get("finished"),
+        "data": record.get("data"),
+        "validation_metrics": headline,
+    }
+
+
 def library_versions() -> dict:
     out = {"python": platform.python_version()}
     for name in ("tlkeras", "tensorflow", "keras", "numpy"):

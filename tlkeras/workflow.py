@@ -20,7 +20,7 @@ from tlkeras.export import export_saved_model
 from tlkeras.metrics import classification_metrics
 from tlkeras.model import build_model
 from tlkeras.training import finetune
-from tlkeras.runrecord import RUN_FILE, build_record
+from tlkeras.runrecord import RUN_FILE, build_record, card_facts
 from tlkeras.utils import write_json_atomic, write_text_atomic
 
 # How many validation images the export is checked with.
@@ -172,7 +172,7 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
         examples = data_bundle.val_examples if data_bundle.val_examples is not None else data_bundle.train_examples
         export_dir = export_saved_model(
             model, os.path.join(run_dir, "export"), class_names, top_k=cfg.top_k,
-            verify_images=examples.sample_bytes(EXPORT_CHECK_IMAGES),
+            verify_images=examples.sample_bytes(EXPORT_CHECK_IMAGES), card=card_facts(record, metrics),
         )
         timings["export"] = time.time() - clock
     if export_dir:

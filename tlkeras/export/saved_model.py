@@ -16,6 +16,7 @@ touched.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -30,6 +31,7 @@ from tlkeras.errors import ExportError
 from tlkeras.model import image_size_of, predict_function, to_probabilities
 
 LABELS_FILE = "labels.txt"
+MODEL_CARD_FILE = "model_card.json"
 # Float32 graphs of the same ops on the same device agree to rounding; 1e-5 is far above
 # that and far below any real train/serve difference (a resize or scale error moves
 # probabilities by 1e-2 or more).
@@ -84,6 +86,7 @@ def export_saved_model(
     *,
     top_k: int = 5,
     verify_images: Optional[Sequence[bytes]] = None,
+    card: Optional[dict] = None,
 ) -> str:
     """Write a TF Serving SavedModel of `model` to `<export_dir>/<next version>` and return its path.
 
@@ -94,6 +97,9 @@ def export_saved_model(
         top_k: how many classes `classes` / `scores` list per image.
         verify_images: encoded images to check the export with (e.g. validation images);
             synthetic ones are used when None.
+        card: what is known of the model's making (backbone, weights, config digest, metrics...),
+            written with the image size, preprocessing, class names and library versions to
+            assets/model_card.json (see `model_card`).
 
     Raises:
         ExportError: the re-loaded SavedModel does not answer as `model` does; nothing is left behind.
@@ -126,6 +132,8 @@ def export_saved_model(
             target,
             signatures={"serving_default": module.serve_bytes, "serving_images": module.serve_images},
         )
+        with open(os.path.join(target, "assets", MODEL_CARD_FILE), "w", encoding="utf-8") as f:
+            json.dump(model_card(model, class_names, top_k, card), f, indent=2, default=str)
         images = list(verify_images) if verify_images else synthetic_images(image_size_of(model))
         verify_export(target, model, images)
         while True:
@@ -141,6 +149,33 @@ def export_saved_model(
         shutil.rmtree(staging, ignore_errors=True)
     get_logger().info("exported SavedModel version %d to %s (checked on %d images)", version, final, len(images))
     return final
+
+
+def model_card(model, class_names: Sequence[str], top_k: int, extra: Optional[dict] = None) -> dict:
+    """assets/model_card.json: what the model is, what it expects, and what made it."""
+    from tlkeras.runrecord import library_versions
+
+    preprocess = None
+    try:
+        preprocess = model.get_layer("preprocess").get_config().get("mode")
+    except ValueError:
+        pass
+    height, width = image_size_of(model)
+    return {
+        "format": "tlkeras model card 1",
+        "image_size": [height, width],
+        "inputs": {
+            "serving_default": "image_bytes: encoded JPEG/PNG/BMP/GIF, decoded to RGB and resized (bilinear, "
+                               f"aspect not kept) to {height}x{width} inside the graph",
+            "serving_images": "images: float32 RGB pixels in [0, 255], any size, resized inside the graph",
+        },
+        "preprocessing": f"the backbone's own normalisation inside the model ({preprocess or 'see the model'})",
+        "outputs": {"probabilities": f"[N, {len(class_names)}]", "classes": f"[N, {min(top_k, len(class_names))}] "
+                    "names, best first", "scores": "their probabilities"},
+        "class_names": list(class_names),
+        "versions": library_versions(),
+        **(extra or {}),
+    }
 
 
 def synthetic_images(image_size: tuple[int, int], count: int = 4) -> list[bytes]:
@@ -170,6 +205,19 @@ def verify_export(path: str, model, images: Sequence[bytes], tolerance: float = 
             f"the exported SavedModel does not answer as the trained model: probabilities differ by {diff:.2e} "
             f"(tolerance {tolerance:.0e}); the export was not written."
         )
+    # What TF Serving's clients would read: a REST body, and a gRPC PredictRequest when its library is here.
+    from tlkeras.export import serving_client
+
+    clients = ["rest"]
+    rest = serving_client.rest_predict(path, serving_client.rest_body(images))["predictions"]
+    serving_client.compare("rest", np.asarray([row["probabilities"] for row in rest]), expected, tolerance)
+    if serving_client.have_client_library():
+        _, response = serving_client.grpc_predict(path, images)
+        serving_client.compare("grpc", tf.make_ndarray(response.outputs["probabilities"]), expected, tolerance)
+        clients.append("grpc")
+    else:
+        get_logger().info("gRPC client check skipped: pip install tensorflow-serving-api (extra 'serving') to run it")
+    get_logger().debug("export answered the %s clients within %g", " and ".join(clients), tolerance)
     return diff
 
 
@@ -177,6 +225,13 @@ def export_run(run_dir: str, export_dir: Optional[str] = None, *, top_k: Optiona
     """Export a finished run's model.keras as the next SavedModel version (default: RUN_DIR/export)."""
     from tlkeras.rundir import load_run
 
+    from tlkeras.runrecord import RUN_FILE, card_facts
+
     model, class_names, cfg = load_run(run_dir)
     k = top_k or (cfg.top_k if cfg is not None else 5)
-    return export_saved_model(model, export_dir or os.path.join(run_dir, "export"), class_names, top_k=k)
+    card = None
+    record_path, metrics_path = os.path.join(run_dir, RUN_FILE), os.path.join(run_dir, "metrics.json")
+    if os.path.isfile(record_path) and os.path.isfile(metrics_path):
+        with open(record_path, encoding="utf-8") as f, open(metrics_path, encoding="utf-8") as g:
+            card = card_facts(json.load(f), json.load(g))
+    return export_saved_model(model, export_dir or os.path.join(run_dir, "export"), class_names, top_k=k, card=card)
