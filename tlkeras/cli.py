@@ -135,14 +135,14 @@ def evaluate(path, data, batch_size, top_k, fmt, write):
 
 
 @main.command(context_settings=_CONTEXT)
-@click.argument("export_dir", type=click.Path(exists=True))
+@click.argument("export_dir", metavar="ARTEFACT", type=click.Path(exists=True))
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @click.option("--top-k", type=int, default=3, show_default=True)
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 @_friendly_errors
 def predict(export_dir, inputs, top_k, batch_size, fmt):
-    """Classify images (files or folders) with an exported SavedModel."""
+    """Classify images (files or folders, recursively) with an export: a SavedModel folder or a .tflite file."""
     from tlkeras.predict import format_predictions, predict_files
 
     bar = None
@@ -168,12 +168,17 @@ def predict(export_dir, inputs, top_k, batch_size, fmt):
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--export-dir", help="Base folder of the versions (default: RUN_DIR/export).")
 @click.option("--top-k", type=int, help="Classes listed per image (default: the run's top_k).")
+@click.option("--format", "formats", default="saved_model", show_default=True,
+              help="Comma-separated: saved_model, tflite, tflite-int8.")
 @_friendly_errors
-def export(run_dir, export_dir, top_k):
-    """Export a finished run as the next TF Serving SavedModel version."""
+def export(run_dir, export_dir, top_k, formats):
+    """Export a finished run: the next TF Serving SavedModel version and/or TFLite files, each
+    checked against the model before it is written; prints one path per format."""
     from tlkeras.export import export_run
 
-    click.echo(export_run(run_dir, export_dir, top_k=top_k))
+    paths = export_run(run_dir, export_dir, top_k=top_k, formats=[f.strip() for f in formats.split(",") if f.strip()])
+    for path in paths.values():
+        click.echo(path)
 
 
 @main.command(context_settings=_CONTEXT)

@@ -29,8 +29,8 @@ def evaluate_model(model, ds: tf.data.Dataset, class_names: list[str], top_k: in
     return classification_metrics(probabilities, labels, class_names, top_k=top_k)
 
 
-def _examples_for(path: str, data, class_names: list[str]):
-    """Labelled examples: `data`, or the run's own validation split rebuilt from config.yaml."""
+def run_examples(path: str, data, class_names: list[str], split: str = "val"):
+    """Labelled examples: `data`, or the run's own validation (or training) split rebuilt from config.yaml."""
     from tlkeras.config import FinetuneConfig
     from tlkeras.data.datasets import load_examples, stratified_split
     from tlkeras.errors import DataError
@@ -44,13 +44,15 @@ def _examples_for(path: str, data, class_names: list[str]):
     if cfg is None or not isinstance(cfg.data, str):
         raise DataError(f"{path!r} has no config.yaml naming a data folder; pass --data to evaluate on a folder.")
     if cfg.val_data is not None:
-        examples, _, skipped = load_examples(cfg.val_data, "val_data", class_names)
+        examples, _, skipped = load_examples(cfg.data if split == "train" else cfg.val_data,
+                                             "data" if split == "train" else "val_data", class_names)
         return examples, skipped
     examples, _, skipped = load_examples(cfg.data, "data", class_names)
-    _, val_rows = stratified_split(examples.labels, cfg.val_split, cfg.seed)
-    if not len(val_rows):
-        raise DataError(f"{path!r} had no validation split; pass --data to evaluate.")
-    return examples.subset(val_rows), skipped
+    train_rows, val_rows = stratified_split(examples.labels, cfg.val_split, cfg.seed)
+    rows = train_rows if split == "train" else val_rows
+    if not len(rows):
+        raise DataError(f"{path!r} had no {'training' if split == 'train' else 'validation'} split; pass --data.")
+    return examples.subset(rows), skipped
 
 
 def evaluate_run(path: str, data=None, *, batch_size: int = 32, top_k: int = 5, write: bool = False) -> dict:
@@ -75,12 +77,12 @@ def evaluate_run(path: str, data=None, *, batch_size: int = 32, top_k: int = 5, 
     if is_export(path):
         serve, class_names, export_dir = load_export(path)
         run_dir = os.path.dirname(os.path.dirname(export_dir))  # run/export/<version>
-        examples, skipped = _examples_for(run_dir, data, class_names)
+        examples, skipped = run_examples(run_dir, data, class_names)
         probabilities, labels = _serve_examples(serve, examples, batch_size)
         source = export_dir
     else:
         model, class_names, _ = load_run(path)
-        examples, skipped = _examples_for(path, data, class_names)
+        examples, skipped = run_examples(path, data, class_names)
         ds = build_pipeline(examples, image_size_of(model), batch_size, training=False, cache=False, seed=0)
         probabilities, labels = predict_probabilities(model, ds)
         source = path

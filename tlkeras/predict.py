@@ -46,7 +46,10 @@ def is_export(path: str) -> bool:
 
 
 def load_export(path: str):
-    """(serving_default signature, class names, SavedModel folder) of an export."""
+    """(serve, class names, artefact path) of an export: a SavedModel (its serving_default
+    signature) or a .tflite file (labels.txt beside it), both called as serve(image_bytes=...)."""
+    if path.endswith(".tflite"):
+        return _load_tflite(path)
     folder = resolve_export(path)
     loaded = tf.saved_model.load(folder)
     serve = loaded.signatures["serving_default"]
@@ -54,6 +57,26 @@ def load_export(path: str):
     with open(os.path.join(folder, "assets", LABELS_FILE), encoding="utf-8") as f:
         class_names = [line.rstrip("\n") for line in f if line.rstrip("\n")]
     return serve, class_names, folder
+
+
+def _load_tflite(path: str):
+    from tlkeras.data.images import decode_and_resize
+    from tlkeras.export.tflite import TFLiteClassifier
+
+    if not os.path.isfile(path):
+        raise ExportError(f"{path!r} does not exist; pass a .tflite file written by `tlkeras export --format tflite`.")
+    labels = os.path.join(os.path.dirname(path), LABELS_FILE)
+    if not os.path.isfile(labels):
+        raise ExportError(f"{labels!r} is missing: a .tflite model needs its labels.txt beside it.")
+    with open(labels, encoding="utf-8") as f:
+        class_names = [line.rstrip("\n") for line in f if line.rstrip("\n")]
+    classifier = TFLiteClassifier(path)
+
+    def serve(image_bytes):
+        pixels = np.stack([np.asarray(decode_and_resize(b, classifier.image_size)) for b in image_bytes])
+        return {"probabilities": tf.constant(classifier(pixels))}
+
+    return serve, class_names, path
 
 
 def expand_inputs(inputs: list[str]) -> list[str]:
@@ -77,7 +100,7 @@ class Predictions:
 
 def predict_files(export_path: str, inputs: list[str], *, top_k: int = 3, batch_size: int = 32,
                   progress=None) -> Predictions:
-    """Classify image files (and folders of them) with an exported SavedModel.
+    """Classify image files (and folders of them) with an exported SavedModel or a .tflite file.
 
     Unreadable or undecodable files are skipped and reported in `Predictions.skipped`.
     `progress(done, total)`, if given, is called after each batch (files done of all files).

@@ -221,17 +221,55 @@ def verify_export(path: str, model, images: Sequence[bytes], tolerance: float = 
     return diff
 
 
-def export_run(run_dir: str, export_dir: Optional[str] = None, *, top_k: Optional[int] = None) -> str:
-    """Export a finished run's model.keras as the next SavedModel version (default: RUN_DIR/export)."""
-    from tlkeras.rundir import load_run
+EXPORT_FORMATS = ("saved_model", "tflite", "tflite-int8")
 
+
+def export_run(run_dir: str, export_dir: Optional[str] = None, *, top_k: Optional[int] = None,
+               formats: Sequence[str] = ("saved_model",)) -> dict:
+    """Export a finished run's model.keras in each of `formats`; returns {format: path}.
+
+    saved_model: the next SavedModel version (default base folder RUN_DIR/export).
+    tflite / tflite-int8: RUN_DIR/tflite/model_float32.tflite / model_int8.tflite, each checked
+    on the run's validation images (int8 calibrated on its training images) - see
+    `tlkeras.export.tflite`; the parity lands in RUN_DIR/tflite/parity.json.
+    """
+    from tlkeras.rundir import load_run
     from tlkeras.runrecord import RUN_FILE, card_facts
 
+    unknown = [f for f in formats if f not in EXPORT_FORMATS]
+    if unknown or not formats:
+        raise ExportError(f"format {', '.join(unknown) or '(none)'} is not one of {', '.join(EXPORT_FORMATS)} "
+                          "(e.g. --format saved_model,tflite).")
     model, class_names, cfg = load_run(run_dir)
-    k = top_k or (cfg.top_k if cfg is not None else 5)
-    card = None
-    record_path, metrics_path = os.path.join(run_dir, RUN_FILE), os.path.join(run_dir, "metrics.json")
-    if os.path.isfile(record_path) and os.path.isfile(metrics_path):
-        with open(record_path, encoding="utf-8") as f, open(metrics_path, encoding="utf-8") as g:
-            card = card_facts(json.load(f), json.load(g))
-    return export_saved_model(model, export_dir or os.path.join(run_dir, "export"), class_names, top_k=k, card=card)
+    out = {}
+    if "saved_model" in formats:
+        k = top_k or (cfg.top_k if cfg is not None else 5)
+        card = None
+        record_path, metrics_path = os.path.join(run_dir, RUN_FILE), os.path.join(run_dir, "metrics.json")
+        if os.path.isfile(record_path) and os.path.isfile(metrics_path):
+            with open(record_path, encoding="utf-8") as f, open(metrics_path, encoding="utf-8") as g:
+                card = card_facts(json.load(f), json.load(g))
+        out["saved_model"] = export_saved_model(model, export_dir or os.path.join(run_dir, "export"), class_names,
+                                                top_k=k, card=card)
+    kinds = [kind for fmt, kind in (("tflite", "float32"), ("tflite-int8", "int8")) if fmt in formats]
+    if kinds:
+        from tlkeras.export.tflite import FILES, export_tflite
+
+        size = image_size_of(model)
+        check = _run_pixels(run_dir, class_names, "val", size, limit=None)
+        representative = _run_pixels(run_dir, class_names, "train", size, limit=100) if "int8" in kinds else None
+        folder = os.path.join(run_dir, "tflite")
+        export_tflite(model, folder, class_names, kinds=kinds, check_pixels=check, representative=representative)
+        out.update({f"tflite{'-int8' if kind == 'int8' else ''}": os.path.join(folder, FILES[kind]) for kind in kinds})
+    return out
+
+
+def _run_pixels(run_dir: str, class_names, split: str, size, limit: Optional[int]) -> np.ndarray:
+    """Decoded, resized pixels of the run's own split (a spread over the classes when limited)."""
+    from tlkeras.evaluate import run_examples
+
+    examples, _ = run_examples(run_dir, None, class_names, split=split)
+    rows = np.arange(len(examples.labels))
+    if limit is not None and len(rows) > limit:
+        rows = np.random.default_rng(0).choice(rows, limit, replace=False)
+    return np.stack([np.asarray(decode_and_resize(tf.constant(b), size)) for b in examples.encoded(rows)])

@@ -1,0 +1,97 @@
+"""Issue 6 (part): TFLite float32 and int8 exports with parity measured and enforced; prediction from a .tflite."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tlkeras import cli
+from tlkeras.errors import ExportError
+from tlkeras.export import tflite
+
+
+@pytest.fixture(scope="module")
+def tflite_export(trained_run):
+    result = CliRunner().invoke(cli.main, ["export", trained_run.run_dir, "--format", "tflite"])
+    assert result.exit_code == 0, result.output
+    return result.output.split()
+
+
+def test_export_writes_the_tflite_file_with_labels_and_measured_parity(trained_run, tflite_export):
+    folder = os.path.join(trained_run.run_dir, "tflite")
+    assert tflite_export == [os.path.join(folder, "model_float32.tflite")]
+    with open(os.path.join(folder, "parity.json")) as f:
+        parity = json.load(f)
+    assert parity["float32"]["images"] == trained_run.metrics["count"]  # every validation image
+    assert parity["float32"]["top1_agreement"] == 1.0 and parity["float32"]["max_abs_diff"] < 1e-4
+    with open(os.path.join(folder, "labels.txt")) as f:
+        assert f.read().split() == trained_run.class_names
+
+
+def test_float_tflite_answers_as_the_keras_model(trained_run, tflite_export):
+    from tlkeras.model import predict_function, to_probabilities
+
+    pixels = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
+    got = tflite.TFLiteClassifier(tflite_export[0])(pixels)
+    expected = np.asarray(to_probabilities(predict_function(trained_run.model)(pixels)))
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def _colour_model():
+    """Mean colour -> class (red, green, blue) with margins wide enough that 8 bits keep every answer."""
+    import keras
+
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(3, activation="softmax")(x)
+    model = keras.Model(inputs, outputs)
+    model.layers[-1].set_weights([np.eye(3, dtype="float32") * 8.0, np.zeros(3, "float32")])
+    return model
+
+
+def _colour_pixels(n, seed):
+    rng = np.random.default_rng(seed)
+    colours = np.eye(3)[np.arange(n) % 3] * 200 + 30
+    return np.clip(colours[:, None, None, :] + rng.normal(0, 25, (n, 16, 16, 3)), 0, 255).astype("float32")
+
+
+def test_int8_tflite_calibrated_on_training_images_keeps_the_answers(tmp_path):
+    model = _colour_model()
+    out = tflite.export_tflite(model, str(tmp_path), ["red", "green", "blue"], kinds=["float32", "int8"],
+                               check_pixels=_colour_pixels(30, 1), representative=_colour_pixels(30, 0))
+    assert out["int8"].top1_agreement >= 0.97 and out["int8"].max_abs_diff < 0.05
+    assert out["float32"].max_abs_diff < 1e-5
+    classifier = tflite.TFLiteClassifier(str(tmp_path / "model_int8.tflite"))
+    assert classifier.input["dtype"] == np.uint8 and classifier.output["dtype"] == np.uint8
+    assert classifier(_colour_pixels(3, 5)).argmax(axis=1).tolist() == [0, 1, 2]
+
+
+def test_int8_without_representative_images_is_refused(tmp_path):
+    with pytest.raises(ExportError, match="needs representative images"):
+        tflite.export_tflite(_colour_model(), str(tmp_path), ["r", "g", "b"], kinds=["int8"],
+                             check_pixels=_colour_pixels(3, 1))
+
+
+def test_predict_from_a_tflite_file(trained_run, tflite_export, image_folder):
+    result = CliRunner().invoke(cli.main, ["predict", tflite_export[0], os.path.join(image_folder, "red"),
+                                           "--format", "json", "--top-k", "1"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == 8 and all(r["classes"][0] in trained_run.class_names for r in rows)
+
+
+def test_parity_below_the_threshold_refuses_the_file(tmp_path, trained_run, monkeypatch):
+    monkeypatch.setitem(tflite.THRESHOLDS, "float32", 1.01)  # unreachable: the check must refuse
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    with pytest.raises(ExportError, match=r"float32 TFLite model agrees .* below the 101.0% required"):
+        tflite.export_tflite(trained_run.model, str(tmp_path), trained_run.class_names, check_pixels=pixels)
+    assert not os.path.exists(tmp_path / "model_float32.tflite")
+
+
+def test_an_unknown_export_format_is_named(trained_run):
+    result = CliRunner().invoke(cli.main, ["export", trained_run.run_dir, "--format", "tflite,coreml"])
+    assert result.exit_code != 0
+    assert "coreml is not one of saved_model, tflite, tflite-int8" in result.output

@@ -1,0 +1,182 @@
+"""TFLite exports - float32 and full-integer int8 - with their parity against the Keras model
+measured on validation images and enforced before the file is written.
+
+Layout: `<out_dir>/model_float32.tflite`, `<out_dir>/model_int8.tflite`, `<out_dir>/labels.txt`,
+`<out_dir>/parity.json`. Inputs are RGB pixels at the model's image size, batch 1: float32 in
+[0, 255], or uint8 for int8 (pixels are integers, so that quantisation loses nothing); outputs
+are class probabilities (uint8 with scale 1/256 for int8). The decode and resize happen outside,
+with `tlkeras.data.images.decode_and_resize` (`tlkeras predict model.tflite ...` does it).
+
+Thresholds (top-1 agreement with the Keras model on the validation images):
+- float32 ≥ 99.5 %: the same graph in float32; only kernel rounding differs (|Δp| ~1e-6), so
+  any disagreement beyond a near-tie means a broken conversion.
+- int8 ≥ 97 %: 8-bit weights and activations move probabilities by up to a few 1e-2 (Jacob et
+  al. 2018 and TFLite's own model zoo report 1-2 points of accuracy lost for MobileNets);
+  flipping more than 3 % of answers is more than quantisation noise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from tlkeras._logging import get_logger
+from tlkeras.errors import ExportError
+from tlkeras.model import image_size_of, predict_function, to_probabilities
+
+THRESHOLDS = {"float32": 0.995, "int8": 0.97}
+FILES = {"float32": "model_float32.tflite", "int8": "model_int8.tflite"}
+REPRESENTATIVE_IMAGES = 100
+
+
+@dataclass
+class Parity:
+    kind: str
+    images: int
+    top1_agreement: float
+    max_abs_diff: float
+    threshold: float
+
+
+def _saved_model_for_conversion(model, folder: str) -> str:
+    """A SavedModel with one `serve` endpoint: pixels [1, H, W, 3] -> probabilities [1, C]."""
+    import keras
+
+    height, width = image_size_of(model)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "serve",
+        lambda pixels: to_probabilities(model(pixels, training=False)),
+        input_signature=[tf.TensorSpec([1, height, width, 3], tf.float32, name="pixels")],
+    )
+    archive.write_out(folder, verbose=False)
+    return folder
+
+
+def convert(model, kind: str, representative: Optional[np.ndarray] = None) -> bytes:
+    """The TFLite flatbuffer of `model` (`kind` float32 or int8; int8 calibrates on
+    `representative` pixels [N, H, W, 3] in [0, 255])."""
+    if kind not in FILES:
+        raise ExportError(f"TFLite kind {kind!r} is not one of {', '.join(FILES)}.")
+    with tempfile.TemporaryDirectory(prefix="tlkeras-tflite-") as folder:
+        converter = tf.lite.TFLiteConverter.from_saved_model(_saved_model_for_conversion(model, folder),
+                                                             signature_keys=["serve"])
+        if kind == "int8":
+            if representative is None or not len(representative):
+                raise ExportError("an int8 TFLite model needs representative images (drawn from the training data).")
+
+            def images():
+                for image in representative:
+                    yield [np.asarray(image, np.float32)[None]]
+
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = images
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = tf.uint8
+            converter.inference_output_type = tf.uint8
+        return converter.convert()
+
+
+class TFLiteClassifier:
+    """Runs a .tflite classifier on pixels [N, H, W, 3] in [0, 255]; returns probabilities [N, C]."""
+
+    def __init__(self, path_or_content):
+        kwargs = {"model_path": path_or_content} if isinstance(path_or_content, str) else {
+            "model_content": path_or_content}
+        self.interpreter = tf.lite.Interpreter(**kwargs)
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        self.image_size = tuple(int(d) for d in self.input["shape"][1:3])
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        out = []
+        for image in np.asarray(pixels, np.float32):
+            x = image[None]
+            if self.input["dtype"] != np.float32:
+                scale, zero = self.input["quantization"]
+                x = np.clip(np.round(x / scale + zero), 0, 255).astype(self.input["dtype"])
+            self.interpreter.set_tensor(self.input["index"], x)
+            self.interpreter.invoke()
+            y = self.interpreter.get_tensor(self.output["index"])[0]
+            if self.output["dtype"] != np.float32:
+                scale, zero = self.output["quantization"]
+                y = (y.astype(np.float32) - zero) * scale
+            out.append(y)
+        return np.stack(out) if out else np.zeros((0, 0), np.float32)
+
+
+def measure_parity(model, classifier, pixels: np.ndarray, kind: str) -> Parity:
+    expected = np.asarray(to_probabilities(predict_function(model)(tf.constant(pixels))))
+    got = classifier(pixels)
+    return Parity(
+        kind=kind,
+        images=int(len(pixels)),
+        top1_agreement=round(float((expected.argmax(1) == got.argmax(1)).mean()), 4),
+        max_abs_diff=round(float(np.max(np.abs(expected - got))), 6),
+        threshold=THRESHOLDS[kind],
+    )
+
+
+def export_tflite(model, out_dir: str, class_names: Sequence[str], *, kinds: Iterable[str] = ("float32",),
+                  check_pixels: np.ndarray, representative: Optional[np.ndarray] = None) -> dict:
+    """Convert `model` to each TFLite kind, measure parity on `check_pixels` (validation images,
+    [N, H, W, 3] in [0, 255]) and write the files that pass into `out_dir`; returns
+    {kind: Parity}. A kind below its threshold raises ExportError and writes nothing of it.
+
+    Example:
+
+    >>> import tempfile, numpy as np, tlkeras
+    >>> model = tlkeras.build_model("mobilenetv2", 2, image_size=32, weights=None,
+    ...                             backbone_options={"alpha": 0.35})
+    >>> pixels = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    >>> out = export_tflite(model, tempfile.mkdtemp(), ["a", "b"], check_pixels=pixels)
+    >>> out["float32"].top1_agreement
+    1.0
+    """
+    if not len(check_pixels):
+        raise ExportError("TFLite parity needs validation images to check on; none were given.")
+    os.makedirs(out_dir, exist_ok=True)
+    results = {}
+    for kind in kinds:
+        content = convert(model, kind, representative)
+        parity = measure_parity(model, TFLiteClassifier(content), check_pixels, kind)
+        if parity.top1_agreement < parity.threshold:
+            raise ExportError(
+                f"the {kind} TFLite model agrees with the Keras model on {parity.top1_agreement:.1%} of "
+                f"{parity.images} validation images (max |Δp| {parity.max_abs_diff:.3g}), below the "
+                f"{parity.threshold:.1%} required; {FILES[kind]} was not written."
+            )
+        _write_atomic(os.path.join(out_dir, FILES[kind]), content)
+        results[kind] = parity
+        get_logger().info("TFLite %s: %s (%.1f kB), top-1 agreement %.2f%%, max |dp| %.2g on %d images",
+                          kind, os.path.join(out_dir, FILES[kind]), len(content) / 1024,
+                          100 * parity.top1_agreement, parity.max_abs_diff, parity.images)
+    _write_atomic(os.path.join(out_dir, "labels.txt"), ("\n".join(class_names) + "\n").encode("utf-8"))
+    record = {}
+    path = os.path.join(out_dir, "parity.json")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    record.update({kind: asdict(p) for kind, p in results.items()})
+    _write_atomic(path, json.dumps(record, indent=2).encode("utf-8"))
+    return results
+
+
+def _write_atomic(path: str, content: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
