@@ -142,7 +142,7 @@ def evaluate(path, data, batch_size, top_k, fmt, write):
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 @_friendly_errors
 def predict(export_dir, inputs, top_k, batch_size, fmt):
-    """Classify images (files or folders, recursively) with an export: a SavedModel folder or a .tflite file."""
+    """Classify images (files or folders, recursively) with an export: a SavedModel folder, a .tflite or an .onnx file."""
     from tlkeras.predict import format_predictions, predict_files
 
     bar = None
@@ -169,7 +169,7 @@ def predict(export_dir, inputs, top_k, batch_size, fmt):
 @click.option("--export-dir", help="Base folder of the versions (default: RUN_DIR/export).")
 @click.option("--top-k", type=int, help="Classes listed per image (default: the run's top_k).")
 @click.option("--format", "formats", default="saved_model", show_default=True,
-              help="Comma-separated: saved_model, tflite, tflite-int8.")
+              help="Comma-separated: saved_model, tflite, tflite-int8, onnx.")
 @_friendly_errors
 def export(run_dir, export_dir, top_k, formats):
     """Export a finished run: the next TF Serving SavedModel version and/or TFLite files, each

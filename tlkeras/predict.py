@@ -48,8 +48,8 @@ def is_export(path: str) -> bool:
 def load_export(path: str):
     """(serve, class names, artefact path) of an export: a SavedModel (its serving_default
     signature) or a .tflite file (labels.txt beside it), both called as serve(image_bytes=...)."""
-    if path.endswith(".tflite"):
-        return _load_tflite(path)
+    if path.endswith((".tflite", ".onnx")):
+        return _load_file_model(path)
     folder = resolve_export(path)
     loaded = tf.saved_model.load(folder)
     serve = loaded.signatures["serving_default"]
@@ -59,18 +59,22 @@ def load_export(path: str):
     return serve, class_names, folder
 
 
-def _load_tflite(path: str):
+def _load_file_model(path: str):
+    """A .tflite or .onnx classifier with the labels.txt beside it, called as serve(image_bytes=...)."""
     from tlkeras.data.images import decode_and_resize
-    from tlkeras.export.tflite import TFLiteClassifier
 
     if not os.path.isfile(path):
-        raise ExportError(f"{path!r} does not exist; pass a .tflite file written by `tlkeras export --format tflite`.")
+        raise ExportError(f"{path!r} does not exist; pass a file written by `tlkeras export --format tflite|onnx`.")
     labels = os.path.join(os.path.dirname(path), LABELS_FILE)
     if not os.path.isfile(labels):
-        raise ExportError(f"{labels!r} is missing: a .tflite model needs its labels.txt beside it.")
+        raise ExportError(f"{labels!r} is missing: {os.path.basename(path)} needs its labels.txt beside it.")
     with open(labels, encoding="utf-8") as f:
         class_names = [line.rstrip("\n") for line in f if line.rstrip("\n")]
-    classifier = TFLiteClassifier(path)
+    if path.endswith(".onnx"):
+        from tlkeras.export.onnx import ONNXClassifier as Classifier
+    else:
+        from tlkeras.export.tflite import TFLiteClassifier as Classifier
+    classifier = Classifier(path)
 
     def serve(image_bytes):
         pixels = np.stack([np.asarray(decode_and_resize(b, classifier.image_size)) for b in image_bytes])
@@ -100,7 +104,7 @@ class Predictions:
 
 def predict_files(export_path: str, inputs: list[str], *, top_k: int = 3, batch_size: int = 32,
                   progress=None) -> Predictions:
-    """Classify image files (and folders of them) with an exported SavedModel or a .tflite file.
+    """Classify image files (and folders of them) with an exported SavedModel, .tflite or .onnx file.
 
     Unreadable or undecodable files are skipped and reported in `Predictions.skipped`.
     `progress(done, total)`, if given, is called after each batch (files done of all files).

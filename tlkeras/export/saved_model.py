@@ -221,7 +221,7 @@ def verify_export(path: str, model, images: Sequence[bytes], tolerance: float = 
     return diff
 
 
-EXPORT_FORMATS = ("saved_model", "tflite", "tflite-int8")
+EXPORT_FORMATS = ("saved_model", "tflite", "tflite-int8", "onnx")
 
 
 def export_run(run_dir: str, export_dir: Optional[str] = None, *, top_k: Optional[int] = None,
@@ -232,6 +232,7 @@ def export_run(run_dir: str, export_dir: Optional[str] = None, *, top_k: Optiona
     tflite / tflite-int8: RUN_DIR/tflite/model_float32.tflite / model_int8.tflite, each checked
     on the run's validation images (int8 calibrated on its training images) - see
     `tlkeras.export.tflite`; the parity lands in RUN_DIR/tflite/parity.json.
+    onnx: RUN_DIR/onnx/model.onnx through tf2onnx, checked with onnxruntime (`tlkeras.export.onnx`).
     """
     from tlkeras.rundir import load_run
     from tlkeras.runrecord import RUN_FILE, card_facts
@@ -242,13 +243,13 @@ def export_run(run_dir: str, export_dir: Optional[str] = None, *, top_k: Optiona
                           "(e.g. --format saved_model,tflite).")
     model, class_names, cfg = load_run(run_dir)
     out = {}
+    k = top_k or (cfg.top_k if cfg is not None else 5)
+    card = None
+    record_path, metrics_path = os.path.join(run_dir, RUN_FILE), os.path.join(run_dir, "metrics.json")
+    if os.path.isfile(record_path) and os.path.isfile(metrics_path):
+        with open(record_path, encoding="utf-8") as f, open(metrics_path, encoding="utf-8") as g:
+            card = card_facts(json.load(f), json.load(g))
     if "saved_model" in formats:
-        k = top_k or (cfg.top_k if cfg is not None else 5)
-        card = None
-        record_path, metrics_path = os.path.join(run_dir, RUN_FILE), os.path.join(run_dir, "metrics.json")
-        if os.path.isfile(record_path) and os.path.isfile(metrics_path):
-            with open(record_path, encoding="utf-8") as f, open(metrics_path, encoding="utf-8") as g:
-                card = card_facts(json.load(f), json.load(g))
         out["saved_model"] = export_saved_model(model, export_dir or os.path.join(run_dir, "export"), class_names,
                                                 top_k=k, card=card)
     kinds = [kind for fmt, kind in (("tflite", "float32"), ("tflite-int8", "int8")) if fmt in formats]
@@ -261,7 +262,27 @@ def export_run(run_dir: str, export_dir: Optional[str] = None, *, top_k: Optiona
         folder = os.path.join(run_dir, "tflite")
         export_tflite(model, folder, class_names, kinds=kinds, check_pixels=check, representative=representative)
         out.update({f"tflite{'-int8' if kind == 'int8' else ''}": os.path.join(folder, FILES[kind]) for kind in kinds})
+    if "onnx" in formats:
+        from tlkeras.export import onnx
+
+        check = _run_pixels(run_dir, class_names, "val", image_size_of(model), limit=None)
+        onnx.export_onnx(model, os.path.join(run_dir, "onnx"), class_names, check_pixels=check)
+        out["onnx"] = os.path.join(run_dir, "onnx", onnx.FILE)
+    for folder in {os.path.dirname(p) for f, p in out.items() if f != "saved_model"}:
+        _write_side_card(folder, model_card(model, class_names, k, card))
     return out
+
+
+def _write_side_card(folder: str, card: dict) -> None:
+    """model_card.json beside TFLite / ONNX files: the SavedModel's card plus their measured parity."""
+    from tlkeras.export.parity import PARITY_FILE, write_atomic
+
+    with open(os.path.join(folder, PARITY_FILE), encoding="utf-8") as f:
+        card = {**card, "parity": json.load(f)}
+    card["inputs"] = {"pixels": "RGB pixels at image_size, [0, 255]: float32, or uint8 for int8 TFLite; decode "
+                                "and resize with tlkeras.data.images.decode_and_resize"}
+    card["outputs"] = {"probabilities": f"[N, {len(card['class_names'])}]"}
+    write_atomic(os.path.join(folder, MODEL_CARD_FILE), json.dumps(card, indent=2, default=str).encode("utf-8"))
 
 
 def _run_pixels(run_dir: str, class_names, split: str, size, limit: Optional[int]) -> np.ndarray:

@@ -17,31 +17,19 @@ Thresholds (top-1 agreement with the Keras model on the validation images):
 
 from __future__ import annotations
 
-import json
-import os
 import tempfile
-from dataclasses import asdict, dataclass
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from tlkeras._logging import get_logger
 from tlkeras.errors import ExportError
-from tlkeras.model import image_size_of, predict_function, to_probabilities
+from tlkeras.export.parity import write_if_faithful
+from tlkeras.model import image_size_of, to_probabilities
 
 THRESHOLDS = {"float32": 0.995, "int8": 0.97}
 FILES = {"float32": "model_float32.tflite", "int8": "model_int8.tflite"}
 REPRESENTATIVE_IMAGES = 100
-
-
-@dataclass
-class Parity:
-    kind: str
-    images: int
-    top1_agreement: float
-    max_abs_diff: float
-    threshold: float
 
 
 def _saved_model_for_conversion(model, folder: str) -> str:
@@ -113,18 +101,6 @@ class TFLiteClassifier:
         return np.stack(out) if out else np.zeros((0, 0), np.float32)
 
 
-def measure_parity(model, classifier, pixels: np.ndarray, kind: str) -> Parity:
-    expected = np.asarray(to_probabilities(predict_function(model)(tf.constant(pixels))))
-    got = classifier(pixels)
-    return Parity(
-        kind=kind,
-        images=int(len(pixels)),
-        top1_agreement=round(float((expected.argmax(1) == got.argmax(1)).mean()), 4),
-        max_abs_diff=round(float(np.max(np.abs(expected - got))), 6),
-        threshold=THRESHOLDS[kind],
-    )
-
-
 def export_tflite(model, out_dir: str, class_names: Sequence[str], *, kinds: Iterable[str] = ("float32",),
                   check_pixels: np.ndarray, representative: Optional[np.ndarray] = None) -> dict:
     """Convert `model` to each TFLite kind, measure parity on `check_pixels` (validation images,
@@ -141,42 +117,9 @@ def export_tflite(model, out_dir: str, class_names: Sequence[str], *, kinds: Ite
     >>> out["float32"].top1_agreement
     1.0
     """
-    if not len(check_pixels):
-        raise ExportError("TFLite parity needs validation images to check on; none were given.")
-    os.makedirs(out_dir, exist_ok=True)
     results = {}
     for kind in kinds:
         content = convert(model, kind, representative)
-        parity = measure_parity(model, TFLiteClassifier(content), check_pixels, kind)
-        if parity.top1_agreement < parity.threshold:
-            raise ExportError(
-                f"the {kind} TFLite model agrees with the Keras model on {parity.top1_agreement:.1%} of "
-                f"{parity.images} validation images (max |Δp| {parity.max_abs_diff:.3g}), below the "
-                f"{parity.threshold:.1%} required; {FILES[kind]} was not written."
-            )
-        _write_atomic(os.path.join(out_dir, FILES[kind]), content)
-        results[kind] = parity
-        get_logger().info("TFLite %s: %s (%.1f kB), top-1 agreement %.2f%%, max |dp| %.2g on %d images",
-                          kind, os.path.join(out_dir, FILES[kind]), len(content) / 1024,
-                          100 * parity.top1_agreement, parity.max_abs_diff, parity.images)
-    _write_atomic(os.path.join(out_dir, "labels.txt"), ("\n".join(class_names) + "\n").encode("utf-8"))
-    record = {}
-    path = os.path.join(out_dir, "parity.json")
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            record = json.load(f)
-    record.update({kind: asdict(p) for kind, p in results.items()})
-    _write_atomic(path, json.dumps(record, indent=2).encode("utf-8"))
+        results[kind] = write_if_faithful(model, TFLiteClassifier(content), content, out_dir, FILES[kind],
+                                          check_pixels, f"{kind} TFLite", kind, THRESHOLDS[kind], class_names)
     return results
-
-
-def _write_atomic(path: str, content: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

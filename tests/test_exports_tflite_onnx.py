@@ -28,6 +28,10 @@ def test_export_writes_the_tflite_file_with_labels_and_measured_parity(trained_r
     assert parity["float32"]["top1_agreement"] == 1.0 and parity["float32"]["max_abs_diff"] < 1e-4
     with open(os.path.join(folder, "labels.txt")) as f:
         assert f.read().split() == trained_run.class_names
+    with open(os.path.join(folder, "model_card.json")) as f:
+        card = json.load(f)
+    assert card["parity"]["float32"] == parity["float32"] and card["class_names"] == trained_run.class_names
+    assert card["validation_metrics"]["accuracy"] == trained_run.metrics["accuracy"]
 
 
 def test_float_tflite_answers_as_the_keras_model(trained_run, tflite_export):
@@ -94,4 +98,24 @@ def test_parity_below_the_threshold_refuses_the_file(tmp_path, trained_run, monk
 def test_an_unknown_export_format_is_named(trained_run):
     result = CliRunner().invoke(cli.main, ["export", trained_run.run_dir, "--format", "tflite,coreml"])
     assert result.exit_code != 0
-    assert "coreml is not one of saved_model, tflite, tflite-int8" in result.output
+    assert "coreml is not one of saved_model, tflite, tflite-int8, onnx" in result.output
+
+
+def test_onnx_export_answers_as_the_keras_model_and_predicts(trained_run, image_folder):
+    pytest.importorskip("tf2onnx")
+    from tlkeras.export.onnx import ONNXClassifier
+    from tlkeras.model import predict_function, to_probabilities
+
+    result = CliRunner().invoke(cli.main, ["export", trained_run.run_dir, "--format", "onnx"])
+    assert result.exit_code == 0, result.output
+    path = result.output.strip()
+    assert path == os.path.join(trained_run.run_dir, "onnx", "model.onnx")
+    with open(os.path.join(trained_run.run_dir, "onnx", "parity.json")) as f:
+        parity = json.load(f)["onnx"]
+    assert parity["images"] == trained_run.metrics["count"] and parity["top1_agreement"] == 1.0
+    pixels = np.random.default_rng(0).uniform(0, 255, (5, 32, 32, 3)).astype("float32")  # any batch size
+    expected = np.asarray(to_probabilities(predict_function(trained_run.model)(pixels)))
+    np.testing.assert_allclose(ONNXClassifier(path)(pixels), expected, atol=1e-4)  # another engine's kernels
+    predicted = CliRunner().invoke(cli.main, ["predict", path, os.path.join(image_folder, "blue"), "--format", "csv"])
+    assert predicted.exit_code == 0, predicted.output
+    assert len(predicted.stdout.splitlines()) == 1 + 8

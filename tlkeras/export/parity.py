@@ -1,0 +1,88 @@
+"""Parity of an exported classifier with the Keras model it came from, enforced before its file lands.
+
+Every format (TFLite, ONNX) is run on the same validation pixels as the Keras model; top-1
+agreement and the largest probability difference go to `<out_dir>/parity.json`, and a file whose
+agreement is below its threshold is not written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from tlkeras._logging import get_logger
+from tlkeras.errors import ExportError
+from tlkeras.model import predict_function, to_probabilities
+
+PARITY_FILE = "parity.json"
+LABELS_FILE = "labels.txt"
+
+
+@dataclass
+class Parity:
+    kind: str
+    images: int
+    top1_agreement: float
+    max_abs_diff: float
+    threshold: float
+
+
+def measure(model, classifier: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray, kind: str,
+            threshold: float) -> Parity:
+    """Top-1 agreement and max |Δp| of `classifier` against `model` on `pixels` [N, H, W, 3]."""
+    expected = np.asarray(to_probabilities(predict_function(model)(tf.constant(pixels))))
+    got = classifier(pixels)
+    return Parity(
+        kind=kind,
+        images=int(len(pixels)),
+        top1_agreement=round(float((expected.argmax(1) == got.argmax(1)).mean()), 4),
+        max_abs_diff=round(float(np.max(np.abs(expected - got))), 6),
+        threshold=threshold,
+    )
+
+
+def write_if_faithful(model, classifier, content: bytes, out_dir: str, filename: str, pixels: np.ndarray,
+                      what: str, kind: str, threshold: float, class_names: Sequence[str]) -> Parity:
+    """Measure `classifier` (the converted `content`) against `model`; write `filename`, labels.txt
+    and the parity record when top-1 agreement reaches `threshold`, else raise ExportError."""
+    if not len(pixels):
+        raise ExportError(f"{what} parity needs validation images to check on; none were given.")
+    parity = measure(model, classifier, pixels, kind, threshold)
+    if parity.top1_agreement < threshold:
+        raise ExportError(
+            f"the {what} model agrees with the Keras model on {parity.top1_agreement:.1%} of {parity.images} "
+            f"validation images (max |Δp| {parity.max_abs_diff:.3g}), below the {threshold:.1%} required; "
+            f"{filename} was not written."
+        )
+    os.makedirs(out_dir, exist_ok=True)
+    write_atomic(os.path.join(out_dir, filename), content)
+    write_atomic(os.path.join(out_dir, LABELS_FILE), ("\n".join(class_names) + "\n").encode("utf-8"))
+    path = os.path.join(out_dir, PARITY_FILE)
+    record = {}
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    record[kind] = asdict(parity)
+    write_atomic(path, json.dumps(record, indent=2).encode("utf-8"))
+    get_logger().info("%s: %s (%.1f kB), top-1 agreement %.2f%%, max |dp| %.2g on %d images", what,
+                      os.path.join(out_dir, filename), len(content) / 1024, 100 * parity.top1_agreement,
+                      parity.max_abs_diff, parity.images)
+    return parity
+
+
+def write_atomic(path: str, content: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path) or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
