@@ -119,3 +119,13 @@ def test_onnx_export_answers_as_the_keras_model_and_predicts(trained_run, image_
     predicted = CliRunner().invoke(cli.main, ["predict", path, os.path.join(image_folder, "blue"), "--format", "csv"])
     assert predicted.exit_code == 0, predicted.output
     assert len(predicted.stdout.splitlines()) == 1 + 8
+
+
+def test_predict_from_a_tflite_file_skips_a_broken_image_and_says_so(tflite_export, image_folder, tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff not a jpeg")
+    good = os.path.join(image_folder, "red", "000.png")
+    result = CliRunner().invoke(cli.main, ["predict", tflite_export[0], good, str(broken), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["path"] for line in result.stdout.splitlines()] == [good]
+    assert f"skipped {broken}: not a decodable image" in result.stderr
