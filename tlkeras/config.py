@@ -283,6 +283,11 @@ class FinetuneConfig:
                 f"class_weight: {self.class_weight!r} is not valid: use 'balanced', 'auto', null, "
                 "or a mapping class -> weight."
             )
+        if isinstance(self.class_weight, dict):
+            for name, weight in self.class_weight.items():
+                if (not isinstance(weight, (int, float)) or isinstance(weight, bool) or not math.isfinite(weight)
+                        or weight <= 0):
+                    raise ConfigError(f"class_weight: the weight of {name!r} is {weight!r}; use a positive number.")
         _check_number("label_smoothing", self.label_smoothing, 0.0, 1.0, low_open=False, high_open=True)
         if self.class_names is not None and (
             not isinstance(self.class_names, list)
@@ -448,12 +453,14 @@ def _check_int(key: str, value: Any, minimum: int) -> None:
 
 
 def _check_number(key, value, low, high, low_open=True, high_open=False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if ok:
         ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
     if not ok:
         lo = "(" if low_open else "["
         hi = ")" if high_open else "]"
+        if high == math.inf:
+            raise ConfigError(f"{key}: {value!r} is not valid: use a finite number {'>' if low_open else '>='} {low}.")
         raise ConfigError(f"{key}: {value!r} is not valid: use a number in {lo}{low}, {high}{hi}.")
 
 
