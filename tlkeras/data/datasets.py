@@ -210,7 +210,9 @@ def make_datasets(
         val = None
 
     if len(class_names) < 2:
-        raise DataError(f"data: found only {len(class_names)} class ({', '.join(class_names)}); a classifier needs at least 2.")
+        where = f" in {cfg.data!r}" if isinstance(cfg.data, str) else ""
+        raise DataError(f"data: found only {len(class_names)} class ({', '.join(class_names)}){where}; a classifier "
+                        "needs at least 2 - put each class's images in a subfolder of its own.")
     missing = [class_names[c] for c in range(len(class_names)) if not np.any(train.labels == c)]
     if missing:
         raise DataError(f"data: no training images for class(es) {', '.join(missing)}.")
