@@ -190,3 +190,21 @@ def test_gradual_unfreezing_adds_a_block_on_the_stated_epochs(tiny_model):
     tops = {epoch: names[0] if names else None for epoch, names in seen}
     assert tops == {1: None, 2: "block_16_expand", 3: "block_16_expand", 4: "block_15_expand",
                     5: "block_15_expand", 6: "block_14_expand"}
+
+
+def test_a_nan_loss_stops_with_a_clear_error_and_keeps_finite_weights(tiny_model, tmp_path):
+    from tlkeras.errors import TrainingError
+
+    ds = _color_dataset()
+    finetune(tiny_model, ds, _color_dataset(2, seed=1), stage1={"epochs": 1, "learning_rate": 1e-3},
+             stage2={"epochs": 0}, run_dir=str(tmp_path), verbose=0)  # writes a best checkpoint
+    good = tiny_model.get_layer("predictions").kernel.numpy().copy()
+    # 1e38 drives the head's weights past float32's range within the first epoch
+    with pytest.raises(TrainingError, match=r"the loss became NaN in epoch 1 at learning rate 1e\+38: training "
+                                            r"stopped and the weights from before that epoch were put back; "
+                                            r"the best epoch so far is in .*best.weights.h5. Lower "
+                                            r"stage1.learning_rate \(e.g. to 1e\+37\) or find one with "
+                                            r"`tlkeras find-lr --stage 1`"):
+        finetune(tiny_model, ds, stage1={"epochs": 3, "learning_rate": 1e38}, stage2={"epochs": 0},
+                 run_dir=str(tmp_path), verbose=0)
+    np.testing.assert_array_equal(tiny_model.get_layer("predictions").kernel.numpy(), good)

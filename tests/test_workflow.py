@@ -95,3 +95,19 @@ def test_mixed_precision_run_trains_cached_and_exports(tmp_path, image_folder, b
     assert np.isfinite(result.history["loss"]).all()
     assert keras.mixed_precision.global_policy().name == "float32"  # restored after the build
     assert os.path.isfile(os.path.join(result.export_dir, "saved_model.pb"))  # and the export check passed
+
+
+def test_out_of_memory_is_one_line_that_says_what_to_shrink(tmp_path, monkeypatch, image_folder, tiny):
+    import tensorflow as tf
+
+    import tlkeras.workflow
+    from tlkeras.errors import TrainingError
+
+    def exhausted(*args, **kwargs):
+        raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[32,112,112,96]")
+
+    monkeypatch.setattr(tlkeras.workflow, "_finetune", exhausted)
+    with pytest.raises(TrainingError, match=r"out of memory while training \(OOM when allocating tensor with "
+                                            r"shape\[32,112,112,96\]\): use a smaller batch_size \(now 8\) or "
+                                            r"image_size \(now 32x32\), mixed_precision"):
+        tlkeras.build_and_finetune(image_folder, **tiny, output_dir=str(tmp_path / "r"), verbose=0)

@@ -50,3 +50,7 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     if not matches:
         return ""
     return " Did you mean " + " or ".join(repr(m) for m in matches) + "?"
+
+
+class TrainingError(TlkerasError):
+    """Training could not go on (the loss became NaN, the device ran out of memory)."""

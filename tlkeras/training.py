@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from tlkeras import caching, freezing
 from tlkeras._logging import get_logger
+from tlkeras.errors import TrainingError
 from tlkeras.config import StageConfig
 from tlkeras.distribute import uses_float16
 from tlkeras.optimizers import make_loss, make_optimizer
@@ -129,6 +130,40 @@ class BestCheckpoint(keras.callbacks.Callback):
                 w.assign(value)
         self._pending = None
         self._last_write = time.monotonic()
+
+
+class StopOnNaN(keras.callbacks.Callback):
+    """Stop a stage on the first non-finite loss and put back the weights of the last finished
+    epoch (or of the stage's start), so what the run keeps is never NaN. `tripped` then holds
+    (epoch, learning rate) for the error message."""
+
+    def __init__(self):
+        super().__init__()
+        self.tripped: Optional[tuple] = None
+        self._good: Optional[list] = None
+        self._epoch = 0
+
+    def on_train_begin(self, logs=None):
+        self.tripped = None
+        self._good = [w.numpy().copy() for w in self.model.weights]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(np.asarray(loss))) and self.tripped is None:
+            self.tripped = (self._epoch + 1, current_learning_rate(self.model.optimizer))
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.tripped is None:
+            self._good = [w.numpy().copy() for w in self.model.weights]
+
+    def on_train_end(self, logs=None):
+        if self.tripped is not None and self._good is not None:
+            for w, value in zip(self.model.weights, self._good):
+                w.assign(value)
 
 
 def current_learning_rate(optimizer) -> float:
@@ -257,12 +292,14 @@ def finetune(
     cfg = FinetuneConfig.from_dict({"stage1": _as_dict(stage1), "stage2": _as_dict(stage2)})
     log = get_logger()
     recorder = RunHistory(os.path.join(run_dir, "history.json") if run_dir else None)
-    shared = [recorder, keras.callbacks.TerminateOnNaN(), *(callbacks or [])]
+    nan_guard = StopOnNaN()
+    shared = [recorder, nan_guard, *(callbacks or [])]
     if run_dir:
         os.makedirs(os.path.join(run_dir, CHECKPOINT_DIR), exist_ok=True)
         monitor = "val_loss" if val_ds is not None else "loss"
         shared.append(BestCheckpoint(model, os.path.join(run_dir, CHECKPOINT_DIR, BEST_WEIGHTS), monitor))
-    run = _Runner(model, train_ds, val_ds, shared, class_weight, augmenter, jit_compile, verbose, label_smoothing)
+    run = _Runner(model, train_ds, val_ds, shared, class_weight, augmenter, jit_compile, verbose, label_smoothing,
+                  nan_guard=nan_guard, run_dir=run_dir)
 
     freezing.freeze_backbone(model)
     cut = None
@@ -322,8 +359,8 @@ def finetune(
                 if last and run_dir:
                     with open(os.path.join(run_dir, "stage2_trainable_layers.txt"), "w", encoding="utf-8") as f:
                         f.write("".join(name + "\n" for name in layers.layers))
-                epochs_done = run.stage(cfg.stage2, rate, epochs_done, part, epochs=epochs, multipliers=multipliers,
-                                        step_offset=steps_done, early_stopping=last)
+                epochs_done = run.stage(cfg.stage2, rate, epochs_done, part, name="stage2", epochs=epochs,
+                                        multipliers=multipliers, step_offset=steps_done, early_stopping=last)
                 steps_done += epochs * ((part.steps if part else run.steps) or 0)
             seconds["stage2"] = time.time() - start
     finally:
@@ -365,8 +402,9 @@ class _Runner:
     """Compiles and fits either the full model on the input pipeline or a part of it on caches."""
 
     def __init__(self, model, train_ds, val_ds, callbacks, class_weight, augmenter, jit_compile, verbose,
-                 label_smoothing=0.0):
+                 label_smoothing=0.0, nan_guard: Optional[StopOnNaN] = None, run_dir: Optional[str] = None):
         self.model, self.val_ds, self.callbacks = model, val_ds, callbacks
+        self.nan_guard, self.run_dir = nan_guard, run_dir
         self.label_smoothing = label_smoothing
         self.class_weight, self.jit_compile, self.verbose = class_weight, jit_compile, verbose
         self.train_ds = train_ds
@@ -375,10 +413,10 @@ class _Runner:
         self.steps = _steps_per_epoch(train_ds)
 
     def stage(self, stage: StageConfig, rate: float, initial_epoch: int, part: Optional["_Part"] = None,
-              **options) -> int:
+              *, name: str = "stage1", **options) -> int:
         if part is None:  # the full model on the input pipeline
             part = _Part(self.model, self.train_ds, self.val_ds, self.steps)
-        return run_stage(
+        reached = run_stage(
             part.model, part.train, part.val, stage, learning_rate=rate, steps_per_epoch=part.steps,
             fit_steps=part.steps if part.repeats else None, initial_epoch=initial_epoch, callbacks=self.callbacks,
             class_weight=self.class_weight, jit_compile=self.jit_compile, verbose=self.verbose,
@@ -387,6 +425,16 @@ class _Runner:
             # overhead would dominate: run up to 16 steps in each call of the compiled function.
             steps_per_execution=min(part.steps or 1, 16) if part.model is not self.model else 1,
         )
+        if self.nan_guard is not None and self.nan_guard.tripped is not None:
+            epoch, lr = self.nan_guard.tripped
+            best = os.path.join(self.run_dir, CHECKPOINT_DIR, BEST_WEIGHTS) if self.run_dir else None
+            kept = f"; the best epoch so far is in {best}" if best and os.path.isfile(best) else ""
+            raise TrainingError(
+                f"the loss became NaN in epoch {epoch} at learning rate {lr:.3g}: training stopped and the weights from "
+                f"before that epoch were put back{kept}. Lower {name}.learning_rate (e.g. to {lr / 10:.3g}) "
+                f"or find one with `tlkeras find-lr --stage {name[-1]}`."
+            )
+        return reached
 
 
 @dataclass

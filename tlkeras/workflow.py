@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import keras
+import tensorflow as tf
 
 from tlkeras import backbones
 from tlkeras._logging import get_logger
@@ -16,10 +17,11 @@ from tlkeras.config import FinetuneConfig
 from tlkeras.data import make_datasets
 from tlkeras.distribute import precision_policy, resolve_precision
 from tlkeras.evaluate import predict_probabilities
+from tlkeras.errors import TrainingError
 from tlkeras.export import export_saved_model
 from tlkeras.metrics import classification_metrics
 from tlkeras.model import build_model
-from tlkeras.training import finetune
+from tlkeras.training import finetune as _finetune
 from tlkeras.runrecord import RUN_FILE, build_record, card_facts
 from tlkeras.utils import write_json_atomic, write_text_atomic
 
@@ -97,8 +99,6 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
     log = get_logger()
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
-        import tensorflow as tf
-
         tf.config.experimental.enable_op_determinism()  # process-wide; ops without a deterministic kernel raise
 
     spec = backbones.resolve(cfg.backbone, cfg.backbone_options)
@@ -142,13 +142,20 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
         from tlkeras.tensorboard import tensorboard_callbacks
 
         callbacks = tensorboard_callbacks(run_dir)
-    history = finetune(
-        model, data_bundle.train, data_bundle.val, stage1=cfg.stage1, stage2=cfg.stage2,
-        run_dir=run_dir, class_weight=data_bundle.class_weight, augmenter=data_bundle.augmenter, callbacks=callbacks,
-        cache_features=cfg.cache_features, cache_views=cfg.cache_views, memory_budget_mb=cfg.memory_budget_mb,
-        jit_compile=cfg.jit_compile, inputs_random=False,  # the augmenter holds all the randomness
-        label_smoothing=cfg.label_smoothing, verbose=verbose,
-    )
+    try:
+        history = _finetune(
+            model, data_bundle.train, data_bundle.val, stage1=cfg.stage1, stage2=cfg.stage2,
+            run_dir=run_dir, class_weight=data_bundle.class_weight, augmenter=data_bundle.augmenter, callbacks=callbacks,
+            cache_features=cfg.cache_features, cache_views=cfg.cache_views, memory_budget_mb=cfg.memory_budget_mb,
+            jit_compile=cfg.jit_compile, inputs_random=False,  # the augmenter holds all the randomness
+            label_smoothing=cfg.label_smoothing, verbose=verbose,
+        )
+    except tf.errors.ResourceExhaustedError as e:
+        raise TrainingError(
+            f"out of memory while training ({e.message.strip().splitlines()[0][:120]}): use a smaller batch_size "
+            f"(now {cfg.batch_size}) or image_size (now {image_size[0]}x{image_size[1]}), mixed_precision: "
+            "mixed_float16 on a GPU, or a lower stage2.unfreeze (fewer layers hold activations for the backward pass)."
+        ) from None
     timings.update(history.stage_seconds)
     clock = time.time()
 
