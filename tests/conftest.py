@@ -81,8 +81,9 @@ def backbone_weights(tmp_path_factory) -> str:
 
 @pytest.fixture
 def tiny(backbone_weights) -> dict:
-    """build_and_finetune options for a fast run on the tiny backbone."""
-    return {**TINY, "weights": backbone_weights, "batch_size": 8}
+    """build_and_finetune options for a fast run on the tiny backbone. The report and TensorBoard
+    logs are off here (seconds per run); `trained_run` keeps the defaults and tests them."""
+    return {**TINY, "weights": backbone_weights, "batch_size": 8, "report": False, "tensorboard": False}
 
 
 @pytest.fixture

@@ -110,7 +110,8 @@ def run_demo(output_dir: str = "runs/demo", echo: Callable[[str], None] = print,
             (images[source], names[source]), weights=None, batch_size=32, val_split=0.2,
             stage1={"epochs": 0}, stage2=_scratch_stage(SOURCE_EPOCHS, 2e-3),
             augment={"rotation": 0.1, "zoom": 0.1, "translation": 0.1},
-            output_dir=os.path.join(output_dir, "source"), export=False, **common,
+            output_dir=os.path.join(output_dir, "source"), export=False, report=False, tensorboard=False,
+            **common,
         )
         weights_path = os.path.join(output_dir, "source", "backbone.weights.h5")
         pretrained.model.get_layer("backbone").save_weights(weights_path)

@@ -8,7 +8,8 @@
   (row format; an object {"b64": s} is base64 for a DT_STRING input), run, and answered in row
   format `{"predictions": [{"probabilities": [...], "classes": [...], "scores": [...]}]}`.
 
-Both return the probabilities the client would read, for comparison with the trained model.
+Both return what the client would read, for comparison with the trained model. `serve` lets a
+caller that has the SavedModel loaded already (the export check) skip loading it again.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def _check_input(sig, key: str, tensor_proto) -> None:
         raise ExportError(f"input {key!r}: the request's shape {got} does not fit the signature's {want}.")
 
 
-def grpc_predict(path: str, images: Sequence[bytes], model_name: str = "classifier"):
+def grpc_predict(path: str, images: Sequence[bytes], model_name: str = "classifier", serve=None):
     """Build a PredictRequest for `images` with tensorflow-serving-api, check it against the
     SignatureDef, run it, and return (request, response) as TF Serving would exchange them."""
     try:
@@ -74,7 +75,7 @@ def grpc_predict(path: str, images: Sequence[bytes], model_name: str = "classifi
         _check_input(sig, key, proto)
     # The server side: the request as bytes on the wire, parsed, and every input made a tensor.
     received = predict_pb2.PredictRequest.FromString(request.SerializeToString())
-    served = _call(path, {k: tf.make_ndarray(v) for k, v in received.inputs.items()})
+    served = _call(path, {k: tf.make_ndarray(v) for k, v in received.inputs.items()}, serve)
     response = predict_pb2.PredictResponse()
     response.model_spec.CopyFrom(received.model_spec)
     for key in sig.outputs:
@@ -87,7 +88,7 @@ def rest_body(images: Sequence[bytes]) -> str:
     return json.dumps({"instances": [{"image_bytes": {"b64": base64.b64encode(b).decode("ascii")}} for b in images]})
 
 
-def rest_predict(path: str, body: str) -> dict:
+def rest_predict(path: str, body: str, serve=None) -> dict:
     """Decode a REST `:predict` body in row format as TF Serving does, run it, answer in row format."""
     sig = signature_def(path)
     request = json.loads(body)
@@ -104,7 +105,7 @@ def rest_predict(path: str, body: str) -> dict:
                 value = base64.b64decode(value["b64"])
             columns[key].append(value)
     served = _call(path, {k: np.asarray(v, dtype=object if sig.inputs[k].dtype == tf.string.as_datatype_enum
-                                             else None) for k, v in columns.items()})
+                                             else None) for k, v in columns.items()}, serve)
     n = len(request["instances"])
     rows = [{key: _jsonable(served[key][i].numpy()) for key in sig.outputs} for i in range(n)]
     return {"predictions": rows}
@@ -116,10 +117,12 @@ def _jsonable(value):
     return value.tolist()
 
 
-def _call(path: str, inputs: dict) -> dict:
-    loaded = tf.saved_model.load(path)
-    fn = loaded.signatures[SIGNATURE]
-    return fn(**{k: tf.constant(v) for k, v in inputs.items()})
+def _call(path: str, inputs: dict, serve=None) -> dict:
+    """Run the signature (`serve`, when the caller has the SavedModel loaded already)."""
+    if serve is None:
+        loaded = tf.saved_model.load(path)
+        serve = loaded.signatures[SIGNATURE]
+    return serve(**{k: tf.constant(v) for k, v in inputs.items()})
 
 
 def have_client_library() -> bool:
