@@ -14,6 +14,7 @@ import tensorflow as tf
 from tlkeras.data.images import is_image_file
 from tlkeras.errors import ExportError
 from tlkeras.export.saved_model import LABELS_FILE
+from tlkeras.rundir import read_labels
 
 FORMATS = ("table", "json", "csv")
 
@@ -54,9 +55,7 @@ def load_export(path: str):
     loaded = tf.saved_model.load(folder)
     serve = loaded.signatures["serving_default"]
     serve._tlkeras_keepalive = loaded  # the signature needs its object alive
-    with open(os.path.join(folder, "assets", LABELS_FILE), encoding="utf-8") as f:
-        class_names = [line.rstrip("\n") for line in f if line.rstrip("\n")]
-    return serve, class_names, folder
+    return serve, read_labels(os.path.join(folder, "assets", LABELS_FILE)), folder
 
 
 def _load_file_model(path: str):
@@ -68,8 +67,7 @@ def _load_file_model(path: str):
     labels = os.path.join(os.path.dirname(path), LABELS_FILE)
     if not os.path.isfile(labels):
         raise ExportError(f"{labels!r} is missing: {os.path.basename(path)} needs its labels.txt beside it.")
-    with open(labels, encoding="utf-8") as f:
-        class_names = [line.rstrip("\n") for line in f if line.rstrip("\n")]
+    class_names = read_labels(labels)
     if path.endswith(".onnx"):
         from tlkeras.export.onnx import ONNXClassifier as Classifier
     else:

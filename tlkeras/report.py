@@ -21,6 +21,8 @@ from typing import Optional
 
 import numpy as np
 
+from tlkeras.utils import write_text_atomic
+
 CURVES_FILE = "training_curves.png"
 CONFUSION_FILE = "confusion_matrix.png"
 MISTAKES_FILE = "confident_mistakes.png"
@@ -175,10 +177,7 @@ def write_html(run_dir: str, *, metrics: dict, config: dict, record: Optional[di
     parts.append("<h2>Config</h2><pre>" + esc(json.dumps(config, indent=2, default=str), quote=False) + "</pre>")
     parts.append("</body></html>")
     path = os.path.join(run_dir, REPORT_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("\n".join(parts))
-    os.replace(tmp, path)
+    write_text_atomic(path, "\n".join(parts))
     return path
 
 

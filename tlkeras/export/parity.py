@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
@@ -19,6 +18,7 @@ import tensorflow as tf
 from tlkeras._logging import get_logger
 from tlkeras.errors import ExportError
 from tlkeras.model import predict_function, to_probabilities
+from tlkeras.utils import write_bytes_atomic, write_json_atomic, write_text_atomic
 
 PARITY_FILE = "parity.json"
 LABELS_FILE = "labels.txt"
@@ -61,28 +61,16 @@ def write_if_faithful(model, classifier, content: bytes, out_dir: str, filename:
             f"{filename} was not written."
         )
     os.makedirs(out_dir, exist_ok=True)
-    write_atomic(os.path.join(out_dir, filename), content)
-    write_atomic(os.path.join(out_dir, LABELS_FILE), ("\n".join(class_names) + "\n").encode("utf-8"))
+    write_bytes_atomic(os.path.join(out_dir, filename), content)
+    write_text_atomic(os.path.join(out_dir, LABELS_FILE), "\n".join(class_names) + "\n")
     path = os.path.join(out_dir, PARITY_FILE)
     record = {}
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
             record = json.load(f)
     record[kind] = asdict(parity)
-    write_atomic(path, json.dumps(record, indent=2).encode("utf-8"))
+    write_json_atomic(path, record)
     get_logger().info("%s: %s (%.1f kB), top-1 agreement %.2f%%, max |dp| %.2g on %d images", what,
                       os.path.join(out_dir, filename), len(content) / 1024, 100 * parity.top1_agreement,
                       parity.max_abs_diff, parity.images)
     return parity
-
-
-def write_atomic(path: str, content: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path) or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

@@ -280,14 +280,15 @@ def export_run(run_dir: str, export_dir: Optional[str] = None, *, top_k: Optiona
 
 def _write_side_card(folder: str, card: dict) -> None:
     """model_card.json beside TFLite / ONNX files: the SavedModel's card plus their measured parity."""
-    from tlkeras.export.parity import PARITY_FILE, write_atomic
+    from tlkeras.export.parity import PARITY_FILE
+    from tlkeras.utils import write_json_atomic
 
     with open(os.path.join(folder, PARITY_FILE), encoding="utf-8") as f:
         card = {**card, "parity": json.load(f)}
     card["inputs"] = {"pixels": "RGB pixels at image_size, [0, 255]: float32, or uint8 for int8 TFLite; decode "
                                 "and resize with tlkeras.data.images.decode_and_resize"}
     card["outputs"] = {"probabilities": f"[N, {len(card['class_names'])}]"}
-    write_atomic(os.path.join(folder, MODEL_CARD_FILE), json.dumps(card, indent=2, default=str).encode("utf-8"))
+    write_json_atomic(os.path.join(folder, MODEL_CARD_FILE), card)
 
 
 def _run_pixels(run_dir: str, class_names, split: str, size, limit: Optional[int]) -> np.ndarray:
