@@ -267,3 +267,15 @@ def test_class_weight_auto_turns_on_for_imbalance_only(caplog):
     assert weights == pytest.approx({0: 45 / 90, 1: 45 / 30, 2: 45 / 15})
     assert "6.0x the images of the smallest (threshold 2.0x): balanced weights on" in caplog.text
     assert class_weights("auto", np.array([0] * 10 + [1] * 8 + [2] * 6), ["a", "b", "c"]) is None
+
+
+def test_folders_behind_a_url_are_listed_through_tf_io(image_folder, monkeypatch):
+    # gs://bucket/photos goes through tf.io.gfile; forced here on a local folder, the listing is the same.
+    from tlkeras.data import images
+
+    local = images.list_image_folder(image_folder)
+    monkeypatch.setattr(images, "_filesystem", lambda root: images._TFFiles)
+    through_gfile = images.list_image_folder(image_folder)
+    assert through_gfile.paths == local.paths and through_gfile.labels == local.labels
+    assert through_gfile.class_names == local.class_names and len(local.paths) == 24
+    assert images._filesystem("gs://bucket/photos") is images._TFFiles

@@ -5,6 +5,7 @@ import tensorflow as tf
 import numpy as np
 import pytest
 
+from tlkeras import distribute
 from tlkeras.config import StageConfig
 from tlkeras.optimizers import LayerwiseAdam, LayerwiseSGD, SparseCrossentropy, make_optimizer
 
@@ -126,7 +127,7 @@ def _one_step_deltas(multipliers_for, policy=None, strategy=None):
 
 def test_multipliers_hold_under_a_mirrored_strategy():
     # conftest splits the CPU in two: two replicas each compute half the batch's gradient
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = distribute.mirrored()  # one instance per process (see tlkeras.distribute.mirrored)
     assert strategy.num_replicas_in_sync == 2
     plain, scaled = _one_step_deltas(0.25, strategy=strategy)
     assert np.abs(plain["low"]).max() > 0

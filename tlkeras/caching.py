@@ -29,6 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tlkeras.distribute import static_shapes
 from tlkeras import freezing
 from tlkeras.heads import HEAD_PREFIX
 from tlkeras.model import get_backbone
@@ -265,7 +266,7 @@ def cached_dataset(
         ds = ds.map(lambda x, y: (keras.tree.map_structure(lambda t: tf.cast(t, tf.float32), x), y))
     if epoch_rows is not None and epoch_rows < n:
         ds = ds.repeat()
-    return ds.batch(batch_size).prefetch(AUTOTUNE)
+    return ds.batch(batch_size, drop_remainder=shuffle and static_shapes()).prefetch(AUTOTUNE)  # TPU: one shape
 
 
 def _memmap_dataset(cache: Cache, shuffle: bool, seed: Optional[int]) -> tf.data.Dataset:

@@ -12,9 +12,10 @@ import sys
 
 import click
 
-from tlkeras.errors import TlkerasError
+from tlkeras.errors import Interrupted, TlkerasError
 
 _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+_UNSAFE_HELP = "Load model.keras outside Keras's safe mode (runs Lambda-layer code): only for files you trust."
 
 
 def _friendly_errors(command):
@@ -25,6 +26,11 @@ def _friendly_errors(command):
         debug = click.get_current_context().find_root().params.get("debug", False)
         try:
             return command(*args, **kwargs)
+        except Interrupted as e:
+            if debug:
+                raise
+            click.echo(f"Stopped: {e}", err=True)
+            sys.exit(130)  # the shell's code for Ctrl-C
         except TlkerasError as e:
             if debug:
                 raise
@@ -56,13 +62,26 @@ def main(debug: bool, quiet: bool) -> None:
 @click.option("--seed", type=int)
 @click.option("--export/--no-export", default=None, help="Write the TF Serving SavedModel (default: yes).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any config key, e.g. --set stage2.epochs=3.")
+@click.option("--strategy", type=click.Choice(["auto", "default", "one_device", "mirrored", "multi_worker", "tpu"]),
+              help="tf.distribute strategy (default auto: TPU, TF_CONFIG cluster, several GPUs, else one device).")
+@click.option("--resume", is_flag=True,
+              help="Continue the interrupted run in --output-dir from its last finished epoch, with its saved config.")
+@click.option("--overwrite", is_flag=True, help="Replace the run in --output-dir (only the files tlkeras wrote).")
 @_friendly_errors
-def train(config_path, data, val_data, backbone, weights, image_size, batch_size, output_dir, seed, export, overrides):
-    """Fine-tune a backbone in two stages and export it."""
+def train(config_path, data, val_data, backbone, weights, image_size, batch_size, output_dir, seed, export, overrides,
+          strategy, resume, overwrite):
+    """Fine-tune a backbone in two stages and export it.
+
+    Started again with the same command, an interrupted run (Ctrl-C, kill, a lost machine) goes on
+    from its last finished epoch; `tlkeras train --resume --output-dir RUN_DIR` does the same
+    without repeating the other options.
+    """
     from tlkeras.config import FinetuneConfig
+    from tlkeras.rundir import saved_config
     from tlkeras.workflow import build_and_finetune
 
-    cfg = FinetuneConfig.from_yaml(config_path) if config_path else FinetuneConfig()
+    base = saved_config(output_dir) if resume and not config_path else None
+    cfg = base or (FinetuneConfig.from_yaml(config_path) if config_path else FinetuneConfig())
     flags = {
         "data": data,
         "val_data": val_data,
@@ -72,12 +91,13 @@ def train(config_path, data, val_data, backbone, weights, image_size, batch_size
         "output_dir": output_dir,
         "seed": seed,
         "export": export,
+        "strategy": strategy,
     }
     values = {k: v for k, v in flags.items() if v is not None}
     if weights is not None:
         values["weights"] = None if weights.lower() in ("none", "null") else weights
     cfg = cfg.merged(values).with_overrides(list(overrides))
-    result = build_and_finetune(config=cfg)
+    result = build_and_finetune(config=cfg, resume=resume, overwrite=overwrite)
     accuracy = result.metrics.get("accuracy")
     click.echo("")
     if accuracy is not None:
@@ -122,15 +142,16 @@ def find_lr(config_path, data, backbone, stage, min_lr, max_lr, steps, output, o
 @click.option("--top-k", type=int, default=5, show_default=True, help="k of the top-k accuracy.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--write/--no-write", default=False, help="Rewrite the run's metrics.json with the result.")
+@click.option("--unsafe-load", is_flag=True, help=_UNSAFE_HELP)
 @_friendly_errors
-def evaluate(path, data, batch_size, top_k, fmt, write):
+def evaluate(path, data, batch_size, top_k, fmt, write, unsafe_load):
     """Metrics of a run's model (RUN_DIR) or of an export (RUN_DIR/export[/N], served from image
     bytes as TF Serving would) on labelled images: accuracy, top-k, loss, per-class precision,
     recall and F1, confusion matrix, calibration, ROC-AUC and PR-AUC."""
     from tlkeras.evaluate import evaluate_run
     from tlkeras.metrics import format_metrics
 
-    metrics = evaluate_run(path, data, batch_size=batch_size, top_k=top_k, write=write)
+    metrics = evaluate_run(path, data, batch_size=batch_size, top_k=top_k, write=write, safe_mode=not unsafe_load)
     click.echo(json.dumps(metrics, indent=2) if fmt == "json" else format_metrics(metrics), nl=fmt == "json")
 
 
@@ -170,13 +191,15 @@ def predict(export_dir, inputs, top_k, batch_size, fmt):
 @click.option("--top-k", type=int, help="Classes listed per image (default: the run's top_k).")
 @click.option("--format", "formats", default="saved_model", show_default=True,
               help="Comma-separated: saved_model, tflite, tflite-int8, onnx.")
+@click.option("--unsafe-load", is_flag=True, help=_UNSAFE_HELP)
 @_friendly_errors
-def export(run_dir, export_dir, top_k, formats):
+def export(run_dir, export_dir, top_k, formats, unsafe_load):
     """Export a finished run: the next TF Serving SavedModel version and/or TFLite files, each
     checked against the model before it is written; prints one path per format."""
     from tlkeras.export import export_run
 
-    paths = export_run(run_dir, export_dir, top_k=top_k, formats=[f.strip() for f in formats.split(",") if f.strip()])
+    paths = export_run(run_dir, export_dir, top_k=top_k, formats=[f.strip() for f in formats.split(",") if f.strip()],
+                       safe_mode=not unsafe_load)
     for path in paths.values():
         click.echo(path)
 
@@ -193,6 +216,8 @@ def backbones():
             f"{name:<20} {spec.source:<20} {spec.default_size:>12} {spec.min_size:>9}  {spec.preprocessing}"
         )
     click.echo("\nNames are case-insensitive; pass constructor options with --set backbone_options.alpha=0.5.")
+    click.echo("A path to a .keras model file (your own backbone, output a feature map or vector) works too; say what "
+               "its input expects with --set backbone_options.preprocessing=none|unit|tf|torch|caffe.")
 
 
 @main.command(context_settings=_CONTEXT)

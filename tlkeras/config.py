@@ -35,6 +35,7 @@ POOLINGS = ("avg", "max")
 FLIPS = ("horizontal", "vertical", "horizontal_and_vertical")
 CACHE_CHOICES = ("auto", True, False)
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
 
 
 # === Sections ===
@@ -166,6 +167,9 @@ class FinetuneConfig:
     memory_budget_mb: int = 1024
     jit_compile: Union[str, bool] = "auto"
     mixed_precision: str = "auto"
+    strategy: str = "auto"
+    tpu: Optional[str] = None
+    scale_learning_rate: bool = False
     head: HeadConfig = field(default_factory=HeadConfig)
     stage1: StageConfig = field(default_factory=_stage1)
     stage2: StageConfig = field(default_factory=_stage2)
@@ -298,12 +302,15 @@ class FinetuneConfig:
         for key in ("cache_images", "cache_features", "jit_compile"):
             if getattr(self, key) not in CACHE_CHOICES:
                 raise ConfigError(f"{key}: {getattr(self, key)!r} is not valid: use auto, true or false.")
-        for key in ("export", "report", "tensorboard", "deterministic"):
+        for key in ("export", "report", "tensorboard", "deterministic", "scale_learning_rate"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"{key}: {getattr(self, key)!r} is not valid: use true or false.")
         _check_int("cache_views", self.cache_views, 1)
         _check_int("memory_budget_mb", self.memory_budget_mb, 1)
         _check_choice("mixed_precision", self.mixed_precision, PRECISIONS)
+        _check_choice("strategy", self.strategy, STRATEGIES)
+        if self.tpu is not None and (not isinstance(self.tpu, str) or not self.tpu.strip()):
+            raise ConfigError(f"tpu: {self.tpu!r} is not valid: use a TPU name, a grpc:// address, or 'local'.")
         if not isinstance(self.backbone_options, dict):
             raise ConfigError(f"backbone_options: {self.backbone_options!r} is not a mapping (e.g. {{alpha: 0.35}}).")
         # head

@@ -90,6 +90,7 @@ def run_demo(output_dir: str = "runs/demo", echo: Callable[[str], None] = print,
     from tlkeras.evaluate import evaluate_model
     from tlkeras.predict import predict_files
     from tlkeras.workflow import build_and_finetune
+    from tlkeras.utils import safe_filename
 
     log = get_logger()
     level = log.level
@@ -162,7 +163,7 @@ def run_demo(output_dir: str = "runs/demo", echo: Callable[[str], None] = print,
         os.makedirs(sample_dir, exist_ok=True)
         paths = []
         for i, row in enumerate(test_rows[:: max(1, len(test_rows) // 5)][:5]):
-            path = os.path.join(sample_dir, f"{i}_true_{target_names[row]}.png")
+            path = os.path.join(sample_dir, safe_filename(f"{i}_true_{target_names[row]}.png"))
             image = np.repeat(target_images[row][..., None], 3, axis=-1)
             tf.io.write_file(path, tf.io.encode_png(image))
             paths.append(path)

@@ -54,3 +54,7 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
 
 class TrainingError(TlkerasError):
     """Training could not go on (the loss became NaN, the device ran out of memory)."""
+
+
+class Interrupted(TlkerasError):
+    """The user stopped a run (Ctrl-C); what finished is saved and the message says how to resume."""

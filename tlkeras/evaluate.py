@@ -55,7 +55,8 @@ def run_examples(path: str, data, class_names: list[str], split: str = "val"):
     return examples.subset(rows), skipped
 
 
-def evaluate_run(path: str, data=None, *, batch_size: int = 32, top_k: int = 5, write: bool = False) -> dict:
+def evaluate_run(path: str, data=None, *, batch_size: int = 32, top_k: int = 5, write: bool = False,
+                 safe_mode: bool = True) -> dict:
     """Metrics of a finished run's model, or of an exported SavedModel, on labelled images.
 
     `path` is a run directory (its model.keras) or an export (`run/export` or `run/export/3`,
@@ -81,7 +82,7 @@ def evaluate_run(path: str, data=None, *, batch_size: int = 32, top_k: int = 5, 
         probabilities, labels = _serve_examples(serve, examples, batch_size)
         source = export_dir
     else:
-        model, class_names, _ = load_run(path)
+        model, class_names, _ = load_run(path, safe_mode=safe_mode)
         examples, skipped = run_examples(path, data, class_names)
         ds = build_pipeline(examples, image_size_of(model), batch_size, training=False, cache=False, seed=0)
         probabilities, labels = predict_probabilities(model, ds)

@@ -105,6 +105,9 @@ def unfreeze(
         layer.trainable = trains
         if trains and is_batch_norm(layer) and bn_momentum is not None:
             layer.momentum = bn_momentum
+        if trains and is_batch_norm(layer) and _replicas() > 1:
+            # Keras 3 BN keeps per-replica statistics and saves replica 0's: synchronise them.
+            layer.synchronized = True
         if trains and layer.weights:
             trainable.append(layer)
     return UnfreezePlan(
@@ -233,3 +236,9 @@ def trainable_layer_names(model: keras.Model) -> list[str]:
         elif layer.trainable_weights:
             names.append(layer.name)
     return names
+
+
+def _replicas() -> int:
+    import tensorflow as tf
+
+    return int(tf.distribute.get_strategy().num_replicas_in_sync)

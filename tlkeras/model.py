@@ -67,7 +67,7 @@ def build_model(
         l2=head_cfg.l2,
         pooling=head_cfg.pooling,
     )
-    return keras.Model(inputs, outputs, name=f"tlkeras_{spec.name}")
+    return keras.Model(inputs, outputs, name=f"tlkeras_{spec.slug}")
 
 
 def _head_config(head) -> HeadConfig:

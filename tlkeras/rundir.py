@@ -1,14 +1,147 @@
-"""Reading a finished run directory back: its model, class names and config."""
+"""The run directory: deciding whether a run starts, resumes or is refused; reading a finished one back."""
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
+from typing import Optional
 
+from tlkeras._logging import get_logger
 from tlkeras.errors import TlkerasError
 
 MODEL_FILE = "model.keras"
 LABELS_FILE = "labels.txt"
 CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.json"
+STATE_PATH = os.path.join("checkpoints", "resume.npz")
+
+# Everything a run writes, and only that: --overwrite removes these, never other files.
+ARTEFACTS = (
+    CONFIG_FILE, LABELS_FILE, MODEL_FILE, METRICS_FILE, "run.json", "history.json", "skipped_files.txt",
+    "stage2_trainable_layers.txt", "training_curves.png", "confusion_matrix.png", "confident_mistakes.png",
+    "report.html", "checkpoints", "export", "tflite", "onnx", "tensorboard",
+)
+# Settings that do not change what is trained: a resumed run may differ in them.
+NOT_TRAINING = ("output_dir", "export", "report", "tensorboard", "top_k")
+
+
+def worker_dir(run_dir: str, task: str) -> str:
+    """Where a non-chief worker writes: a folder of its own machine's temp dir, the same across
+    restarts (its resume state lives there), removed when the run finishes."""
+    import hashlib
+    import tempfile
+
+    key = hashlib.sha1(os.path.abspath(run_dir).encode("utf-8")).hexdigest()[:10]
+    return os.path.join(tempfile.gettempdir(), f"tlkeras-{task}-{key}")
+
+
+def has_state(run_dir: str) -> bool:
+    """Whether run_dir holds a resume state (an interrupted run with at least one finished epoch)."""
+    return os.path.isfile(os.path.join(run_dir, STATE_PATH))
+
+
+def saved_config(run_dir: Optional[str]):
+    """The FinetuneConfig in RUN_DIR/config.yaml, or None (the base of `--resume`)."""
+    from tlkeras.config import FinetuneConfig
+
+    if not run_dir or not os.path.isfile(os.path.join(run_dir, CONFIG_FILE)):
+        return None
+    return FinetuneConfig.from_yaml(os.path.join(run_dir, CONFIG_FILE))
+
+
+def prepare(run_dir: str, cfg, *, resume: bool = False, overwrite: bool = False) -> bool:
+    """Decide what to do with `run_dir` before a run; True when the run goes on from saved state.
+
+    - no run there (no config.yaml): start; with resume=True that is an error;
+    - overwrite=True: remove the earlier run's files (only those tlkeras writes) and start;
+    - a run with another config: refused, naming the differences and the ways out;
+    - a finished run (model.keras): refused, pointing to --overwrite and `tlkeras export`;
+    - an unfinished run with the same config: go on from its last finished epoch (the same
+      command resumes; resume=True says so explicitly).
+    """
+    if resume and overwrite:
+        raise TlkerasError("resume and overwrite exclude each other: resume continues the run in output_dir, "
+                           "overwrite replaces it. Choose one.")
+    _remove_stale_caches(run_dir)
+    has_run = os.path.isfile(os.path.join(run_dir, CONFIG_FILE))
+    if overwrite:
+        if has_run:
+            removed = remove_run(run_dir)
+            get_logger().info("overwrite: removed the earlier run's %s from %s", ", ".join(removed), run_dir)
+        return False
+    if not has_run:
+        if resume:
+            raise TlkerasError(f"resume: {run_dir!r} holds no tlkeras run (no {CONFIG_FILE}) to continue. "
+                               "Check output_dir, or drop --resume to start a new run there.")
+        return False
+    differences = config_differences(saved_config(run_dir), cfg)
+    if differences:
+        listed = "; ".join(differences[:5]) + ("; ..." if len(differences) > 5 else "")
+        if resume:
+            raise TlkerasError(
+                f"resume: the run in {run_dir!r} was configured differently ({listed}). --resume continues it with "
+                f"its own {CONFIG_FILE}: drop the changed settings, or use --overwrite to start again with them."
+            )
+        raise TlkerasError(
+            f"output_dir {run_dir!r} holds a run with a different config ({listed}). Add --resume to continue that "
+            "run as it was configured, --overwrite to replace it, or choose another output_dir."
+        )
+    if os.path.isfile(os.path.join(run_dir, MODEL_FILE)) and os.path.isfile(os.path.join(run_dir, METRICS_FILE)):
+        raise TlkerasError(
+            f"output_dir {run_dir!r} holds a finished run ({MODEL_FILE}). Use --overwrite to train it again, "
+            f"another output_dir for a new run, or `tlkeras export {run_dir}` if its export is missing."
+        )
+    if not os.path.isfile(os.path.join(run_dir, STATE_PATH)):
+        get_logger().info("output_dir %s holds an unfinished run with no finished epoch: starting it again", run_dir)
+        return False
+    return True
+
+
+def config_differences(saved, cfg) -> list[str]:
+    """["stage1.epochs: 5 -> 3", ...]: training settings that differ between two configs."""
+    import yaml
+
+    def flat(config) -> dict:
+        values = yaml.safe_load(yaml.safe_dump(config.to_dict()))  # one normal form (lists, not tuples)
+        out = {}
+        for key, value in values.items():
+            if isinstance(value, dict) and key != "backbone_options" and key != "class_weight":
+                out.update({f"{key}.{k}": v for k, v in value.items()})
+            else:
+                out[key] = value
+        return out
+
+    old, new = flat(saved), flat(cfg)
+    out = []
+    for key in old.keys() | new.keys():
+        if key in NOT_TRAINING or old.get(key) == new.get(key):
+            continue
+        if key in ("data", "val_data") and (old.get(key) is None or new.get(key) is None):
+            continue  # in-memory data is not in config.yaml: nothing to compare
+        out.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
+    return sorted(out)
+
+
+def remove_run(run_dir: str) -> list[str]:
+    """Remove the files and folders a run writes (ARTEFACTS) from run_dir; return their names."""
+    removed = []
+    for name in ARTEFACTS:
+        path = os.path.join(run_dir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.remove(path)
+        else:
+            continue
+        removed.append(name)
+    return removed
+
+
+def _remove_stale_caches(run_dir: str) -> None:
+    """Feature caches spilled to disk by a run that was killed (tlkeras-cache-*)."""
+    for folder in glob.glob(os.path.join(glob.escape(run_dir), "tlkeras-cache-*")):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def read_labels(path: str) -> list[str]:
@@ -19,7 +152,9 @@ def read_labels(path: str) -> list[str]:
 def load_run(run_dir: str, *, safe_mode: bool = True):
     """(model, class_names, config) of a run directory written by `build_and_finetune`.
 
-    `.keras` files are loaded in Keras's safe mode (no arbitrary code from lambdas).
+    `.keras` files are loaded in Keras's safe mode (no arbitrary code from Lambda layers);
+    safe_mode=False (the CLI's --unsafe-load) trusts the file and runs such code: only for files
+    you made yourself.
     """
     import keras
 
@@ -33,7 +168,15 @@ def load_run(run_dir: str, *, safe_mode: bool = True):
             f"{run_dir!r} is not a finished tlkeras run: it lacks {MODEL_FILE} or {LABELS_FILE}. "
             "Pass the output_dir of a `tlkeras train` run."
         )
-    model = keras.models.load_model(model_path, safe_mode=safe_mode)
+    try:
+        model = keras.models.load_model(model_path, safe_mode=safe_mode)
+    except ValueError as e:
+        if safe_mode and "safe_mode" in str(e):
+            raise TlkerasError(
+                f"{model_path!r} holds code (a Lambda layer) that safe mode does not run. If you made this file "
+                "yourself and trust it, load it with --unsafe-load (safe_mode=False)."
+            ) from None
+        raise
     config_path = os.path.join(run_dir, CONFIG_FILE)
     config = FinetuneConfig.from_yaml(config_path) if os.path.isfile(config_path) else None
     return model, read_labels(labels_path), config

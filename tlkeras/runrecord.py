@@ -61,6 +61,14 @@ def fingerprint_examples_paths(paths: list[str], sizes: list[int]) -> str:
     return h.hexdigest()
 
 
+def _size(path: str) -> int:
+    if "://" in path:  # gs://... (TPU runs read their data from GCS)
+        import tensorflow as tf
+
+        return int(tf.io.gfile.stat(path).length)
+    return os.path.getsize(path)
+
+
 def fingerprint(examples, root: Optional[str] = None) -> dict:
     """A fingerprint of one split: for files, their paths (relative to `root`) and sizes hashed;
     for arrays, their bytes; a tf.data.Dataset is not read again ("unknown")."""
@@ -68,7 +76,7 @@ def fingerprint(examples, root: Optional[str] = None) -> dict:
         return {"kind": "none"}
     if examples.paths is not None:
         rel = [os.path.relpath(p, root) if root else p for p in examples.paths]
-        sizes = [os.path.getsize(p) for p in examples.paths]
+        sizes = [_size(p) for p in examples.paths]
         return {"kind": "files", "files": len(rel), "bytes": int(sum(sizes)),
                 "sha256": fingerprint_examples_paths(rel, sizes)}
     if examples.arrays is not None:
@@ -78,9 +86,11 @@ def fingerprint(examples, root: Optional[str] = None) -> dict:
     return {"kind": "tf.data", "sha256": "unknown (a tf.data.Dataset is not fingerprinted)"}
 
 
-def weights_source(weights) -> dict:
+def weights_source(weights, backbone: str = "") -> dict:
     """Where the backbone's starting weights came from: ImageNet (Keras's download), none, or a
-    file with its sha256."""
+    file with its sha256; for a `.keras` backbone file, that file."""
+    if str(backbone).lower().endswith(".keras") and weights in (None, "imagenet"):
+        return {**weights_source(backbone), "note": "the backbone file's own weights"}
     if weights is None:
         return {"weights": None, "note": "random initialisation"}
     if weights == "imagenet":
@@ -96,10 +106,10 @@ def weights_source(weights) -> dict:
     return out
 
 
-def devices() -> dict:
+def devices(strategy=None) -> dict:
     import tensorflow as tf
 
-    strategy = tf.distribute.get_strategy()
+    strategy = strategy or tf.distribute.get_strategy()
     return {
         "physical": [d.name for d in tf.config.list_physical_devices()],
         "strategy": type(strategy).__name__,
@@ -118,7 +128,7 @@ def _op_determinism() -> bool:
 
 
 def build_record(*, cfg, bundle, run_dir: str, timings: dict, started: float, plan=None,
-                 policy: Optional[str] = None) -> dict:
+                 policy: Optional[str] = None, strategy=None) -> dict:
     """Every field of run.json."""
     root = cfg.data if isinstance(cfg.data, str) and os.path.isdir(cfg.data) else None
     val_root = cfg.val_data if isinstance(cfg.val_data, str) and os.path.isdir(cfg.val_data) else root
@@ -134,9 +144,9 @@ def build_record(*, cfg, bundle, run_dir: str, timings: dict, started: float, pl
         "data": {"train": fingerprint(bundle.train_examples, root),
                  "val": fingerprint(bundle.val_examples, val_root),
                  "skipped_files": len(bundle.skipped)},
-        "backbone": {"name": cfg.backbone, "options": cfg.backbone_options, **weights_source(cfg.weights)},
+        "backbone": {"name": cfg.backbone, "options": cfg.backbone_options, **weights_source(cfg.weights, cfg.backbone)},
         "seconds": {k: round(float(v), 3) for k, v in timings.items()},
         "caching": getattr(plan, "reason", None),
         "precision_policy": policy,
-        "devices": devices(),
+        "devices": devices(strategy),
     }

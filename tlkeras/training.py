@@ -13,6 +13,7 @@ at the unfreeze cut - whenever the training inputs are not randomly augmented.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import tempfile
@@ -24,14 +25,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tlkeras import caching, freezing
+from tlkeras import caching, freezing, steploop
 from tlkeras._logging import get_logger
-from tlkeras.errors import TrainingError
+from tlkeras.errors import Interrupted, TrainingError
 from tlkeras.config import StageConfig
 from tlkeras.distribute import uses_float16
 from tlkeras.optimizers import make_loss, make_optimizer
+from tlkeras.resume import ResumableEarlyStopping, ResumeState, RunCheckpointer
 from tlkeras.model import get_backbone
-from tlkeras.utils import write_json_atomic
+from tlkeras.utils import write_json_atomic, write_text_atomic
 
 CHECKPOINT_DIR = "checkpoints"
 BEST_WEIGHTS = "best.weights.h5"
@@ -95,19 +97,25 @@ class BestCheckpoint(keras.callbacks.Callback):
         super().__init__()
         self.target, self.path, self.monitor, self.min_interval = model, path, monitor, min_interval
         self.best = math.inf
+        self.written_best = math.inf  # the value of the epoch in the file
         self._pending: Optional[list] = None
+        self._pending_best = math.inf
         self._last_write = -math.inf
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
         if value is None or not value < self.best:
             return
-        self.best = float(value)
+        self.best = self._pending_best = float(value)
         self._pending = [w.numpy().copy() for w in self.model.weights]
         if time.monotonic() - self._last_write >= self.min_interval:
             self._flush()
 
     def on_train_end(self, logs=None):
+        self._flush()
+
+    def flush(self):
+        """Write the pending best weights now (also called when a run is interrupted)."""
         self._flush()
 
     def _flush(self):
@@ -129,6 +137,7 @@ class BestCheckpoint(keras.callbacks.Callback):
             for w, value in zip(self.model.weights, current):
                 w.assign(value)
         self._pending = None
+        self.written_best = self._pending_best
         self._last_write = time.monotonic()
 
 
@@ -246,6 +255,7 @@ def finetune(
     jit_compile="auto",
     inputs_random: Optional[bool] = None,
     label_smoothing: float = 0.0,
+    resume: bool = False,
     verbose: int | str = "auto",
 ) -> FinetuneHistory:
     """Train `model` (from `build_model`) in two stages and return the combined history.
@@ -271,6 +281,11 @@ def finetune(
         inputs_random: whether `train_ds` itself applies random augmentation; None looks for
             random ops in its graph (`augmenter` counts as random either way).
         label_smoothing: label smoothing of the cross-entropy, in [0, 1).
+        resume: go on from run_dir/checkpoints/resume.npz (written after every epoch): finished
+            stages and phases are skipped, the running one continues from its next epoch with its
+            optimizer and early-stopping state (see `tlkeras.resume`). False starts afresh.
+
+    Interrupted (Ctrl-C), it raises `tlkeras.errors.Interrupted` saying how to resume.
 
     Returns:
         FinetuneHistory: {"epoch": [...], "stage": [...], "loss": [...], "val_loss": ..., ...}.
@@ -294,14 +309,30 @@ def finetune(
     recorder = RunHistory(os.path.join(run_dir, "history.json") if run_dir else None)
     nan_guard = StopOnNaN()
     shared = [recorder, nan_guard, *(callbacks or [])]
+    best = checkpointer = state = None
     if run_dir:
         os.makedirs(os.path.join(run_dir, CHECKPOINT_DIR), exist_ok=True)
         monitor = "val_loss" if val_ds is not None else "loss"
-        shared.append(BestCheckpoint(model, os.path.join(run_dir, CHECKPOINT_DIR, BEST_WEIGHTS), monitor))
+        best = BestCheckpoint(model, os.path.join(run_dir, CHECKPOINT_DIR, BEST_WEIGHTS), monitor)
+        shared.append(best)
+        checkpointer = RunCheckpointer(model, os.path.join(run_dir, CHECKPOINT_DIR))
+        checkpointer.recorder, checkpointer.best_checkpoint = recorder, best
+        if resume:
+            state = checkpointer.load()
+        elif os.path.exists(checkpointer.path):
+            os.remove(checkpointer.path)  # a fresh run: an old state must not be mixed in later
+    elif resume:
+        raise TrainingError("resume=True needs the run_dir that holds the state to resume from.")
     run = _Runner(model, train_ds, val_ds, shared, class_weight, augmenter, jit_compile, verbose, label_smoothing,
-                  nan_guard=nan_guard, run_dir=run_dir)
+                  nan_guard=nan_guard, run_dir=run_dir, checkpointer=checkpointer)
 
     freezing.freeze_backbone(model)
+    if state is not None:
+        checkpointer.restore_weights(state)
+        recorder.records = list(state.records)
+        if state.best is not None:
+            best.best = best.written_best = state.best
+        log.info("resuming: %s; finished epochs are kept", state.describe())
     cut = None
     if cfg.stage2.epochs > 0:
         cut, _ = freezing.plan_cut(model, cfg.stage2.unfreeze, train_bn=cfg.stage2.train_bn)
@@ -314,7 +345,11 @@ def finetune(
     epochs_done = 0
     try:
         # === Stage 1: the head on a frozen backbone ===
-        if cfg.stage1.epochs > 0:
+        if state is not None and state.after(1):
+            epochs_done = state.epochs_done
+            if cfg.stage1.epochs > 0:
+                log.info("stage 1: finished before the interruption, skipped")
+        elif cfg.stage1.epochs > 0:
             log.info("stage 1: backbone frozen; training the head (%s)", _trainable_summary(model))
             _enter_stage(shared, 1)
             start = time.time()
@@ -325,13 +360,13 @@ def finetune(
                     cut=cut if plan.stage2 else None,
                 )
                 seconds["cache"] = time.time() - start
-                epochs_done = run.stage(cfg.stage1, cfg.stage1.learning_rate, 0, part)
+                epochs_done = run.stage(cfg.stage1, cfg.stage1.learning_rate, 0, part, position=(1, 0), state=state)
             else:
-                epochs_done = run.stage(cfg.stage1, cfg.stage1.learning_rate, 0)
+                epochs_done = run.stage(cfg.stage1, cfg.stage1.learning_rate, 0, position=(1, 0), state=state)
             seconds["stage1"] = time.time() - start
 
         # === Stage 2: unfreeze (the top of) the backbone, layer-wise rates ===
-        if cfg.stage2.epochs > 0:
+        if cfg.stage2.epochs > 0 and not (state is not None and state.after(2, len(unfreeze_phases(model, cfg.stage2)) - 1)):
             start = time.time()
             rate = cfg.stage2_learning_rate
             phases = unfreeze_phases(model, cfg.stage2)
@@ -347,6 +382,11 @@ def finetune(
                 caches.close()  # free memory before the full model trains
             steps_done = 0
             for index, (unfreeze, epochs) in enumerate(phases):
+                if state is not None and state.after(2, index):
+                    steps_done += epochs * ((part.steps if part else run.steps) or 0)
+                    if (state.stage, state.phase) == (2, index):
+                        epochs_done = state.epochs_done
+                    continue
                 layers = freezing.unfreeze(
                     model, unfreeze, train_bn=cfg.stage2.train_bn,
                     bn_momentum=cfg.stage2.bn_momentum if cfg.stage2.train_bn else None,
@@ -357,12 +397,21 @@ def finetune(
                          layers.describe())
                 last = index == len(phases) - 1
                 if last and run_dir:
-                    with open(os.path.join(run_dir, "stage2_trainable_layers.txt"), "w", encoding="utf-8") as f:
-                        f.write("".join(name + "\n" for name in layers.layers))
+                    write_text_atomic(os.path.join(run_dir, "stage2_trainable_layers.txt"),
+                                      "".join(name + "\n" for name in layers.layers))
                 epochs_done = run.stage(cfg.stage2, rate, epochs_done, part, name="stage2", epochs=epochs,
-                                        multipliers=multipliers, step_offset=steps_done, early_stopping=last)
+                                        multipliers=multipliers, step_offset=steps_done, early_stopping=last,
+                                        position=(2, index), state=state)
                 steps_done += epochs * ((part.steps if part else run.steps) or 0)
             seconds["stage2"] = time.time() - start
+    except KeyboardInterrupt:
+        if best is not None:
+            best.flush()
+        done = recorder.records[-1]["epoch"] if recorder.records else 0
+        saved = (f"{done} finished epoch(s) are saved in {os.path.join(run_dir, CHECKPOINT_DIR)}; run the same "
+                 "command again (or add --resume) to continue from there" if run_dir and done else
+                 "no epoch had finished, so there is nothing to resume")
+        raise Interrupted(f"interrupted: {saved}.") from None
     finally:
         caches.close()
     return FinetuneHistory(recorder.as_dict(), seconds, plan)
@@ -402,8 +451,10 @@ class _Runner:
     """Compiles and fits either the full model on the input pipeline or a part of it on caches."""
 
     def __init__(self, model, train_ds, val_ds, callbacks, class_weight, augmenter, jit_compile, verbose,
-                 label_smoothing=0.0, nan_guard: Optional[StopOnNaN] = None, run_dir: Optional[str] = None):
+                 label_smoothing=0.0, nan_guard: Optional[StopOnNaN] = None, run_dir: Optional[str] = None,
+                 checkpointer: Optional[RunCheckpointer] = None):
         self.model, self.val_ds, self.callbacks = model, val_ds, callbacks
+        self.checkpointer = checkpointer
         self.nan_guard, self.run_dir = nan_guard, run_dir
         self.label_smoothing = label_smoothing
         self.class_weight, self.jit_compile, self.verbose = class_weight, jit_compile, verbose
@@ -413,17 +464,32 @@ class _Runner:
         self.steps = _steps_per_epoch(train_ds)
 
     def stage(self, stage: StageConfig, rate: float, initial_epoch: int, part: Optional["_Part"] = None,
-              *, name: str = "stage1", **options) -> int:
+              *, name: str = "stage1", position: tuple = (1, 0), state: Optional[ResumeState] = None,
+              **options) -> int:
         if part is None:  # the full model on the input pipeline
             part = _Part(self.model, self.train_ds, self.val_ds, self.steps)
+        planned = options.pop("epochs", None)
+        planned = stage.epochs if planned is None else planned
+        phase_start = initial_epoch
+        if state is not None and state.resumes(*position):
+            phase_start, initial_epoch = state.phase_start, state.epochs_done
+            get_logger().info("%s: going on from epoch %d", name.replace("stage", "stage "), initial_epoch + 1)
+        else:
+            state = None
+        if self.checkpointer is not None:
+            self.checkpointer.stage, self.checkpointer.phase = position
+            self.checkpointer.phase_start = phase_start
         reached = run_stage(
             part.model, part.train, part.val, stage, learning_rate=rate, steps_per_epoch=part.steps,
+            epochs=phase_start + planned - initial_epoch, checkpointer=self.checkpointer, resume_from=state,
             fit_steps=part.steps if part.repeats else None, initial_epoch=initial_epoch, callbacks=self.callbacks,
             class_weight=self.class_weight, jit_compile=self.jit_compile, verbose=self.verbose,
             label_smoothing=self.label_smoothing, **options,
             # On cached inputs a step takes microseconds to milliseconds and Python's per-step
             # overhead would dominate: run up to 16 steps in each call of the compiled function.
-            steps_per_execution=min(part.steps or 1, 16) if part.model is not self.model else 1,
+            # Keras 3.15 cannot loop steps inside one call under a multi-replica strategy
+            # ("You must feed a value for placeholder"): one step per call there.
+            steps_per_execution=min(part.steps or 1, 16) if part.model is not self.model and _replicas() == 1 else 1,
         )
         if self.nan_guard is not None and self.nan_guard.tripped is not None:
             epoch, lr = self.nan_guard.tripped
@@ -434,6 +500,8 @@ class _Runner:
                 f"before that epoch were put back{kept}. Lower {name}.learning_rate (e.g. to {lr / 10:.3g}) "
                 f"or find one with `tlkeras find-lr --stage {name[-1]}`."
             )
+        if self.checkpointer is not None:
+            self.checkpointer.save(part.model, reached, finished=True)
         return reached
 
 
@@ -563,6 +631,8 @@ def run_stage(
     label_smoothing: float = 0.0,
     jit_compile="auto",
     steps_per_execution: int = 1,
+    checkpointer: Optional[RunCheckpointer] = None,
+    resume_from: Optional[ResumeState] = None,
     verbose: int | str = "auto",
 ) -> int:
     """Compile with this stage's optimizer and fit `epochs` (default: the stage's) epochs;
@@ -571,6 +641,8 @@ def run_stage(
     `steps_per_epoch` sizes the learning-rate schedule (over the whole stage, `step_offset`
     steps in); `fit_steps` is given to fit only when the training data repeats (Keras then keeps
     one iterator across epochs); `multipliers` scale the rate per variable (layer-wise rates).
+    With a `checkpointer` the state is saved after every epoch; `resume_from` restores the
+    optimizer and early stopping of an interrupted run before fitting on.
     """
     optimizer = make_optimizer(stage, learning_rate, steps_per_epoch, multipliers=multipliers, step_offset=step_offset)
     if uses_float16(model):
@@ -584,15 +656,23 @@ def run_stage(
         steps_per_execution=steps_per_execution,
     )
     stage_callbacks = list(callbacks)
+    stopper = None
+    if resume_from is not None:
+        checkpointer.restore_optimizer(model, resume_from)
     if stage.early_stopping and early_stopping:
-        stage_callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss" if val_ds is not None else "loss",
-                patience=stage.early_stopping,
-                restore_best_weights=True,
-            )
+        stopper = ResumableEarlyStopping(
+            monitor="val_loss" if val_ds is not None else "loss",
+            patience=stage.early_stopping,
+            restore_best_weights=True,
+            initial_state=checkpointer.early_stopping_state(model, resume_from) if resume_from is not None else None,
         )
-    history = model.fit(
+        stage_callbacks.append(stopper)
+    if checkpointer is not None:
+        stage_callbacks.append(checkpointer.callback(stopper))  # last: sees every other callback's epoch
+    fit = model.fit
+    if steploop.needs_own_loop(model):
+        fit = functools.partial(steploop.fit_loop, model)  # Keras's fit fails under multi-worker (steploop docs)
+    history = fit(
         train_ds,
         validation_data=val_ds,
         initial_epoch=initial_epoch,
@@ -600,10 +680,14 @@ def run_stage(
         steps_per_epoch=fit_steps,
         callbacks=stage_callbacks,
         class_weight=class_weight,
-        shuffle=False,  # the tf.data pipeline shuffles
         verbose=verbose,
+        **({} if fit is not model.fit else {"shuffle": False}),  # the tf.data pipeline shuffles
     )
     return initial_epoch + len(history.epoch)
+
+
+def _replicas() -> int:
+    return int(tf.distribute.get_strategy().num_replicas_in_sync)
 
 
 def _steps_per_epoch(ds) -> Optional[int]:

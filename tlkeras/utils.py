@@ -29,6 +29,20 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def safe_filename(name: str, max_length: int = 80) -> str:
+    """A file name made from untrusted text (a class name): no path separators, no "..", no
+    control or shell-special characters; never empty.
+
+    >>> safe_filename("../../etc/passwd"), safe_filename("naïve café"), safe_filename("..")
+    ('.._.._etc_passwd', 'naïve café', '__')
+    """
+    cleaned = "".join(ch if (ch.isalnum() or ch in " ._-+=,()") else "_" for ch in str(name))
+    cleaned = cleaned.strip(" ")[:max_length]
+    if set(cleaned) <= {"."}:  # "", ".", ".." name the folder itself or its parent
+        cleaned = "_" * max(1, len(cleaned))
+    return cleaned
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """`write_bytes_atomic` of `text` in UTF-8."""
     write_bytes_atomic(path, text.encode("utf-8"))

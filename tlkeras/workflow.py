@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -11,13 +12,13 @@ from typing import Any, Optional
 import keras
 import tensorflow as tf
 
-from tlkeras import backbones
+from tlkeras import backbones, rundir
 from tlkeras._logging import get_logger
 from tlkeras.config import FinetuneConfig
 from tlkeras.data import make_datasets
-from tlkeras.distribute import precision_policy, resolve_precision
+from tlkeras.distribute import precision_policy, resolve_precision, resolve_strategy, worker_role
 from tlkeras.evaluate import predict_probabilities
-from tlkeras.errors import TrainingError
+from tlkeras.errors import TlkerasError, TrainingError
 from tlkeras.export import export_saved_model
 from tlkeras.metrics import classification_metrics
 from tlkeras.model import build_model
@@ -73,6 +74,13 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
             augment=None (e.g. {"flip": "horizontal", "rotation": 0.1, "zoom": 0.1}),
             class_weight=None ("balanced"), output_dir=None (runs/<backbone>-<time>), seed=0,
             export=True, top_k=5, backbone_options={}, class_names=None, cache_images="auto".
+            Not config keys: verbose (Keras's fit verbosity), callbacks (extra Keras callbacks for
+            both stages), resume (go on from the last finished epoch in output_dir, with the config
+            saved there as the base), overwrite (replace the run in output_dir).
+
+    A run whose output_dir holds an unfinished run of the same config goes on from its last
+    finished epoch (kill -9 included); a different config there is refused (see
+    `tlkeras.rundir.prepare`). Ctrl-C stops after saving, with a message saying how to resume.
 
     Returns:
         FinetuneResult with .model, .history, .metrics, .class_names, .run_dir, .export_dir.
@@ -94,28 +102,49 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
     '1'
     """
     verbose = options.pop("verbose", "auto")
+    extra_callbacks = list(options.pop("callbacks", None) or [])
+    resume, overwrite = bool(options.pop("resume", False)), bool(options.pop("overwrite", False))
     started = time.time()
+    if resume and config is None:
+        config = rundir.saved_config(options.get("output_dir"))
     cfg = _resolve_config(data, config, options)
     log = get_logger()
+    # First TensorFlow work of the run: multi-worker collectives must be set up before anything else.
+    strategy, why = resolve_strategy(cfg.strategy, cfg.tpu)
+    replicas = int(strategy.num_replicas_in_sync)
+    chief, task = worker_role(strategy)
+    log.info("strategy: %s with %d replica(s) in sync (%s)", type(strategy).__name__, replicas, why)
+    train_cfg = _distributed_settings(cfg, replicas)
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()  # process-wide; ops without a deterministic kernel raise
 
     spec = backbones.resolve(cfg.backbone, cfg.backbone_options)
-    if cfg.weights is None and cfg.stage1.epochs > 0:
+    if cfg.weights is None and cfg.stage1.epochs > 0 and spec.source != "model file":
         log.warning(
             "weights=None: the backbone starts from random weights, so stage 1 trains the head on random "
             "features. To train from scratch, set stage1.epochs=0 and stage2 unfreeze='all', train_bn=true."
         )
     image_size = backbones.resolve_image_size(spec, cfg.image_size)
-    run_dir = cfg.output_dir or os.path.join("runs", f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir = cfg.output_dir or os.path.join("runs", f"{spec.slug}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if resume and not cfg.output_dir:
+        raise TlkerasError("resume: name the run to continue with output_dir (--output-dir).")
+    chief_dir = run_dir
+    if not chief:  # every worker runs the same steps and saves; only the chief into the run directory
+        run_dir = rundir.worker_dir(run_dir, task)
+        log.info("%s is not the chief: its files go to %s (removed at the end)", task, run_dir)
     os.makedirs(run_dir, exist_ok=True)
+    resuming = rundir.prepare(run_dir, cfg, resume=resume, overwrite=overwrite or (not chief and not resume
+                                                                                   and not rundir.has_state(run_dir)))
     cfg.to_yaml(os.path.join(run_dir, "config.yaml"))
-    log.info("run directory: %s", run_dir)
+    log.info("run directory: %s%s", run_dir, " (resuming)" if resuming else "")
+    if replicas > 1 and _is_multi_worker(strategy):
+        _check_workers_agree(strategy, run_dir, resuming)
 
     timings = {}
     clock = time.time()
-    data_bundle = make_datasets(cfg, image_size)
+    with strategy.scope():  # pipelines for a TPU keep one batch shape (drop_remainder)
+        data_bundle = make_datasets(train_cfg, image_size)
     class_names = data_bundle.class_names
     write_text_atomic(os.path.join(run_dir, "labels.txt"), "\n".join(class_names) + "\n")
     if data_bundle.skipped:
@@ -131,7 +160,7 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
 
     timings["data"] = time.time() - clock
     clock = time.time()
-    with precision_policy(resolve_precision(cfg.mixed_precision)):
+    with precision_policy(resolve_precision(cfg.mixed_precision)), strategy.scope():
         model = build_model(
             spec.name, len(class_names), image_size=image_size, weights=cfg.weights,
             head=cfg.head, backbone_options=cfg.backbone_options,
@@ -142,14 +171,23 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
         from tlkeras.tensorboard import tensorboard_callbacks
 
         callbacks = tensorboard_callbacks(run_dir)
+    callbacks += extra_callbacks
     try:
-        history = _finetune(
-            model, data_bundle.train, data_bundle.val, stage1=cfg.stage1, stage2=cfg.stage2,
-            run_dir=run_dir, class_weight=data_bundle.class_weight, augmenter=data_bundle.augmenter, callbacks=callbacks,
-            cache_features=cfg.cache_features, cache_views=cfg.cache_views, memory_budget_mb=cfg.memory_budget_mb,
-            jit_compile=cfg.jit_compile, inputs_random=False,  # the augmenter holds all the randomness
-            label_smoothing=cfg.label_smoothing, verbose=verbose,
-        )
+        with strategy.scope():  # the parts, optimizers and the stage-2 recompile are created under it
+            history = _finetune(
+                model, data_bundle.train, data_bundle.val, stage1=train_cfg.stage1, stage2=train_cfg.stage2,
+                run_dir=run_dir, class_weight=data_bundle.class_weight, augmenter=data_bundle.augmenter,
+                callbacks=callbacks, cache_features=cfg.cache_features, cache_views=cfg.cache_views,
+                memory_budget_mb=cfg.memory_budget_mb, jit_compile=cfg.jit_compile,
+                inputs_random=False,  # the augmenter holds all the randomness
+                label_smoothing=cfg.label_smoothing, resume=resuming, verbose=verbose,
+            )
+    except tf.errors.UnavailableError as e:
+        raise TrainingError(
+            "lost contact with a worker of the cluster (tf.errors.UnavailableError: a peer stopped responding; "
+            "--debug shows TensorFlow's message). Restart every worker with the same command: each goes on from the "
+            "last finished epoch (checkpoints/resume.npz)."
+        ) from e
     except tf.errors.ResourceExhaustedError as e:
         raise TrainingError(
             f"out of memory while training ({e.message.strip().splitlines()[0][:120]}): use a smaller batch_size "
@@ -168,7 +206,7 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
     log.info("%s accuracy %.4f on %d images", split, metrics.get("accuracy", float("nan")), metrics.get("count", 0))
     timings["evaluate"] = time.time() - clock
     record = build_record(cfg=cfg, bundle=data_bundle, run_dir=run_dir, timings=timings, started=started,
-                          plan=history.cache_plan, policy=keras.config.dtype_policy().name)
+                          plan=history.cache_plan, policy=keras.config.dtype_policy().name, strategy=strategy)
     write_json_atomic(os.path.join(run_dir, RUN_FILE), record)
     if cfg.report:
         _write_report(run_dir, history, metrics, probabilities, labels, class_names, eval_examples, image_size,
@@ -186,10 +224,51 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
         record["seconds"] = {k: round(float(v), 3) for k, v in timings.items()}
         record["export_dir"] = export_dir
         write_json_atomic(os.path.join(run_dir, RUN_FILE), record)
+    if not chief:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir, export_dir = chief_dir, None
     return FinetuneResult(
         model=model, history=history, metrics=metrics, class_names=class_names, run_dir=run_dir,
         export_dir=export_dir, config=cfg, skipped_files=data_bundle.skipped, timings=timings,
     )
+
+
+def _is_multi_worker(strategy) -> bool:
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def _check_workers_agree(strategy, run_dir: str, resuming: bool) -> None:
+    """Every worker must start from the same point, or their collectives would not pair up."""
+    from tlkeras.distribute import gather_from_workers
+    from tlkeras.resume import peek
+
+    state = peek(os.path.join(run_dir, "checkpoints")) if resuming else None
+    mine = [1, *state[:3], int(state[3])] if state else [0, 0, 0, 0, 0]
+    rows = gather_from_workers(strategy, mine)
+    if any(row != rows[0] for row in rows):
+        described = ", ".join("fresh start" if not r[0] else f"stage {r[1]} after epoch {r[3]}" for r in rows)
+        raise TrainingError(
+            f"the workers would start from different points ({described}): a worker's saved state is missing or "
+            "older (was it killed between two saves, or started with --overwrite?). Start all of them again with "
+            "--overwrite, or restore the same output_dir on every machine."
+        )
+
+
+def _distributed_settings(cfg: FinetuneConfig, replicas: int) -> FinetuneConfig:
+    """The config the data and the stages run with: batch_size is per replica, so the global batch
+    is batch_size x replicas; with scale_learning_rate, the rates grow with the replicas too."""
+    if replicas == 1:
+        return cfg
+    values: dict = {"batch_size": cfg.batch_size * replicas}
+    log = get_logger()
+    log.info("global batch %d = batch_size %d x %d replicas", cfg.batch_size * replicas, cfg.batch_size, replicas)
+    if cfg.scale_learning_rate:
+        rate1 = cfg.stage1.learning_rate * replicas
+        values["stage1"] = {"learning_rate": rate1}
+        values["stage2"] = {"learning_rate": cfg.stage2_learning_rate * replicas}
+        log.info("scale_learning_rate: rates x %d (stage 1 %g, stage 2 %g)", replicas, rate1,
+                 values["stage2"]["learning_rate"])
+    return cfg.merged(values)
 
 
 def _resolve_config(data, config, options) -> FinetuneConfig:

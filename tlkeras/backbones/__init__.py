@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from tlkeras.backbones import applications
+from tlkeras.backbones import applications, files
 from tlkeras.backbones.spec import BackboneSpec, BlockMap
 from tlkeras.errors import BackboneError
 
@@ -22,9 +22,12 @@ __all__ = ["BackboneSpec", "BlockMap", "resolve", "list_backbones", "block_map_f
 
 
 def resolve(name: str, options: dict | None = None) -> BackboneSpec:
-    """Resolve a backbone name (any keras.applications family, case-insensitive)."""
+    """Resolve a backbone: a keras.applications family (case-insensitive), or a path to a `.keras`
+    model file whose output is a feature map or vector (see `tlkeras.backbones.files`)."""
     if not isinstance(name, str) or not name.strip():
         raise BackboneError(f"backbone: {name!r} is not a backbone name; run `tlkeras backbones` for the list.")
+    if files.is_model_file(name.strip()):
+        return files.get_spec(name.strip(), options)
     return applications.get_spec(name.strip(), options)
 
 

@@ -79,6 +79,11 @@ class BackboneSpec:
     builder: Callable = field(repr=False, compare=False)
     options: dict = field(default_factory=dict, compare=False)
 
+    @property
+    def slug(self) -> str:
+        """The name as it can appear in a model or folder name ("mobilenetv2", "source.keras")."""
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", self.display_name if self.source == "model file" else self.name)
+
     def build(self, image_size: tuple[int, int], weights):
         """Build the pretrained base (named "backbone") for `image_size`, loading `weights`."""
         return self.builder(image_size, weights, dict(self.options))

@@ -27,6 +27,7 @@ from tlkeras._logging import get_logger
 from tlkeras.config import FinetuneConfig
 from tlkeras.data import images as image_io
 from tlkeras.data.augment import build_augmenter
+from tlkeras.distribute import static_shapes
 from tlkeras.errors import DataError
 from tlkeras.utils import as_tensor
 
@@ -213,6 +214,7 @@ def make_datasets(
         where = f" in {cfg.data!r}" if isinstance(cfg.data, str) else ""
         raise DataError(f"data: found only {len(class_names)} class ({', '.join(class_names)}){where}; a classifier "
                         "needs at least 2 - put each class's images in a subfolder of its own.")
+    check_class_names(class_names)
     missing = [class_names[c] for c in range(len(class_names)) if not np.any(train.labels == c)]
     if missing:
         raise DataError(f"data: no training images for class(es) {', '.join(missing)}.")
@@ -281,7 +283,7 @@ def build_pipeline(
     if training:
         full = cache or in_memory or examples.paths is None
         ds = ds.shuffle(n if full else min(n, 1024), seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).prefetch(AUTOTUNE)
+    return ds.batch(batch_size, drop_remainder=training and static_shapes()).prefetch(AUTOTUNE)
 
 
 # === Sources ===
@@ -317,7 +319,7 @@ def load_examples(
 def _load_folder(root: str, key: str, class_names, image_size=None, budget_bytes=0):
     import os
 
-    if not os.path.exists(root):
+    if not (tf.io.gfile.exists(root) if "://" in root else os.path.exists(root)):  # gs://... through tf.io
         raise DataError(f"{key}: the path {root!r} does not exist.")
     folder = image_io.list_image_folder(root, class_names)
     keep_pixels = image_size is not None and len(folder.paths) * image_size[0] * image_size[1] * 12 <= budget_bytes
@@ -349,6 +351,25 @@ def _load_arrays(x, y, key: str, class_names):
         )
     labels, class_names = _encode_labels(y, key, class_names)
     return Examples(labels, arrays=x), class_names, []
+
+
+def check_class_names(class_names) -> None:
+    """Class names go into labels.txt (one per line) and the SavedModel's vocabulary: refuse names
+    that are empty or hold line breaks or control characters. Names are never used as paths
+    unsanitised (see `tlkeras.utils.safe_filename`), so "../../x" is a harmless name.
+
+    >>> check_class_names(["cat", "../../x", "naïve café"])
+    >>> check_class_names(["cat", "two\\nlines"])
+    Traceback (most recent call last):
+    ...
+    tlkeras.errors.DataError: class name 'two\\nlines' holds a line break or control character; ...
+    """
+    for name in class_names:
+        if not name.strip() or any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+            raise DataError(
+                f"class name {name!r} " + ("is empty" if not name.strip() else "holds a line break or control character")
+                + "; class names are written one per line to labels.txt and the model: rename it."
+            )
 
 
 def _encode_labels(y: np.ndarray, key: str, class_names):

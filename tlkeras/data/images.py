@@ -86,11 +86,10 @@ def list_image_folder(root: str, class_names: list[str] | None = None) -> ImageF
     """
     from tlkeras.errors import DataError
 
-    if not os.path.isdir(root):
+    fs = _filesystem(root)
+    if not fs.isdir(root):
         raise DataError(f"data: the folder {root!r} does not exist.")
-    found = sorted(
-        entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith(".")
-    )
+    found = sorted(name for name in fs.subfolders(root) if not name.startswith("."))
     if not found:
         raise DataError(
             f"data: {root!r} has no class subfolders; put the images of each class in its own folder, "
@@ -109,16 +108,62 @@ def list_image_folder(root: str, class_names: list[str] | None = None) -> ImageF
     for name in found:
         label = class_names.index(name)
         class_dir = os.path.join(root, name)
-        files = []
-        for dirpath, dirnames, filenames in os.walk(class_dir):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            files.extend(os.path.join(dirpath, f) for f in filenames if is_image_file(f))
+        files = [path for path in fs.files(class_dir) if is_image_file(os.path.basename(path))]
         if not files:
             raise DataError(f"data: the class folder {class_dir!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
         files.sort()
         paths.extend(files)
         labels.extend([label] * len(files))
     return ImageFolder(paths, labels, list(class_names))
+
+
+class _LocalFiles:
+    """Folder listing on the local file system."""
+
+    isdir = staticmethod(os.path.isdir)
+
+    @staticmethod
+    def subfolders(root):
+        return [entry.name for entry in os.scandir(root) if entry.is_dir()]
+
+    @staticmethod
+    def files(folder):
+        out = []
+        for dirpath, dirnames, filenames in os.walk(folder):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            out.extend(os.path.join(dirpath, f) for f in filenames)
+        return out
+
+
+class _TFFiles:
+    """Folder listing through tf.io.gfile: gs://, s3://, hdfs:// ... (a TPU reads its data from GCS)."""
+
+    @staticmethod
+    def isdir(path):
+        import tensorflow as tf
+
+        return tf.io.gfile.isdir(path)
+
+    @staticmethod
+    def subfolders(root):
+        import tensorflow as tf
+
+        return [name.rstrip("/") for name in tf.io.gfile.listdir(root) if tf.io.gfile.isdir(os.path.join(root, name))]
+
+    @staticmethod
+    def files(folder):
+        import tensorflow as tf
+
+        out = []
+        for dirpath, dirnames, filenames in tf.io.gfile.walk(folder):
+            dirnames[:] = sorted(d.rstrip("/") for d in dirnames if not d.startswith("."))
+            out.extend(os.path.join(dirpath, f) for f in filenames)
+        return out
+
+
+def _filesystem(root: str):
+    """gfile for URLs (gs://bucket/photos), the os module for local paths."""
+    return _TFFiles if "://" in str(root) else _LocalFiles
 
 
 # === Scan ===

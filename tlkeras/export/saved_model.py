@@ -230,7 +230,7 @@ EXPORT_FORMATS = ("saved_model", "tflite", "tflite-int8", "onnx")
 
 
 def export_run(run_dir: str, export_dir: Optional[str] = None, *, top_k: Optional[int] = None,
-               formats: Sequence[str] = ("saved_model",)) -> dict:
+               formats: Sequence[str] = ("saved_model",), safe_mode: bool = True) -> dict:
     """Export a finished run's model.keras in each of `formats`; returns {format: path}.
 
     saved_model: the next SavedModel version (default base folder RUN_DIR/export).
@@ -246,7 +246,7 @@ def export_run(run_dir: str, export_dir: Optional[str] = None, *, top_k: Optiona
     if unknown or not formats:
         raise ExportError(f"format {', '.join(unknown) or '(none)'} is not one of {', '.join(EXPORT_FORMATS)} "
                           "(e.g. --format saved_model,tflite).")
-    model, class_names, cfg = load_run(run_dir)
+    model, class_names, cfg = load_run(run_dir, safe_mode=safe_mode)
     out = {}
     k = top_k or (cfg.top_k if cfg is not None else 5)
     card = None

@@ -1,0 +1,107 @@
+"""Bring your own backbone: a `.keras` model file whose output is a feature map or a feature vector.
+
+E.g. a backbone you pretrained on your own source domain, saved with `model.save("source.keras")`
+(include_top=False, or cut below its classifier). It is loaded in Keras's safe mode, keeps its
+own weights (`weights: imagenet` - the default - and `weights: null` both mean "the file's
+weights"; a weights file path is loaded on top), and trains like any other backbone: frozen in
+stage 1, unfrozen by layer count, fraction or name in stage 2 (it has no block map, so
+`blocks:N` is refused and `layer_decay` groups its layers into 8 bands).
+
+`backbone_options.preprocessing` says what its input expects from [0, 255] RGB pixels: "none"
+(the default: the model takes [0, 255] and normalises itself, as keras.applications
+EfficientNets do), "unit" ([0, 1]), "tf" ([-1, 1]), "torch" or "caffe" (ImageNet statistics).
+"""
+
+from __future__ import annotations
+
+import os
+
+from tlkeras.backbones.spec import PREPROCESSING_MODES, BackboneSpec
+from tlkeras.errors import BackboneError
+
+MIN_SIZE = 32  # for files with a free input size
+
+
+def is_model_file(name: str) -> bool:
+    return str(name).lower().endswith(".keras")
+
+
+def get_spec(path: str, options: dict | None = None) -> BackboneSpec:
+    """The spec of a `.keras` backbone file (read once here to learn its input and output)."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - {"preprocessing"})
+    if unknown:
+        raise BackboneError(
+            f"backbone_options: {', '.join(unknown)} do not apply to a backbone file; the only option is "
+            f"preprocessing ({', '.join(PREPROCESSING_MODES)})."
+        )
+    preprocessing = options.get("preprocessing", "none")
+    if preprocessing not in PREPROCESSING_MODES:
+        raise BackboneError(f"backbone_options.preprocessing: {preprocessing!r} is not one of {', '.join(PREPROCESSING_MODES)}.")
+    if not os.path.isfile(path):
+        raise BackboneError(f"backbone: the model file {path!r} does not exist.")
+    model = _load(path)
+    height, width = _input_size(model, path)
+    fixed = height if height is not None and height == width else None
+    return BackboneSpec(
+        name=path,
+        display_name=os.path.basename(path),
+        source="model file",
+        preprocessing=preprocessing,
+        default_size=fixed or 224,
+        min_size=min(s for s in (height, width) if s is not None) if height or width else MIN_SIZE,
+        block_map=None,
+        builder=lambda size, weights, opts: _build(path, size, weights),
+        options=options,
+    )
+
+
+def _load(path: str):
+    import keras
+
+    try:
+        return keras.models.load_model(path, compile=False, safe_mode=True)
+    except ValueError as e:
+        if "safe_mode" in str(e):
+            raise BackboneError(
+                f"backbone: {path!r} holds code (a Lambda layer) that safe mode does not run; rebuild it without "
+                "Lambda layers (or with registered custom layers)."
+            ) from None
+        raise BackboneError(f"backbone: {path!r} cannot be loaded as a Keras model: {str(e).splitlines()[0]}") from None
+
+
+def _input_size(model, path: str) -> tuple:
+    shape = model.input_shape
+    if not isinstance(shape, tuple) or len(shape) != 4 or shape[-1] != 3:
+        raise BackboneError(
+            f"backbone: {path!r} takes input {shape}; a backbone takes one image tensor [batch, height, width, 3]."
+        )
+    out = model.output_shape
+    if not isinstance(out, tuple) or len(out) not in (2, 3, 4):
+        raise BackboneError(
+            f"backbone: {path!r} outputs {out}; a backbone outputs a feature map [batch, h, w, channels] or a "
+            "feature vector [batch, features] (save the model without its classifier)."
+        )
+    return shape[1], shape[2]
+
+
+def _build(path: str, image_size: tuple, weights):
+    import keras
+
+    from tlkeras.backbones.applications import load_weights_file
+
+    loaded = _load(path)
+    height, width = _input_size(loaded, path)
+    if (height is not None and height != image_size[0]) or (width is not None and width != image_size[1]):
+        raise BackboneError(
+            f"image_size: {list(image_size)} does not match the input of {os.path.basename(path)} "
+            f"({height}x{width}); use image_size {height} or save the backbone with a free input size."
+        )
+    # The same layers as a functional model named "backbone" (what tlkeras looks for), with the
+    # input size of this run.
+    if len(loaded.outputs) != 1:
+        raise BackboneError(f"backbone: {path!r} has {len(loaded.outputs)} outputs; a backbone has one (features).")
+    backbone = keras.Model(loaded.inputs[0], loaded.outputs[0], name="backbone")
+    if weights not in (None, "imagenet"):
+        load_weights_file(backbone, weights, os.path.basename(path))
+    return backbone
