@@ -79,8 +79,9 @@ def test_backbones_lists_every_family(runner):
     assert result.exit_code == 0
     lines = result.output.splitlines()
     assert lines[0].split()[:2] == ["name", "source"]
-    rows = [line.split() for line in lines[1:] if line and not line.startswith("Names")]
+    rows = [line.split() for line in lines[1 : lines.index("")]]  # the table ends at the first blank line
     assert len(rows) == 40
+    assert "A path to a .keras model file" in result.output  # your own backbone
     assert ["mobilenetv2", "keras.applications", "224", "32", "tf"] in rows
     assert ["inceptionv3", "keras.applications", "299", "75", "tf"] in rows
 

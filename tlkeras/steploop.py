@@ -21,6 +21,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tlkeras._logging import get_logger
+
 
 class LoopHistory:
     """What `fit` returns, as far as tlkeras reads it: `.epoch` and `.history`."""
@@ -81,10 +83,11 @@ def fit_loop(
         if not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
         return _fit(strategy, model, train_ds, validation_data, initial_epoch, epochs, steps_per_epoch, callbacks,
-                    class_weight)
+                    class_weight, verbose not in (0, "0"))
 
 
-def _fit(strategy, model, train_ds, validation_data, initial_epoch, epochs, steps_per_epoch, callbacks, class_weight):
+def _fit(strategy, model, train_ds, validation_data, initial_epoch, epochs, steps_per_epoch, callbacks, class_weight,
+         report: bool):
     loss_object = model.loss
     weights_table = None
     if class_weight:
@@ -172,6 +175,9 @@ def _fit(strategy, model, train_ds, validation_data, initial_epoch, epochs, step
                 val_totals += [float(v) for v in eval_on(batch.get_value())]
             logs.update({f"val_{k}": v for k, v in _logs(val_totals).items()})
         callback_list.on_epoch_end(epoch, logs)
+        if report:  # fit's progress bar, in one line per epoch
+            get_logger().info("epoch %d/%d: %s", epoch + 1, epochs,
+                              " - ".join(f"{k} {v:.4f}" for k, v in logs.items()))
         history.epoch.append(epoch)
         for key, value in logs.items():
             history.history.setdefault(key, []).append(value)
