@@ -86,7 +86,7 @@ def test_tpu_without_a_tpu_is_explained():
     ({"cluster": {"chief": ["c"], "worker": ["a"]}, "task": {"type": "chief", "index": 0}}, (True, "chief-0")),
 ])
 def test_the_chief_is_the_chief_task_or_worker_0(monkeypatch, spec, expected):
-    monkeypatch.setattr(distribute, "_is_multi_worker", lambda strategy: True)
+    monkeypatch.setattr(distribute, "is_multi_worker", lambda strategy: True)
     assert distribute.worker_role(None, env={"TF_CONFIG": json.dumps(spec)}) == expected
 
 

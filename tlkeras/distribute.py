@@ -188,7 +188,7 @@ def worker_role(strategy, env: Optional[Mapping[str, str]] = None) -> tuple[bool
     (True, 'chief')
     """
     env = os.environ if env is None else env
-    if not _is_multi_worker(strategy):
+    if not is_multi_worker(strategy):
         return True, "chief"
     spec = json.loads(env.get("TF_CONFIG", "{}"))
     task = spec.get("task", {})
@@ -198,10 +198,17 @@ def worker_role(strategy, env: Optional[Mapping[str, str]] = None) -> tuple[bool
     return chief, f"{kind}-{index}"
 
 
-def _is_multi_worker(strategy) -> bool:
+def is_multi_worker(strategy) -> bool:
     import tensorflow as tf
 
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def replicas() -> int:
+    """Replicas in sync of the strategy in scope (1 outside any)."""
+    import tensorflow as tf
+
+    return int(tf.distribute.get_strategy().num_replicas_in_sync)
 
 
 def gather_from_workers(strategy, values: list) -> list[list[int]]:

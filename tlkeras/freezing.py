@@ -25,6 +25,7 @@ from typing import Optional, Union
 import keras
 
 from tlkeras import backbones
+from tlkeras.distribute import replicas
 from tlkeras.errors import BackboneError, did_you_mean
 from tlkeras.model import backbone_name, get_backbone
 
@@ -105,7 +106,7 @@ def unfreeze(
         layer.trainable = trains
         if trains and is_batch_norm(layer) and bn_momentum is not None:
             layer.momentum = bn_momentum
-        if trains and is_batch_norm(layer) and _replicas() > 1:
+        if trains and is_batch_norm(layer) and replicas() > 1:
             # Keras 3 BN keeps per-replica statistics and saves replica 0's: synchronise them.
             layer.synchronized = True
         if trains and layer.weights:
@@ -236,9 +237,3 @@ def trainable_layer_names(model: keras.Model) -> list[str]:
         elif layer.trainable_weights:
             names.append(layer.name)
     return names
-
-
-def _replicas() -> int:
-    import tensorflow as tf
-
-    return int(tf.distribute.get_strategy().num_replicas_in_sync)

@@ -21,7 +21,7 @@ from typing import Optional
 
 import numpy as np
 
-from tlkeras.utils import write_text_atomic
+from tlkeras.utils import atomic_path, write_text_atomic
 
 CURVES_FILE = "training_curves.png"
 CONFUSION_FILE = "confusion_matrix.png"
@@ -40,9 +40,8 @@ def _figure(width: float, height: float):
 
 
 def _save(fig, path: str) -> str:
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, format="png", bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
     return path
 
 

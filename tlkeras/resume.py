@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -33,8 +32,9 @@ import numpy as np
 
 from tlkeras._logging import get_logger
 from tlkeras.errors import TlkerasError
+from tlkeras.rundir import STATE_FILE
+from tlkeras.utils import atomic_path
 
-STATE_FILE = "resume.npz"
 FORMAT = 1
 
 
@@ -119,15 +119,8 @@ class RunCheckpointer:
             "paths": {str(self._index_of(w)): w.path for w in part.weights},
         }
         arrays["state"] = np.array(json.dumps(state))
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-resume-", suffix=".npz", dir=os.path.dirname(self.path))
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, self.path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        with atomic_path(self.path, suffix=".npz") as tmp, open(tmp, "wb") as f:
+            np.savez(f, **arrays)
 
     def _index_of(self, variable) -> int:
         try:

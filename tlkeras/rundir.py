@@ -14,13 +14,15 @@ MODEL_FILE = "model.keras"
 LABELS_FILE = "labels.txt"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
-STATE_PATH = os.path.join("checkpoints", "resume.npz")
+CHECKPOINT_DIR = "checkpoints"
+STATE_FILE = "resume.npz"  # in CHECKPOINT_DIR: see tlkeras.resume
+STATE_PATH = os.path.join(CHECKPOINT_DIR, STATE_FILE)
 
 # Everything a run writes, and only that: --overwrite removes these, never other files.
 ARTEFACTS = (
     CONFIG_FILE, LABELS_FILE, MODEL_FILE, METRICS_FILE, "run.json", "history.json", "skipped_files.txt",
     "stage2_trainable_layers.txt", "training_curves.png", "confusion_matrix.png", "confident_mistakes.png",
-    "report.html", "checkpoints", "export", "tflite", "onnx", "tensorboard",
+    "report.html", CHECKPOINT_DIR, "export", "tflite", "onnx", "tensorboard",
 )
 # Settings that do not change what is trained: a resumed run may differ in them.
 NOT_TRAINING = ("output_dir", "export", "report", "tensorboard", "top_k")
@@ -92,7 +94,7 @@ def prepare(run_dir: str, cfg, *, resume: bool = False, overwrite: bool = False)
             f"output_dir {run_dir!r} holds a finished run ({MODEL_FILE}). Use --overwrite to train it again, "
             f"another output_dir for a new run, or `tlkeras export {run_dir}` if its export is missing."
         )
-    if not os.path.isfile(os.path.join(run_dir, STATE_PATH)):
+    if not has_state(run_dir):
         get_logger().info("output_dir %s holds an unfinished run with no finished epoch: starting it again", run_dir)
         return False
     return True

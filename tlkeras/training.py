@@ -16,7 +16,6 @@ import dataclasses
 import functools
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -32,10 +31,10 @@ from tlkeras.config import StageConfig
 from tlkeras.distribute import uses_float16
 from tlkeras.optimizers import make_loss, make_optimizer
 from tlkeras.resume import ResumableEarlyStopping, ResumeState, RunCheckpointer
+from tlkeras.rundir import CHECKPOINT_DIR
 from tlkeras.model import get_backbone
-from tlkeras.utils import write_json_atomic, write_text_atomic
+from tlkeras.utils import atomic_path, write_json_atomic, write_text_atomic
 
-CHECKPOINT_DIR = "checkpoints"
 BEST_WEIGHTS = "best.weights.h5"
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -125,14 +124,8 @@ class BestCheckpoint(keras.callbacks.Callback):
         for w, value in zip(self.model.weights, self._pending):
             w.assign(value)
         try:
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".weights.h5", dir=os.path.dirname(self.path))
-            os.close(fd)
-            try:
+            with atomic_path(self.path, suffix=".weights.h5") as tmp:
                 self.target.save_weights(tmp)
-                os.replace(tmp, self.path)
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
         finally:
             for w, value in zip(self.model.weights, current):
                 w.assign(value)
@@ -366,10 +359,10 @@ def finetune(
             seconds["stage1"] = time.time() - start
 
         # === Stage 2: unfreeze (the top of) the backbone, layer-wise rates ===
-        if cfg.stage2.epochs > 0 and not (state is not None and state.after(2, len(unfreeze_phases(model, cfg.stage2)) - 1)):
+        phases = unfreeze_phases(model, cfg.stage2) if cfg.stage2.epochs > 0 else []
+        if phases and not (state is not None and state.after(2, len(phases) - 1)):
             start = time.time()
             rate = cfg.stage2_learning_rate
-            phases = unfreeze_phases(model, cfg.stage2)
             multipliers = None
             if cfg.stage2.layer_decay is not None and cfg.stage2.layer_decay < 1:
                 multipliers = freezing.layer_multipliers(model, cfg.stage2.layer_decay)
@@ -487,9 +480,7 @@ class _Runner:
             label_smoothing=self.label_smoothing, **options,
             # On cached inputs a step takes microseconds to milliseconds and Python's per-step
             # overhead would dominate: run up to 16 steps in each call of the compiled function.
-            # Keras 3.15 cannot loop steps inside one call under a multi-replica strategy
-            # ("You must feed a value for placeholder"): one step per call there.
-            steps_per_execution=min(part.steps or 1, 16) if part.model is not self.model and _replicas() == 1 else 1,
+            steps_per_execution=min(part.steps or 1, 16) if part.model is not self.model else 1,
         )
         if self.nan_guard is not None and self.nan_guard.tripped is not None:
             epoch, lr = self.nan_guard.tripped
@@ -684,10 +675,6 @@ def run_stage(
         **({} if fit is not model.fit else {"shuffle": False}),  # the tf.data pipeline shuffles
     )
     return initial_epoch + len(history.epoch)
-
-
-def _replicas() -> int:
-    return int(tf.distribute.get_strategy().num_replicas_in_sync)
 
 
 def _steps_per_epoch(ds) -> Optional[int]:

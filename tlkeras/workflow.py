@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -16,7 +15,7 @@ from tlkeras import backbones, rundir
 from tlkeras._logging import get_logger
 from tlkeras.config import FinetuneConfig
 from tlkeras.data import make_datasets
-from tlkeras.distribute import precision_policy, resolve_precision, resolve_strategy, worker_role
+from tlkeras.distribute import is_multi_worker, precision_policy, resolve_precision, resolve_strategy, worker_role
 from tlkeras.evaluate import predict_probabilities
 from tlkeras.errors import TlkerasError, TrainingError
 from tlkeras.export import export_saved_model
@@ -24,7 +23,7 @@ from tlkeras.metrics import classification_metrics
 from tlkeras.model import build_model
 from tlkeras.training import finetune as _finetune
 from tlkeras.runrecord import RUN_FILE, build_record, card_facts
-from tlkeras.utils import write_json_atomic, write_text_atomic
+from tlkeras.utils import atomic_path, write_json_atomic, write_text_atomic
 
 # How many validation images the export is checked with.
 EXPORT_CHECK_IMAGES = 16
@@ -134,11 +133,12 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
         run_dir = rundir.worker_dir(run_dir, task)
         log.info("%s is not the chief: its files go to %s (removed at the end)", task, run_dir)
     os.makedirs(run_dir, exist_ok=True)
-    resuming = rundir.prepare(run_dir, cfg, resume=resume, overwrite=overwrite or (not chief and not resume
-                                                                                   and not rundir.has_state(run_dir)))
+    # A worker's own folder without a resume state holds nothing worth keeping: start it afresh.
+    stale_worker_dir = not chief and not resume and not rundir.has_state(run_dir)
+    resuming = rundir.prepare(run_dir, cfg, resume=resume, overwrite=overwrite or stale_worker_dir)
     cfg.to_yaml(os.path.join(run_dir, "config.yaml"))
     log.info("run directory: %s%s", run_dir, " (resuming)" if resuming else "")
-    if replicas > 1 and _is_multi_worker(strategy):
+    if is_multi_worker(strategy):
         _check_workers_agree(strategy, run_dir, resuming)
 
     timings = {}
@@ -233,16 +233,12 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
     )
 
 
-def _is_multi_worker(strategy) -> bool:
-    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-
-
 def _check_workers_agree(strategy, run_dir: str, resuming: bool) -> None:
     """Every worker must start from the same point, or their collectives would not pair up."""
     from tlkeras.distribute import gather_from_workers
     from tlkeras.resume import peek
 
-    state = peek(os.path.join(run_dir, "checkpoints")) if resuming else None
+    state = peek(os.path.join(run_dir, rundir.CHECKPOINT_DIR)) if resuming else None
     mine = [1, *state[:3], int(state[3])] if state else [0, 0, 0, 0, 0]
     rows = gather_from_workers(strategy, mine)
     if any(row != rows[0] for row in rows):
@@ -285,15 +281,8 @@ def _resolve_config(data, config, options) -> FinetuneConfig:
 
 def save_model_atomic(model: keras.Model, path: str) -> None:
     """model.save() into a temporary file next to `path`, then rename over it."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-model-", suffix=".keras", dir=folder)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".keras") as tmp:
         model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _write_report(run_dir, history, metrics, probabilities, labels, class_names, examples, image_size, cfg, record):
