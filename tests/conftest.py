@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import tlkeras
+
+sys.path.insert(0, os.path.dirname(__file__))  # tests/hub_modules.py
 
 # Two logical CPUs, so tf.distribute strategies with two replicas run in tests (set before any op).
 _cpu = tf.config.list_physical_devices("CPU")[0]
@@ -104,3 +108,99 @@ def trained_run(tmp_path_factory, image_folder, backbone_weights):
         stage1={"epochs": 2, "learning_rate": 1e-2}, stage2={"epochs": 1, "unfreeze": "blocks:2"},
         output_dir=out, top_k=2, verbose=0,
     )
+
+
+# === Hub modules and text data (see tests/hub_modules.py) ===
+
+
+@pytest.fixture(scope="session")
+def hub_image_module(tmp_path_factory) -> str:
+    """A TF Hub-format image feature-vector module (tf_keras, BatchNormalization, L2), 32x32 input."""
+    from hub_modules import save_image_module
+
+    return save_image_module(str(tmp_path_factory.mktemp("hub") / "image_module"))
+
+
+@pytest.fixture(scope="session")
+def hub_text_module(tmp_path_factory) -> str:
+    """A TF Hub-format text-embedding module: [N] strings -> [N, 8], with a vocabulary table."""
+    from hub_modules import save_text_module
+
+    return save_text_module(str(tmp_path_factory.mktemp("hub") / "text_module"))
+
+
+TEXT_WORDS = {"warm": ["red", "fire", "apple", "cherry"], "cool": ["blue", "sky", "sea", "leaf", "grass"]}
+
+
+def text_rows(count: int = 40, seed: int = 0) -> list[tuple[str, str]]:
+    """(text, label) rows: "warm" texts use warm words, "cool" ones cool words, plus filler."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(count):
+        label = list(TEXT_WORDS)[i % 2]
+        rows.append((" ".join(rng.choice(TEXT_WORDS[label], 4)) + " and the rest", label))
+    return rows
+
+
+@pytest.fixture(scope="session")
+def text_csv(tmp_path_factory) -> str:
+    """A CSV with columns review,sentiment (not the default names) of 40 rows."""
+    import csv
+
+    path = str(tmp_path_factory.mktemp("text") / "reviews.csv")
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "review", "sentiment"])
+        writer.writerows((i, text, label) for i, (text, label) in enumerate(text_rows()))
+    return path
+
+
+@pytest.fixture(scope="session")
+def kerashub_preset(tmp_path_factory) -> str:
+    """A KerasHub preset folder (save_to_preset): a small ResNet image backbone and its image converter
+    with ImageNet mean/std normalisation, as KerasHub's own ResNet presets have."""
+    import keras_hub
+
+    keras.utils.set_random_seed(2)
+    backbone = keras_hub.models.ResNetBackbone(
+        input_conv_filters=[64], input_conv_kernel_sizes=[3], stackwise_num_filters=[64, 32],
+        stackwise_num_blocks=[1, 1], stackwise_num_strides=[1, 2], block_type="basic_block",
+        use_pre_activation=False, image_shape=(None, None, 3),
+    )
+    converter = keras_hub.layers.ResNetImageConverter(
+        image_size=(32, 32), scale=[1 / (255 * s) for s in (0.229, 0.224, 0.225)],
+        offset=[-m / s for m, s in zip((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))],
+    )
+    folder = str(tmp_path_factory.mktemp("kerashub") / "tiny_resnet")
+    backbone.save_to_preset(folder)
+    converter.save_to_preset(folder)
+    return folder
+
+
+class CtrlC(keras.callbacks.Callback):
+    """Presses Ctrl-C (raises KeyboardInterrupt, as Python does on SIGINT) as epoch `at` = (stage, epoch) begins."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.at, self.stage = at, 1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if (self.stage, epoch + 1) == self.at:
+            raise KeyboardInterrupt
+
+
+@pytest.fixture
+def uninstalled(monkeypatch):
+    """`uninstalled("keras_hub")`: from then on importing that package fails, as if it were not installed."""
+    import builtins
+
+    real_import = builtins.__import__
+    hidden = set()
+
+    def guarded(name, *args, **kwargs):
+        if name.split(".")[0] in hidden:
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", guarded)
+    return hidden.add

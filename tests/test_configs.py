@@ -6,6 +6,7 @@ import os
 import pytest
 
 from tlkeras import backbones, demo
+from tlkeras.backbones import hub
 from tlkeras.config import load_config
 
 CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.yaml")))
@@ -13,12 +14,15 @@ CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "config
 
 def test_there_are_recipes():
     names = {os.path.basename(p) for p in CONFIGS}
-    assert {"demo.yaml", "folder.yaml", "mobile.yaml", "efficientnet.yaml", "resnet.yaml"} <= names
+    assert {"demo.yaml", "folder.yaml", "mobile.yaml", "efficientnet.yaml", "resnet.yaml", "text.yaml"} <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
 def test_recipe_loads_and_names_a_real_backbone(path):
     cfg = load_config(path)
+    if cfg.backbone.startswith("hub:"):  # resolving would download the module: tests never touch the network
+        assert hub.handle_url(cfg.backbone[len("hub:"):]).startswith("https://tfhub.dev/")
+        return
     spec = backbones.resolve(cfg.backbone, cfg.backbone_options)
     backbones.resolve_image_size(spec, cfg.image_size)
 

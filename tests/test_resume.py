@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import tlkeras
+from conftest import CtrlC
 from tlkeras import cli, rundir
 from tlkeras.config import FinetuneConfig
 from tlkeras.errors import Interrupted, TlkerasError
@@ -111,24 +112,12 @@ def test_kill_9_in_uncached_stage_2(tmp_path, image_folder, tiny):
     )
 
 
-class _CtrlC(keras.callbacks.Callback):
-    """Presses Ctrl-C (raises KeyboardInterrupt, as Python does on SIGINT) as epoch `at` begins."""
-
-    def __init__(self, at):
-        super().__init__()
-        self.at, self.stage = at, 1
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if (self.stage, epoch + 1) == self.at:
-            raise KeyboardInterrupt
-
-
 def test_ctrl_c_saves_and_says_how_to_resume(tmp_path, image_folder, tiny):
     options = {**_options(image_folder, tiny, unfreeze="blocks:2"), "output_dir": str(tmp_path / "run"),
                "verbose": 0}
     with pytest.raises(Interrupted, match=r"interrupted: 5 finished epoch\(s\) are saved in .*checkpoints; run the "
                                           r"same command again \(or add --resume\) to continue"):
-        tlkeras.build_and_finetune(callbacks=[_CtrlC((2, 6))], **options)
+        tlkeras.build_and_finetune(callbacks=[CtrlC((2, 6))], **options)
     result = tlkeras.build_and_finetune(resume=True, **options)
     assert result.history["epoch"] == list(range(1, 8))
     assert result.history["stage"] == [1] * 4 + [2] * 3
@@ -137,7 +126,7 @@ def test_ctrl_c_saves_and_says_how_to_resume(tmp_path, image_folder, tiny):
 def test_ctrl_c_before_any_epoch_says_there_is_nothing_to_resume(tmp_path, image_folder, tiny):
     options = {**_options(image_folder, tiny, unfreeze="blocks:2"), "output_dir": str(tmp_path / "run"), "verbose": 0}
     with pytest.raises(Interrupted, match="no epoch had finished, so there is nothing to resume"):
-        tlkeras.build_and_finetune(callbacks=[_CtrlC((1, 1))], **options)
+        tlkeras.build_and_finetune(callbacks=[CtrlC((1, 1))], **options)
 
 
 # === What an existing output_dir allows (no training needed) ===

@@ -157,14 +157,17 @@ def evaluate(path, data, batch_size, top_k, fmt, write, unsafe_load):
 
 @main.command(context_settings=_CONTEXT)
 @click.argument("export_dir", metavar="ARTEFACT", type=click.Path(exists=True))
-@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUTS...")
 @click.option("--top-k", type=int, default=3, show_default=True)
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 @_friendly_errors
 def predict(export_dir, inputs, top_k, batch_size, fmt):
-    """Classify images (files or folders, recursively) with an export: a SavedModel folder, a .tflite or an .onnx file."""
-    from tlkeras.predict import format_predictions, predict_files
+    """Classify images (files or folders, recursively) with an export: a SavedModel folder, a .tflite or an .onnx file.
+
+    With a text classifier's export, each input is a text, or a file of one text per line ("-": standard input).
+    """
+    from tlkeras.predict import format_predictions, is_text_export, predict_files, predict_texts
 
     bar = None
 
@@ -175,7 +178,8 @@ def predict(export_dir, inputs, top_k, batch_size, fmt):
         if bar is not None:
             bar.update(done - bar.pos)
 
-    result = predict_files(export_dir, list(inputs), top_k=top_k, batch_size=batch_size, progress=progress)
+    run = predict_texts if is_text_export(export_dir) else predict_files
+    result = run(export_dir, list(inputs), top_k=top_k, batch_size=batch_size, progress=progress)
     if bar is not None:
         bar.render_finish()
     click.echo(format_predictions(result.rows, fmt), nl=False)
@@ -204,6 +208,18 @@ def export(run_dir, export_dir, top_k, formats, unsafe_load):
         click.echo(path)
 
 
+BACKBONE_SCHEMES = (
+    ("hub:<handle>", 'a TF Hub / Kaggle Models URL or handle, or a module folder (pip install "tlkeras[hub]"): '
+                     "image feature-vector modules take [0, 1] pixels at their own size; text-embedding modules "
+                     "(strings -> vectors) make a text classifier (--data a CSV or folder of .txt files)"),
+    ("kerashub:<preset>", 'a KerasHub preset name or a save_to_preset folder (pip install "tlkeras[kerashub]"), '
+                          "normalised by the preset's own image converter"),
+    ("path/to/model.keras", "your own backbone (output a feature map or vector); say what its input expects with "
+                            "--set backbone_options.preprocessing=none|unit|tf|torch|caffe"),
+    ("path/to/saved_model/", "your own backbone as a SavedModel folder (e.g. Keras's model.export()); same option"),
+)
+
+
 @main.command(context_settings=_CONTEXT)
 def backbones():
     """List the backbones `--backbone` accepts."""
@@ -216,8 +232,9 @@ def backbones():
             f"{name:<20} {spec.source:<20} {spec.default_size:>12} {spec.min_size:>9}  {spec.preprocessing}"
         )
     click.echo("\nNames are case-insensitive; pass constructor options with --set backbone_options.alpha=0.5.")
-    click.echo("A path to a .keras model file (your own backbone, output a feature map or vector) works too; say what "
-               "its input expects with --set backbone_options.preprocessing=none|unit|tf|torch|caffe.")
+    click.echo("\nOther backbones, by scheme:")
+    for scheme, text in BACKBONE_SCHEMES:
+        click.echo(f"  {scheme:<22} {text}")
 
 
 @main.command(context_settings=_CONTEXT)

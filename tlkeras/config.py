@@ -157,6 +157,8 @@ class FinetuneConfig:
     val_data: Any = None
     val_split: float = 0.2
     class_names: Optional[list[str]] = None
+    text_column: str = "text"
+    label_column: str = "label"
     image_size: Union[int, list[int], None] = None
     batch_size: int = 32
     class_weight: Union[str, dict, None] = None
@@ -305,6 +307,9 @@ class FinetuneConfig:
         for key in ("export", "report", "tensorboard", "deterministic", "scale_learning_rate"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"{key}: {getattr(self, key)!r} is not valid: use true or false.")
+        for key in ("text_column", "label_column"):
+            if not isinstance(getattr(self, key), str) or not getattr(self, key):
+                raise ConfigError(f"{key}: {getattr(self, key)!r} is not valid: use the name of a column of the CSV.")
         _check_int("cache_views", self.cache_views, 1)
         _check_int("memory_budget_mb", self.memory_budget_mb, 1)
         _check_choice("mixed_precision", self.mixed_precision, PRECISIONS)

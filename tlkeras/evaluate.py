@@ -29,18 +29,25 @@ def evaluate_model(model, ds: tf.data.Dataset, class_names: list[str], top_k: in
     return classification_metrics(probabilities, labels, class_names, top_k=top_k)
 
 
-def run_examples(path: str, data, class_names: list[str], split: str = "val"):
-    """Labelled examples: `data`, or the run's own validation (or training) split rebuilt from config.yaml."""
+def run_examples(path: str, data, class_names: list[str], split: str = "val", text: bool = False):
+    """Labelled examples: `data`, or the run's own validation (or training) split rebuilt from
+    config.yaml. `text`: the run is a text classifier (a CSV or folder of .txt files)."""
+    import functools
+
     from tlkeras.config import FinetuneConfig
     from tlkeras.data.datasets import load_examples, stratified_split
+    from tlkeras.data.text import load_text_examples
     from tlkeras.errors import DataError
     from tlkeras.rundir import CONFIG_FILE
 
+    config_path = os.path.join(path, CONFIG_FILE)
+    cfg = FinetuneConfig.from_yaml(config_path) if os.path.isfile(config_path) else None
+    if text:
+        columns = {"text_column": cfg.text_column, "label_column": cfg.label_column} if cfg else {}
+        load_examples = functools.partial(load_text_examples, **columns)  # noqa: F811
     if data is not None:
         examples, _, skipped = load_examples(data, "data", class_names)
         return examples, skipped
-    config_path = os.path.join(path, CONFIG_FILE)
-    cfg = FinetuneConfig.from_yaml(config_path) if os.path.isfile(config_path) else None
     if cfg is None or not isinstance(cfg.data, str):
         raise DataError(f"{path!r} has no config.yaml naming a data folder; pass --data to evaluate on a folder.")
     if cfg.val_data is not None:
@@ -70,21 +77,27 @@ def evaluate_run(path: str, data=None, *, batch_size: int = 32, top_k: int = 5, 
         evaluate_run("runs/flowers", "photos/test")["per_class"]["tulip"]["recall"]
     """
     from tlkeras.data.datasets import build_pipeline
-    from tlkeras.model import image_size_of
-    from tlkeras.predict import is_export, load_export
+    from tlkeras.data.text import text_pipeline
+    from tlkeras.model import image_size_of, is_text_model
+    from tlkeras.predict import is_export, is_text_export, load_export
     from tlkeras.rundir import load_run
     from tlkeras.utils import write_json_atomic
 
     if is_export(path):
         serve, class_names, export_dir = load_export(path)
         run_dir = os.path.dirname(os.path.dirname(export_dir))  # run/export/<version>
-        examples, skipped = run_examples(run_dir, data, class_names)
-        probabilities, labels = _serve_examples(serve, examples, batch_size)
+        text = is_text_export(export_dir)
+        examples, skipped = run_examples(run_dir, data, class_names, text=text)
+        probabilities, labels = _serve_examples(serve, examples, batch_size, text)
         source = export_dir
     else:
         model, class_names, _ = load_run(path, safe_mode=safe_mode)
-        examples, skipped = run_examples(path, data, class_names)
-        ds = build_pipeline(examples, image_size_of(model), batch_size, training=False, cache=False, seed=0)
+        text = is_text_model(model)
+        examples, skipped = run_examples(path, data, class_names, text=text)
+        if text:
+            ds = text_pipeline(examples, batch_size, training=False, seed=0)
+        else:
+            ds = build_pipeline(examples, image_size_of(model), batch_size, training=False, cache=False, seed=0)
         probabilities, labels = predict_probabilities(model, ds)
         source = path
     metrics = classification_metrics(probabilities, labels, class_names, top_k=top_k)
@@ -95,10 +108,14 @@ def evaluate_run(path: str, data=None, *, batch_size: int = 32, top_k: int = 5, 
     return metrics
 
 
-def _serve_examples(serve, examples, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def _serve_examples(serve, examples, batch_size: int, text: bool = False) -> tuple[np.ndarray, np.ndarray]:
     probs = []
     rows = np.arange(len(examples.labels))
     for start in range(0, len(rows), batch_size):
+        if text:
+            batch = [examples.texts[i] for i in rows[start : start + batch_size]]
+            probs.append(serve(text=tf.constant(batch, dtype=tf.string))["probabilities"].numpy())
+            continue
         blobs = examples.encoded(rows[start : start + batch_size])
         probs.append(serve(image_bytes=tf.constant(blobs))["probabilities"].numpy())
     if not probs:

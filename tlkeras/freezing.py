@@ -42,6 +42,7 @@ class UnfreezePlan:
     bn_frozen: bool
     cut_layer: Optional[str] = None
     notes: list[str] = field(default_factory=list)
+    unit: str = "layer"  # what `layers` lists: backbone layers, or a hub module's variables
 
     def describe(self) -> str:
         n = len(self.layers)
@@ -50,9 +51,10 @@ class UnfreezePlan:
         shown = ", ".join(self.layers) if n <= 8 else ", ".join(self.layers[:3]) + ", ..., " + ", ".join(self.layers[-3:])
         bn = "; BatchNormalization frozen (inference mode)" if self.bn_frozen else "; BatchNormalization trains"
         share = self.trainable_params / max(self.backbone_params, 1)
+        notes = "".join(f"; {note}" for note in self.notes)
         return (
-            f"{n} backbone layer(s) train, {self.trainable_params:,} of {self.backbone_params:,} "
-            f"backbone parameters ({share:.0%}): {shown}{bn}"
+            f"{n} backbone {self.unit}(s) train, {self.trainable_params:,} of {self.backbone_params:,} "
+            f"backbone parameters ({share:.0%}): {shown}{bn}{notes}"
         )
 
 
@@ -93,6 +95,9 @@ def unfreeze(
     layers stay frozen unless `train_bn`; those that train get `bn_momentum` if given.
     The head stays trainable. Recompile the model afterwards.
     """
+    module = hub_module(model)
+    if module is not None:
+        return _unfreeze_module(model, module, unfreeze, train_bn, bn_momentum)
     layers = backbone_layers(model)
     cut = _cut_index(model, layers, unfreeze, train_bn)
     backbone = get_backbone(model)
@@ -126,8 +131,64 @@ def plan_cut(model: keras.Model, unfreeze: Unfreeze, *, train_bn: bool = False) 
     Layers at index >= cut train (BatchNormalization only with `train_bn`); cut == number of
     layers means no backbone layer trains, cut == 0 means the whole backbone does.
     """
+    module = hub_module(model)
+    if module is not None:  # one layer: it trains (cut 0) or not (cut 1)
+        return (0 if _module_count(module, unfreeze) else 1), 1
     layers = backbone_layers(model)
     return _cut_index(model, layers, unfreeze, train_bn), len(layers)
+
+
+# === Hub modules: one layer whose variables are counted instead of layers ===
+
+
+def hub_module(model: keras.Model):
+    """The `HubModule` layer when the backbone is a TF Hub / SavedModel module, else None."""
+    from tlkeras.backbones.hub import hub_layer
+
+    return hub_layer(get_backbone(model))
+
+
+def _module_count(module, unfreeze: Unfreeze) -> int:
+    """How many of a hub module's trainable variables (counted from the last) `unfreeze` trains."""
+    names = module.trainable_candidates()
+    count = _top_count(unfreeze, len(names))
+    if count is not None:
+        return count
+    if unfreeze.startswith("blocks:"):
+        raise BackboneError(
+            f"stage2.unfreeze: {unfreeze!r} needs a block map, and a hub module has none; use a count or a fraction "
+            "of its trainable variables, or a variable name."
+        )
+    for i, name in enumerate(names):
+        if name == unfreeze or name.startswith(unfreeze.rstrip("/") + "/"):
+            return len(names) - i
+    prefixes = sorted({name.rsplit("/", 1)[0] for name in names} | set(names))
+    raise BackboneError(
+        f"stage2.unfreeze: the hub module has no variable {unfreeze!r}.{did_you_mean(unfreeze, prefixes)} "
+        "Use an int or a fraction of its trainable variables, 'all', or a variable name (it and every later one)."
+    )
+
+
+def _unfreeze_module(model, module, unfreeze: Unfreeze, train_bn: bool, bn_momentum) -> UnfreezePlan:
+    count = _module_count(module, unfreeze)
+    for layer in model.layers:
+        layer.trainable = True
+    module.trainable = count > 0
+    names = module.set_unfrozen(count)  # explicitly: setting `trainable` to its own value is a no-op
+    module.train_mode = bool(train_bn)  # the module's own BatchNormalization follows `training`
+    notes = []
+    if train_bn and bn_momentum is not None:
+        notes.append("bn_momentum does not reach inside a hub module: its BatchNormalization keeps its own momentum")
+    trained = [w for _, w, _ in module.named_variables() if w.trainable]
+    return UnfreezePlan(
+        layers=names,
+        trainable_params=sum(_count(w) for w in trained),
+        backbone_params=sum(_count(w) for w in module.weights),
+        bn_frozen=not train_bn,
+        cut_layer=module.name if names else None,  # the lowest layer that trains: the module itself
+        notes=notes,
+        unit="hub module variable",
+    )
 
 
 def _count(weight) -> int:
@@ -137,36 +198,45 @@ def _count(weight) -> int:
     return n
 
 
-def _cut_index(model, layers, unfreeze: Unfreeze, train_bn: bool) -> int:
-    """Index into `layers` of the lowest layer that trains (len(layers): none)."""
-    candidates = [i for i, layer in enumerate(layers) if layer.weights and (train_bn or not is_batch_norm(layer))]
+def _top_count(unfreeze: Unfreeze, n: int) -> Optional[int]:
+    """How many of `n` candidates, counted from the top, a count, a fraction, "all" or None
+    selects; None for a name or "blocks:N", which the caller resolves."""
     if unfreeze is None:
-        return len(layers)
+        return 0
     if isinstance(unfreeze, bool):
         raise BackboneError(f"stage2.unfreeze: {unfreeze!r} is not valid.")
     if unfreeze == "all":
-        return 0
+        return n
     if isinstance(unfreeze, int):
         if unfreeze < 0:
             raise BackboneError(f"stage2.unfreeze: {unfreeze} is not valid: use a count >= 0.")
-        n = min(unfreeze, len(candidates))
-        return candidates[-n] if n else len(layers)
+        return min(unfreeze, n)
     if isinstance(unfreeze, float):
         if not 0.0 < unfreeze <= 1.0:
             raise BackboneError(f"stage2.unfreeze: {unfreeze} is not valid: a fraction must be in (0, 1].")
-        n = max(1, int(round(unfreeze * len(candidates))))
-        return candidates[-n]
-    if isinstance(unfreeze, str) and unfreeze.startswith("blocks:"):
-        return _block_cut(model, layers, unfreeze)
+        return max(1, int(round(unfreeze * n)))
     if isinstance(unfreeze, str):
-        names = [layer.name for layer in layers]
-        if unfreeze not in names:
-            raise BackboneError(
-                f"stage2.unfreeze: the backbone has no layer {unfreeze!r}.{did_you_mean(unfreeze, names)} "
-                "Use an int, a fraction, 'blocks:N', 'all' or one of its layer names."
-            )
-        return names.index(unfreeze)
+        return None
     raise BackboneError(f"stage2.unfreeze: {unfreeze!r} is not valid.")
+
+
+def _cut_index(model, layers, unfreeze: Unfreeze, train_bn: bool) -> int:
+    """Index into `layers` of the lowest layer that trains (len(layers): none)."""
+    if unfreeze == "all":
+        return 0  # every layer, those without weights included
+    candidates = [i for i, layer in enumerate(layers) if layer.weights and (train_bn or not is_batch_norm(layer))]
+    count = _top_count(unfreeze, len(candidates))
+    if count is not None:
+        return candidates[-count] if count else len(layers)
+    if unfreeze.startswith("blocks:"):
+        return _block_cut(model, layers, unfreeze)
+    names = [layer.name for layer in layers]
+    if unfreeze not in names:
+        raise BackboneError(
+            f"stage2.unfreeze: the backbone has no layer {unfreeze!r}.{did_you_mean(unfreeze, names)} "
+            "Use an int, a fraction, 'blocks:N', 'all' or one of its layer names."
+        )
+    return names.index(unfreeze)
 
 
 def _block_cut(model, layers, unfreeze: str) -> int:
@@ -211,6 +281,12 @@ def layer_multipliers(model: keras.Model, decay: float) -> dict[str, float]:
     >>> factors[kernel.path], min(factors.values()) == 0.5 ** 17
     (0.5, True)
     """
+    module = hub_module(model)
+    if module is not None:  # 8 bands of the module's variables, in their order (the last ones are the top)
+        weights = [w for _, w, in_module in module.named_variables() if in_module]
+        size = max(1, -(-len(weights) // 8))
+        bands = [weights[i : i + size] for i in range(0, len(weights), size)]
+        return {w.path: decay**depth for depth, band in enumerate(reversed(bands), start=1) for w in band}
     layers = backbone_layers(model)
     name = backbone_name(model)
     if name and backbones.block_map_for(name) is not None:

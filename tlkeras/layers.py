@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from tlkeras.backbones.spec import PREPROCESSING_MODES
+from tlkeras.backbones.spec import ALL_MODES
 
 _IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 _IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
@@ -22,8 +22,10 @@ class ImagePreprocessing(keras.layers.Layer):
 
     Args:
         mode: "none" (the backbone normalises itself), "tf" ([-1, 1]), "torch" (ImageNet
-            mean/std), "caffe" (BGR minus the ImageNet mean) or "unit" ([0, 1]).
+            mean/std), "caffe" (BGR minus the ImageNet mean), "unit" ([0, 1]) or "affine"
+            (x * scale + offset per channel: a KerasHub preset's image converter).
         backbone_name: the backbone this model was built with, kept for `unfreeze="blocks:N"`.
+        scale, offset: per-channel factors of "affine" (three floats each).
 
     Example:
 
@@ -33,12 +35,16 @@ class ImagePreprocessing(keras.layers.Layer):
     [[[[-1.0, 0.0, 1.0]]]]
     """
 
-    def __init__(self, mode: str = "none", backbone_name: str | None = None, **kwargs):
+    def __init__(self, mode: str = "none", backbone_name: str | None = None, scale=None, offset=None, **kwargs):
         super().__init__(**kwargs)
-        if mode not in PREPROCESSING_MODES:
-            raise ValueError(f"mode {mode!r} is not one of {PREPROCESSING_MODES}")
+        if mode not in ALL_MODES:
+            raise ValueError(f"mode {mode!r} is not one of {ALL_MODES}")
+        if mode == "affine" and (scale is None or offset is None):
+            raise ValueError("mode 'affine' needs scale and offset")
         self.mode = mode
         self.backbone_name = backbone_name
+        self.scale = [float(v) for v in scale] if scale is not None else None
+        self.offset = [float(v) for v in offset] if offset is not None else None
 
     def call(self, inputs):
         x = ops.cast(inputs, self.compute_dtype)
@@ -50,6 +56,9 @@ class ImagePreprocessing(keras.layers.Layer):
             mean = ops.convert_to_tensor(_IMAGENET_MEAN_RGB, dtype=x.dtype)
             std = ops.convert_to_tensor(_IMAGENET_STD_RGB, dtype=x.dtype)
             return (x / 255.0 - mean) / std
+        if self.mode == "affine":
+            scale = ops.convert_to_tensor(self.scale, dtype=x.dtype)
+            return x * scale + ops.convert_to_tensor(self.offset, dtype=x.dtype)
         if self.mode == "caffe":
             x = ops.flip(x, axis=-1)  # RGB -> BGR
             return x - ops.convert_to_tensor(_CAFFE_MEAN_BGR, dtype=x.dtype)
@@ -61,4 +70,6 @@ class ImagePreprocessing(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update({"mode": self.mode, "backbone_name": self.backbone_name})
+        if self.mode == "affine":
+            config.update({"scale": self.scale, "offset": self.offset})
         return config

@@ -22,6 +22,7 @@ from tlkeras import backbones, caching, freezing
 from tlkeras._logging import get_logger
 from tlkeras.config import FinetuneConfig
 from tlkeras.data import make_datasets
+from tlkeras.data.text import make_text_datasets
 from tlkeras.errors import ConfigError
 from tlkeras.model import build_model
 from tlkeras.optimizers import make_loss, make_optimizer
@@ -73,9 +74,12 @@ def find_learning_rate(
     log = get_logger()
     keras.utils.set_random_seed(cfg.seed)
     spec = backbones.resolve(cfg.backbone, cfg.backbone_options)
-    image_size = backbones.resolve_image_size(spec, cfg.image_size)
-    bundle = make_datasets(cfg, image_size)
-    model = build_model(spec.name, len(bundle.class_names), image_size=image_size, weights=cfg.weights,
+    if spec.modality == "text":
+        image_size, bundle = None, make_text_datasets(cfg)
+    else:
+        image_size = backbones.resolve_image_size(spec, cfg.image_size)
+        bundle = make_datasets(cfg, image_size)
+    model = build_model(spec, len(bundle.class_names), image_size=image_size, weights=cfg.weights,
                         head=cfg.head, backbone_options=cfg.backbone_options)
     stage_cfg = cfg.stage1 if stage == 1 else cfg.stage2
     multipliers = None
@@ -94,6 +98,8 @@ def find_learning_rate(
         if plan.cut_layer is None:
             extractor, part = caching.split_at_head(model)
             fn = lambda pixels: extractor(pixels, training=False)  # noqa: E731
+        elif freezing.hub_module(model) is not None:  # one layer that trains: nothing below it to cache
+            part, fn = model, (lambda inputs: inputs)
         else:
             fn, part, _ = caching.split_at_cut(model, plan.cut_layer)
     cache = caching.compute_cache(fn, bundle.train, cfg.memory_budget_mb << 20, None)

@@ -14,7 +14,7 @@ PREPROCESS_LAYER = "preprocess"
 
 
 def build_model(
-    backbone: str = "efficientnetb0",
+    backbone: "str | backbones.BackboneSpec" = "efficientnetb0",
     num_classes: int = 2,
     *,
     image_size=None,
@@ -31,7 +31,10 @@ def build_model(
     `num_classes`, or one sigmoid probability when `num_classes` is 2.
 
     Args:
-        backbone: a keras.applications family name, case-insensitive (see `list_backbones()`).
+        backbone: a keras.applications family name, case-insensitive (see `list_backbones()`),
+            "hub:<handle>", "kerashub:<preset>", a `.keras` file, or a resolved `BackboneSpec`.
+            A text backbone (a hub text-embedding module) makes a text classifier: its input
+            is a batch of strings.
         num_classes: number of classes (>= 2).
         image_size: int or (height, width); None means the backbone's default size.
         weights: "imagenet", None (random initialisation) or a path to a weights file of
@@ -51,14 +54,20 @@ def build_model(
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes: {num_classes!r} is not valid: a classifier needs at least 2 classes.")
     head_cfg = _head_config(head)
-    spec = backbones.resolve(backbone, backbone_options)
-    height, width = backbones.resolve_image_size(spec, image_size)
-    base = spec.build((height, width), weights)
-
-    # === Functional Model ===
-    inputs = keras.Input((height, width, 3), name="image")
-    x = ImagePreprocessing(spec.preprocessing, backbone_name=spec.name, name=PREPROCESS_LAYER)(inputs)
-    features = base(x)
+    spec = backbone if isinstance(backbone, backbones.BackboneSpec) else backbones.resolve(backbone, backbone_options)
+    if spec.modality == "text":
+        base = spec.build(None, weights)
+        # === Functional Model ===
+        inputs = keras.Input((), dtype="string", name="text")
+        features = base(inputs)
+    else:
+        height, width = backbones.resolve_image_size(spec, image_size)
+        base = spec.build((height, width), weights)
+        # === Functional Model ===
+        inputs = keras.Input((height, width, 3), name="image")
+        x = ImagePreprocessing(spec.preprocessing, backbone_name=spec.name, name=PREPROCESS_LAYER,
+                               **spec.preprocessing_params)(inputs)
+        features = base(x)
     outputs = build_head(
         features,
         num_classes,
@@ -98,7 +107,14 @@ def backbone_name(model: keras.Model) -> str | None:
         return None
 
 
+def is_text_model(model: keras.Model) -> bool:
+    """Whether a tlkeras model takes strings (a text classifier) rather than pixels."""
+    return len(model.input_shape) == 1 or str(model.inputs[0].dtype) == "string"
+
+
 def image_size_of(model: keras.Model) -> tuple[int, int]:
+    if is_text_model(model):
+        raise ValueError(f"model {model.name!r} is a text classifier: it takes strings, not images.")
     _, height, width, _ = model.input_shape
     return int(height), int(width)
 
@@ -113,7 +129,7 @@ def to_probabilities(outputs):
 
 
 def predict_function(model: keras.Model):
-    """A graph-mode `pixels -> model outputs` function traced once for any batch size.
+    """A graph-mode `pixels (or strings) -> model outputs` function traced once for any batch size.
 
     Graph execution is what `model.predict` and the exported SavedModel run; eager calls
     differ from it by ~1e-5 through oneDNN's fused kernels.
@@ -122,11 +138,12 @@ def predict_function(model: keras.Model):
 
     fn = getattr(model, "_tlkeras_predict", None)
     if fn is None:
-        height, width = image_size_of(model)
-        fn = tf.function(
-            lambda images: model(images, training=False),
-            input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32)],
-        )
+        if is_text_model(model):
+            signature = tf.TensorSpec([None], tf.string)
+        else:
+            height, width = image_size_of(model)
+            signature = tf.TensorSpec([None, height, width, 3], tf.float32)
+        fn = tf.function(lambda inputs: model(inputs, training=False), input_signature=[signature])
         model._tlkeras_predict = fn
     return fn
 

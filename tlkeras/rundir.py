@@ -160,6 +160,7 @@ def load_run(run_dir: str, *, safe_mode: bool = True):
     """
     import keras
 
+    import tlkeras.backbones.hub  # noqa: F401  (registers HubModule for deserialisation)
     import tlkeras.layers  # noqa: F401  (registers ImagePreprocessing for deserialisation)
     from tlkeras.config import FinetuneConfig
 
@@ -170,6 +171,12 @@ def load_run(run_dir: str, *, safe_mode: bool = True):
             f"{run_dir!r} is not a finished tlkeras run: it lacks {MODEL_FILE} or {LABELS_FILE}. "
             "Pass the output_dir of a `tlkeras train` run."
         )
+    config_path = os.path.join(run_dir, CONFIG_FILE)
+    config = FinetuneConfig.from_yaml(config_path) if os.path.isfile(config_path) else None
+    if config is not None and str(config.backbone).startswith("kerashub:"):
+        from tlkeras.backbones.kerashub import _keras_hub
+
+        _keras_hub(config.backbone)  # KerasHub's layers register themselves on import
     try:
         model = keras.models.load_model(model_path, safe_mode=safe_mode)
     except ValueError as e:
@@ -179,6 +186,4 @@ def load_run(run_dir: str, *, safe_mode: bool = True):
                 "yourself and trust it, load it with --unsafe-load (safe_mode=False)."
             ) from None
         raise
-    config_path = os.path.join(run_dir, CONFIG_FILE)
-    config = FinetuneConfig.from_yaml(config_path) if os.path.isfile(config_path) else None
     return model, read_labels(labels_path), config

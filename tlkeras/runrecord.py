@@ -74,6 +74,8 @@ def fingerprint(examples, root: Optional[str] = None) -> dict:
     for arrays, their bytes; a tf.data.Dataset is not read again ("unknown")."""
     if examples is None:
         return {"kind": "none"}
+    if hasattr(examples, "fingerprint"):  # texts
+        return examples.fingerprint()
     if examples.paths is not None:
         rel = [os.path.relpath(p, root) if root else p for p in examples.paths]
         sizes = [_size(p) for p in examples.paths]
@@ -91,6 +93,10 @@ def weights_source(weights, backbone: str = "") -> dict:
     file with its sha256; for a `.keras` backbone file, that file."""
     if str(backbone).lower().endswith(".keras") and weights in (None, "imagenet"):
         return {**weights_source(backbone), "note": "the backbone file's own weights"}
+    if str(backbone).startswith("hub:") and weights == "imagenet":
+        return {"weights": backbone, "note": "the hub module's own weights"}
+    if str(backbone).startswith("kerashub:") and weights == "imagenet":
+        return {"weights": backbone, "note": "the KerasHub preset's own weights"}
     if weights is None:
         return {"weights": None, "note": "random initialisation"}
     if weights == "imagenet":

@@ -15,6 +15,7 @@ from tlkeras import backbones, rundir
 from tlkeras._logging import get_logger
 from tlkeras.config import FinetuneConfig
 from tlkeras.data import make_datasets
+from tlkeras.data.text import make_text_datasets
 from tlkeras.distribute import is_multi_worker, precision_policy, resolve_precision, resolve_strategy, worker_role
 from tlkeras.evaluate import predict_probabilities
 from tlkeras.errors import TlkerasError, TrainingError
@@ -124,7 +125,8 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
             "weights=None: the backbone starts from random weights, so stage 1 trains the head on random "
             "features. To train from scratch, set stage1.epochs=0 and stage2 unfreeze='all', train_bn=true."
         )
-    image_size = backbones.resolve_image_size(spec, cfg.image_size)
+    text = spec.modality == "text"
+    image_size = None if text else backbones.resolve_image_size(spec, cfg.image_size)
     run_dir = cfg.output_dir or os.path.join("runs", f"{spec.slug}-{time.strftime('%Y%m%d-%H%M%S')}")
     if resume and not cfg.output_dir:
         raise TlkerasError("resume: name the run to continue with output_dir (--output-dir).")
@@ -144,7 +146,7 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
     timings = {}
     clock = time.time()
     with strategy.scope():  # pipelines for a TPU keep one batch shape (drop_remainder)
-        data_bundle = make_datasets(train_cfg, image_size)
+        data_bundle = make_text_datasets(train_cfg) if text else make_datasets(train_cfg, image_size)
     class_names = data_bundle.class_names
     write_text_atomic(os.path.join(run_dir, "labels.txt"), "\n".join(class_names) + "\n")
     if data_bundle.skipped:
@@ -153,8 +155,8 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
             "".join(f"{path}\t{reason}\n" for path, reason in data_bundle.skipped),
         )
     log.info(
-        "data: %d training and %d validation images, %d classes%s",
-        data_bundle.train_count, data_bundle.val_count, len(class_names),
+        "data: %d training and %d validation %s, %d classes%s",
+        data_bundle.train_count, data_bundle.val_count, "texts" if text else "images", len(class_names),
         f", {len(data_bundle.skipped)} file(s) skipped (see skipped_files.txt)" if data_bundle.skipped else "",
     )
 
@@ -162,7 +164,7 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
     clock = time.time()
     with precision_policy(resolve_precision(cfg.mixed_precision)), strategy.scope():
         model = build_model(
-            spec.name, len(class_names), image_size=image_size, weights=cfg.weights,
+            spec, len(class_names), image_size=image_size, weights=cfg.weights,
             head=cfg.head, backbone_options=cfg.backbone_options,
         )
     timings["build"] = time.time() - clock
@@ -209,15 +211,16 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
                           plan=history.cache_plan, policy=keras.config.dtype_policy().name, strategy=strategy)
     write_json_atomic(os.path.join(run_dir, RUN_FILE), record)
     if cfg.report:
-        _write_report(run_dir, history, metrics, probabilities, labels, class_names, eval_examples, image_size,
-                      cfg, record)
+        _write_report(run_dir, history, metrics, probabilities, labels, class_names, None if text else eval_examples,
+                      image_size, cfg, record)
     clock = time.time()
     export_dir = None
     if cfg.export:
         examples = data_bundle.val_examples if data_bundle.val_examples is not None else data_bundle.train_examples
+        samples = examples.sample_texts(EXPORT_CHECK_IMAGES) if text else examples.sample_bytes(EXPORT_CHECK_IMAGES)
         export_dir = export_saved_model(
             model, os.path.join(run_dir, "export"), class_names, top_k=cfg.top_k,
-            verify_images=examples.sample_bytes(EXPORT_CHECK_IMAGES), card=card_facts(record, metrics),
+            verify_images=samples, card=card_facts(record, metrics),
         )
         timings["export"] = time.time() - clock
     if export_dir:

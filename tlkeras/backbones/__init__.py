@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from tlkeras.backbones import applications, files
+from tlkeras.backbones import applications, files, hub, kerashub
 from tlkeras.backbones.spec import BackboneSpec, BlockMap
 from tlkeras.errors import BackboneError
 
@@ -22,10 +22,21 @@ __all__ = ["BackboneSpec", "BlockMap", "resolve", "list_backbones", "block_map_f
 
 
 def resolve(name: str, options: dict | None = None) -> BackboneSpec:
-    """Resolve a backbone: a keras.applications family (case-insensitive), or a path to a `.keras`
-    model file whose output is a feature map or vector (see `tlkeras.backbones.files`)."""
+    """Resolve a backbone, by scheme:
+
+    - "hub:<handle>": a TF Hub / Kaggle Models module or a local SavedModel (`tlkeras.backbones.hub`);
+    - "kerashub:<preset>": a KerasHub preset name or local preset folder (`tlkeras.backbones.kerashub`);
+    - a path to a `.keras` model file whose output is a feature map or vector (`tlkeras.backbones.files`);
+    - else a keras.applications family, case-insensitive.
+    """
     if not isinstance(name, str) or not name.strip():
         raise BackboneError(f"backbone: {name!r} is not a backbone name; run `tlkeras backbones` for the list.")
+    if hub.is_hub(name.strip()):
+        return hub.get_spec(name.strip(), options)
+    if kerashub.is_kerashub(name.strip()):
+        return kerashub.get_spec(name.strip(), options)
+    if hub.is_saved_model_dir(name.strip()):  # a Keras (or any TF2) SavedModel folder: loaded as a module
+        return hub.get_spec(hub.SCHEME + name.strip(), options, default_preprocessing="none")
     if files.is_model_file(name.strip()):
         return files.get_spec(name.strip(), options)
     return applications.get_spec(name.strip(), options)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 
-from tlkeras.backbones.spec import PREPROCESSING_MODES, BackboneSpec
+from tlkeras.backbones.spec import BackboneSpec, check_options
 from tlkeras.errors import BackboneError
 
 MIN_SIZE = 32  # for files with a free input size
@@ -28,16 +28,8 @@ def is_model_file(name: str) -> bool:
 
 def get_spec(path: str, options: dict | None = None) -> BackboneSpec:
     """The spec of a `.keras` backbone file (read once here to learn its input and output)."""
-    options = dict(options or {})
-    unknown = sorted(set(options) - {"preprocessing"})
-    if unknown:
-        raise BackboneError(
-            f"backbone_options: {', '.join(unknown)} do not apply to a backbone file; the only option is "
-            f"preprocessing ({', '.join(PREPROCESSING_MODES)})."
-        )
+    options = check_options(options, ("preprocessing",), "a backbone file")
     preprocessing = options.get("preprocessing", "none")
-    if preprocessing not in PREPROCESSING_MODES:
-        raise BackboneError(f"backbone_options.preprocessing: {preprocessing!r} is not one of {', '.join(PREPROCESSING_MODES)}.")
     if not os.path.isfile(path):
         raise BackboneError(f"backbone: the model file {path!r} does not exist.")
     model = _load(path)

@@ -9,6 +9,31 @@ from typing import Callable, Optional, Sequence
 # Preprocessing modes of `tlkeras.layers.ImagePreprocessing`; the model's input is always
 # RGB pixels in [0, 255] and the mode maps them to what the backbone was trained on.
 PREPROCESSING_MODES = ("none", "tf", "torch", "caffe", "unit")
+# "affine" (x * scale + offset per channel, with parameters) comes from a KerasHub preset's converter.
+ALL_MODES = (*PREPROCESSING_MODES, "affine")
+
+
+def check_options(options: dict | None, allowed: tuple, what: str) -> dict:
+    """A copy of `backbone_options` for a backbone that is not a keras.applications constructor:
+    every key must be one of `allowed`, and `preprocessing`, when given, a mode. `what` names the
+    backbone in the error ("a hub module").
+
+    >>> check_options({"preprocessing": "tf"}, ("preprocessing",), "a backbone file")
+    {'preprocessing': 'tf'}
+    """
+    from tlkeras.errors import BackboneError
+
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(allowed))
+    modes = f"preprocessing: {', '.join(PREPROCESSING_MODES)}"
+    if unknown:
+        which = (f"the only option is preprocessing ({', '.join(PREPROCESSING_MODES)})" if tuple(allowed) == (
+            "preprocessing",) else f"its options are {', '.join(allowed)} ({modes})")
+        raise BackboneError(f"backbone_options: {', '.join(unknown)} do not apply to {what}; {which}.")
+    if "preprocessing" in options and options["preprocessing"] not in PREPROCESSING_MODES:
+        raise BackboneError(f"backbone_options.preprocessing: {options['preprocessing']!r} is not one of "
+                            f"{', '.join(PREPROCESSING_MODES)}.")
+    return options
 
 
 @dataclass(frozen=True)
@@ -67,6 +92,8 @@ class BackboneSpec:
         block_map: how its layers group into blocks, for `unfreeze: "blocks:N"`.
         builder: `builder(image_size, weights, options) -> keras.Model` (include_top=False).
         options: backbone constructor options (e.g. {"alpha": 0.35}).
+        modality: what the backbone takes: "image" (RGB pixels) or "text" (a batch of strings).
+        preprocessing_params: parameters of the preprocessing mode ("affine": scale, offset).
     """
 
     name: str
@@ -78,11 +105,14 @@ class BackboneSpec:
     block_map: Optional[BlockMap]
     builder: Callable = field(repr=False, compare=False)
     options: dict = field(default_factory=dict, compare=False)
+    modality: str = "image"
+    preprocessing_params: dict = field(default_factory=dict, compare=False)
 
     @property
     def slug(self) -> str:
         """The name as it can appear in a model or folder name ("mobilenetv2", "source.keras")."""
-        return re.sub(r"[^A-Za-z0-9_.-]", "_", self.display_name if self.source == "model file" else self.name)
+        own = self.source in ("model file", "tensorflow hub", "kerashub")
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", self.display_name if own else self.name)
 
     def build(self, image_size: tuple[int, int], weights):
         """Build the pretrained base (named "backbone") for `image_size`, loading `weights`."""

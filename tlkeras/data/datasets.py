@@ -199,32 +199,10 @@ def make_datasets(
     budget = cfg.memory_budget_mb << 20 if cfg.cache_images in ("auto", True) else 0
     if cfg.cache_images is True:
         budget = 1 << 62  # asked for: cache whatever the size
-    train, class_names, skipped = load_examples(data, "data", cfg.class_names, image_size=image_size, budget_bytes=budget)
-    if val_data is not None:
-        val, _, val_skipped = load_examples(val_data, "val_data", class_names, image_size=image_size, budget_bytes=budget)
-        skipped = skipped + val_skipped
-    elif cfg.val_split > 0:
-        train_rows, val_rows = stratified_split(train.labels, cfg.val_split, cfg.seed)
-        val = train.subset(val_rows) if len(val_rows) else None
-        train = train.subset(train_rows)
-    else:
-        val = None
-
-    if len(class_names) < 2:
-        where = f" in {cfg.data!r}" if isinstance(cfg.data, str) else ""
-        raise DataError(f"data: found only {len(class_names)} class ({', '.join(class_names)}){where}; a classifier "
-                        "needs at least 2 - put each class's images in a subfolder of its own.")
-    check_class_names(class_names)
-    missing = [class_names[c] for c in range(len(class_names)) if not np.any(train.labels == c)]
-    if missing:
-        raise DataError(f"data: no training images for class(es) {', '.join(missing)}.")
-    if skipped:
-        log.warning(
-            "skipped %d file(s) that could not be decoded: %s%s",
-            len(skipped),
-            ", ".join(p for p, _ in skipped[:5]),
-            " ..." if len(skipped) > 5 else "",
-        )
+    train, val, class_names, skipped = load_splits(
+        lambda source, key, names: load_examples(source, key, names, image_size=image_size, budget_bytes=budget),
+        cfg, data, val_data, "images",
+    )
 
     h, w = image_size
     total = len(train) + (len(val) if val is not None else 0)
@@ -255,6 +233,35 @@ def make_datasets(
         cached=cache,
         augmenter=build_augmenter(cfg.augment, cfg.seed),
     )
+
+
+def load_splits(load, cfg: FinetuneConfig, data: Any, val_data: Any, noun: str):
+    """(train, val, class_names, skipped) of images or texts: `data` loaded with `load(source, key,
+    class_names)`, and `val_data` likewise or else a stratified `val_split` of `data`; the classes
+    checked (at least 2, each with training examples, names fit for labels.txt)."""
+    train, class_names, skipped = load(data, "data", cfg.class_names)
+    if val_data is not None:
+        val, _, val_skipped = load(val_data, "val_data", class_names)
+        skipped = skipped + val_skipped
+    elif cfg.val_split > 0:
+        train_rows, val_rows = stratified_split(train.labels, cfg.val_split, cfg.seed)
+        val = train.subset(val_rows) if len(val_rows) else None
+        train = train.subset(train_rows)
+    else:
+        val = None
+    if len(class_names) < 2:
+        where = f" in {cfg.data!r}" if isinstance(cfg.data, str) else ""
+        raise DataError(f"data: found only {len(class_names)} class ({', '.join(class_names)}){where}; a classifier "
+                        f"needs at least 2 - put each class's {noun} in a subfolder of its own (or give them "
+                        "their own label).")
+    check_class_names(class_names)
+    missing = [class_names[c] for c in range(len(class_names)) if not np.any(train.labels == c)]
+    if missing:
+        raise DataError(f"data: no training {noun} for class(es) {', '.join(missing)}.")
+    if skipped:
+        get_logger().warning("skipped %d %s that could not be read: %s%s", len(skipped), noun,
+                             ", ".join(p for p, _ in skipped[:5]), " ..." if len(skipped) > 5 else "")
+    return train, val, class_names, skipped
 
 
 def build_pipeline(

@@ -6,6 +6,7 @@ Layout: `<export_dir>/<version>/` with an integer version, the next free one. Si
   suffix makes TF Serving's REST API accept {"b64": ...}) -> `probabilities` [None, C] float32,
   `classes` [None, k] tf.string class names, `scores` [None, k] float32 (top k, best first).
 - `serving_images`: `images` (float32 [None, H, W, 3], RGB pixels in [0, 255], any size) -> same outputs.
+- a text classifier's `serving_default`: `text` (tf.string [None], raw strings) -> the same outputs.
 
 Both run `tlkeras.data.images` — the training pipeline's own decode and resize — and the model
 (which carries the backbone's normalisation) inside the graph. `assets/labels.txt` holds the
@@ -28,7 +29,7 @@ import tensorflow as tf
 from tlkeras._logging import get_logger
 from tlkeras.data.images import decode_and_resize, prepare_image
 from tlkeras.errors import ExportError
-from tlkeras.model import image_size_of, predict_function, to_probabilities
+from tlkeras.model import image_size_of, is_text_model, predict_function, to_probabilities
 
 LABELS_FILE = "labels.txt"
 MODEL_CARD_FILE = "model_card.json"
@@ -44,14 +45,22 @@ class _ServingModule(tf.Module):
         # Track the variables, not the Keras model: saving a Keras model as a child also traces
         # and writes its own functions, which TF Serving never calls (measured: most of the save time).
         self.model_variables = list(model.variables)
+        # Hub modules' own objects: their functions may use resources beyond variables (a text
+        # module's vocabulary table), which the SavedModel must carry.
+        self.hub_modules = [layer._module for layer in _hub_layers(model)]
         self.labels = tf.saved_model.Asset(labels_path)
         self._class_names = tf.constant(list(class_names))
-        self._image_size = image_size_of(model)
         self._k = min(top_k, len(class_names))
-
-        size = self._image_size
         # a closure (not an attribute), so tf.Module does not track the Keras model itself
-        self._call_model = lambda images: model(images, training=False)
+        self._call_model = lambda inputs: model(inputs, training=False)
+        if is_text_model(model):
+            @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+            def serve_text(text):
+                return self._outputs(text)
+
+            self.endpoints = {"serving_default": serve_text}
+            return
+        self._image_size = size = image_size_of(model)
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
         def serve_bytes(image_bytes):
@@ -66,11 +75,10 @@ class _ServingModule(tf.Module):
         def serve_images(images):
             return self._outputs(prepare_image(images, size))
 
-        self.serve_bytes = serve_bytes
-        self.serve_images = serve_images
+        self.endpoints = {"serving_default": serve_bytes, "serving_images": serve_images}
 
-    def _outputs(self, images):
-        probabilities = tf.cast(to_probabilities(self._call_model(images)), tf.float32)
+    def _outputs(self, inputs):
+        probabilities = tf.cast(to_probabilities(self._call_model(inputs)), tf.float32)
         scores, indices = tf.math.top_k(probabilities, k=self._k)
         return {"probabilities": probabilities, "classes": tf.gather(self._class_names, indices), "scores": scores}
 
@@ -99,8 +107,8 @@ def export_saved_model(
         export_dir: the model's base folder (what TF Serving's --model_base_path points at).
         class_names: names of the classes, in label order.
         top_k: how many classes `classes` / `scores` list per image.
-        verify_images: encoded images to check the export with (e.g. validation images);
-            synthetic ones are used when None.
+        verify_images: encoded images (texts, for a text classifier) to check the export with
+            (e.g. validation images); synthetic ones are used when None.
         card: what is known of the model's making (backbone, weights, config digest, metrics...),
             written with the image size, preprocessing, class names and library versions to
             assets/model_card.json (see `model_card`).
@@ -131,14 +139,13 @@ def export_saved_model(
             f.write("\n".join(class_names) + "\n")
         module = _ServingModule(model, class_names, labels_path, top_k)
         target = os.path.join(staging, "model")
-        tf.saved_model.save(
-            module,
-            target,
-            signatures={"serving_default": module.serve_bytes, "serving_images": module.serve_images},
-        )
+        tf.saved_model.save(module, target, signatures=module.endpoints)
         with open(os.path.join(target, "assets", MODEL_CARD_FILE), "w", encoding="utf-8") as f:
             json.dump(model_card(model, class_names, top_k, card), f, indent=2, default=str)
-        images = list(verify_images) if verify_images else synthetic_images(image_size_of(model))
+        if verify_images:
+            images = list(verify_images)
+        else:
+            images = synthetic_texts() if is_text_model(model) else synthetic_images(image_size_of(model))
         verify_export(target, model, images)
         while True:
             version = next_version(export_dir)
@@ -159,6 +166,19 @@ def model_card(model, class_names: Sequence[str], top_k: int, extra: Optional[di
     """assets/model_card.json: what the model is, what it expects, and what made it."""
     from tlkeras.runrecord import library_versions
 
+    outputs = {"probabilities": f"[N, {len(class_names)}]", "classes": f"[N, {min(top_k, len(class_names))}] "
+               "names, best first", "scores": "their probabilities"}
+    common = {"class_names": list(class_names), "versions": library_versions(), **(extra or {})}
+    if is_text_model(model):
+        return {
+            "format": "tlkeras model card 1",
+            "task": "text classification",
+            "inputs": {"serving_default": "text: tf.string [N], raw UTF-8 strings; the backbone tokenises them "
+                                          "inside the graph"},
+            "preprocessing": "none outside the model: the text-embedding module's own tokenisation",
+            "outputs": outputs,
+            **common,
+        }
     preprocess = None
     try:
         preprocess = model.get_layer("preprocess").get_config().get("mode")
@@ -167,6 +187,7 @@ def model_card(model, class_names: Sequence[str], top_k: int, extra: Optional[di
     height, width = image_size_of(model)
     return {
         "format": "tlkeras model card 1",
+        "task": "image classification",
         "image_size": [height, width],
         "inputs": {
             "serving_default": "image_bytes: encoded JPEG/PNG/BMP/GIF, decoded to RGB and resized (bilinear, "
@@ -174,12 +195,20 @@ def model_card(model, class_names: Sequence[str], top_k: int, extra: Optional[di
             "serving_images": "images: float32 RGB pixels in [0, 255], any size, resized inside the graph",
         },
         "preprocessing": f"the backbone's own normalisation inside the model ({preprocess or 'see the model'})",
-        "outputs": {"probabilities": f"[N, {len(class_names)}]", "classes": f"[N, {min(top_k, len(class_names))}] "
-                    "names, best first", "scores": "their probabilities"},
-        "class_names": list(class_names),
-        "versions": library_versions(),
-        **(extra or {}),
+        "outputs": outputs,
+        **common,
     }
+
+
+def _hub_layers(model) -> list:
+    from tlkeras.backbones.hub import HubModule
+
+    return [layer for layer in model._flatten_layers() if isinstance(layer, HubModule)]
+
+
+def synthetic_texts() -> list[str]:
+    """A few texts of different lengths (an empty one included) to check a text export with."""
+    return ["a short text", "", "Another, somewhat longer text: with punctuation and UPPER case words.", "ünïcödé ✓"]
 
 
 def synthetic_images(image_size: tuple[int, int], count: int = 4) -> list[bytes]:
@@ -193,16 +222,23 @@ def synthetic_images(image_size: tuple[int, int], count: int = 4) -> list[bytes]
     ]
 
 
-def verify_export(path: str, model, images: Sequence[bytes], tolerance: float = VERIFY_TOLERANCE) -> float:
-    """Re-load the SavedModel at `path`, run `serving_default` on `images` and compare with `model`.
+def verify_export(path: str, model, images: Sequence, tolerance: float = VERIFY_TOLERANCE) -> float:
+    """Re-load the SavedModel at `path`, run `serving_default` on `images` (encoded images, or
+    texts for a text classifier) and compare with `model`.
 
     Returns the largest absolute probability difference; raises ExportError above `tolerance`.
     """
     loaded = tf.saved_model.load(path)
-    served = loaded.signatures["serving_default"](image_bytes=tf.constant(list(images)))
-    size = image_size_of(model)
-    pixels = tf.stack([decode_and_resize(tf.constant(b), size) for b in images])
-    expected = np.asarray(to_probabilities(predict_function(model)(pixels)))
+    serve = loaded.signatures["serving_default"]
+    if is_text_model(model):
+        input_name = "text"
+        inputs = tf.constant([str(t) for t in images], dtype=tf.string)
+    else:
+        input_name = "image_bytes"
+        size = image_size_of(model)
+        inputs = tf.stack([decode_and_resize(tf.constant(b), size) for b in images])
+    served = serve(**{input_name: tf.constant(list(images))})
+    expected = np.asarray(to_probabilities(predict_function(model)(inputs)))
     diff = float(np.max(np.abs(served["probabilities"].numpy() - expected)))
     if not diff <= tolerance:
         raise ExportError(
@@ -213,11 +249,11 @@ def verify_export(path: str, model, images: Sequence[bytes], tolerance: float = 
     from tlkeras.export import serving_client
 
     clients = ["rest"]
-    serve = loaded.signatures["serving_default"]
-    rest = serving_client.rest_predict(path, serving_client.rest_body(images), serve)["predictions"]
+    body = serving_client.rest_body(images, input_name)
+    rest = serving_client.rest_predict(path, body, serve)["predictions"]
     serving_client.compare("rest", np.asarray([row["probabilities"] for row in rest]), expected, tolerance)
     if serving_client.have_client_library():
-        _, response = serving_client.grpc_predict(path, images, serve=serve)
+        _, response = serving_client.grpc_predict(path, images, serve=serve, input_name=input_name)
         serving_client.compare("grpc", tf.make_ndarray(response.outputs["probabilities"]), expected, tolerance)
         clients.append("grpc")
     else:
@@ -247,6 +283,10 @@ def export_run(run_dir: str, export_dir: Optional[str] = None, *, top_k: Optiona
         raise ExportError(f"format {', '.join(unknown) or '(none)'} is not one of {', '.join(EXPORT_FORMATS)} "
                           "(e.g. --format saved_model,tflite).")
     model, class_names, cfg = load_run(run_dir, safe_mode=safe_mode)
+    others = [f for f in formats if f != "saved_model"]
+    if others and is_text_model(model):
+        raise ExportError(f"format {', '.join(others)}: a text classifier exports as a SavedModel only (its "
+                          "text module's string ops have no TFLite/ONNX form here); use --format saved_model.")
     out = {}
     k = top_k or (cfg.top_k if cfg is not None else 5)
     card = None

@@ -58,9 +58,11 @@ def _check_input(sig, key: str, tensor_proto) -> None:
         raise ExportError(f"input {key!r}: the request's shape {got} does not fit the signature's {want}.")
 
 
-def grpc_predict(path: str, images: Sequence[bytes], model_name: str = "classifier", serve=None):
-    """Build a PredictRequest for `images` with tensorflow-serving-api, check it against the
-    SignatureDef, run it, and return (request, response) as TF Serving would exchange them."""
+def grpc_predict(path: str, images: Sequence, model_name: str = "classifier", serve=None,
+                 input_name: str = "image_bytes"):
+    """Build a PredictRequest for `images` (encoded images, or texts for input_name="text") with
+    tensorflow-serving-api, check it against the SignatureDef, run it, and return (request,
+    response) as TF Serving would exchange them."""
     try:
         from tensorflow_serving.apis import predict_pb2
     except ImportError as e:  # pragma: no cover - a test extra
@@ -70,7 +72,7 @@ def grpc_predict(path: str, images: Sequence[bytes], model_name: str = "classifi
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model_name
     request.model_spec.signature_name = SIGNATURE
-    request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto(list(images), dtype=tf.string))
+    request.inputs[input_name].CopyFrom(tf.make_tensor_proto(list(images), dtype=tf.string))
     for key, proto in request.inputs.items():
         _check_input(sig, key, proto)
     # The server side: the request as bytes on the wire, parsed, and every input made a tensor.
@@ -83,9 +85,14 @@ def grpc_predict(path: str, images: Sequence[bytes], model_name: str = "classifi
     return request, predict_pb2.PredictResponse.FromString(response.SerializeToString())
 
 
-def rest_body(images: Sequence[bytes]) -> str:
-    """The REST request body TF Serving documents for binary inputs."""
-    return json.dumps({"instances": [{"image_bytes": {"b64": base64.b64encode(b).decode("ascii")}} for b in images]})
+def rest_body(images: Sequence, input_name: str = "image_bytes") -> str:
+    """The REST request body TF Serving documents: binary inputs (names ending in "_bytes") as
+    {"b64": ...}, text as JSON strings."""
+    if input_name.endswith("_bytes"):
+        rows = [{input_name: {"b64": base64.b64encode(b).decode("ascii")}} for b in images]
+    else:
+        rows = [{input_name: str(t)} for t in images]
+    return json.dumps({"instances": rows})
 
 
 def rest_predict(path: str, body: str, serve=None) -> dict:

@@ -1,0 +1,91 @@
+"""KerasHub presets as backbones (`backbone="kerashub:..."`), on a preset folder the fixture saves."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tlkeras
+from tlkeras import backbones
+from tlkeras.data.images import decode_and_resize
+from tlkeras.errors import BackboneError
+
+RUN = {"batch_size": 8, "report": False, "tensorboard": False, "verbose": 0}
+
+
+def preset_weights(preset: str) -> dict:
+    import keras_hub
+
+    loaded = keras_hub.models.Backbone.from_preset(preset)
+    return {layer.name: [w.numpy() for w in layer.weights] for layer in loaded.layers if layer.weights}
+
+
+def test_the_preset_s_own_image_converter_normalises_the_pixels(kerashub_preset):
+    import keras_hub
+
+    spec = backbones.resolve(f"kerashub:{kerashub_preset}")
+    assert (spec.source, spec.preprocessing, spec.default_size, spec.min_size) == ("kerashub", "affine", 32, 32)
+    model = tlkeras.build_model(spec, 3)
+    assert model.input_shape == (None, 32, 32, 3)
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    converter = keras_hub.layers.ImageConverter.from_preset(kerashub_preset)
+    np.testing.assert_allclose(model.get_layer("preprocess")(pixels), converter(pixels), atol=1e-5)
+
+
+def test_two_stages_on_a_kerashub_preset(tmp_path, kerashub_preset, image_folder):
+    original = preset_weights(kerashub_preset)
+    result = tlkeras.build_and_finetune(image_folder, backbone=f"kerashub:{kerashub_preset}", **RUN,
+                                        stage1={"epochs": 2}, stage2={"epochs": 1, "unfreeze": 3},
+                                        output_dir=str(tmp_path / "run"))
+    backbone = result.model.get_layer("backbone")
+    trained = open(os.path.join(result.run_dir, "stage2_trainable_layers.txt")).read().split()
+    assert len(trained) == 3
+    moved = {name for name, values in original.items()
+             if any(not np.array_equal(a, w.numpy()) for a, w in zip(values, backbone.get_layer(name).weights))}
+    assert moved == set(trained)  # and nothing else: stage 1 left the preset's weights, BN statistics stay
+    reloaded = keras.models.load_model(os.path.join(result.run_dir, "model.keras"), safe_mode=True)
+    x = np.random.default_rng(1).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0), result.model.predict(x, verbose=0), atol=1e-6)
+    blobs = [tf.io.encode_png(tf.constant(img.astype("uint8"))).numpy() for img in x]
+    pixels = np.stack([decode_and_resize(b, (32, 32)).numpy() for b in blobs])
+    served = tf.saved_model.load(result.export_dir).signatures["serving_default"](image_bytes=tf.constant(blobs))
+    np.testing.assert_allclose(served["probabilities"].numpy(), result.model.predict(pixels, verbose=0), atol=1e-5)
+
+
+def test_weights_none_builds_the_preset_s_architecture_randomly(kerashub_preset):
+    original = preset_weights(kerashub_preset)
+    model = tlkeras.build_model(f"kerashub:{kerashub_preset}", 3, weights=None)
+    kernel = model.get_layer("backbone").get_layer("conv1_conv").kernel.numpy()
+    assert kernel.shape == original["conv1_conv"][0].shape and not np.allclose(kernel, original["conv1_conv"][0])
+    pretrained = tlkeras.build_model(f"kerashub:{kerashub_preset}", 3)
+    np.testing.assert_array_equal(pretrained.get_layer("backbone").get_layer("conv1_conv").kernel.numpy(),
+                                  original["conv1_conv"][0])
+
+
+def test_kerashub_errors_say_what_to_do(tmp_path, kerashub_preset, monkeypatch):
+    import keras_hub
+
+    text = keras_hub.models.BertBackbone(vocabulary_size=10, num_layers=1, num_heads=1, hidden_dim=4,
+                                         intermediate_dim=4, max_sequence_length=8)
+    text.save_to_preset(str(tmp_path / "bert"))
+    with pytest.raises(BackboneError, match=r"is a BertBackbone taking .*token_ids.*; tlkeras fine-tunes KerasHub "
+                                            r"image backbones.*hub: text-embedding module"):
+        backbones.resolve(f"kerashub:{tmp_path / 'bert'}")
+    with pytest.raises(BackboneError, match=r"backbone_options: alpha do not apply to a KerasHub preset"):
+        backbones.resolve(f"kerashub:{kerashub_preset}", {"alpha": 1.0})
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Failed to resolve 'www.kaggle.com'")
+
+    monkeypatch.setattr(keras_hub.models.Backbone, "from_preset", offline)
+    with pytest.raises(BackboneError, match=r"could not load the KerasHub preset 'resnet_50_imagenet' "
+                                            r"\(ConnectionError: .*save_to_preset.*kerashub:/path/to/folder"):
+        backbones.resolve("kerashub:resnet_50_imagenet")
+
+
+def test_a_missing_keras_hub_names_the_extra(uninstalled):
+    uninstalled("keras_hub")
+    with pytest.raises(BackboneError, match=r'needs keras-hub: pip install "tlkeras\[kerashub\]"'):
+        backbones.resolve("kerashub:resnet_50_imagenet")

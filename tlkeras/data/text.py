@@ -1,0 +1,205 @@
+"""Text classification data: a CSV of text and label columns, a folder of class subfolders of
+.txt files, or (texts, labels) arrays - into tf.data pipelines of (string, label).
+
+The model takes raw strings: the backbone (a text-embedding module) does its own tokenising, so
+training and serving feed it the same thing and there is nothing to skew. Texts are read as UTF-8;
+a file that is not is skipped and listed, never fatal.
+
+Example:
+
+>>> import os, tempfile
+>>> path = os.path.join(tempfile.mkdtemp(), "reviews.csv")
+>>> _ = open(path, "w", encoding="utf-8").write("text,label\\ngreat film,pos\\nawful,neg\\nloved it,pos\\n")
+>>> examples, class_names, skipped = load_text_examples(path, "data")
+>>> class_names, examples.texts, examples.labels.tolist()
+(['neg', 'pos'], ['great film', 'awful', 'loved it'], [1, 0, 1])
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from tlkeras.errors import DataError, did_you_mean
+
+TEXT_EXTENSIONS = (".txt",)
+TABLE_EXTENSIONS = (".csv", ".tsv")
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+@dataclass
+class TextExamples:
+    """Labelled texts of one split."""
+
+    labels: np.ndarray
+    texts: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, rows) -> "TextExamples":
+        rows = np.sort(np.asarray(rows, dtype=np.int64))
+        return TextExamples(self.labels[rows], [self.texts[i] for i in rows])
+
+    def sample_texts(self, count: int) -> list[str]:
+        """Up to `count` texts spread over the classes (for checking an export)."""
+        from tlkeras.data.datasets import _spread_rows
+
+        return [self.texts[i] for i in _spread_rows(self.labels, count)]
+
+    def fingerprint(self) -> dict:
+        h = hashlib.sha256()
+        for text, label in zip(self.texts, self.labels):
+            h.update(f"{int(label)}\t{text}\n".encode("utf-8"))
+        return {"kind": "texts", "texts": len(self.texts), "sha256": h.hexdigest()}
+
+
+def is_text_table(path: Any) -> bool:
+    return isinstance(path, str) and path.lower().endswith(TABLE_EXTENSIONS)
+
+
+def load_text_examples(source: Any, key: str, class_names: Optional[list[str]] = None, *,
+                       text_column: str = "text", label_column: str = "label"):
+    """(TextExamples, class_names, skipped) from a CSV/TSV file, a folder of class subfolders of
+    .txt files, or a (texts, labels) pair."""
+    if isinstance(source, (tuple, list)) and len(source) == 2:
+        texts = [str(t) for t in np.asarray(source[0]).reshape(-1)]
+        labels = np.asarray(source[1])
+        if len(texts) != len(labels):
+            raise DataError(f"{key}: {len(texts)} texts but {len(labels)} labels.")
+        return _encoded(texts, labels, key, class_names), _names(labels, class_names, key), []
+    if not isinstance(source, str):
+        raise DataError(f"{key}: {type(source).__name__} is not a text source; pass a .csv/.tsv file with "
+                        f"{text_column!r} and {label_column!r} columns, a folder of class subfolders of .txt files, "
+                        "or a (texts, labels) pair.")
+    if not os.path.exists(source):
+        raise DataError(f"{key}: the path {source!r} does not exist.")
+    if os.path.isdir(source):
+        return _load_folder(source, key, class_names)
+    if is_text_table(source):
+        return _load_table(source, key, class_names, text_column, label_column)
+    raise DataError(f"{key}: {source!r} is neither a .csv/.tsv file nor a folder of class subfolders of .txt files.")
+
+
+def _load_table(path: str, key: str, class_names, text_column: str, label_column: str):
+    delimiter = "\t" if path.lower().endswith(".tsv") else ","
+    texts, labels, skipped = [], [], []
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f, delimiter=delimiter)
+            columns = reader.fieldnames or []
+            for column, setting in ((text_column, "text_column"), (label_column, "label_column")):
+                if column not in columns:
+                    raise DataError(
+                        f"{key}: {path!r} has no column {column!r}.{did_you_mean(column, columns)} Its columns "
+                        f"are {', '.join(columns) or '(none: an empty file?)'}; set {setting} to the right one."
+                    )
+            for line, row in enumerate(reader, start=2):
+                label = (row.get(label_column) or "").strip()
+                if not label:
+                    skipped.append((f"{path}:{line}", f"empty {label_column!r}"))
+                    continue
+                texts.append(row.get(text_column) or "")
+                labels.append(label)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{key}: {path!r} is not UTF-8 text ({e.reason} at byte {e.start}); "
+                        "save it as UTF-8.") from None
+    if not texts:
+        raise DataError(f"{key}: {path!r} holds no labelled rows.")
+    labels = np.asarray(labels)
+    return _encoded(texts, labels, key, class_names), _names(labels, class_names, key), skipped
+
+
+def _load_folder(root: str, key: str, class_names):
+    found = sorted(n for n in os.listdir(root) if os.path.isdir(os.path.join(root, n)) and not n.startswith("."))
+    if not found:
+        raise DataError(f"{key}: {root!r} has no class subfolders; put the .txt files of each class in a folder of "
+                        f"its own, e.g. {os.path.join(root, 'positive', 'review1.txt')}.")
+    names = list(class_names) if class_names is not None else found
+    unknown = [n for n in found if n not in names]
+    if unknown:
+        raise DataError(f"{key}: {root!r} has class folders the model does not know: {', '.join(unknown)} "
+                        f"(known: {', '.join(names)}).")
+    texts, labels, skipped = [], [], []
+    for name in found:
+        folder = os.path.join(root, name)
+        files = sorted(
+            os.path.join(dirpath, f)
+            for dirpath, dirnames, filenames in os.walk(folder)
+            for f in filenames
+            if f.lower().endswith(TEXT_EXTENSIONS) and not f.startswith(".")
+            and not any(part.startswith(".") for part in os.path.relpath(dirpath, folder).split(os.sep) if part != ".")
+        )
+        if not files:
+            raise DataError(f"{key}: the class folder {folder!r} holds no .txt files.")
+        for path in files:
+            try:
+                with open(path, encoding="utf-8-sig") as f:
+                    texts.append(f.read().strip())
+            except UnicodeDecodeError as e:
+                skipped.append((path, f"not UTF-8 text ({e.reason} at byte {e.start})"))
+                continue
+            labels.append(names.index(name))
+    return TextExamples(np.asarray(labels, dtype=np.int64), texts), names, skipped
+
+
+def _names(labels: np.ndarray, class_names, key: str) -> list[str]:
+    if class_names is not None:
+        return list(class_names)
+    if labels.dtype.kind in "iu":
+        return [str(i) for i in range(int(labels.max()) + 1 if labels.size else 0)]
+    return sorted({str(v) for v in labels})
+
+
+def _encoded(texts: list[str], labels: np.ndarray, key: str, class_names) -> TextExamples:
+    names = _names(labels, class_names, key)
+    if labels.dtype.kind in "iu":
+        if labels.size and (labels.min() < 0 or labels.max() >= len(names)):
+            raise DataError(f"{key}: labels must be class indices in [0, {len(names) - 1}].")
+        return TextExamples(labels.astype(np.int64), texts)
+    lookup = {n: i for i, n in enumerate(names)}
+    unknown = sorted({str(v) for v in labels} - set(lookup))
+    if unknown:
+        raise DataError(f"{key}: labels {', '.join(unknown[:5])} are not among the classes {', '.join(names)}.")
+    return TextExamples(np.asarray([lookup[str(v)] for v in labels], dtype=np.int64), texts)
+
+
+def text_pipeline(examples: TextExamples, batch_size: int, *, training: bool, seed: int) -> tf.data.Dataset:
+    """Batched (tf.string [N], int32 label [N]): shuffled each epoch when training."""
+    from tlkeras.distribute import static_shapes
+
+    ds = tf.data.Dataset.from_tensor_slices((tf.constant(examples.texts, dtype=tf.string),
+                                             examples.labels.astype(np.int32)))
+    if training:
+        ds = ds.shuffle(len(examples), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size, drop_remainder=training and static_shapes()).prefetch(AUTOTUNE)
+
+
+def make_text_datasets(cfg, *, batch_size: Optional[int] = None):
+    """The training and validation pipelines of a text run (the text twin of `make_datasets`)."""
+    from tlkeras.data.datasets import DataBundle, class_weights, load_splits
+
+    if cfg.data is None:
+        raise DataError("data: nothing to train on; pass a .csv/.tsv file of texts and labels, a folder of class "
+                        "subfolders of .txt files, or a (texts, labels) pair.")
+    if cfg.augment.enabled:
+        raise DataError("augment: image augmentation does not apply to text; remove the augment settings.")
+    batch_size = batch_size or cfg.batch_size
+
+    def load(source, key, class_names):
+        return load_text_examples(source, key, class_names, text_column=cfg.text_column,
+                                  label_column=cfg.label_column)
+
+    train, val, class_names, skipped = load_splits(load, cfg, cfg.data, cfg.val_data, "texts")
+    return DataBundle(
+        train=text_pipeline(train, batch_size, training=True, seed=cfg.seed),
+        val=text_pipeline(val, batch_size, training=False, seed=cfg.seed) if val is not None else None,
+        class_names=class_names, train_examples=train, val_examples=val, skipped=skipped,
+        class_weight=class_weights(cfg.class_weight, train.labels, class_names), cached=True, augmenter=None,
+    )
