@@ -34,6 +34,15 @@ def changed(before: dict, after: dict) -> set:
     return {name for name in before if not np.array_equal(before[name], after[name])}
 
 
+def test_an_image_module_takes_unit_pixels_at_its_own_size(hub_image_module):
+    spec = backbones.resolve(f"hub:{hub_image_module}")
+    assert (spec.source, spec.modality, spec.preprocessing, spec.default_size, spec.min_size) == (
+        "tensorflow hub", "image", "unit", 32, 32)  # the size the module's signature fixes
+    model = tlkeras.build_model(spec, 3)  # no image_size: the module's
+    assert model.input_shape == (None, 32, 32, 3)
+    np.testing.assert_allclose(model.get_layer("preprocess")(np.full((1, 32, 32, 3), 255.0, "float32")), 1.0)
+
+
 def test_stage_1_changes_no_module_variable(tmp_path, hub_image_module, image_folder):
     result = tlkeras.build_and_finetune(image_folder, backbone=f"hub:{hub_image_module}", **RUN,
                                         stage1={"epochs": 2}, stage2={"epochs": 0}, export=False,
@@ -81,6 +90,7 @@ def test_partial_unfreezing_counts_the_module_variables(hub_image_module):
     plan = freezing.unfreeze(model, "all")
     assert plan.layers == TRAINABLE and plan.unit == "hub module variable" and plan.bn_frozen
     assert "8 backbone hub module variable(s) train" in plan.describe()
+    assert plan.describe().endswith("the module runs in inference mode (its BatchNormalization statistics stay fixed)")
     assert len(model.trainable_weights) == 8 + 2
     assert not any(weight.trainable for name, weight, _ in module.named_variables() if name in MOVING)
     assert freezing.plan_cut(model, "all") == (0, 1) and freezing.plan_cut(model, None) == (1, 1)
@@ -99,7 +109,8 @@ def test_the_module_runs_in_inference_mode_unless_train_bn(hub_image_module):
     for train_bn, statistics_move in ((False, False), (True, True)):
         model = tlkeras.build_model(f"hub:{hub_image_module}", 3, image_size=32)
         module = freezing.hub_module(model)
-        freezing.unfreeze(model, "all", train_bn=train_bn)
+        plan = freezing.unfreeze(model, "all", train_bn=train_bn)
+        assert ("the module runs in training mode" in plan.describe()) is train_bn
         before = module_values(module)
         model.compile("adam", "sparse_categorical_crossentropy")
         model.fit(x, y, epochs=1, verbose=0)

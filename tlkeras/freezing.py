@@ -49,7 +49,11 @@ class UnfreezePlan:
         if n == 0:
             return "no backbone layer trains (head only)"
         shown = ", ".join(self.layers) if n <= 8 else ", ".join(self.layers[:3]) + ", ..., " + ", ".join(self.layers[-3:])
-        bn = "; BatchNormalization frozen (inference mode)" if self.bn_frozen else "; BatchNormalization trains"
+        if self.unit == "layer":
+            bn = "; BatchNormalization frozen (inference mode)" if self.bn_frozen else "; BatchNormalization trains"
+        else:  # a hub module runs as a whole in inference or training mode
+            bn = ("; the module runs in inference mode (its BatchNormalization statistics stay fixed)" if self.bn_frozen
+                  else "; the module runs in training mode (its BatchNormalization statistics update)")
         share = self.trainable_params / max(self.backbone_params, 1)
         notes = "".join(f"; {note}" for note in self.notes)
         return (
