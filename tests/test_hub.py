@@ -263,9 +263,26 @@ class _Dict(tf.Module):
         return {"pooled": pooled, "logits": pooled[:, :2]}
 
 
+class _SignatureOnly(tf.Module):
+    """A SavedModel that can only be served (a signature), like TF1 Hub modules converted to SavedModels."""
+
+    def __init__(self):
+        self.w = tf.Variable(tf.ones([3, 4]))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 3], tf.float32)])
+    def features(self, images):
+        return {"features": tf.reduce_mean(images, axis=[1, 2]) @ self.w}
+
+
 def test_modules_that_are_not_backbones_are_explained(tmp_path, hub_image_module):
     for name, module in (("logits", _Logits()), ("tabular", _Tabular()), ("dict", _Dict())):
         tf.saved_model.save(module, str(tmp_path / name))
+    signature_only = _SignatureOnly()
+    tf.saved_model.save(signature_only, str(tmp_path / "signature"),
+                        signatures={"serving_default": signature_only.features})
+    with pytest.raises(BackboneError, match=r"has no callable __call__ \(reusable TF2 SavedModel\) or serve endpoint "
+                                            r"\(Keras export\); it only has the signatures serving_default"):
+        backbones.resolve(f"hub:{tmp_path / 'signature'}")
     with pytest.raises(BackboneError, match=r"outputs int32 \(None,\); a backbone outputs float features"):
         backbones.resolve(f"hub:{tmp_path / 'logits'}")
     with pytest.raises(BackboneError, match=r"takes float32 \(None, 10\); a backbone takes images"):

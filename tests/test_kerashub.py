@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import tlkeras
-from tlkeras import backbones
+from tlkeras import backbones, freezing
 from tlkeras.data.images import decode_and_resize
 from tlkeras.errors import BackboneError
 
@@ -52,6 +52,42 @@ def test_two_stages_on_a_kerashub_preset(tmp_path, kerashub_preset, image_folder
     pixels = np.stack([decode_and_resize(b, (32, 32)).numpy() for b in blobs])
     served = tf.saved_model.load(result.export_dir).signatures["serving_default"](image_bytes=tf.constant(blobs))
     np.testing.assert_allclose(served["probabilities"].numpy(), result.model.predict(pixels, verbose=0), atol=1e-5)
+
+
+def test_a_resnet_preset_unfreezes_by_block_and_keeps_its_block_map_when_saved(tmp_path, kerashub_preset):
+    model = tlkeras.build_model(f"kerashub:{kerashub_preset}", 3)
+    blocks = freezing.list_blocks(model)
+    assert [block[0] for block in blocks] == ["conv1_pad", "stack0_block0_1_conv", "stack1_block0_1_pad"]
+    plan = freezing.unfreeze(model, "blocks:1")
+    assert plan.layers == ["stack1_block0_1_conv", "stack1_block0_0_conv", "stack1_block0_2_conv"]  # BN stays frozen
+    factors = freezing.layer_multipliers(model, 0.5)
+    backbone = model.get_layer("backbone")
+    assert factors[backbone.get_layer("stack1_block0_2_conv").kernel.path] == 0.5
+    assert factors[backbone.get_layer("conv1_conv").kernel.path] == 0.125
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.models.load_model(tmp_path / "m.keras", safe_mode=True)
+    assert freezing.unfreeze(reloaded, "blocks:2").layers[0] == "stack0_block0_1_conv"
+
+
+@pytest.mark.parametrize("kind", ["vgg", "densenet"])
+def test_the_block_maps_follow_kerashub_s_layer_names(tmp_path, kind):
+    import keras_hub
+
+    if kind == "vgg":
+        backbone = keras_hub.models.VGGBackbone(stackwise_num_repeats=[1, 2], stackwise_num_filters=[4, 8],
+                                                image_shape=(32, 32, 3))
+        expected = [["block1_conv1", "block1_pool"], ["block2_conv1", "block2_conv2", "block2_pool"]]
+    else:
+        backbone = keras_hub.models.DenseNetBackbone(stackwise_num_repeats=[1, 1], image_shape=(32, 32, 3))
+        expected = None
+    backbone.save_to_preset(str(tmp_path / kind))
+    model = tlkeras.build_model(f"kerashub:{tmp_path / kind}", 2, backbone_options={"preprocessing": "unit"})
+    blocks = freezing.list_blocks(model)
+    if expected is not None:
+        assert blocks == expected
+    else:  # stem, then each dense block with the transition after it; the final BN closes the last
+        assert [b[0] for b in blocks] == ["conv1_conv", "stack1_block1_1_bn", "stack2_block1_1_bn"]
+        assert blocks[1][-1] == "transition1_pool" and blocks[2][-2:] == ["bn", "relu"]
 
 
 def test_weights_none_builds_the_preset_s_architecture_randomly(kerashub_preset):

@@ -52,8 +52,9 @@ def main(debug: bool, quiet: bool) -> None:
 
 @main.command(context_settings=_CONTEXT)
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), help="YAML config file.")
-@click.option("--data", help="Folder with one subfolder per class, or tfds:NAME[:SPLIT].")
-@click.option("--val-data", help="Validation folder (default: a stratified split of --data).")
+@click.option("--data", help="Folder with one subfolder per class, or tfds:NAME[:SPLIT]; for a text backbone a "
+                             "CSV/TSV of texts and labels or a folder of class subfolders of .txt files.")
+@click.option("--val-data", help="Validation folder or file (default: a stratified split of --data).")
 @click.option("--backbone", help="Backbone name, e.g. efficientnetb0 (see `tlkeras backbones`).")
 @click.option("--weights", help="imagenet, none, or a path to a backbone weights file.")
 @click.option("--image-size", type=int, help="Input side length in pixels (default: the backbone's).")

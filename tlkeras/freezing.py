@@ -27,7 +27,7 @@ import keras
 from tlkeras import backbones
 from tlkeras.distribute import replicas
 from tlkeras.errors import BackboneError, did_you_mean
-from tlkeras.model import backbone_name, get_backbone
+from tlkeras.model import PREPROCESS_LAYER, backbone_name, get_backbone
 
 Unfreeze = Union[int, float, str, None]
 
@@ -250,11 +250,9 @@ def _block_cut(model, layers, unfreeze: str) -> int:
         count = 0
     if count < 1:
         raise BackboneError(f"stage2.unfreeze: {unfreeze!r} is not valid: use 'blocks:N' with N >= 1.")
-    name = backbone_name(model)
-    block_map = backbones.block_map_for(name) if name else None
-    if block_map is None:
+    if block_map_of(model) is None:
         raise BackboneError(
-            f"stage2.unfreeze: {unfreeze!r} needs a block map, and backbone {name!r} has none; "
+            f"stage2.unfreeze: {unfreeze!r} needs a block map, and backbone {backbone_name(model)!r} has none; "
             "use a layer count, a fraction or a layer name."
         )
     blocks = list_blocks(model)
@@ -263,12 +261,24 @@ def _block_cut(model, layers, unfreeze: str) -> int:
     return [layer.name for layer in layers].index(first)
 
 
+def block_map_of(model: keras.Model) -> Optional[backbones.BlockMap]:
+    """The block map of a model's backbone: the one its preprocessing layer carries (KerasHub
+    presets, saved with the model), else its keras.applications family's; None when it has none."""
+    try:
+        stored = model.get_layer(PREPROCESS_LAYER).block_map
+    except (ValueError, AttributeError):
+        stored = None
+    if stored:
+        return backbones.BlockMap(**stored)
+    name = backbone_name(model)
+    return backbones.block_map_for(name) if name else None
+
+
 def list_blocks(model: keras.Model) -> list[list[str]]:
     """The backbone's layer names grouped into blocks, bottom to top."""
-    name = backbone_name(model)
-    block_map = backbones.block_map_for(name) if name else None
+    block_map = block_map_of(model)
     if block_map is None:
-        raise BackboneError(f"backbone {name!r} has no block map.")
+        raise BackboneError(f"backbone {backbone_name(model)!r} has no block map.")
     return block_map.split([layer.name for layer in backbone_layers(model)])
 
 
@@ -292,8 +302,7 @@ def layer_multipliers(model: keras.Model, decay: float) -> dict[str, float]:
         bands = [weights[i : i + size] for i in range(0, len(weights), size)]
         return {w.path: decay**depth for depth, band in enumerate(reversed(bands), start=1) for w in band}
     layers = backbone_layers(model)
-    name = backbone_name(model)
-    if name and backbones.block_map_for(name) is not None:
+    if block_map_of(model) is not None:
         groups = list_blocks(model)
     else:
         weighted = [layer.name for layer in layers if layer.weights]

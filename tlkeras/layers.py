@@ -26,6 +26,8 @@ class ImagePreprocessing(keras.layers.Layer):
             (x * scale + offset per channel: a KerasHub preset's image converter).
         backbone_name: the backbone this model was built with, kept for `unfreeze="blocks:N"`.
         scale, offset: per-channel factors of "affine" (three floats each).
+        block_map: {"kind", "pattern"} of the backbone's `BlockMap` when it is not found by
+            `backbone_name` (a KerasHub preset), so the saved model keeps `blocks:N` working.
 
     Example:
 
@@ -35,7 +37,8 @@ class ImagePreprocessing(keras.layers.Layer):
     [[[[-1.0, 0.0, 1.0]]]]
     """
 
-    def __init__(self, mode: str = "none", backbone_name: str | None = None, scale=None, offset=None, **kwargs):
+    def __init__(self, mode: str = "none", backbone_name: str | None = None, scale=None, offset=None,
+                 block_map: dict | None = None, **kwargs):
         super().__init__(**kwargs)
         if mode not in ALL_MODES:
             raise ValueError(f"mode {mode!r} is not one of {ALL_MODES}")
@@ -45,6 +48,7 @@ class ImagePreprocessing(keras.layers.Layer):
         self.backbone_name = backbone_name
         self.scale = [float(v) for v in scale] if scale is not None else None
         self.offset = [float(v) for v in offset] if offset is not None else None
+        self.block_map = dict(block_map) if block_map else None
 
     def call(self, inputs):
         x = ops.cast(inputs, self.compute_dtype)
@@ -72,4 +76,6 @@ class ImagePreprocessing(keras.layers.Layer):
         config.update({"mode": self.mode, "backbone_name": self.backbone_name})
         if self.mode == "affine":
             config.update({"scale": self.scale, "offset": self.offset})
+        if self.block_map:
+            config["block_map"] = dict(self.block_map)
         return config

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 
 from tlkeras import backbones
@@ -65,7 +67,10 @@ def build_model(
         base = spec.build((height, width), weights)
         # === Functional Model ===
         inputs = keras.Input((height, width, 3), name="image")
+        # A block map that the backbone's name does not lead to (KerasHub) travels with the model.
+        carried = spec.block_map if spec.block_map is not None and spec.source == "kerashub" else None
         x = ImagePreprocessing(spec.preprocessing, backbone_name=spec.name, name=PREPROCESS_LAYER,
+                               block_map=dataclasses.asdict(carried) if carried else None,
                                **spec.preprocessing_params)(inputs)
         features = base(x)
     outputs = build_head(

@@ -7,8 +7,9 @@ or a local folder written by `save_to_preset` - which is how to use one offline:
 machine with network, copy the folder.
 
 The preset's image backbone is the pretrained base (its own layers, so `unfreeze` counts, fractions
-and layer names work as for keras.applications; there is no block map, so `blocks:N` is refused
-and `layer_decay` uses 8 bands of layers), and the preset's own `ImageConverter` says how pixels
+and layer names work as for keras.applications; ResNet, DenseNet and VGG presets have a block map
+for `blocks:N` and `layer_decay` by block, others are split into 8 bands of layers for the
+decay and refuse `blocks:N`), and the preset's own `ImageConverter` says how pixels
 are normalised: its `scale` and `offset` become the model's first layer (the resize stays tlkeras's
 one decode-and-resize function, shared with serving), and its `image_size` the default size.
 `weights: imagenet` (the default) loads the preset's weights, `null` builds it randomly
@@ -19,13 +20,20 @@ from __future__ import annotations
 
 import os
 
-from tlkeras.backbones.spec import PREPROCESSING_MODES, BackboneSpec, check_options
+from tlkeras.backbones.spec import PREPROCESSING_MODES, BackboneSpec, BlockMap, check_options
 from tlkeras.errors import BackboneError
 
 SCHEME = "kerashub:"
 OPTIONS = ("preprocessing",)
 MIN_SIZE = 32
 _INSTALL = 'pip install "tlkeras[kerashub]"'
+
+# KerasHub backbone class -> how its layers group into blocks (layer names as KerasHub builds them).
+BLOCK_MAPS = {
+    "ResNetBackbone": BlockMap("prefix", r"^(stack\d+_block\d+)_"),  # residual blocks
+    "DenseNetBackbone": BlockMap("prefix", r"^(?:stack(\d+)_|transition(\d+)_)"),  # dense block + its transition
+    "VGGBackbone": BlockMap("prefix", r"^(block\d+)_"),
+}
 
 
 def is_kerashub(name: str) -> bool:
@@ -105,7 +113,7 @@ def get_spec(name: str, options: dict | None = None) -> BackboneSpec:
         preprocessing=mode,
         default_size=default,
         min_size=fixed or MIN_SIZE,
-        block_map=None,
+        block_map=BLOCK_MAPS.get(type(backbone).__name__),
         builder=lambda image_size, weights, opts: _build(preset, image_size, weights),
         options=options,
         preprocessing_params=params,
