@@ -168,7 +168,7 @@ def predict(export_dir, inputs, top_k, batch_size, fmt):
 
     With a text classifier's export, each input is a text, or a file of one text per line ("-": standard input).
     """
-    from tlkeras.predict import format_predictions, is_text_export, predict_files, predict_texts
+    from tlkeras.predict import format_predictions, predict_inputs
 
     bar = None
 
@@ -179,8 +179,7 @@ def predict(export_dir, inputs, top_k, batch_size, fmt):
         if bar is not None:
             bar.update(done - bar.pos)
 
-    run = predict_texts if is_text_export(export_dir) else predict_files
-    result = run(export_dir, list(inputs), top_k=top_k, batch_size=batch_size, progress=progress)
+    result = predict_inputs(export_dir, list(inputs), top_k=top_k, batch_size=batch_size, progress=progress)
     if bar is not None:
         bar.render_finish()
     click.echo(format_predictions(result.rows, fmt), nl=False)

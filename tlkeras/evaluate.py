@@ -42,19 +42,20 @@ def run_examples(path: str, data, class_names: list[str], split: str = "val", te
 
     config_path = os.path.join(path, CONFIG_FILE)
     cfg = FinetuneConfig.from_yaml(config_path) if os.path.isfile(config_path) else None
+    load = load_examples
     if text:
         columns = {"text_column": cfg.text_column, "label_column": cfg.label_column} if cfg else {}
-        load_examples = functools.partial(load_text_examples, **columns)  # noqa: F811
+        load = functools.partial(load_text_examples, **columns)
     if data is not None:
-        examples, _, skipped = load_examples(data, "data", class_names)
+        examples, _, skipped = load(data, "data", class_names)
         return examples, skipped
     if cfg is None or not isinstance(cfg.data, str):
         raise DataError(f"{path!r} has no config.yaml naming a data folder; pass --data to evaluate on a folder.")
     if cfg.val_data is not None:
-        examples, _, skipped = load_examples(cfg.data if split == "train" else cfg.val_data,
-                                             "data" if split == "train" else "val_data", class_names)
+        examples, _, skipped = load(cfg.data if split == "train" else cfg.val_data,
+                                    "data" if split == "train" else "val_data", class_names)
         return examples, skipped
-    examples, _, skipped = load_examples(cfg.data, "data", class_names)
+    examples, _, skipped = load(cfg.data, "data", class_names)
     train_rows, val_rows = stratified_split(examples.labels, cfg.val_split, cfg.seed)
     rows = train_rows if split == "train" else val_rows
     if not len(rows):
@@ -79,14 +80,14 @@ def evaluate_run(path: str, data=None, *, batch_size: int = 32, top_k: int = 5, 
     from tlkeras.data.datasets import build_pipeline
     from tlkeras.data.text import text_pipeline
     from tlkeras.model import image_size_of, is_text_model
-    from tlkeras.predict import is_export, is_text_export, load_export
+    from tlkeras.predict import export_input, is_export, load_export
     from tlkeras.rundir import load_run
     from tlkeras.utils import write_json_atomic
 
     if is_export(path):
         serve, class_names, export_dir = load_export(path)
         run_dir = os.path.dirname(os.path.dirname(export_dir))  # run/export/<version>
-        text = is_text_export(export_dir)
+        text = export_input(serve) == "text"
         examples, skipped = run_examples(run_dir, data, class_names, text=text)
         probabilities, labels = _serve_examples(serve, examples, batch_size, text)
         source = export_dir

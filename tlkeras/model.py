@@ -68,7 +68,7 @@ def build_model(
         # === Functional Model ===
         inputs = keras.Input((height, width, 3), name="image")
         # A block map that the backbone's name does not lead to (KerasHub) travels with the model.
-        carried = spec.block_map if spec.block_map is not None and spec.source == "kerashub" else None
+        carried = spec.block_map if backbones.block_map_for(spec.name) != spec.block_map else None
         x = ImagePreprocessing(spec.preprocessing, backbone_name=spec.name, name=PREPROCESS_LAYER,
                                block_map=dataclasses.asdict(carried) if carried else None,
                                **spec.preprocessing_params)(inputs)

@@ -82,20 +82,23 @@ def _load_file_model(path: str):
     return serve, class_names, path
 
 
-def input_name(serve) -> str:
-    """The serving signature's one input: "image_bytes" for image classifiers, "text" for text ones."""
-    signature = getattr(serve, "structured_input_signature", None)
-    names = sorted(signature[1]) if signature else ["image_bytes"]
-    return names[0] if len(names) == 1 else "image_bytes"
+def export_input(serve) -> str:
+    """What a loaded export takes: "text" (a text classifier's signature) or "image_bytes"."""
+    signature = getattr(serve, "structured_input_signature", None)  # .tflite/.onnx wrappers: images
+    return "text" if signature and sorted(signature[1]) == ["text"] else "image_bytes"
 
 
-def is_text_export(path: str) -> bool:
-    """Whether an export (a SavedModel folder or versions folder) is a text classifier."""
-    if path.endswith((".tflite", ".onnx")):
-        return False
-    from tlkeras.export.serving_client import signature_def
+def predict_inputs(export_path: str, inputs: list[str], **options) -> "Predictions":
+    """`predict_texts` or `predict_files`, whichever the export takes (loaded once)."""
+    export = load_export(export_path)
+    run = _predict_texts if export_input(export[0]) == "text" else _predict_files
+    return run(export, inputs, **options)
 
-    return "text" in signature_def(resolve_export(path)).inputs
+
+def _ranked(probabilities, class_names: list[str], k: int) -> dict:
+    """{"classes", "scores"}: the k most probable classes, best first."""
+    order = np.argsort(-probabilities, kind="stable")[:k]
+    return {"classes": [class_names[i] for i in order], "scores": [float(probabilities[i]) for i in order]}
 
 
 def expand_texts(inputs: list[str]) -> list[tuple[str, str]]:
@@ -126,7 +129,11 @@ def predict_texts(export_path: str, inputs: list[str], *, top_k: int = 3, batch_
 
         predict_texts("runs/reviews/export", ["loved every minute", "reviews.txt"]).rows[0]["classes"]
     """
-    serve, class_names, _ = load_export(export_path)
+    return _predict_texts(load_export(export_path), inputs, top_k=top_k, batch_size=batch_size, progress=progress)
+
+
+def _predict_texts(export, inputs, *, top_k=3, batch_size=32, progress=None) -> "Predictions":
+    serve, class_names, _ = export
     k = max(1, min(top_k, len(class_names)))
     result = Predictions()
     items = expand_texts(inputs)
@@ -134,9 +141,7 @@ def predict_texts(export_path: str, inputs: list[str], *, top_k: int = 3, batch_
         batch = items[start : start + batch_size]
         probs = serve(text=tf.constant([t for _, t in batch], dtype=tf.string))["probabilities"].numpy()
         for (source, text), p in zip(batch, probs):
-            order = np.argsort(-p, kind="stable")[:k]
-            result.rows.append({"text": text, "source": source, "classes": [class_names[i] for i in order],
-                                "scores": [float(p[i]) for i in order]})
+            result.rows.append({"text": text, "source": source, **_ranked(p, class_names, k)})
         if progress is not None:
             progress(min(start + batch_size, len(items)), len(items))
     return result
@@ -173,7 +178,11 @@ def predict_files(export_path: str, inputs: list[str], *, top_k: int = 3, batch_
         preds = predict_files("runs/flowers/export", ["photos/"], top_k=2)
         preds.rows[0]  # {"path": "photos/a.jpg", "classes": ["tulip", "rose"], "scores": [0.91, 0.06]}
     """
-    serve, class_names, _ = load_export(export_path)
+    return _predict_files(load_export(export_path), inputs, top_k=top_k, batch_size=batch_size, progress=progress)
+
+
+def _predict_files(export, inputs, *, top_k=3, batch_size=32, progress=None) -> Predictions:
+    serve, class_names, _ = export
     k = max(1, min(top_k, len(class_names)))
     result = Predictions()
     files = expand_inputs(inputs)
@@ -187,10 +196,7 @@ def predict_files(export_path: str, inputs: list[str], *, top_k: int = 3, batch_
             except OSError as e:
                 result.skipped.append((p, e.strerror or str(e)))
         for p, probs in _serve_batch(serve, batch_paths, batch_bytes, result.skipped):
-            order = np.argsort(-probs, kind="stable")[:k]
-            result.rows.append(
-                {"path": p, "classes": [class_names[i] for i in order], "scores": [float(probs[i]) for i in order]}
-            )
+            result.rows.append({"path": p, **_ranked(probs, class_names, k)})
         if progress is not None:
             progress(min(start + batch_size, len(files)), len(files))
     return result

@@ -174,9 +174,9 @@ def load_run(run_dir: str, *, safe_mode: bool = True):
     config_path = os.path.join(run_dir, CONFIG_FILE)
     config = FinetuneConfig.from_yaml(config_path) if os.path.isfile(config_path) else None
     if config is not None and str(config.backbone).startswith("kerashub:"):
-        from tlkeras.backbones.kerashub import _keras_hub
+        from tlkeras.backbones.kerashub import import_keras_hub
 
-        _keras_hub(config.backbone)  # KerasHub's layers register themselves on import
+        import_keras_hub(config.backbone)  # KerasHub's layers register themselves on import
     try:
         model = keras.models.load_model(model_path, safe_mode=safe_mode)
     except ValueError as e:

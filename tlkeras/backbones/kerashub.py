@@ -40,7 +40,7 @@ def is_kerashub(name: str) -> bool:
     return str(name).startswith(SCHEME)
 
 
-def _keras_hub(preset: str):
+def import_keras_hub(preset: str):
     try:
         import keras_hub
     except ImportError:
@@ -86,7 +86,7 @@ def get_spec(name: str, options: dict | None = None) -> BackboneSpec:
         raise BackboneError("backbone: 'kerashub:' needs a preset, e.g. kerashub:resnet_50_imagenet or "
                             "kerashub:path/to/preset_folder.")
     options = check_options(options, OPTIONS, "a KerasHub preset (preprocessing replaces its image converter)")
-    keras_hub = _keras_hub(preset)
+    keras_hub = import_keras_hub(preset)
     backbone = _load(keras_hub.models.Backbone, preset, load_weights=False)  # reads the config only
     _check_image_backbone(backbone, preset)
     converter = _converter(keras_hub, preset)
@@ -141,7 +141,7 @@ def _build(preset: str, image_size, weights):
 
     from tlkeras.backbones.applications import load_weights_file
 
-    keras_hub = _keras_hub(preset)
+    keras_hub = import_keras_hub(preset)
     loaded = _load(keras_hub.models.Backbone, preset, load_weights=weights is not None)
     size = tuple(loaded.inputs[0].shape[1:3])
     if (size[0] is not None and size[0] != image_size[0]) or (size[1] is not None and size[1] != image_size[1]):

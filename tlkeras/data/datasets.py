@@ -356,7 +356,7 @@ def _load_arrays(x, y, key: str, class_names):
         get_logger().warning(
             "%s: image values are all <= 1.0; tlkeras expects pixels in [0, 255] (multiply by 255).", key
         )
-    labels, class_names = _encode_labels(y, key, class_names)
+    labels, class_names = encode_labels(y, key, class_names)
     return Examples(labels, arrays=x), class_names, []
 
 
@@ -379,7 +379,8 @@ def check_class_names(class_names) -> None:
             )
 
 
-def _encode_labels(y: np.ndarray, key: str, class_names):
+def encode_labels(y: np.ndarray, key: str, class_names):
+    """(int64 labels, class names) from integer class indices or label strings (sorted into names)."""
     if y.dtype.kind in "iu":
         labels = y.astype(np.int64)
         if labels.size and labels.min() < 0:
@@ -417,7 +418,7 @@ def _load_dataset(ds: tf.data.Dataset, key: str, class_names):
     if ds.cardinality() == tf.data.INFINITE_CARDINALITY:
         raise DataError(f"{key}: the tf.data.Dataset is infinite (.repeat()?); pass a finite one.")
     labels = np.fromiter((int(y) for y in ds.map(lambda x, y: y).as_numpy_iterator()), dtype=np.int64)
-    labels, class_names = _encode_labels(labels, key, class_names)
+    labels, class_names = encode_labels(labels, key, class_names)
     return Examples(labels, dataset=ds), class_names, []
 
 

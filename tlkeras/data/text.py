@@ -73,7 +73,7 @@ def load_text_examples(source: Any, key: str, class_names: Optional[list[str]] =
         labels = np.asarray(source[1])
         if len(texts) != len(labels):
             raise DataError(f"{key}: {len(texts)} texts but {len(labels)} labels.")
-        return _encoded(texts, labels, key, class_names), _names(labels, class_names, key), []
+        return (*_encoded(texts, labels, key, class_names), [])
     if not isinstance(source, str):
         raise DataError(f"{key}: {type(source).__name__} is not a text source; pass a .csv/.tsv file with "
                         f"{text_column!r} and {label_column!r} columns, a folder of class subfolders of .txt files, "
@@ -113,7 +113,7 @@ def _load_table(path: str, key: str, class_names, text_column: str, label_column
     if not texts:
         raise DataError(f"{key}: {path!r} holds no labelled rows.")
     labels = np.asarray(labels)
-    return _encoded(texts, labels, key, class_names), _names(labels, class_names, key), skipped
+    return (*_encoded(texts, labels, key, class_names), skipped)
 
 
 def _load_folder(root: str, key: str, class_names):
@@ -149,25 +149,12 @@ def _load_folder(root: str, key: str, class_names):
     return TextExamples(np.asarray(labels, dtype=np.int64), texts), names, skipped
 
 
-def _names(labels: np.ndarray, class_names, key: str) -> list[str]:
-    if class_names is not None:
-        return list(class_names)
-    if labels.dtype.kind in "iu":
-        return [str(i) for i in range(int(labels.max()) + 1 if labels.size else 0)]
-    return sorted({str(v) for v in labels})
+def _encoded(texts: list[str], labels: np.ndarray, key: str, class_names):
+    """(TextExamples, class_names): labels as indices or strings, encoded as image labels are."""
+    from tlkeras.data.datasets import encode_labels
 
-
-def _encoded(texts: list[str], labels: np.ndarray, key: str, class_names) -> TextExamples:
-    names = _names(labels, class_names, key)
-    if labels.dtype.kind in "iu":
-        if labels.size and (labels.min() < 0 or labels.max() >= len(names)):
-            raise DataError(f"{key}: labels must be class indices in [0, {len(names) - 1}].")
-        return TextExamples(labels.astype(np.int64), texts)
-    lookup = {n: i for i, n in enumerate(names)}
-    unknown = sorted({str(v) for v in labels} - set(lookup))
-    if unknown:
-        raise DataError(f"{key}: labels {', '.join(unknown[:5])} are not among the classes {', '.join(names)}.")
-    return TextExamples(np.asarray([lookup[str(v)] for v in labels], dtype=np.int64), texts)
+    codes, names = encode_labels(np.asarray(labels), key, class_names)
+    return TextExamples(codes, texts), names
 
 
 def text_pipeline(examples: TextExamples, batch_size: int, *, training: bool, seed: int) -> tf.data.Dataset:
