@@ -79,6 +79,6 @@ def test_plan_description_names_the_layers_and_parameters(tiny_model):
 
 
 def test_blocks_on_a_backbone_without_a_block_map_is_explained(tiny_model):
-    tiny_model.get_layer("preprocess").backbone_name = "mystery"
+    tiny_model.update_metadata(backbone="mystery", block_map=None)  # the model's metadata says what it is
     with pytest.raises(BackboneError, match=r"needs a block map, and backbone 'mystery' has none"):
         freezing.unfreeze(tiny_model, "blocks:1")

@@ -31,8 +31,7 @@ import tensorflow as tf
 
 from tlkeras.distribute import static_shapes
 from tlkeras import freezing
-from tlkeras.heads import HEAD_PREFIX
-from tlkeras.model import get_backbone
+from tlkeras.model import get_backbone, get_head_pool, get_preprocessing
 from tlkeras.utils import as_tensor
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -86,16 +85,15 @@ def _function_ops(wrapper) -> set:
 def _backbone_output(model: keras.Model):
     """The backbone's output tensor in the model's own graph (a nested model's `.output` is
     its inner graph's tensor): the input of the layer that follows it."""
-    names = [layer.name for layer in model.layers]
-    return model.layers[names.index("backbone") + 1].input
+    backbone = get_backbone(model)
+    index = next(i for i, layer in enumerate(model.layers) if layer is backbone)
+    return model.layers[index + 1].input
 
 
 def _head_boundary(model: keras.Model):
     """The outer-graph tensor the head starts from: the pooled features, or the backbone output."""
-    try:
-        return model.get_layer(f"{HEAD_PREFIX}pool").output
-    except ValueError:
-        return _backbone_output(model)
+    pool = get_head_pool(model)
+    return pool.output if pool is not None else _backbone_output(model)
 
 
 def split_at_head(model: keras.Model) -> tuple[keras.Model, keras.Model]:
@@ -136,7 +134,7 @@ def split_at_cut(model: keras.Model, cut_layer: str) -> tuple[Callable, keras.Mo
     inputs = [keras.Input(t.shape[1:], dtype=t.dtype, name=f"cached_{i}") for i, t in enumerate(crossing)]
     outputs = head(top_backbone(inputs if len(inputs) > 1 else inputs[0]))
     top = keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs, name="trainable_top")
-    preprocess = model.get_layer("preprocess")
+    preprocess = get_preprocessing(model) or (lambda x: x)
 
     def extract(pixels):
         return bottom(preprocess(pixels), training=False)
@@ -228,7 +226,8 @@ def compute_cache(
             if augmenter is not None:
                 pixels = augmenter(pixels, training=True)
             values = [np.asarray(v) for v in keras.tree.flatten(graph_fn(pixels))]
-            labels.append(np.asarray(y, dtype=np.int64))
+            y = np.asarray(y)  # class indices, or a multi-label task's multi-hot rows
+            labels.append(y.astype(np.int64) if y.dtype.kind in "iu" else y)
             if spill is not None:
                 spill.write(values)
                 continue
@@ -282,7 +281,7 @@ def _memmap_dataset(cache: Cache, shuffle: bool, seed: Optional[int]) -> tf.data
             yield (x[0] if single else x), labels[i]
 
     specs = tuple(tf.TensorSpec(a.shape[1:], tf.float16) for a in cache.arrays)
-    signature = (specs[0] if single else specs, tf.TensorSpec([], tf.int64))
+    signature = (specs[0] if single else specs, tf.TensorSpec(cache.labels.shape[1:], tf.as_dtype(cache.labels.dtype)))
     ds = tf.data.Dataset.from_generator(rows, output_signature=signature)
     return ds.apply(tf.data.experimental.assert_cardinality(n))
 

@@ -99,10 +99,12 @@ def train(config_path, data, val_data, backbone, weights, image_size, batch_size
         values["weights"] = None if weights.lower() in ("none", "null") else weights
     cfg = cfg.merged(values).with_overrides(list(overrides))
     result = build_and_finetune(config=cfg, resume=resume, overwrite=overwrite)
-    accuracy = result.metrics.get("accuracy")
+    from tlkeras.tasks import headline
+
+    found = headline(result.metrics)
     click.echo("")
-    if accuracy is not None:
-        click.echo(f"{result.metrics['split']} accuracy: {accuracy:.4f} ({result.metrics['count']} images)")
+    if found is not None:
+        click.echo(f"{result.metrics['split']} {found[0]}: {found[1]:.4f} ({result.metrics['count']} images)")
     click.echo(f"run directory:  {result.run_dir}")
     if result.export_dir:
         click.echo(f"SavedModel:     {result.export_dir}")
@@ -149,11 +151,10 @@ def evaluate(path, data, batch_size, top_k, fmt, write, unsafe_load):
     """Metrics of a run's model (RUN_DIR) or of an export (RUN_DIR/export[/N], served from image
     bytes as TF Serving would) on labelled images: accuracy, top-k, loss, per-class precision,
     recall and F1, confusion matrix, calibration, ROC-AUC and PR-AUC."""
-    from tlkeras.evaluate import evaluate_run
-    from tlkeras.metrics import format_metrics
+    from tlkeras.evaluate import evaluate_run, format_evaluation
 
     metrics = evaluate_run(path, data, batch_size=batch_size, top_k=top_k, write=write, safe_mode=not unsafe_load)
-    click.echo(json.dumps(metrics, indent=2) if fmt == "json" else format_metrics(metrics), nl=fmt == "json")
+    click.echo(json.dumps(metrics, indent=2) if fmt == "json" else format_evaluation(metrics), nl=fmt == "json")
 
 
 @main.command(context_settings=_CONTEXT)

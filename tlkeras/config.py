@@ -36,6 +36,8 @@ FLIPS = ("horizontal", "vertical", "horizontal_and_vertical")
 CACHE_CHOICES = ("auto", True, False)
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
+TASK_CHOICES = ("auto", "single_label", "multi_label")  # tlkeras.tasks.TASKS, plus auto
+THRESHOLDS = ("per_class", "global")  # or a number in (0, 1)
 
 
 # === Sections ===
@@ -157,8 +159,12 @@ class FinetuneConfig:
     val_data: Any = None
     val_split: float = 0.2
     class_names: Optional[list[str]] = None
+    task: str = "auto"
     text_column: str = "text"
+    image_column: str = "image"
     label_column: str = "label"
+    label_separator: str = " "
+    threshold: Union[str, float] = "per_class"
     image_size: Union[int, list[int], None] = None
     batch_size: int = 32
     class_weight: Union[str, dict, None] = None
@@ -307,9 +313,17 @@ class FinetuneConfig:
         for key in ("export", "report", "tensorboard", "deterministic", "scale_learning_rate"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"{key}: {getattr(self, key)!r} is not valid: use true or false.")
-        for key in ("text_column", "label_column"):
+        for key in ("text_column", "image_column", "label_column"):
             if not isinstance(getattr(self, key), str) or not getattr(self, key):
                 raise ConfigError(f"{key}: {getattr(self, key)!r} is not valid: use the name of a column of the CSV.")
+        _check_choice("task", self.task, TASK_CHOICES)
+        if not isinstance(self.label_separator, str) or not self.label_separator or "\n" in self.label_separator:
+            raise ConfigError(f"label_separator: {self.label_separator!r} is not valid: use the character(s) between "
+                              "the labels of one cell, e.g. ' ' or '|'.")
+        if isinstance(self.threshold, str):
+            _check_choice("threshold", self.threshold, THRESHOLDS)
+        else:
+            _check_number("threshold", self.threshold, 0.0, 1.0, low_open=True, high_open=True)
         _check_int("cache_views", self.cache_views, 1)
         _check_int("memory_budget_mb", self.memory_budget_mb, 1)
         _check_choice("mixed_precision", self.mixed_precision, PRECISIONS)

@@ -27,7 +27,7 @@ import keras
 from tlkeras import backbones
 from tlkeras.distribute import replicas
 from tlkeras.errors import BackboneError, did_you_mean
-from tlkeras.model import PREPROCESS_LAYER, backbone_name, get_backbone
+from tlkeras.model import backbone_name, get_backbone, model_info
 
 Unfreeze = Union[int, float, str, None]
 
@@ -73,9 +73,10 @@ def freeze(layer) -> None:
 
 def freeze_backbone(model: keras.Model) -> None:
     """Stage 1: freeze the whole backbone (BN included); the head stays trainable."""
-    freeze(get_backbone(model))
+    backbone = get_backbone(model)
+    freeze(backbone)
     for layer in model.layers:
-        if layer.name != "backbone":
+        if layer is not backbone:
             layer.trainable = True
 
 
@@ -262,12 +263,9 @@ def _block_cut(model, layers, unfreeze: str) -> int:
 
 
 def block_map_of(model: keras.Model) -> Optional[backbones.BlockMap]:
-    """The block map of a model's backbone: the one its preprocessing layer carries (KerasHub
-    presets, saved with the model), else its keras.applications family's; None when it has none."""
-    try:
-        stored = model.get_layer(PREPROCESS_LAYER).block_map
-    except (ValueError, AttributeError):
-        stored = None
+    """The block map of a model's backbone, from the model's metadata (models saved by older
+    tlkeras: the one found by the backbone's name); None when it has none."""
+    stored = model_info(model).block_map
     if stored:
         return backbones.BlockMap(**stored)
     name = backbone_name(model)
@@ -320,8 +318,9 @@ def layer_multipliers(model: keras.Model, decay: float) -> dict[str, float]:
 def trainable_layer_names(model: keras.Model) -> list[str]:
     """Names of the model's layers (backbone layers included) that have trainable weights."""
     names = []
+    backbone = get_backbone(model)
     for layer in model.layers:
-        if layer.name == "backbone":
+        if layer is backbone:
             names.extend(sub.name for sub in backbone_layers(model) if sub.trainable_weights)
         elif layer.trainable_weights:
             names.append(layer.name)

@@ -7,23 +7,24 @@ from typing import Sequence
 import keras
 
 HEAD_PREFIX = "head_"
+HEAD_POOL = f"{HEAD_PREFIX}pool"
 
 
 def build_head(
     features,
-    num_classes: int,
+    units: int,
     *,
+    activation: str = "softmax",
     hidden_units: Sequence[int] = (),
     dropout: float = 0.2,
     l2: float = 0.0,
     pooling: str = "avg",
 ):
-    """Pool `features`, then optional hidden Dense layers, dropout and the output layer.
+    """Pool `features`, then optional hidden Dense layers, dropout and the output layer of `units`
+    units with `activation` (what the model's Task asks for: `Task.output_units`, `Task.activation`).
 
-    Multi-class heads end in a softmax over `num_classes`; binary heads (num_classes == 2)
-    in one sigmoid unit. The output layer always computes in float32, so the probabilities
-    stay exact under a mixed-precision policy. Layer names start with "head_" except the
-    output, "predictions".
+    The output layer always computes in float32, so the probabilities stay exact under a
+    mixed-precision policy. Layer names start with "head_" except the output, "predictions".
 
     Example:
 
@@ -37,23 +38,22 @@ def build_head(
     rank = len(x.shape)
     if rank == 4:
         pool = keras.layers.GlobalAveragePooling2D if pooling == "avg" else keras.layers.GlobalMaxPooling2D
-        x = pool(name=f"{HEAD_PREFIX}pool")(x)
+        x = pool(name=HEAD_POOL)(x)
     elif rank == 3:
         pool = keras.layers.GlobalAveragePooling1D if pooling == "avg" else keras.layers.GlobalMaxPooling1D
-        x = pool(name=f"{HEAD_PREFIX}pool")(x)
+        x = pool(name=HEAD_POOL)(x)
     elif rank != 2:
         raise ValueError(f"backbone features must be a feature map or vector, got shape {x.shape}")
     regularizer = keras.regularizers.L2(l2) if l2 > 0 else None
-    for i, units in enumerate(hidden_units):
+    for i, width in enumerate(hidden_units):
         if dropout > 0:
             x = keras.layers.Dropout(dropout, name=f"{HEAD_PREFIX}dropout_{i}")(x)
-        x = keras.layers.Dense(units, activation="relu", kernel_regularizer=regularizer, name=f"{HEAD_PREFIX}dense_{i}")(x)
+        x = keras.layers.Dense(width, activation="relu", kernel_regularizer=regularizer, name=f"{HEAD_PREFIX}dense_{i}")(x)
     if dropout > 0:
         x = keras.layers.Dropout(dropout, name=f"{HEAD_PREFIX}dropout")(x)
-    binary = num_classes == 2
     return keras.layers.Dense(
-        1 if binary else num_classes,
-        activation="sigmoid" if binary else "softmax",
+        units,
+        activation=activation,
         kernel_regularizer=regularizer,
         dtype="float32",
         name="predictions",

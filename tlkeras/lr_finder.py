@@ -25,7 +25,7 @@ from tlkeras.data import make_datasets
 from tlkeras.data.text import make_text_datasets
 from tlkeras.errors import ConfigError
 from tlkeras.model import build_model
-from tlkeras.optimizers import make_loss, make_optimizer
+from tlkeras.optimizers import make_optimizer
 
 
 @dataclass
@@ -80,7 +80,9 @@ def find_learning_rate(
         image_size = backbones.resolve_image_size(spec, cfg.image_size)
         bundle = make_datasets(cfg, image_size)
     model = build_model(spec, len(bundle.class_names), image_size=image_size, weights=cfg.weights,
-                        head=cfg.head, backbone_options=cfg.backbone_options)
+                        head=cfg.head, backbone_options=cfg.backbone_options, task=bundle.task.name,
+                        class_names=bundle.class_names)
+    loss_fn = bundle.task.loss(int(model.output_shape[-1]), cfg.label_smoothing, bundle.class_weight)
     stage_cfg = cfg.stage1 if stage == 1 else cfg.stage2
     multipliers = None
     if stage == 1:
@@ -105,7 +107,7 @@ def find_learning_rate(
     cache = caching.compute_cache(fn, bundle.train, cfg.memory_budget_mb << 20, None)
     try:
         train = caching.cached_dataset(cache, cfg.batch_size, shuffle=True).repeat()
-        rates, raw = _range_test(part, train, stage_cfg, min_lr, max_lr, steps, multipliers, cfg.label_smoothing)
+        rates, raw = _range_test(part, train, stage_cfg, min_lr, max_lr, steps, multipliers, loss_fn)
     finally:
         cache.close()
     smoothed = _smooth(raw)
@@ -116,10 +118,9 @@ def find_learning_rate(
     return LRFinderResult(stage, rates, smoothed, suggestion, plot)
 
 
-def _range_test(model, train, stage_cfg, min_lr, max_lr, steps, multipliers, label_smoothing):
+def _range_test(model, train, stage_cfg, min_lr, max_lr, steps, multipliers, loss_fn):
     constant = dataclasses.replace(stage_cfg, schedule="constant", warmup_epochs=0.0)
     optimizer = make_optimizer(constant, min_lr, None, multipliers=multipliers)
-    loss_fn = make_loss(model, label_smoothing)
     variables = model.trainable_variables
     optimizer.build(variables)
 

@@ -194,3 +194,123 @@ def format_metrics(metrics: dict) -> str:
     for name, p, r, f, n in rows:
         lines.append(f"{name:<{width}}  {p:9.4f}  {r:6.4f}  {f:5.4f}  {n:7d}")
     return "\n".join(lines) + "\n"
+
+
+# === Multi-label ===
+
+
+def precision_recall_curve(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(recall, precision) at each distinct threshold, highest first (for the report's PR curves).
+
+    >>> r, p = precision_recall_curve(np.array([0.9, 0.6, 0.3]), np.array([1, 0, 1]))
+    >>> r.tolist(), p.round(3).tolist()
+    ([0.5, 0.5, 1.0], [1.0, 0.5, 0.667])
+    """
+    positive = np.asarray(positive, dtype=bool)
+    order = np.argsort(-scores, kind="mergesort")
+    s, hits = np.asarray(scores)[order], positive[order]
+    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1] if len(s) else np.zeros(0, np.int64)
+    tp = np.cumsum(hits)[last] if len(s) else np.zeros(0)
+    return tp / max(int(positive.sum()), 1), tp / (last + 1)
+
+
+def _prf(tp, fp, fn) -> tuple[float, float, float]:
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1
+
+
+def multilabel_metrics(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str],
+                       thresholds: list[float]) -> dict:
+    """Every metric of a multi-label classifier at the given per-class thresholds: micro, macro and
+    weighted precision/recall/F1, mean average precision (over classes with positives), macro
+    ROC-AUC, subset accuracy (every label right), Hamming loss (share of wrong labels), the mean
+    binary cross-entropy, and per class precision/recall/F1/AP/ROC-AUC/support/threshold.
+
+    >>> p = np.array([[0.9, 0.2], [0.8, 0.7], [0.3, 0.6], [0.1, 0.1]])
+    >>> y = np.array([[1, 0], [1, 1], [0, 0], [0, 0]])
+    >>> m = multilabel_metrics(p, y, ["sea", "sun"], [0.5, 0.5])
+    >>> m["subset_accuracy"], m["hamming_loss"], m["micro_avg"]["f1"], m["per_class"]["sun"]["precision"]
+    (0.75, 0.125, 0.8571, 0.5)
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    truth = np.asarray(labels) > 0
+    n, k = truth.shape if truth.ndim == 2 else (len(truth), len(class_names))
+    if n == 0:
+        return {"count": 0}
+    if probabilities.shape != (n, k) or k != len(class_names):
+        raise ValueError(f"probabilities have shape {probabilities.shape}; expected ({n}, {len(class_names)})")
+    t = np.asarray(thresholds, dtype=np.float64)
+    predicted = probabilities >= t
+    tp = (predicted & truth).sum(axis=0)
+    fp = (predicted & ~truth).sum(axis=0)
+    fn = (~predicted & truth).sum(axis=0)
+    support = truth.sum(axis=0)
+    per_class = {}
+    for c, name in enumerate(class_names):
+        precision, recall, f1 = _prf(tp[c], fp[c], fn[c])
+        ap = average_precision(probabilities[:, c], truth[:, c])
+        auc = roc_auc(probabilities[:, c], truth[:, c])
+        per_class[name] = {"precision": _r(precision), "recall": _r(recall), "f1": _r(f1),
+                           "average_precision": None if ap is None else _r(ap),
+                           "roc_auc": None if auc is None else _r(auc), "support": int(support[c]),
+                           "threshold": _r(t[c])}
+    micro = _prf(tp.sum(), fp.sum(), fn.sum())
+    present = [name for c, name in enumerate(class_names) if support[c]]
+    averages = {}
+    for avg in ("macro", "weighted"):
+        weights = np.array([per_class[name]["support"] for name in present], dtype=np.float64)
+        if avg == "macro" or not weights.sum():
+            weights = np.ones_like(weights)
+        averages[avg] = {key: _r(np.average([per_class[name][key] for name in present], weights=weights))
+                         if present else 0.0 for key in ("precision", "recall", "f1")}
+    aps = [per_class[name]["average_precision"] for name in present]
+    aucs = [v["roc_auc"] for v in per_class.values() if v["roc_auc"] is not None]
+    p = np.clip(probabilities, 1e-7, 1 - 1e-7)
+    loss = -(truth * np.log(p) + (~truth) * np.log(1 - p)).mean()
+    return {
+        "count": int(n),
+        "micro_f1": _r(micro[2]),
+        "subset_accuracy": _r((predicted == truth).all(axis=1).mean()),
+        "hamming_loss": _r((predicted != truth).mean()),
+        "loss": _r(loss),
+        "mean_average_precision": _r(np.mean(aps)) if aps else None,
+        "roc_auc": _r(np.mean(aucs)) if aucs else None,
+        "micro_avg": {"precision": _r(micro[0]), "recall": _r(micro[1]), "f1": _r(micro[2])},
+        "macro_avg": averages["macro"],
+        "weighted_avg": averages["weighted"],
+        "label_cardinality": _r(truth.sum(axis=1).mean()),
+        "per_class": per_class,
+        "thresholds": [_r(v) for v in t],
+    }
+
+
+def format_multilabel_metrics(metrics: dict, noun: str = "images") -> str:
+    """The console report of `multilabel_metrics`.
+
+    >>> m = multilabel_metrics(np.array([[0.9, 0.2], [0.8, 0.7]]), np.array([[1, 0], [1, 1]]), ["a", "b"], [0.5, 0.5])
+    >>> print(format_multilabel_metrics(m).splitlines()[0])
+    images 2   micro-F1 1.0000   mAP 1.0000   subset accuracy 1.0000   Hamming loss 0.0000   loss 0.2271   ROC-AUC 1.0000
+    """
+    if not metrics.get("count"):
+        return f"no {noun} evaluated\n"
+    head = [f"{noun} {metrics['count']}", f"micro-F1 {metrics['micro_f1']:.4f}"]
+    if metrics.get("mean_average_precision") is not None:
+        head.append(f"mAP {metrics['mean_average_precision']:.4f}")
+    head += [f"subset accuracy {metrics['subset_accuracy']:.4f}", f"Hamming loss {metrics['hamming_loss']:.4f}",
+             f"loss {metrics['loss']:.4f}"]
+    if metrics.get("roc_auc") is not None:
+        head.append(f"ROC-AUC {metrics['roc_auc']:.4f}")
+    rows = [(name, v["threshold"], v["precision"], v["recall"], v["f1"], v["average_precision"], v["support"])
+            for name, v in metrics["per_class"].items()]
+    width = max(12, *(len(r[0]) for r in rows))
+    lines = ["   ".join(head), "", f"{'label':<{width}}  threshold  precision  recall     f1      AP  support"]
+    for name, t, p, r, f, ap, n in rows:
+        ap_text = f"{ap:6.4f}" if ap is not None else "     -"
+        lines.append(f"{name:<{width}}  {t:9.4f}  {p:9.4f}  {r:6.4f}  {f:5.4f}  {ap_text}  {n:7d}")
+    for avg in ("micro_avg", "macro_avg", "weighted_avg"):
+        v = metrics[avg]
+        lines.append(f"{avg.replace('_avg', ' avg'):<{width}}  {'':9}  {v['precision']:9.4f}  {v['recall']:6.4f}  "
+                     f"{v['f1']:5.4f}")
+    return "\n".join(lines) + "\n"

@@ -1,18 +1,116 @@
-"""build_model: [0, 255] pixels -> backbone normalisation -> pretrained backbone -> new head."""
+"""build_model: [0, 255] pixels -> backbone normalisation -> pretrained backbone -> new head; and the
+model's metadata (task, inputs kind, backbone, block map, class names, decision), kept in one place.
+
+The structure of a tlkeras model is owned here: its layer names are read through `get_backbone`,
+`get_preprocessing` and `get_head_pool`, its metadata through `model_info`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Optional
 
 import keras
 
 from tlkeras import backbones
 from tlkeras.config import HeadConfig
-from tlkeras.heads import build_head
+from tlkeras.heads import HEAD_POOL, build_head
 from tlkeras.layers import ImagePreprocessing
+from tlkeras.tasks import get_task
 
 BACKBONE_LAYER = "backbone"
 PREPROCESS_LAYER = "preprocess"
+
+
+@keras.saving.register_keras_serializable(package="tlkeras")
+class Classifier(keras.Model):
+    """A tlkeras model: a functional `keras.Model` that carries its metadata (see `ModelInfo`) in
+    its config, so a `.keras` file keeps it. Read it with `model_info(model)`."""
+
+    def __init__(self, *args, metadata: Optional[dict] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Kept as JSON text: Keras tracks dicts and lists set on a layer and wraps them.
+        self._metadata_json = json.dumps(metadata or {})
+
+    @property
+    def metadata(self) -> dict:
+        """A copy of the metadata (change it with `update_metadata`)."""
+        return json.loads(self._metadata_json)
+
+    def update_metadata(self, **values) -> None:
+        self._metadata_json = json.dumps({**self.metadata, **values})
+
+    def get_config(self):
+        return {**super().get_config(), "metadata": self.metadata}
+
+
+@dataclass
+class ModelInfo:
+    """What a tlkeras model is.
+
+    Attributes:
+        task: the Task's name ("single_label", "multi_label"); `.task_role` is the Task itself.
+        inputs: what the model takes: "image" (RGB pixels in [0, 255]) or "text" (strings).
+        backbone: the backbone's name; source: where it came from ("keras.applications", ...).
+        block_map: the backbone's `BlockMap` fields, or None when it has none.
+        class_names: the class names in output order.
+        decision: what turns probabilities into answers, chosen on validation data (a multi-label
+            model's per-class {"thresholds": [...]}), or None.
+    """
+
+    task: str = "single_label"
+    inputs: str = "image"
+    backbone: Optional[str] = None
+    source: Optional[str] = None
+    block_map: Optional[dict] = None
+    class_names: Optional[list] = None
+    decision: Optional[dict] = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def task_role(self):
+        return get_task(self.task)
+
+
+_INFO_FIELDS = [f.name for f in dataclasses.fields(ModelInfo) if f.name != "extra"]
+
+
+def model_info(model: keras.Model) -> ModelInfo:
+    """The metadata of a tlkeras model; models saved before it was kept are read from their layers.
+
+    >>> m = build_model("mobilenetv2", 3, image_size=32, weights=None, backbone_options={"alpha": 0.35},
+    ...                 task="multi_label", class_names=["sea", "sun", "sand"])
+    >>> info = model_info(m)
+    >>> info.task, info.inputs, info.backbone, info.class_names
+    ('multi_label', 'image', 'mobilenetv2', ['sea', 'sun', 'sand'])
+    """
+    stored = dict(getattr(model, "metadata", None) or {})
+    if stored:
+        known = {k: stored.pop(k) for k in list(stored) if k in _INFO_FIELDS}
+        return ModelInfo(**known, extra=stored)
+    # A model from an older tlkeras (or a plain functional model): what its layers say.
+    text = len(model.input_shape) == 1 or str(model.inputs[0].dtype) == "string"
+    try:
+        preprocess = model.get_layer(PREPROCESS_LAYER)
+    except ValueError:
+        preprocess = None
+    return ModelInfo(task="single_label", inputs="text" if text else "image",
+                     backbone=getattr(preprocess, "backbone_name", None),
+                     block_map=getattr(preprocess, "block_map", None) or None)
+
+
+def set_decision(model: keras.Model, decision: Optional[dict]) -> None:
+    """Store the chosen decision (e.g. per-class thresholds) with the model (and so in model.keras)."""
+    if not isinstance(model, Classifier):
+        raise ValueError(f"model {model.name!r} is not a tlkeras Classifier; build it with tlkeras.build_model.")
+    model.update_metadata(decision=dict(decision) if decision else None)
+
+
+def task_of(model: keras.Model):
+    """The Task of a tlkeras model (`model_info(model).task_role`)."""
+    return model_info(model).task_role
 
 
 def build_model(
@@ -23,6 +121,8 @@ def build_model(
     weights="imagenet",
     head: HeadConfig | dict | None = None,
     backbone_options: dict | None = None,
+    task: str = "single_label",
+    class_names: Optional[list] = None,
 ) -> keras.Model:
     """Build a transfer-learning classifier.
 
@@ -43,6 +143,9 @@ def build_model(
             the backbone (e.g. saved with `model.get_layer("backbone").save_weights(...)`).
         head: `HeadConfig` or a dict of its fields (hidden_units, dropout, l2, pooling).
         backbone_options: extra constructor arguments of the backbone (e.g. {"alpha": 0.35}).
+        task: "single_label" (softmax, or one sigmoid unit for 2 classes) or "multi_label" (one
+            sigmoid per class); see `tlkeras.tasks`.
+        class_names: the class names, kept in the model's metadata (`model_info`).
 
     Example:
 
@@ -53,8 +156,13 @@ def build_model(
     >>> model.get_layer("backbone").name
     'backbone'
     """
-    if not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes: {num_classes!r} is not valid: a classifier needs at least 2 classes.")
+    role = get_task(task)
+    minimum = 2 if role.name == "single_label" else 1
+    if not isinstance(num_classes, int) or num_classes < minimum:
+        raise ValueError(f"num_classes: {num_classes!r} is not valid: a {role.description} needs at least "
+                         f"{minimum} classes.")
+    if class_names is not None and len(class_names) != num_classes:
+        raise ValueError(f"class_names: {len(class_names)} names for {num_classes} classes.")
     head_cfg = _head_config(head)
     spec = backbone if isinstance(backbone, backbones.BackboneSpec) else backbones.resolve(backbone, backbone_options)
     if spec.modality == "text":
@@ -67,21 +175,26 @@ def build_model(
         base = spec.build((height, width), weights)
         # === Functional Model ===
         inputs = keras.Input((height, width, 3), name="image")
-        # A block map that the backbone's name does not lead to (KerasHub) travels with the model.
-        carried = spec.block_map if backbones.block_map_for(spec.name) != spec.block_map else None
         x = ImagePreprocessing(spec.preprocessing, backbone_name=spec.name, name=PREPROCESS_LAYER,
-                               block_map=dataclasses.asdict(carried) if carried else None,
                                **spec.preprocessing_params)(inputs)
         features = base(x)
     outputs = build_head(
         features,
-        num_classes,
+        role.output_units(num_classes),
+        activation=role.activation(num_classes),
         hidden_units=head_cfg.hidden_units,
         dropout=head_cfg.dropout,
         l2=head_cfg.l2,
         pooling=head_cfg.pooling,
     )
-    return keras.Model(inputs, outputs, name=f"tlkeras_{spec.slug}")
+    # === Metadata ===
+    metadata = dataclasses.asdict(ModelInfo(
+        task=role.name, inputs=spec.modality, backbone=spec.name, source=spec.source,
+        block_map=dataclasses.asdict(spec.block_map) if spec.block_map else None,
+        class_names=[str(c) for c in class_names] if class_names is not None else None,
+    ))
+    metadata.pop("extra")
+    return Classifier(inputs, outputs, name=f"tlkeras_{spec.slug}", metadata=metadata)
 
 
 def _head_config(head) -> HeadConfig:
@@ -104,17 +217,30 @@ def get_backbone(model: keras.Model) -> keras.Model:
         ) from None
 
 
-def backbone_name(model: keras.Model) -> str | None:
-    """The backbone family a tlkeras model was built with (kept in its preprocessing layer)."""
+def get_preprocessing(model: keras.Model):
+    """The image normalisation layer of a tlkeras image model (None for a text model)."""
     try:
-        return model.get_layer(PREPROCESS_LAYER).backbone_name
-    except (ValueError, AttributeError):
+        return model.get_layer(PREPROCESS_LAYER)
+    except ValueError:
         return None
+
+
+def get_head_pool(model: keras.Model):
+    """The head's pooling layer (None when the backbone gives vectors)."""
+    try:
+        return model.get_layer(HEAD_POOL)
+    except ValueError:
+        return None
+
+
+def backbone_name(model: keras.Model) -> str | None:
+    """The backbone a tlkeras model was built with."""
+    return model_info(model).backbone
 
 
 def is_text_model(model: keras.Model) -> bool:
     """Whether a tlkeras model takes strings (a text classifier) rather than pixels."""
-    return len(model.input_shape) == 1 or str(model.inputs[0].dtype) == "string"
+    return model_info(model).inputs == "text"
 
 
 def image_size_of(model: keras.Model) -> tuple[int, int]:
@@ -124,13 +250,11 @@ def image_size_of(model: keras.Model) -> tuple[int, int]:
     return int(height), int(width)
 
 
-def to_probabilities(outputs):
-    """Model outputs -> class probabilities [N, C]: a sigmoid unit p becomes [1 - p, p]."""
-    from keras import ops
-
-    if outputs.shape[-1] == 1:
-        return ops.concatenate([1.0 - outputs, outputs], axis=-1)
-    return outputs
+def to_probabilities(outputs, model: Optional[keras.Model] = None):
+    """Model outputs -> class probabilities [N, C], as the model's Task reads them (a single-label
+    model's one sigmoid unit p becomes [1 - p, p])."""
+    role = task_of(model) if model is not None else get_task("single_label")
+    return role.to_probabilities(outputs)
 
 
 def predict_function(model: keras.Model):

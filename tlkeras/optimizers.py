@@ -153,13 +153,3 @@ class SparseCrossentropy(keras.losses.Loss):
 
     def get_config(self):
         return {**super().get_config(), "label_smoothing": self.label_smoothing}
-
-
-def make_loss(model: keras.Model, label_smoothing: float = 0.0):
-    """Cross-entropy for the model's head: one sigmoid unit (binary) or a softmax."""
-    if model.output_shape[-1] == 1:
-        return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
-    if label_smoothing:
-        return SparseCrossentropy(label_smoothing)
-    return keras.losses.SparseCategoricalCrossentropy()
-

@@ -8,14 +8,16 @@ import io
 import json
 import os
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
 
 from tlkeras.data.images import is_image_file
 from tlkeras.errors import ExportError
-from tlkeras.export.saved_model import LABELS_FILE
+from tlkeras.export.saved_model import LABELS_FILE, MODEL_CARD_FILE
 from tlkeras.rundir import read_labels
+from tlkeras.tasks import get_task
 
 FORMATS = ("table", "json", "csv")
 
@@ -47,19 +49,50 @@ def is_export(path: str) -> bool:
     )
 
 
-def load_export(path: str):
-    """(serve, class names, artefact path) of an export: a SavedModel (its serving_default
-    signature) or a .tflite file (labels.txt beside it), both called as serve(image_bytes=...)."""
+@dataclass
+class LoadedExport:
+    """An export, loaded: `serve(image_bytes=...)` (or `serve(text=...)`) -> {"probabilities", ...},
+    its class names, path, Task name, decision (a multi-label model's thresholds) and input kind."""
+
+    serve: object
+    class_names: list
+    path: str
+    task: str = "single_label"
+    decision: Optional[dict] = None
+    inputs: str = "image"
+
+    def __iter__(self):  # (serve, class names, path), as earlier versions returned
+        return iter((self.serve, self.class_names, self.path))
+
+
+def _card_facts(card_path: str) -> dict:
+    """{"task", "decision"} from a model card (exports written before the card held them: single-label)."""
+    if not os.path.isfile(card_path):
+        return {}
+    try:
+        with open(card_path, encoding="utf-8") as f:
+            card = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return {"task": card.get("task_name", "single_label"), "decision": card.get("decision")}
+
+
+def load_export(path: str) -> LoadedExport:
+    """An export loaded for prediction: a SavedModel (its serving_default signature) or a .tflite /
+    .onnx file (labels.txt and model_card.json beside it), called as serve(image_bytes=...)."""
     if path.endswith((".tflite", ".onnx")):
         return _load_file_model(path)
     folder = resolve_export(path)
     loaded = tf.saved_model.load(folder)
     serve = loaded.signatures["serving_default"]
     serve._tlkeras_keepalive = loaded  # the signature needs its object alive
-    return serve, read_labels(os.path.join(folder, "assets", LABELS_FILE)), folder
+    signature = getattr(serve, "structured_input_signature", None)
+    inputs = "text" if signature and sorted(signature[1]) == ["text"] else "image"
+    return LoadedExport(serve, read_labels(os.path.join(folder, "assets", LABELS_FILE)), folder,
+                        inputs=inputs, **_card_facts(os.path.join(folder, "assets", MODEL_CARD_FILE)))
 
 
-def _load_file_model(path: str):
+def _load_file_model(path: str) -> LoadedExport:
     """A .tflite or .onnx classifier with the labels.txt beside it, called as serve(image_bytes=...)."""
     from tlkeras.data.images import decode_and_resize
 
@@ -79,26 +112,20 @@ def _load_file_model(path: str):
         pixels = np.stack([np.asarray(decode_and_resize(b, classifier.image_size)) for b in image_bytes])
         return {"probabilities": tf.constant(classifier(pixels))}
 
-    return serve, class_names, path
-
-
-def export_input(serve) -> str:
-    """What a loaded export takes: "text" (a text classifier's signature) or "image_bytes"."""
-    signature = getattr(serve, "structured_input_signature", None)  # .tflite/.onnx wrappers: images
-    return "text" if signature and sorted(signature[1]) == ["text"] else "image_bytes"
+    return LoadedExport(serve, class_names, path,
+                        **_card_facts(os.path.join(os.path.dirname(path), MODEL_CARD_FILE)))
 
 
 def predict_inputs(export_path: str, inputs: list[str], **options) -> "Predictions":
     """`predict_texts` or `predict_files`, whichever the export takes (loaded once)."""
     export = load_export(export_path)
-    run = _predict_texts if export_input(export[0]) == "text" else _predict_files
+    run = _predict_texts if export.inputs == "text" else _predict_files
     return run(export, inputs, **options)
 
 
-def _ranked(probabilities, class_names: list[str], k: int) -> dict:
-    """{"classes", "scores"}: the k most probable classes, best first."""
-    order = np.argsort(-probabilities, kind="stable")[:k]
-    return {"classes": [class_names[i] for i in order], "scores": [float(probabilities[i]) for i in order]}
+def _answers(export: LoadedExport, probabilities, k: int) -> list[dict]:
+    """Rows of answers as the export's Task gives them (top-k classes, or labels above thresholds)."""
+    return get_task(export.task).answers(np.asarray(probabilities), export.class_names, export.decision, k)
 
 
 def expand_texts(inputs: list[str]) -> list[tuple[str, str]]:
@@ -133,15 +160,15 @@ def predict_texts(export_path: str, inputs: list[str], *, top_k: int = 3, batch_
 
 
 def _predict_texts(export, inputs, *, top_k=3, batch_size=32, progress=None) -> "Predictions":
-    serve, class_names, _ = export
+    serve, class_names = export.serve, export.class_names
     k = max(1, min(top_k, len(class_names)))
     result = Predictions()
     items = expand_texts(inputs)
     for start in range(0, len(items), batch_size):
         batch = items[start : start + batch_size]
         probs = serve(text=tf.constant([t for _, t in batch], dtype=tf.string))["probabilities"].numpy()
-        for (source, text), p in zip(batch, probs):
-            result.rows.append({"text": text, "source": source, **_ranked(p, class_names, k)})
+        for (source, text), answer in zip(batch, _answers(export, probs, k)):
+            result.rows.append({"text": text, "source": source, **answer})
         if progress is not None:
             progress(min(start + batch_size, len(items)), len(items))
     return result
@@ -182,7 +209,7 @@ def predict_files(export_path: str, inputs: list[str], *, top_k: int = 3, batch_
 
 
 def _predict_files(export, inputs, *, top_k=3, batch_size=32, progress=None) -> Predictions:
-    serve, class_names, _ = export
+    serve, class_names = export.serve, export.class_names
     k = max(1, min(top_k, len(class_names)))
     result = Predictions()
     files = expand_inputs(inputs)
@@ -195,8 +222,10 @@ def _predict_files(export, inputs, *, top_k=3, batch_size=32, progress=None) -> 
                 batch_paths.append(p)
             except OSError as e:
                 result.skipped.append((p, e.strerror or str(e)))
-        for p, probs in _serve_batch(serve, batch_paths, batch_bytes, result.skipped):
-            result.rows.append({"path": p, **_ranked(probs, class_names, k)})
+        served = _serve_batch(serve, batch_paths, batch_bytes, result.skipped)
+        if served:
+            answers = _answers(export, np.stack([probs for _, probs in served]), k)
+            result.rows.extend({"path": p, **answer} for (p, _), answer in zip(served, answers))
         if progress is not None:
             progress(min(start + batch_size, len(files)), len(files))
     return result
@@ -220,10 +249,14 @@ def _serve_batch(serve, paths, blobs, skipped):
 
 
 def format_predictions(rows: list[dict], fmt: str) -> str:
-    """Render prediction rows (of images: "path"; of texts: "text") as an aligned table, JSON lines or CSV."""
+    """Render prediction rows (of images: "path"; of texts: "text") as an aligned table, JSON lines or
+    CSV. Multi-label rows ("labels", "probabilities") list the labels above their thresholds in the
+    table, and every class's probability in JSON and CSV."""
     key = "text" if rows and "text" in rows[0] else "path"
     if fmt == "json":
         return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    if rows and "labels" in rows[0]:
+        return _format_labels(rows, fmt, key)
     if fmt == "csv":
         k = max((len(r["classes"]) for r in rows), default=0)
         buf = io.StringIO()
@@ -239,6 +272,26 @@ def format_predictions(rows: list[dict], fmt: str) -> str:
         for r, s in zip(rows, shown):
             guesses = "  ".join(f"{c} ({p:.1%})" for c, p in zip(r["classes"], r["scores"]))
             lines.append(f"{s:<{width}}  {guesses}")
+        return "\n".join(lines) + "\n"
+    raise ValueError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
+
+
+def _format_labels(rows: list[dict], fmt: str, key: str) -> str:
+    names = list(rows[0]["probabilities"])
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow([key, "labels"] + names)
+        for r in rows:
+            writer.writerow([r[key], " ".join(r["labels"])] + [f"{r['probabilities'][n]:.6f}" for n in names])
+        return buf.getvalue()
+    if fmt == "table":
+        shown = [_short(r[key]) if key == "text" else r[key] for r in rows]
+        width = max((len(s) for s in shown), default=4)
+        lines = [f"{key:<{width}}  labels"]
+        for r, s in zip(rows, shown):
+            found = "  ".join(f"{c} ({p:.1%})" for c, p in zip(r["labels"], r["scores"])) or "(none above threshold)"
+            lines.append(f"{s:<{width}}  {found}")
         return "\n".join(lines) + "\n"
     raise ValueError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
 

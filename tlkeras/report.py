@@ -26,6 +26,7 @@ from tlkeras.utils import atomic_path, write_text_atomic
 CURVES_FILE = "training_curves.png"
 CONFUSION_FILE = "confusion_matrix.png"
 MISTAKES_FILE = "confident_mistakes.png"
+PR_CURVES_FILE = "precision_recall_curves.png"
 REPORT_FILE = "report.html"
 MISTAKES_SHOWN = 16
 
@@ -45,15 +46,16 @@ def _save(fig, path: str) -> str:
     return path
 
 
-def plot_training_curves(history: dict, path: str) -> str:
-    """Loss and accuracy (training and validation) of both stages on one epoch axis, with the
-    start of stage 2 marked."""
+def plot_training_curves(history: dict, path: str, accuracy_key: str = "accuracy") -> str:
+    """Loss and accuracy (training and validation; `accuracy_key` is the Task's, e.g.
+    "binary_accuracy" for multi-label) of both stages on one epoch axis, with the start of stage 2
+    marked."""
     from matplotlib.ticker import MaxNLocator
 
     epochs = history.get("epoch", [])
     stages = history.get("stage", [])
     fig = _figure(11, 4)
-    for index, metric in enumerate(("loss", "accuracy")):
+    for index, metric in enumerate(("loss", accuracy_key)):
         ax = fig.add_subplot(1, 2, index + 1)
         for key, style in ((metric, "-o"), ("val_" + metric, "--s")):
             values = history.get(key)
@@ -133,6 +135,38 @@ def plot_mistakes(images: list, rows, probabilities, labels, class_names: list[s
     return _save(fig, path)
 
 
+def plot_pr_curves(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str], thresholds, path: str,
+                   shown: int = 12) -> str:
+    """Precision-recall curve of each class (up to `shown`, most frequent first) with its threshold
+    marked: a multi-label model's per-class picture."""
+    from tlkeras.metrics import average_precision, precision_recall_curve
+
+    truth = np.asarray(labels) > 0
+    order = np.argsort(-truth.sum(axis=0), kind="stable")[:shown]
+    cols = min(4, len(order)) or 1
+    rows = int(np.ceil(len(order) / cols)) or 1
+    fig = _figure(3.2 * cols, 3.0 * rows)
+    for index, c in enumerate(order):
+        ax = fig.add_subplot(rows, cols, index + 1)
+        recall, precision = precision_recall_curve(probabilities[:, c], truth[:, c])
+        ax.step(recall, precision, where="post")
+        picked = probabilities[:, c] >= thresholds[c]
+        tp = int((picked & truth[:, c]).sum())
+        if truth[:, c].any():
+            ax.plot([tp / truth[:, c].sum()], [tp / max(int(picked.sum()), 1)], "o", color="C3",
+                    label=f"threshold {thresholds[c]:.2f}")
+            ax.legend(fontsize=7, loc="lower left")
+        ap = average_precision(probabilities[:, c], truth[:, c])
+        ax.set_title(f"{class_names[c]} (AP {ap:.2f})" if ap is not None else f"{class_names[c]} (no positives)",
+                     fontsize=9)
+        ax.set_xlim(0, 1.02)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("recall", fontsize=8)
+        ax.set_ylabel("precision", fontsize=8)
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
 def _embedded(path: str) -> str:
     with open(path, "rb") as f:
         data = base64.b64encode(f.read()).decode("ascii")
@@ -144,7 +178,8 @@ def write_html(run_dir: str, *, metrics: dict, config: dict, record: Optional[di
     record and the config - one file to mail or archive."""
     esc = html.escape
     headline = [(k, metrics[k]) for k in metrics if k in ("count", "accuracy", "loss", "expected_calibration_error",
-                                                          "roc_auc", "pr_auc") or k.startswith("top_")]
+                                                          "roc_auc", "pr_auc", "micro_f1", "mean_average_precision",
+                                                          "subset_accuracy", "hamming_loss") or k.startswith("top_")]
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>tlkeras run report</title>",
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
@@ -157,15 +192,18 @@ def write_html(run_dir: str, *, metrics: dict, config: dict, record: Optional[di
         "</table>",
     ]
     if metrics.get("per_class"):
+        extra = [k for k in ("threshold", "average_precision", "roc_auc") if k in next(iter(metrics["per_class"].values()))]
         parts.append("<h2>Per class</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>"
-                     "<th>support</th></tr>")
+                     + "".join(f"<th>{esc(k.replace('_', ' '))}</th>" for k in extra) + "<th>support</th></tr>")
         for name, v in metrics["per_class"].items():
+            cells = "".join(f"<td>{'-' if v[k] is None else format(v[k], '.4f')}</td>" for k in extra)
             parts.append(f"<tr><th>{esc(name)}</th><td>{v['precision']:.4f}</td><td>{v['recall']:.4f}</td>"
-                         f"<td>{v['f1']:.4f}</td><td>{v['support']}</td></tr>")
-        for avg in ("macro_avg", "weighted_avg"):
+                         f"<td>{v['f1']:.4f}</td>{cells}<td>{v['support']}</td></tr>")
+        blanks = "<td></td>" * len(extra)
+        for avg in [a for a in ("micro_avg", "macro_avg", "weighted_avg") if a in metrics]:
             v = metrics[avg]
             parts.append(f"<tr><th>{avg.replace('_avg', ' avg')}</th><td>{v['precision']:.4f}</td>"
-                         f"<td>{v['recall']:.4f}</td><td>{v['f1']:.4f}</td><td>{metrics['count']}</td></tr>")
+                         f"<td>{v['recall']:.4f}</td><td>{v['f1']:.4f}</td>{blanks}<td>{metrics['count']}</td></tr>")
         parts.append("</table>")
     for picture in pictures:
         if os.path.isfile(picture):
@@ -181,10 +219,18 @@ def write_html(run_dir: str, *, metrics: dict, config: dict, record: Optional[di
 
 
 def write_report(run_dir: str, *, history: dict, metrics: dict, probabilities: np.ndarray, labels: np.ndarray,
-                 class_names: list[str], images_of, config: dict, record: Optional[dict] = None) -> list[str]:
+                 class_names: list[str], images_of, config: dict, record: Optional[dict] = None,
+                 task=None) -> list[str]:
     """Every picture and report.html of a run; `images_of(rows)` gives the images of validation
-    rows (for the mistakes grid). Returns the files written."""
-    pictures = [plot_training_curves(history, os.path.join(run_dir, CURVES_FILE))]
+    rows (for the mistakes grid). A multi-label `task` gets per-class precision-recall curves with
+    the chosen thresholds instead of the confusion matrix and mistakes. Returns the files written."""
+    accuracy_key = task.accuracy_key if task is not None else "accuracy"
+    pictures = [plot_training_curves(history, os.path.join(run_dir, CURVES_FILE), accuracy_key)]
+    if np.ndim(labels) == 2:
+        if len(labels):
+            pictures.append(plot_pr_curves(probabilities, labels, class_names, metrics["thresholds"],
+                                           os.path.join(run_dir, PR_CURVES_FILE)))
+        return pictures + [write_html(run_dir, metrics=metrics, config=config, record=record, pictures=pictures)]
     if metrics.get("confusion_matrix"):
         pictures.append(plot_confusion_matrix(metrics["confusion_matrix"], class_names,
                                               os.path.join(run_dir, CONFUSION_FILE)))

@@ -22,6 +22,7 @@ STATE_PATH = os.path.join(CHECKPOINT_DIR, STATE_FILE)
 ARTEFACTS = (
     CONFIG_FILE, LABELS_FILE, MODEL_FILE, METRICS_FILE, "run.json", "history.json", "skipped_files.txt",
     "stage2_trainable_layers.txt", "training_curves.png", "confusion_matrix.png", "confident_mistakes.png",
+    "precision_recall_curves.png",
     "report.html", CHECKPOINT_DIR, "export", "tflite", "onnx", "tensorboard",
 )
 # Settings that do not change what is trained: a resumed run may differ in them.

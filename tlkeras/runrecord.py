@@ -31,8 +31,9 @@ def config_digest(config: dict) -> str:
 def card_facts(record: dict, metrics: dict) -> dict:
     """The run's facts a model card carries (see `tlkeras.export.saved_model.model_card`)."""
     headline = {k: v for k, v in metrics.items()
-                if k in ("split", "count", "accuracy", "loss", "expected_calibration_error", "roc_auc", "pr_auc")
-                or k.startswith("top_") or k in ("macro_avg",)}
+                if k in ("split", "count", "accuracy", "loss", "expected_calibration_error", "roc_auc", "pr_auc",
+                         "micro_f1", "mean_average_precision", "subset_accuracy", "hamming_loss")
+                or k.startswith("top_") or k in ("macro_avg", "micro_avg")}
     return {
         "backbone": record.get("backbone"),
         "config_sha256": config_digest(record.get("config", {})),

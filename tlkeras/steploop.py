@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from tlkeras._logging import get_logger
+from tlkeras.tasks import get_task
 
 
 class LoopHistory:
@@ -64,8 +65,10 @@ def fit_loop(
     callbacks: Optional[list] = None,
     class_weight: Optional[dict] = None,
     verbose=0,
+    task=None,
 ) -> LoopHistory:
-    """Train the compiled `model` on batched (x, integer label) data under the current strategy.
+    """Train the compiled `model` on batched (x, label) data under the current strategy. `task`
+    (`tlkeras.tasks`; single-label when None) counts the right answers logged as its accuracy.
 
     Example:
 
@@ -83,11 +86,12 @@ def fit_loop(
         if not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
         return _fit(strategy, model, train_ds, validation_data, initial_epoch, epochs, steps_per_epoch, callbacks,
-                    class_weight, verbose not in (0, "0"))
+                    class_weight, verbose not in (0, "0"), get_task(task or "single_label"))
 
 
 def _fit(strategy, model, train_ds, validation_data, initial_epoch, epochs, steps_per_epoch, callbacks, class_weight,
-         report: bool):
+         report: bool, task):
+    accuracy = task.accuracy_key
     loss_object = model.loss
     weights_table = None
     if class_weight:
@@ -115,12 +119,12 @@ def _fit(strategy, model, train_ds, validation_data, initial_epoch, epochs, step
         variables = model.trainable_variables
         gradients = tape.gradient(scaled, variables)
         model.optimizer.apply(gradients, variables)
-        return _sums(losses, y, probabilities, penalty)
+        return _sums(task, losses, y, probabilities, penalty)
 
     def eval_step(batch):
         x, y = batch
         probabilities = model(x, training=False)
-        return _sums(per_example(y, probabilities), y, probabilities, _penalty(model))
+        return _sums(task, per_example(y, probabilities), y, probabilities, _penalty(model))
 
     # The batch is taken outside the compiled step, through get_next_as_optional (which the
     # workers agree on): a step that runs into the end of the data inside the graph still bumps
@@ -159,12 +163,12 @@ def _fit(strategy, model, train_ds, validation_data, initial_epoch, epochs, step
             callback_list.on_train_batch_begin(step)
             sums = train_on(batch.get_value())
             totals += [float(v) for v in sums]
-            logs = _logs(totals)
+            logs = _logs(totals, accuracy)
             callback_list.on_train_batch_end(step, logs)
             step += 1
             if model.stop_training:
                 break
-        logs = _logs(totals)
+        logs = _logs(totals, accuracy)
         if val_data is not None and not model.stop_training:
             val_totals = np.zeros(3)
             val_iterator = iter(val_data)
@@ -173,7 +177,7 @@ def _fit(strategy, model, train_ds, validation_data, initial_epoch, epochs, step
                 if not batch.has_value():
                     break
                 val_totals += [float(v) for v in eval_on(batch.get_value())]
-            logs.update({f"val_{k}": v for k, v in _logs(val_totals).items()})
+            logs.update({f"val_{k}": v for k, v in _logs(val_totals, accuracy).items()})
         callback_list.on_epoch_end(epoch, logs)
         if report:  # fit's progress bar, in one line per epoch
             get_logger().info("epoch %d/%d: %s", epoch + 1, epochs,
@@ -194,10 +198,10 @@ def _penalty(model):
     return tf.add_n([tf.cast(v, tf.float32) for v in model.losses])
 
 
-def _sums(losses, y, probabilities, penalty):
-    """Per-replica (loss sum incl. the penalty per example, correct count, example count)."""
-    predicted = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
-    correct = tf.reduce_sum(tf.cast(tf.equal(predicted, tf.cast(tf.reshape(y, [-1]), tf.int64)), tf.float32))
+def _sums(task, losses, y, probabilities, penalty):
+    """Per-replica (loss sum incl. the penalty per example, correct count, example count); the
+    Task says what a right answer is."""
+    correct = tf.reduce_sum(task.correct(y, probabilities))
     count = tf.cast(tf.shape(losses)[0], tf.float32)
     return tf.reduce_sum(losses) + penalty * count, correct, count
 
@@ -206,8 +210,8 @@ def _reduce(strategy, sums):
     return [strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for v in sums]
 
 
-def _logs(totals) -> dict:
+def _logs(totals, accuracy: str = "accuracy") -> dict:
     loss, correct, count = totals
     if count == 0:
-        return {"loss": float("nan"), "accuracy": float("nan")}
-    return {"loss": loss / count, "accuracy": correct / count}
+        return {"loss": float("nan"), accuracy: float("nan")}
+    return {"loss": loss / count, accuracy: correct / count}

@@ -29,10 +29,11 @@ from tlkeras._logging import get_logger
 from tlkeras.errors import Interrupted, TrainingError
 from tlkeras.config import StageConfig
 from tlkeras.distribute import uses_float16
-from tlkeras.optimizers import make_loss, make_optimizer
+from tlkeras.optimizers import make_optimizer
 from tlkeras.resume import ResumableEarlyStopping, ResumeState, RunCheckpointer
 from tlkeras.rundir import CHECKPOINT_DIR
-from tlkeras.model import get_backbone
+from tlkeras.tasks import get_task
+from tlkeras.model import get_backbone, get_head_pool, get_preprocessing, task_of
 from tlkeras.utils import atomic_path, write_json_atomic, write_text_atomic
 
 BEST_WEIGHTS = "best.weights.h5"
@@ -451,6 +452,7 @@ class _Runner:
         self.nan_guard, self.run_dir = nan_guard, run_dir
         self.label_smoothing = label_smoothing
         self.class_weight, self.jit_compile, self.verbose = class_weight, jit_compile, verbose
+        self.task = task_of(model)
         self.train_ds = train_ds
         if augmenter is not None:
             self.train_ds = train_ds.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=AUTOTUNE)
@@ -476,7 +478,7 @@ class _Runner:
             part.model, part.train, part.val, stage, learning_rate=rate, steps_per_epoch=part.steps,
             epochs=phase_start + planned - initial_epoch, checkpointer=self.checkpointer, resume_from=state,
             fit_steps=part.steps if part.repeats else None, initial_epoch=initial_epoch, callbacks=self.callbacks,
-            class_weight=self.class_weight, jit_compile=self.jit_compile, verbose=self.verbose,
+            class_weight=self.class_weight, jit_compile=self.jit_compile, verbose=self.verbose, task=self.task,
             label_smoothing=self.label_smoothing, **options,
             # On cached inputs a step takes microseconds to milliseconds and Python's per-step
             # overhead would dominate: run up to 16 steps in each call of the compiled function.
@@ -579,11 +581,8 @@ class _Caches:
         backbone = get_backbone(self.model)
         crossing = caching.crossing_tensors(self.model, cut_layer)
         both = keras.Model(backbone.input, [backbone.output, *crossing])
-        preprocess = self.model.get_layer("preprocess")
-        try:
-            pool = self.model.get_layer("head_pool")
-        except ValueError:
-            pool = None
+        preprocess = get_preprocessing(self.model) or (lambda x: x)
+        pool = get_head_pool(self.model)
 
         def fn(pixels):
             out = both(preprocess(pixels), training=False)
@@ -625,6 +624,7 @@ def run_stage(
     checkpointer: Optional[RunCheckpointer] = None,
     resume_from: Optional[ResumeState] = None,
     verbose: int | str = "auto",
+    task=None,
 ) -> int:
     """Compile with this stage's optimizer and fit `epochs` (default: the stage's) epochs;
     return the epoch count reached (initial + run).
@@ -633,16 +633,20 @@ def run_stage(
     steps in); `fit_steps` is given to fit only when the training data repeats (Keras then keeps
     one iterator across epochs); `multipliers` scale the rate per variable (layer-wise rates).
     With a `checkpointer` the state is saved after every epoch; `resume_from` restores the
-    optimizer and early stopping of an interrupted run before fitting on.
+    optimizer and early stopping of an interrupted run before fitting on. `task` (the full model's
+    Task, `tlkeras.tasks`; single-label when None) gives the loss, the metrics and where class
+    weights go.
     """
+    task = get_task(task or "single_label")
+    units = int(model.output_shape[-1])
     optimizer = make_optimizer(stage, learning_rate, steps_per_epoch, multipliers=multipliers, step_offset=step_offset)
     if uses_float16(model):
         # Keras wraps only when the model's own policy is mixed_float16; parts built later are not.
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     model.compile(
         optimizer=optimizer,
-        loss=make_loss(model, label_smoothing),
-        metrics=["accuracy"],
+        loss=task.loss(units, label_smoothing, class_weight),
+        metrics=task.training_metrics(),
         jit_compile=jit_compile,
         steps_per_execution=steps_per_execution,
     )
@@ -661,8 +665,8 @@ def run_stage(
     if checkpointer is not None:
         stage_callbacks.append(checkpointer.callback(stopper))  # last: sees every other callback's epoch
     fit = model.fit
-    if steploop.needs_own_loop(model):
-        fit = functools.partial(steploop.fit_loop, model)  # Keras's fit fails under multi-worker (steploop docs)
+    if steploop.needs_own_loop(model):  # Keras's fit fails under multi-worker (steploop docs)
+        fit = functools.partial(steploop.fit_loop, model, task=task)
     history = fit(
         train_ds,
         validation_data=val_ds,
@@ -670,7 +674,7 @@ def run_stage(
         epochs=initial_epoch + (stage.epochs if epochs is None else epochs),
         steps_per_epoch=fit_steps,
         callbacks=stage_callbacks,
-        class_weight=class_weight,
+        class_weight=task.fit_class_weight(class_weight),
         verbose=verbose,
         **({} if fit is not model.fit else {"shuffle": False}),  # the tf.data pipeline shuffles
     )

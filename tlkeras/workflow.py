@@ -20,8 +20,7 @@ from tlkeras.distribute import is_multi_worker, precision_policy, resolve_precis
 from tlkeras.evaluate import predict_probabilities
 from tlkeras.errors import TlkerasError, TrainingError
 from tlkeras.export import export_saved_model
-from tlkeras.metrics import classification_metrics
-from tlkeras.model import build_model
+from tlkeras.model import build_model, set_decision
 from tlkeras.training import finetune as _finetune
 from tlkeras.runrecord import RUN_FILE, build_record, card_facts
 from tlkeras.utils import atomic_path, write_json_atomic, write_text_atomic
@@ -56,6 +55,13 @@ class FinetuneResult:
     config: FinetuneConfig
     skipped_files: list = field(default_factory=list)
     timings: dict = field(default_factory=dict)
+
+    @property
+    def task(self):
+        """The model's Task (`tlkeras.tasks`): single-label or multi-label classification."""
+        from tlkeras.model import task_of
+
+        return task_of(self.model)
 
 
 def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None = None, **options) -> FinetuneResult:
@@ -147,7 +153,7 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
     clock = time.time()
     with strategy.scope():  # pipelines for a TPU keep one batch shape (drop_remainder)
         data_bundle = make_text_datasets(train_cfg) if text else make_datasets(train_cfg, image_size)
-    class_names = data_bundle.class_names
+    class_names, task = data_bundle.class_names, data_bundle.task
     write_text_atomic(os.path.join(run_dir, "labels.txt"), "\n".join(class_names) + "\n")
     if data_bundle.skipped:
         write_text_atomic(
@@ -155,8 +161,9 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
             "".join(f"{path}\t{reason}\n" for path, reason in data_bundle.skipped),
         )
     log.info(
-        "data: %d training and %d validation %s, %d classes%s",
+        "data: %d training and %d validation %s, %d classes%s%s",
         data_bundle.train_count, data_bundle.val_count, "texts" if text else "images", len(class_names),
+        f" ({task.description})" if task.name != "single_label" else "",
         f", {len(data_bundle.skipped)} file(s) skipped (see skipped_files.txt)" if data_bundle.skipped else "",
     )
 
@@ -165,7 +172,7 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
     with precision_policy(resolve_precision(cfg.mixed_precision)), strategy.scope():
         model = build_model(
             spec, len(class_names), image_size=image_size, weights=cfg.weights,
-            head=cfg.head, backbone_options=cfg.backbone_options,
+            head=cfg.head, backbone_options=cfg.backbone_options, task=task.name, class_names=class_names,
         )
     timings["build"] = time.time() - clock
     callbacks = []
@@ -202,22 +209,30 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
     eval_ds, split = (data_bundle.val, "val") if data_bundle.val is not None else (data_bundle.train, "train")
     eval_examples = data_bundle.val_examples if split == "val" else data_bundle.train_examples
     probabilities, labels = predict_probabilities(model, eval_ds)
-    metrics = {"split": split, **classification_metrics(probabilities, labels, class_names, top_k=cfg.top_k)}
+    decision = task.choose_decision(probabilities, labels, cfg.threshold)
+    if decision is not None:
+        set_decision(model, decision)
+        log.info("decision: thresholds %s (%s)", ", ".join(f"{n} {t:.3f}" for n, t in
+                                                          zip(class_names, decision["thresholds"])), decision["chosen"])
+    metrics = {"split": split, **task.metrics(probabilities, labels, class_names, top_k=cfg.top_k,
+                                              decision=decision)}
     write_json_atomic(os.path.join(run_dir, "metrics.json"), metrics)
     save_model_atomic(model, os.path.join(run_dir, "model.keras"))
-    log.info("%s accuracy %.4f on %d images", split, metrics.get("accuracy", float("nan")), metrics.get("count", 0))
+    log.info("%s %s %.4f on %d %s", split, task.headline_name, metrics.get(task.headline_key, float("nan")),
+             metrics.get("count", 0), "texts" if text else "images")
     timings["evaluate"] = time.time() - clock
     record = build_record(cfg=cfg, bundle=data_bundle, run_dir=run_dir, timings=timings, started=started,
                           plan=history.cache_plan, policy=keras.config.dtype_policy().name, strategy=strategy)
     write_json_atomic(os.path.join(run_dir, RUN_FILE), record)
     if cfg.report:
         _write_report(run_dir, history, metrics, probabilities, labels, class_names, None if text else eval_examples,
-                      image_size, cfg, record)
+                      image_size, cfg, record, task)
     clock = time.time()
     export_dir = None
     if cfg.export:
         examples = data_bundle.val_examples if data_bundle.val_examples is not None else data_bundle.train_examples
-        samples = examples.sample_texts(EXPORT_CHECK_IMAGES) if text else examples.sample_bytes(EXPORT_CHECK_IMAGES)
+        samples = (examples.sample_texts(EXPORT_CHECK_IMAGES, task) if text
+                   else examples.sample_bytes(EXPORT_CHECK_IMAGES, task))
         export_dir = export_saved_model(
             model, os.path.join(run_dir, "export"), class_names, top_k=cfg.top_k,
             verify_images=samples, card=card_facts(record, metrics),
@@ -288,7 +303,8 @@ def save_model_atomic(model: keras.Model, path: str) -> None:
         model.save(tmp)
 
 
-def _write_report(run_dir, history, metrics, probabilities, labels, class_names, examples, image_size, cfg, record):
+def _write_report(run_dir, history, metrics, probabilities, labels, class_names, examples, image_size, cfg, record,
+                  task):
     """Plots and report.html; a failure here is logged, never loses the trained run."""
     import numpy as np
 
@@ -303,7 +319,7 @@ def _write_report(run_dir, history, metrics, probabilities, labels, class_names,
             images_of = None  # noqa: F811  (order unknown: no mistakes grid)
         files = write_report(run_dir, history=dict(history), metrics=metrics, probabilities=probabilities,
                              labels=labels if images_of else labels[:0], class_names=class_names,
-                             images_of=images_of, config=cfg.to_dict(), record=record)
+                             images_of=images_of, config=cfg.to_dict(), record=record, task=task)
         get_logger().info("report: %s", files[-1])
     except Exception as e:  # noqa: BLE001 - pictures are a by-product; the model and metrics are saved
         get_logger().warning("could not write the report (%s: %s); the model and metrics are saved",

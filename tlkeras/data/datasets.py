@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -29,6 +30,9 @@ from tlkeras.data import images as image_io
 from tlkeras.data.augment import build_augmenter
 from tlkeras.distribute import static_shapes
 from tlkeras.errors import DataError
+from tlkeras.tasks import get_task
+from tlkeras.tasks import labels as raw_labels
+from tlkeras.tasks.labels import pipeline_labels, resolve_task
 from tlkeras.utils import as_tensor
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -63,8 +67,9 @@ class Examples:
         return Examples(labels, dataset=self.dataset, index=base[rows])
 
     def images(self, image_size: tuple[int, int]) -> tf.data.Dataset:
-        """Unbatched (float32 [h, w, 3] in [0, 255], int32 label) in a fixed order."""
-        labels = self.labels.astype(np.int32)
+        """Unbatched (float32 [h, w, 3] in [0, 255], label) in a fixed order: int32 class indices,
+        or float32 multi-hot rows."""
+        labels = pipeline_labels(self.labels)
         if self.pixels is not None and tuple(self.pixels.shape[1:3]) == tuple(image_size):
             return tf.data.Dataset.from_tensor_slices((as_tensor(self.pixels), labels))
         if self.paths is not None:
@@ -85,14 +90,15 @@ class Examples:
                 lambda i, xy: tf.logical_and(i < limit, tf.gather(keep_t, tf.minimum(i, limit - 1)))
             )
             ds = ds.map(lambda i, xy: xy)
+        label_type = tf.as_dtype(labels.dtype)
         ds = ds.map(
-            lambda x, y: (image_io.prepare_image(x, image_size), tf.cast(y, tf.int32)), num_parallel_calls=AUTOTUNE
+            lambda x, y: (image_io.prepare_image(x, image_size), tf.cast(y, label_type)), num_parallel_calls=AUTOTUNE
         )
         return ds.apply(tf.data.experimental.assert_cardinality(len(self.labels)))
 
-    def sample_bytes(self, count: int) -> list[bytes]:
+    def sample_bytes(self, count: int, task) -> list[bytes]:
         """Up to `count` encoded images spread over the classes (for checking an export)."""
-        return self.encoded(_spread_rows(self.labels, count))
+        return self.encoded(task.spread_rows(self.labels, count))
 
     def encoded(self, rows) -> list[bytes]:
         """The images of `rows` as encoded bytes: a file's own bytes, else PNG of the pixels."""
@@ -128,17 +134,6 @@ def _png(image) -> bytes:
     return tf.io.encode_png(image).numpy()
 
 
-def _spread_rows(labels: np.ndarray, count: int) -> list[int]:
-    """Row indices taking the first image of each class in turn (round robin)."""
-    by_class = [list(np.flatnonzero(labels == c)) for c in np.unique(labels)]
-    rows: list[int] = []
-    while len(rows) < min(count, len(labels)):
-        for members in by_class:
-            if members and len(rows) < count:
-                rows.append(int(members.pop(0)))
-    return rows
-
-
 # === The bundle make_datasets returns ===
 
 
@@ -159,6 +154,7 @@ class DataBundle:
     class_weight: Optional[dict[int, float]]
     cached: bool
     augmenter: Any = None
+    task: Any = None  # the Task the labels are encoded for (tlkeras.tasks)
 
     @property
     def train_count(self) -> int:
@@ -172,7 +168,7 @@ class DataBundle:
         examples = self.train_examples if split == "train" else self.val_examples
         if examples is None:
             return {}
-        counts = np.bincount(examples.labels, minlength=len(self.class_names))
+        counts = self.task.class_counts(examples.labels, len(self.class_names))
         return {name: int(n) for name, n in zip(self.class_names, counts)}
 
 
@@ -199,10 +195,12 @@ def make_datasets(
     budget = cfg.memory_budget_mb << 20 if cfg.cache_images in ("auto", True) else 0
     if cfg.cache_images is True:
         budget = 1 << 62  # asked for: cache whatever the size
-    train, val, class_names, skipped = load_splits(
-        lambda source, key, names: load_examples(source, key, names, image_size=image_size, budget_bytes=budget),
-        cfg, data, val_data, "images",
-    )
+    def load(source, key, names, task):
+        return load_examples(source, key, names, image_size=image_size, budget_bytes=budget, task=task,
+                             image_column=cfg.image_column, label_column=cfg.label_column,
+                             label_separator=cfg.label_separator)
+
+    train, val, class_names, skipped, task = load_splits(load, cfg, data, val_data, "images")
 
     h, w = image_size
     total = len(train) + (len(val) if val is not None else 0)
@@ -229,39 +227,47 @@ def make_datasets(
         train_examples=train,
         val_examples=val,
         skipped=skipped,
-        class_weight=class_weights(cfg.class_weight, train.labels, class_names),
+        class_weight=task.class_weight(cfg.class_weight, train.labels, class_names),
         cached=cache,
         augmenter=build_augmenter(cfg.augment, cfg.seed),
+        task=task,
     )
 
 
 def load_splits(load, cfg: FinetuneConfig, data: Any, val_data: Any, noun: str):
-    """(train, val, class_names, skipped) of images or texts: `data` loaded with `load(source, key,
-    class_names)`, and `val_data` likewise or else a stratified `val_split` of `data`; the classes
-    checked (at least 2, each with training examples, names fit for labels.txt)."""
-    train, class_names, skipped = load(data, "data", cfg.class_names)
+    """(train, val, class_names, skipped, task) of images or texts: `data` loaded with `load(source,
+    key, class_names, task setting)` (raw labels), the Task resolved from `cfg.task` and those
+    labels, which it then encodes; `val_data` likewise or else the Task's stratified `val_split` of
+    `data`; the classes checked (at least 2 for one label each, each with training examples, names
+    fit for labels.txt)."""
+    train, class_names, skipped = load(data, "data", cfg.class_names, cfg.task)
+    task = resolve_task(cfg.task, train.labels, "data")
+    train.labels, class_names = task.encode_labels(train.labels, "data",
+                                                   class_names if class_names is not None else cfg.class_names)
     if val_data is not None:
-        val, _, val_skipped = load(val_data, "val_data", class_names)
+        val, _, val_skipped = load(val_data, "val_data", class_names, task.name)
+        val.labels, _ = task.encode_labels(val.labels, "val_data", class_names)
         skipped = skipped + val_skipped
     elif cfg.val_split > 0:
-        train_rows, val_rows = stratified_split(train.labels, cfg.val_split, cfg.seed)
+        train_rows, val_rows = task.split(train.labels, cfg.val_split, cfg.seed)
         val = train.subset(val_rows) if len(val_rows) else None
         train = train.subset(train_rows)
     else:
         val = None
-    if len(class_names) < 2:
+    if len(class_names) < (2 if task.name == "single_label" else 1):
         where = f" in {cfg.data!r}" if isinstance(cfg.data, str) else ""
         raise DataError(f"data: found only {len(class_names)} class ({', '.join(class_names)}){where}; a classifier "
                         f"needs at least 2 - put each class's {noun} in a subfolder of its own (or give them "
                         "their own label).")
     check_class_names(class_names)
-    missing = [class_names[c] for c in range(len(class_names)) if not np.any(train.labels == c)]
+    counts = task.class_counts(train.labels, len(class_names))
+    missing = [class_names[c] for c in range(len(class_names)) if not counts[c]]
     if missing:
         raise DataError(f"data: no training {noun} for class(es) {', '.join(missing)}.")
     if skipped:
         get_logger().warning("skipped %d %s that could not be read: %s%s", len(skipped), noun,
                              ", ".join(p for p, _ in skipped[:5]), " ..." if len(skipped) > 5 else "")
-    return train, val, class_names, skipped
+    return train, val, class_names, skipped, task
 
 
 def build_pipeline(
@@ -296,68 +302,133 @@ def build_pipeline(
 # === Sources ===
 
 
+TABLE_EXTENSIONS = (".csv", ".tsv")
+
+
 def load_examples(
     source: Any,
     key: str,
     class_names: list[str] | None = None,
     *,
+    task: str = "single_label",
     image_size: tuple[int, int] | None = None,
     budget_bytes: int = 0,
+    **table,
 ):
-    """(Examples, class_names, skipped files) from any supported data source.
+    """(Examples, class_names, skipped files) from any supported data source, the labels encoded
+    for `task` ("auto" picks it from the labels; see `tlkeras.tasks`).
 
     For image folders whose decoded, resized pixels (at `image_size`) fit `budget_bytes`, the
-    scan for undecodable files keeps those pixels, so no image is decoded twice.
+    scan for undecodable files keeps those pixels, so no image is decoded twice. `table` holds
+    `image_column`, `label_column`, `label_separator` for a CSV/TSV of image paths and labels.
     """
+    examples, names, skipped = read_examples(source, key, class_names, task=task, image_size=image_size,
+                                             budget_bytes=budget_bytes, **table)
+    role = resolve_task(task, examples.labels, key)
+    examples.labels, names = role.encode_labels(examples.labels, key, names if names is not None else class_names)
+    return examples, names, skipped
+
+
+def read_examples(
+    source: Any,
+    key: str,
+    class_names: list[str] | None = None,
+    *,
+    task: str = "auto",
+    image_size: tuple[int, int] | None = None,
+    budget_bytes: int = 0,
+    image_column: str = "image",
+    label_column: str = "label",
+    label_separator: str = " ",
+):
+    """(Examples with raw labels, class names or None, skipped files): what a source holds, before a
+    Task encodes its labels (`tlkeras.tasks.labels`). Folders give class indices and their names."""
     if isinstance(source, str) and source.startswith("tfds:"):
         return _load_tfds(source, key, class_names)
     if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__"):
-        return _load_folder(str(source), key, class_names, image_size, budget_bytes)
+        path = os.fsdecode(source) if not isinstance(source, str) else source
+        if path.lower().endswith(TABLE_EXTENSIONS):
+            return _load_image_table(path, key, class_names, image_size, budget_bytes, task=task,
+                                     image_column=image_column, label_column=label_column, separator=label_separator)
+        return _load_folder(path, key, class_names, image_size, budget_bytes)
     if isinstance(source, tf.data.Dataset):
         return _load_dataset(source, key, class_names)
     if isinstance(source, (tuple, list)) and len(source) == 2:
         return _load_arrays(source[0], source[1], key, class_names)
     raise DataError(
-        f"{key}: {type(source).__name__} is not a data source; pass a folder path, 'tfds:NAME[:SPLIT]', "
-        "a tuple (images, labels) of arrays or a tf.data.Dataset of (image, label)."
+        f"{key}: {type(source).__name__} is not a data source; pass a folder path, a .csv/.tsv of image paths and "
+        "labels, 'tfds:NAME[:SPLIT]', a tuple (images, labels) of arrays or a tf.data.Dataset of (image, label)."
     )
 
 
 def _load_folder(root: str, key: str, class_names, image_size=None, budget_bytes=0):
-    import os
-
     if not (tf.io.gfile.exists(root) if "://" in root else os.path.exists(root)):  # gs://... through tf.io
         raise DataError(f"{key}: the path {root!r} does not exist.")
     folder = image_io.list_image_folder(root, class_names)
-    keep_pixels = image_size is not None and len(folder.paths) * image_size[0] * image_size[1] * 12 <= budget_bytes
-    bad, pixels = image_io.scan_images(folder.paths, image_size if keep_pixels else None)
-    bad_paths = {p for p, _ in bad}
-    keep = [i for i, p in enumerate(folder.paths) if p not in bad_paths]
-    labels = np.asarray(folder.labels, dtype=np.int64)[keep]
-    examples = Examples(labels, paths=[folder.paths[i] for i in keep], pixels=pixels)
+    examples, bad = _scanned(folder.paths, np.asarray(folder.labels, dtype=np.int64), image_size, budget_bytes)
     for c, name in enumerate(folder.class_names):
-        if class_names is None and not np.any(labels == c):
+        if class_names is None and not np.any(examples.labels == c):
             raise DataError(f"{key}: no decodable images in the class folder {os.path.join(root, name)!r}.")
     return examples, folder.class_names, bad
 
 
+def _scanned(paths: list[str], labels, image_size, budget_bytes):
+    """Examples of the decodable files among `paths` (labels: an array, or a list of label sets)."""
+    keep_pixels = image_size is not None and len(paths) * image_size[0] * image_size[1] * 12 <= budget_bytes
+    bad, pixels = image_io.scan_images(paths, image_size if keep_pixels else None)
+    bad_paths = {p for p, _ in bad}
+    keep = [i for i, p in enumerate(paths) if p not in bad_paths]
+    kept = [labels[i] for i in keep] if isinstance(labels, list) else labels[keep]
+    return Examples(kept, paths=[paths[i] for i in keep], pixels=pixels), bad
+
+
+def _load_image_table(path: str, key: str, class_names, image_size, budget_bytes, *, task: str, image_column: str,
+                      label_column: str, separator: str):
+    """A CSV/TSV with an image path column and a labels column (several labels in a cell separated
+    by `separator` make a multi-label task); paths relative to the table's folder."""
+    from tlkeras.data.tables import read_table
+
+    table = read_table(path, key, {image_column: "image_column", label_column: "label_column"})
+    folder = os.path.dirname(os.path.abspath(path))
+    cells, paths, skipped = [], [], []
+    for line, row in table:
+        name = (row.get(image_column) or "").strip()
+        if not name:
+            skipped.append((f"{path}:{line}", f"empty {image_column!r}"))
+            continue
+        image = name if os.path.isabs(name) or "://" in name else os.path.join(folder, name)
+        if "://" not in image and not os.path.isfile(image):
+            skipped.append((image, f"no such file (row {line} of {os.path.basename(path)})"))
+            continue
+        paths.append(image)
+        cells.append(row.get(label_column) or "")
+    labels, rows = raw_labels.read_label_cells(cells, task, separator)
+    skipped += [(paths[i], f"empty {label_column!r}") for i in sorted(set(range(len(paths))) - set(rows))]
+    paths = [paths[i] for i in rows]
+    if not paths:
+        raise DataError(f"{key}: {path!r} holds no rows with an existing image file and a label.")
+    examples, bad = _scanned(paths, labels, image_size, budget_bytes)
+    return examples, class_names, skipped + bad
+
+
 def _load_arrays(x, y, key: str, class_names):
     x = np.asarray(x)
-    y = np.asarray(y)
+    y = y if raw_labels.is_label_sets(y) else np.asarray(y)
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4 or x.shape[-1] not in (1, 3, 4):
         raise DataError(
             f"{key}: images must have shape (N, H, W), (N, H, W, 1), (N, H, W, 3) or (N, H, W, 4); got {x.shape}."
         )
-    if y.ndim != 1 or len(y) != len(x):
-        raise DataError(f"{key}: labels must have shape ({len(x)},) to match the images; got {y.shape}.")
+    if len(y) != len(x) or (isinstance(y, np.ndarray) and y.ndim not in (1, 2)):
+        shape = y.shape if isinstance(y, np.ndarray) else (len(y),)
+        raise DataError(f"{key}: labels must have shape ({len(x)},) (or ({len(x)}, classes) multi-hot) to match "
+                        f"the images; got {shape}.")
     if np.issubdtype(x.dtype, np.floating) and x.size and float(np.nanmax(x)) <= 1.0:
         get_logger().warning(
             "%s: image values are all <= 1.0; tlkeras expects pixels in [0, 255] (multiply by 255).", key
         )
-    labels, class_names = encode_labels(y, key, class_names)
-    return Examples(labels, arrays=x), class_names, []
+    return Examples(y, arrays=x), class_names, []
 
 
 def check_class_names(class_names) -> None:
@@ -380,24 +451,9 @@ def check_class_names(class_names) -> None:
 
 
 def encode_labels(y: np.ndarray, key: str, class_names):
-    """(int64 labels, class names) from integer class indices or label strings (sorted into names)."""
-    if y.dtype.kind in "iu":
-        labels = y.astype(np.int64)
-        if labels.size and labels.min() < 0:
-            raise DataError(f"{key}: labels must be class indices >= 0; found {labels.min()}.")
-        if class_names is None:
-            class_names = [str(i) for i in range(int(labels.max()) + 1 if labels.size else 0)]
-        elif labels.size and labels.max() >= len(class_names):
-            raise DataError(f"{key}: label {labels.max()} is out of range for {len(class_names)} classes.")
-        return labels, list(class_names)
-    names = [str(v) for v in y]
-    if class_names is None:
-        class_names = sorted(set(names))
-    lookup = {name: i for i, name in enumerate(class_names)}
-    unknown = sorted(set(names) - set(lookup))
-    if unknown:
-        raise DataError(f"{key}: labels {', '.join(unknown[:5])} are not among the classes {', '.join(class_names)}.")
-    return np.array([lookup[n] for n in names], dtype=np.int64), list(class_names)
+    """(int64 labels, class names) from integer class indices or label strings (sorted into names):
+    the single-label Task's encoding (`tlkeras.tasks.single_label`)."""
+    return get_task("single_label").encode_labels(np.asarray(y), key, class_names)
 
 
 def _load_dataset(ds: tf.data.Dataset, key: str, class_names):
@@ -413,12 +469,17 @@ def _load_dataset(ds: tf.data.Dataset, key: str, class_names):
         image_spec, label_spec = ds.element_spec
     if image_spec.shape.rank != 3:
         raise DataError(f"{key}: images must be [H, W, C] (or batches of them); got {image_spec.shape}.")
-    if not label_spec.dtype.is_integer:
-        raise DataError(f"{key}: labels of a tf.data.Dataset must be integer class indices; got {label_spec.dtype.name}.")
+    multi_hot = label_spec.shape.rank == 1
+    if label_spec.shape.rank not in (0, 1) or (not multi_hot and not label_spec.dtype.is_integer):
+        raise DataError(f"{key}: labels of a tf.data.Dataset must be integer class indices (or multi-hot rows); got "
+                        f"{label_spec.dtype.name} {label_spec.shape}.")
     if ds.cardinality() == tf.data.INFINITE_CARDINALITY:
         raise DataError(f"{key}: the tf.data.Dataset is infinite (.repeat()?); pass a finite one.")
-    labels = np.fromiter((int(y) for y in ds.map(lambda x, y: y).as_numpy_iterator()), dtype=np.int64)
-    labels, class_names = encode_labels(labels, key, class_names)
+    values = [np.asarray(y) for y in ds.map(lambda x, y: y).as_numpy_iterator()]
+    if multi_hot:
+        labels = np.stack(values) if values else np.zeros((0, 0), np.float32)
+    else:
+        labels = np.asarray(values, dtype=np.int64).reshape(-1)
     return Examples(labels, dataset=ds), class_names, []
 
 
@@ -446,59 +507,12 @@ def _load_tfds(source: str, key: str, class_names):
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices (train, val): `fraction` of every class (rounded, at least 1 where a class has 2+)."""
-    rng = np.random.default_rng(seed)
-    train_rows, val_rows = [], []
-    for c in np.unique(labels):
-        rows = np.flatnonzero(labels == c)
-        rng.shuffle(rows)
-        n_val = int(round(fraction * len(rows)))
-        if len(rows) >= 2:
-            n_val = min(max(n_val, 1), len(rows) - 1)
-        else:
-            n_val = 0
-        val_rows.extend(rows[:n_val])
-        train_rows.extend(rows[n_val:])
-    return np.sort(np.array(train_rows, dtype=np.int64)), np.sort(np.array(val_rows, dtype=np.int64))
-
-
-# class_weight="auto" turns balanced weights on when the largest class has more than this many
-# times the training images of the smallest: below it the weights would change little, above it
-# an unweighted loss lets the large classes dominate.
-AUTO_IMBALANCE_RATIO = 2.0
+    """Row indices (train, val): `fraction` of every class (rounded, at least 1 where a class has 2+);
+    the split of the Task the labels are encoded for (multi-hot rows: iterative stratification)."""
+    labels = np.asarray(labels)
+    return get_task("multi_label" if labels.ndim == 2 else "single_label").split(labels, fraction, seed)
 
 
 def class_weights(setting, labels: np.ndarray, class_names: list[str]) -> Optional[dict[int, float]]:
-    """Keras `class_weight` for `setting`: None, "balanced" (n / (k * n_c)), "auto" (balanced
-    when the class counts differ by more than AUTO_IMBALANCE_RATIO, else None; logged) or
-    {class name or index: weight}.
-
-    >>> class_weights("auto", np.array([0] * 9 + [1] * 3), ["a", "b"])
-    {0: 0.6666666666666666, 1: 2.0}
-    >>> class_weights("auto", np.array([0] * 4 + [1] * 3), ["a", "b"]) is None
-    True
-    """
-    if setting is None:
-        return None
-    k = len(class_names)
-    if setting == "auto":
-        counts = np.bincount(labels, minlength=k)
-        ratio = counts.max() / max(counts.min(), 1)
-        imbalanced = ratio > AUTO_IMBALANCE_RATIO
-        get_logger().info(
-            "class_weight=auto: the largest class has %.1fx the images of the smallest (threshold %.1fx): %s",
-            ratio, AUTO_IMBALANCE_RATIO, "balanced weights on" if imbalanced else "no weights",
-        )
-        return class_weights("balanced", labels, class_names) if imbalanced else None
-    if setting == "balanced":
-        counts = np.bincount(labels, minlength=k).astype(np.float64)
-        return {c: float(len(labels) / (k * counts[c])) if counts[c] else 0.0 for c in range(k)}
-    weights = {c: 1.0 for c in range(k)}
-    for name, weight in setting.items():
-        if name in class_names:
-            weights[class_names.index(name)] = float(weight)
-        elif isinstance(name, int) and 0 <= name < k:
-            weights[name] = float(weight)
-        else:
-            raise DataError(f"class_weight: {name!r} is not a class; classes are {', '.join(class_names)}.")
-    return weights
+    """Keras `class_weight` of a single-label task (see `tlkeras.tasks.SingleLabel.class_weight`)."""
+    return get_task("single_label").class_weight(setting, labels, class_names)

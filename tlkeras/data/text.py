@@ -17,7 +17,6 @@ Example:
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 from dataclasses import dataclass
@@ -47,16 +46,15 @@ class TextExamples:
         rows = np.sort(np.asarray(rows, dtype=np.int64))
         return TextExamples(self.labels[rows], [self.texts[i] for i in rows])
 
-    def sample_texts(self, count: int) -> list[str]:
+    def sample_texts(self, count: int, task) -> list[str]:
         """Up to `count` texts spread over the classes (for checking an export)."""
-        from tlkeras.data.datasets import _spread_rows
-
-        return [self.texts[i] for i in _spread_rows(self.labels, count)]
+        return [self.texts[i] for i in task.spread_rows(self.labels, count)]
 
     def fingerprint(self) -> dict:
         h = hashlib.sha256()
         for text, label in zip(self.texts, self.labels):
-            h.update(f"{int(label)}\t{text}\n".encode("utf-8"))
+            code = int(label) if np.ndim(label) == 0 else "".join(str(int(v)) for v in np.asarray(label))
+            h.update(f"{code}\t{text}\n".encode("utf-8"))
         return {"kind": "texts", "texts": len(self.texts), "sha256": h.hexdigest()}
 
 
@@ -65,15 +63,33 @@ def is_text_table(path: Any) -> bool:
 
 
 def load_text_examples(source: Any, key: str, class_names: Optional[list[str]] = None, *,
-                       text_column: str = "text", label_column: str = "label"):
+                       text_column: str = "text", label_column: str = "label", task: str = "single_label",
+                       label_separator: str = " "):
     """(TextExamples, class_names, skipped) from a CSV/TSV file, a folder of class subfolders of
-    .txt files, or a (texts, labels) pair."""
+    .txt files, or a (texts, labels) pair; the labels encoded for `task` (see `tlkeras.tasks`)."""
+    from tlkeras.tasks.labels import resolve_task
+
+    examples, names, skipped = read_text_examples(source, key, class_names, text_column=text_column,
+                                                  label_column=label_column, task=task,
+                                                  label_separator=label_separator)
+    role = resolve_task(task, examples.labels, key)
+    examples.labels, names = role.encode_labels(examples.labels, key, names if names is not None else class_names)
+    return examples, names, skipped
+
+
+def read_text_examples(source: Any, key: str, class_names: Optional[list[str]] = None, *,
+                       text_column: str = "text", label_column: str = "label", task: str = "auto",
+                       label_separator: str = " "):
+    """(TextExamples with raw labels, class names or None, skipped): what a source holds, before a
+    Task encodes its labels."""
+    from tlkeras.tasks import labels as raw_labels
+
     if isinstance(source, (tuple, list)) and len(source) == 2:
         texts = [str(t) for t in np.asarray(source[0]).reshape(-1)]
-        labels = np.asarray(source[1])
+        labels = source[1] if raw_labels.is_label_sets(source[1]) else np.asarray(source[1])
         if len(texts) != len(labels):
             raise DataError(f"{key}: {len(texts)} texts but {len(labels)} labels.")
-        return (*_encoded(texts, labels, key, class_names), [])
+        return TextExamples(labels, texts), class_names, []
     if not isinstance(source, str):
         raise DataError(f"{key}: {type(source).__name__} is not a text source; pass a .csv/.tsv file with "
                         f"{text_column!r} and {label_column!r} columns, a folder of class subfolders of .txt files, "
@@ -83,37 +99,23 @@ def load_text_examples(source: Any, key: str, class_names: Optional[list[str]] =
     if os.path.isdir(source):
         return _load_folder(source, key, class_names)
     if is_text_table(source):
-        return _load_table(source, key, class_names, text_column, label_column)
+        return _load_table(source, key, class_names, text_column, label_column, task, label_separator)
     raise DataError(f"{key}: {source!r} is neither a .csv/.tsv file nor a folder of class subfolders of .txt files.")
 
 
-def _load_table(path: str, key: str, class_names, text_column: str, label_column: str):
-    delimiter = "\t" if path.lower().endswith(".tsv") else ","
-    texts, labels, skipped = [], [], []
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            reader = csv.DictReader(f, delimiter=delimiter)
-            columns = reader.fieldnames or []
-            for column, setting in ((text_column, "text_column"), (label_column, "label_column")):
-                if column not in columns:
-                    raise DataError(
-                        f"{key}: {path!r} has no column {column!r}.{did_you_mean(column, columns)} Its columns "
-                        f"are {', '.join(columns) or '(none: an empty file?)'}; set {setting} to the right one."
-                    )
-            for line, row in enumerate(reader, start=2):
-                label = (row.get(label_column) or "").strip()
-                if not label:
-                    skipped.append((f"{path}:{line}", f"empty {label_column!r}"))
-                    continue
-                texts.append(row.get(text_column) or "")
-                labels.append(label)
-    except UnicodeDecodeError as e:
-        raise DataError(f"{key}: {path!r} is not UTF-8 text ({e.reason} at byte {e.start}); "
-                        "save it as UTF-8.") from None
+def _load_table(path: str, key: str, class_names, text_column: str, label_column: str, task: str,
+                separator: str):
+    from tlkeras.data.tables import read_table
+    from tlkeras.tasks.labels import read_label_cells
+
+    rows = list(read_table(path, key, {text_column: "text_column", label_column: "label_column"}))
+    cells = [(row.get(label_column) or "") for _, row in rows]
+    labels, kept = read_label_cells(cells, task, separator)
+    skipped = [(f"{path}:{rows[i][0]}", f"empty {label_column!r}") for i in sorted(set(range(len(rows))) - set(kept))]
+    texts = [rows[i][1].get(text_column) or "" for i in kept]
     if not texts:
         raise DataError(f"{key}: {path!r} holds no labelled rows.")
-    labels = np.asarray(labels)
-    return (*_encoded(texts, labels, key, class_names), skipped)
+    return TextExamples(labels, texts), class_names, skipped
 
 
 def _load_folder(root: str, key: str, class_names):
@@ -149,20 +151,14 @@ def _load_folder(root: str, key: str, class_names):
     return TextExamples(np.asarray(labels, dtype=np.int64), texts), names, skipped
 
 
-def _encoded(texts: list[str], labels: np.ndarray, key: str, class_names):
-    """(TextExamples, class_names): labels as indices or strings, encoded as image labels are."""
-    from tlkeras.data.datasets import encode_labels
-
-    codes, names = encode_labels(np.asarray(labels), key, class_names)
-    return TextExamples(codes, texts), names
-
-
 def text_pipeline(examples: TextExamples, batch_size: int, *, training: bool, seed: int) -> tf.data.Dataset:
     """Batched (tf.string [N], int32 label [N]): shuffled each epoch when training."""
     from tlkeras.distribute import static_shapes
 
+    from tlkeras.tasks.labels import pipeline_labels
+
     ds = tf.data.Dataset.from_tensor_slices((tf.constant(examples.texts, dtype=tf.string),
-                                             examples.labels.astype(np.int32)))
+                                             pipeline_labels(examples.labels)))
     if training:
         ds = ds.shuffle(len(examples), seed=seed, reshuffle_each_iteration=True)
     return ds.batch(batch_size, drop_remainder=training and static_shapes()).prefetch(AUTOTUNE)
@@ -170,7 +166,7 @@ def text_pipeline(examples: TextExamples, batch_size: int, *, training: bool, se
 
 def make_text_datasets(cfg, *, batch_size: Optional[int] = None):
     """The training and validation pipelines of a text run (the text twin of `make_datasets`)."""
-    from tlkeras.data.datasets import DataBundle, class_weights, load_splits
+    from tlkeras.data.datasets import DataBundle, load_splits
 
     if cfg.data is None:
         raise DataError("data: nothing to train on; pass a .csv/.tsv file of texts and labels, a folder of class "
@@ -179,14 +175,15 @@ def make_text_datasets(cfg, *, batch_size: Optional[int] = None):
         raise DataError("augment: image augmentation does not apply to text; remove the augment settings.")
     batch_size = batch_size or cfg.batch_size
 
-    def load(source, key, class_names):
-        return load_text_examples(source, key, class_names, text_column=cfg.text_column,
-                                  label_column=cfg.label_column)
+    def load(source, key, class_names, task):
+        return read_text_examples(source, key, class_names, text_column=cfg.text_column,
+                                  label_column=cfg.label_column, task=task, label_separator=cfg.label_separator)
 
-    train, val, class_names, skipped = load_splits(load, cfg, cfg.data, cfg.val_data, "texts")
+    train, val, class_names, skipped, task = load_splits(load, cfg, cfg.data, cfg.val_data, "texts")
     return DataBundle(
         train=text_pipeline(train, batch_size, training=True, seed=cfg.seed),
         val=text_pipeline(val, batch_size, training=False, seed=cfg.seed) if val is not None else None,
         class_names=class_names, train_examples=train, val_examples=val, skipped=skipped,
-        class_weight=class_weights(cfg.class_weight, train.labels, class_names), cached=True, augmenter=None,
+        class_weight=task.class_weight(cfg.class_weight, train.labels, class_names), cached=True, augmenter=None,
+        task=task,
     )

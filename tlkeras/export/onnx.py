@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from tlkeras.errors import ExportError
 from tlkeras.export.parity import write_if_faithful
-from tlkeras.model import image_size_of, to_probabilities
+from tlkeras.model import image_size_of, task_of
 
 THRESHOLD = 0.995
 FILE = "model.onnx"
@@ -36,7 +36,8 @@ def convert(model) -> bytes:
     tf2onnx, _ = _libraries()
     height, width = image_size_of(model)
     spec = (tf.TensorSpec([None, height, width, 3], tf.float32, name="pixels"),)
-    fn = tf.function(lambda pixels: to_probabilities(model(pixels, training=False)), input_signature=spec)
+    task = task_of(model)  # asked here, not inside the traced function
+    fn = tf.function(lambda pixels: task.to_probabilities(model(pixels, training=False)), input_signature=spec)
     proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=OPSET)
     return proto.SerializeToString()
 

@@ -1,8 +1,9 @@
 """Parity of an exported classifier with the Keras model it came from, enforced before its file lands.
 
-Every format (TFLite, ONNX) is run on the same validation pixels as the Keras model; top-1
-agreement and the largest probability difference go to `<out_dir>/parity.json`, and a file whose
-agreement is below its threshold is not written.
+Every format (TFLite, ONNX) is run on the same validation pixels as the Keras model; the agreement
+of their answers as the model's Task counts it (top-1 for single-label, each label at its threshold
+for multi-label; `measure` says which) and the largest probability difference go to
+`<out_dir>/parity.json`, and a file whose agreement is below its threshold is not written.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import tensorflow as tf
 
 from tlkeras._logging import get_logger
 from tlkeras.errors import ExportError
-from tlkeras.model import predict_function, to_probabilities
+from tlkeras.model import model_info, predict_function, to_probabilities
 from tlkeras.utils import write_bytes_atomic, write_json_atomic, write_text_atomic
 
 PARITY_FILE = "parity.json"
@@ -28,22 +29,26 @@ LABELS_FILE = "labels.txt"
 class Parity:
     kind: str
     images: int
-    top1_agreement: float
+    top1_agreement: float  # the Task's agreement (`measure`); the name is kept from single-label days
     max_abs_diff: float
     threshold: float
+    measure: str = "top-1 class"
 
 
 def measure(model, classifier: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray, kind: str,
             threshold: float) -> Parity:
-    """Top-1 agreement and max |Δp| of `classifier` against `model` on `pixels` [N, H, W, 3]."""
-    expected = np.asarray(to_probabilities(predict_function(model)(tf.constant(pixels))))
+    """Agreement (as the model's Task counts it) and max |Δp| of `classifier` against `model` on
+    `pixels` [N, H, W, 3]."""
+    expected = np.asarray(to_probabilities(predict_function(model)(tf.constant(pixels)), model))
     got = classifier(pixels)
+    info = model_info(model)
     return Parity(
         kind=kind,
         images=int(len(pixels)),
-        top1_agreement=round(float((expected.argmax(1) == got.argmax(1)).mean()), 4),
+        top1_agreement=round(info.task_role.agreement(expected, got, info.decision), 4),
         max_abs_diff=round(float(np.max(np.abs(expected - got))), 6),
         threshold=threshold,
+        measure="top-1 class" if info.task == "single_label" else "each label at its threshold",
     )
 
 

@@ -5,6 +5,9 @@ Layout: `<export_dir>/<version>/` with an integer version, the next free one. Si
 - `serving_default`: `image_bytes` (tf.string [None], encoded JPEG/PNG/BMP/GIF; the `_bytes`
   suffix makes TF Serving's REST API accept {"b64": ...}) -> `probabilities` [None, C] float32,
   `classes` [None, k] tf.string class names, `scores` [None, k] float32 (top k, best first).
+  A multi-label model returns `probabilities`, `labels` [None, C] tf.string (a class's name where
+  its probability is at or above its threshold, "" elsewhere) and `label_count` [None] int32: the
+  outputs are the model's Task's (`Task.serving_outputs`), its thresholds built into the graph.
 - `serving_images`: `images` (float32 [None, H, W, 3], RGB pixels in [0, 255], any size) -> same outputs.
 - a text classifier's `serving_default`: `text` (tf.string [None], raw strings) -> the same outputs.
 
@@ -29,7 +32,7 @@ import tensorflow as tf
 from tlkeras._logging import get_logger
 from tlkeras.data.images import decode_and_resize, prepare_image
 from tlkeras.errors import ExportError
-from tlkeras.model import image_size_of, is_text_model, predict_function, to_probabilities
+from tlkeras.model import image_size_of, is_text_model, model_info, predict_function, task_of, to_probabilities
 
 LABELS_FILE = "labels.txt"
 MODEL_CARD_FILE = "model_card.json"
@@ -51,6 +54,8 @@ class _ServingModule(tf.Module):
         self.labels = tf.saved_model.Asset(labels_path)
         self._class_names = tf.constant(list(class_names))
         self._k = min(top_k, len(class_names))
+        info = model_info(model)
+        self._task, self._decision = info.task_role, info.decision
         # a closure (not an attribute), so tf.Module does not track the Keras model itself
         self._call_model = lambda inputs: model(inputs, training=False)
         if is_text_model(model):
@@ -78,9 +83,8 @@ class _ServingModule(tf.Module):
         self.endpoints = {"serving_default": serve_bytes, "serving_images": serve_images}
 
     def _outputs(self, inputs):
-        probabilities = tf.cast(to_probabilities(self._call_model(inputs)), tf.float32)
-        scores, indices = tf.math.top_k(probabilities, k=self._k)
-        return {"probabilities": probabilities, "classes": tf.gather(self._class_names, indices), "scores": scores}
+        probabilities = tf.cast(self._task.to_probabilities(self._call_model(inputs)), tf.float32)
+        return self._task.serving_outputs(probabilities, self._class_names, self._decision, self._k)
 
 
 def next_version(export_dir: str) -> int:
@@ -127,7 +131,7 @@ def export_saved_model(
     """
     class_names = [str(c) for c in class_names]
     n_out = model.output_shape[-1]
-    if (n_out == 1 and len(class_names) != 2) or (n_out > 1 and n_out != len(class_names)):
+    if task_of(model).output_units(len(class_names)) != n_out:
         raise ExportError(
             f"the model predicts {max(n_out, 2)} classes but {len(class_names)} class names were given."
         )
@@ -166,13 +170,14 @@ def model_card(model, class_names: Sequence[str], top_k: int, extra: Optional[di
     """assets/model_card.json: what the model is, what it expects, and what made it."""
     from tlkeras.runrecord import library_versions
 
-    outputs = {"probabilities": f"[N, {len(class_names)}]", "classes": f"[N, {min(top_k, len(class_names))}] "
-               "names, best first", "scores": "their probabilities"}
-    common = {"class_names": list(class_names), "versions": library_versions(), **(extra or {})}
+    info = model_info(model)
+    outputs = info.task_role.output_description(list(class_names), info.decision, top_k)
+    common = {"class_names": list(class_names), "task_name": info.task, "decision": info.decision,
+              "versions": library_versions(), **(extra or {})}
     if is_text_model(model):
         return {
             "format": "tlkeras model card 1",
-            "task": "text classification",
+            "task": _kind(model, "text classification"),
             "inputs": {"serving_default": "text: tf.string [N], raw UTF-8 strings; the backbone tokenises them "
                                           "inside the graph"},
             "preprocessing": "none outside the model: the text-embedding module's own tokenisation",
@@ -187,7 +192,7 @@ def model_card(model, class_names: Sequence[str], top_k: int, extra: Optional[di
     height, width = image_size_of(model)
     return {
         "format": "tlkeras model card 1",
-        "task": "image classification",
+        "task": _kind(model, "image classification"),
         "image_size": [height, width],
         "inputs": {
             "serving_default": "image_bytes: encoded JPEG/PNG/BMP/GIF, decoded to RGB and resized (bilinear, "
@@ -198,6 +203,11 @@ def model_card(model, class_names: Sequence[str], top_k: int, extra: Optional[di
         "outputs": outputs,
         **common,
     }
+
+
+def _kind(model, what: str) -> str:
+    task = task_of(model)
+    return what if task.name == "single_label" else f"{task.description.split(' ')[0]} {what}"
 
 
 def _hub_layers(model) -> list:
@@ -238,7 +248,7 @@ def verify_export(path: str, model, images: Sequence, tolerance: float = VERIFY_
         size = image_size_of(model)
         inputs = tf.stack([decode_and_resize(tf.constant(b), size) for b in images])
     served = serve(**{input_name: tf.constant(list(images))})
-    expected = np.asarray(to_probabilities(predict_function(model)(inputs)))
+    expected = np.asarray(to_probabilities(predict_function(model)(inputs), model))
     diff = float(np.max(np.abs(served["probabilities"].numpy() - expected)))
     if not diff <= tolerance:
         raise ExportError(
@@ -302,15 +312,16 @@ def export_run(run_dir: str, export_dir: Optional[str] = None, *, top_k: Optiona
         from tlkeras.export.tflite import FILES, export_tflite
 
         size = image_size_of(model)
-        check = _run_pixels(run_dir, class_names, "val", size, limit=None)
-        representative = _run_pixels(run_dir, class_names, "train", size, limit=100) if "int8" in kinds else None
+        check = _run_pixels(run_dir, class_names, "val", size, limit=None, model=model)
+        representative = (_run_pixels(run_dir, class_names, "train", size, limit=100, model=model)
+                          if "int8" in kinds else None)
         folder = os.path.join(run_dir, "tflite")
         export_tflite(model, folder, class_names, kinds=kinds, check_pixels=check, representative=representative)
         out.update({f"tflite{'-int8' if kind == 'int8' else ''}": os.path.join(folder, FILES[kind]) for kind in kinds})
     if "onnx" in formats:
         from tlkeras.export import onnx
 
-        check = _run_pixels(run_dir, class_names, "val", image_size_of(model), limit=None)
+        check = _run_pixels(run_dir, class_names, "val", image_size_of(model), limit=None, model=model)
         onnx.export_onnx(model, os.path.join(run_dir, "onnx"), class_names, check_pixels=check)
         out["onnx"] = os.path.join(run_dir, "onnx", onnx.FILE)
     for folder in {os.path.dirname(p) for f, p in out.items() if f != "saved_model"}:
@@ -331,11 +342,11 @@ def _write_side_card(folder: str, card: dict) -> None:
     write_json_atomic(os.path.join(folder, MODEL_CARD_FILE), card)
 
 
-def _run_pixels(run_dir: str, class_names, split: str, size, limit: Optional[int]) -> np.ndarray:
+def _run_pixels(run_dir: str, class_names, split: str, size, limit: Optional[int], model) -> np.ndarray:
     """Decoded, resized pixels of the run's own split (a spread over the classes when limited)."""
     from tlkeras.evaluate import run_examples
 
-    examples, _ = run_examples(run_dir, None, class_names, split=split)
+    examples, _ = run_examples(run_dir, None, class_names, split=split, task=task_of(model).name)
     rows = np.arange(len(examples.labels))
     if limit is not None and len(rows) > limit:
         rows = np.random.default_rng(0).choice(rows, limit, replace=False)

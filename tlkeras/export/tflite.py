@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from tlkeras.errors import ExportError
 from tlkeras.export.parity import write_if_faithful
-from tlkeras.model import image_size_of, to_probabilities
+from tlkeras.model import image_size_of, task_of
 
 THRESHOLDS = {"float32": 0.995, "int8": 0.97}
 FILES = {"float32": "model_float32.tflite", "int8": "model_int8.tflite"}
@@ -39,9 +39,10 @@ def _saved_model_for_conversion(model, folder: str) -> str:
     height, width = image_size_of(model)
     archive = keras.export.ExportArchive()
     archive.track(model)
+    task = task_of(model)  # asked here, not inside the traced function
     archive.add_endpoint(
         "serve",
-        lambda pixels: to_probabilities(model(pixels, training=False)),
+        lambda pixels: task.to_probabilities(model(pixels, training=False)),
         input_signature=[tf.TensorSpec([1, height, width, 3], tf.float32, name="pixels")],
     )
     archive.write_out(folder, verbose=False)

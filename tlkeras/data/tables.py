@@ -1,0 +1,45 @@
+"""CSV/TSV tables of examples (image paths or texts, and labels): one reader for both.
+
+>>> import os, tempfile
+>>> path = os.path.join(tempfile.mkdtemp(), "photos.csv")
+>>> _ = open(path, "w", encoding="utf-8").write("image,label\\na.jpg,beach sunset\\nb.jpg,\\n")
+>>> [(line, row["label"]) for line, row in read_table(path, "data", {"image": "image_column"})]
+[(2, 'beach sunset'), (3, '')]
+"""
+
+from __future__ import annotations
+
+import csv
+from typing import Iterator
+
+from tlkeras.errors import DataError, did_you_mean
+
+# A cell may hold a long text (a whole review, an article): csv's default limit of 128 KiB is too
+# small for that, while a limit keeps a corrupt file from being read as one field of gigabytes.
+FIELD_LIMIT = 16 << 20
+
+
+def read_table(path: str, key: str, required: dict[str, str]) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, row) of a .csv (comma) or .tsv (tab) file read as UTF-8; `required`
+    maps each column that must exist to the config key that names it (for the error message)."""
+    delimiter = "\t" if path.lower().endswith(".tsv") else ","
+    csv.field_size_limit(max(csv.field_size_limit(), FIELD_LIMIT))
+    rows = []
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f, delimiter=delimiter)
+            columns = reader.fieldnames or []
+            for column, setting in required.items():
+                if column not in columns:
+                    raise DataError(
+                        f"{key}: {path!r} has no column {column!r}.{did_you_mean(column, columns)} Its columns "
+                        f"are {', '.join(columns) or '(none: an empty file?)'}; set {setting} to the right one."
+                    )
+            for line, row in enumerate(reader, start=2):
+                rows.append((line, row))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{key}: {path!r} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8.") from None
+    except csv.Error as e:
+        raise DataError(f"{key}: {path!r} is not a readable {'TSV' if delimiter == chr(9) else 'CSV'} file ({e}).") \
+            from None
+    return iter(rows)

@@ -1,0 +1,144 @@
+"""The Task role: what kind of problem a model solves, asked by every part of the pipeline.
+
+A Task says how many output units a head has and their activation, the loss, what training
+logs as its accuracy, how labels from any data source are encoded, split and weighted, how
+probabilities become answers (top-k classes, or the labels above thresholds), what the export
+returns and which metrics a report shows. Heads, losses, the step loop, metrics, export and
+predict ask the model's Task; none of them branches on its kind.
+
+A new kind of problem is one module with a `Task` subclass and one line in
+`tlkeras.tasks.TASKS`.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+
+class Task:
+    """The interface; see `SingleLabel` and `MultiLabel` for the two kinds tlkeras has."""
+
+    #: registry name, also the value of the `task` config key and of the model's metadata
+    name: str = ""
+    #: what the model card and logs call it
+    description: str = ""
+    #: the history key of the accuracy training logs (plotted in the report next to the loss)
+    accuracy_key: str = "accuracy"
+    #: the metrics.json key logged and printed as the run's headline number
+    headline_key: str = "accuracy"
+    headline_name: str = "accuracy"
+
+    # === Model ===
+
+    def output_units(self, num_classes: int) -> int:
+        raise NotImplementedError
+
+    def activation(self, num_classes: int) -> str:
+        raise NotImplementedError
+
+    def to_probabilities(self, outputs):
+        """Model outputs -> per-class probabilities [N, C] (any backend tensor)."""
+        return outputs
+
+    # === Training ===
+
+    def loss(self, units: int, label_smoothing: float = 0.0, class_weight: Optional[dict] = None):
+        """The Keras loss of a model with `units` outputs against encoded labels."""
+        raise NotImplementedError
+
+    def fit_class_weight(self, class_weight: Optional[dict]) -> Optional[dict]:
+        """What `fit`'s own `class_weight` gets (None where the loss carries the weights)."""
+        return class_weight
+
+    def training_metrics(self) -> list:
+        """Keras metrics compiled into every stage; logged under `accuracy_key`."""
+        raise NotImplementedError
+
+    def correct(self, labels, probabilities):
+        """Per-example share of right answers [N] (TensorFlow), as the training metric counts them."""
+        raise NotImplementedError
+
+    # === Labels ===
+
+    def label_shape(self, num_classes: int) -> tuple:
+        """The shape of one encoded label ((), or (C,) for multi-hot)."""
+        return ()
+
+    def label_dtype(self) -> str:
+        return "int64"
+
+    def encode_labels(self, raw, key: str, class_names: Optional[Sequence[str]]):
+        """(encoded labels, class names) from a data source's raw labels (see `tlkeras.tasks.labels`)."""
+        raise NotImplementedError
+
+    def class_counts(self, labels: np.ndarray, num_classes: int) -> np.ndarray:
+        """How many examples carry each class."""
+        raise NotImplementedError
+
+    def split(self, labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(train rows, validation rows): a seeded split keeping each class's share in both parts."""
+        raise NotImplementedError
+
+    def spread_rows(self, labels: np.ndarray, count: int) -> list[int]:
+        """Up to `count` rows taking each class in turn (samples to check an export with)."""
+        counts = self.class_counts(labels, self._num_classes(labels))
+        members = [list(np.flatnonzero(self.has_class(labels, c))) for c in range(len(counts))]
+        rows: list[int] = []
+        seen: set[int] = set()
+        while len(rows) < min(count, len(labels)) and any(members):
+            for group in members:
+                while group and group[0] in seen:
+                    group.pop(0)
+                if group and len(rows) < count:
+                    row = int(group.pop(0))
+                    rows.append(row)
+                    seen.add(row)
+        rest = [i for i in range(len(labels)) if i not in seen]  # examples with no class at all
+        return rows + rest[: max(0, min(count, len(labels)) - len(rows))]
+
+    def has_class(self, labels: np.ndarray, c: int) -> np.ndarray:
+        """Boolean [N]: which examples carry class `c`."""
+        raise NotImplementedError
+
+    def _num_classes(self, labels: np.ndarray) -> int:
+        raise NotImplementedError
+
+    def class_weight(self, setting, labels: np.ndarray, class_names: list[str]) -> Optional[dict]:
+        """{class index: weight} for the `class_weight` setting (None, "balanced", "auto", a mapping)."""
+        raise NotImplementedError
+
+    # === Answers ===
+
+    def choose_decision(self, probabilities: np.ndarray, labels: np.ndarray, setting) -> Optional[dict]:
+        """What turns probabilities into answers, chosen on validation data (None: nothing to choose)."""
+        return None
+
+    def answers(self, probabilities: np.ndarray, class_names: list[str], decision: Optional[dict], top_k: int
+                ) -> list[dict]:
+        """One dict per row for `tlkeras predict` (table/JSON/CSV)."""
+        raise NotImplementedError
+
+    def serving_outputs(self, probabilities, class_names, decision: Optional[dict], top_k: int) -> dict:
+        """The export's output tensors (TensorFlow) from probabilities [N, C] and a tf.string vector of names."""
+        raise NotImplementedError
+
+    def output_description(self, class_names: list[str], decision: Optional[dict], top_k: int) -> dict:
+        """The model card's `outputs`: name -> what it holds."""
+        raise NotImplementedError
+
+    def agreement(self, expected: np.ndarray, got: np.ndarray, decision: Optional[dict]) -> float:
+        """Share of answers two models (e.g. Keras and TFLite) agree on, for parity checks."""
+        raise NotImplementedError
+
+    # === Metrics ===
+
+    def metrics(self, probabilities: np.ndarray, labels: np.ndarray, class_names: list[str], *, top_k: int = 5,
+                decision: Optional[dict] = None) -> dict:
+        """Everything a report shows (NumPy), numbers rounded to 4 digits."""
+        raise NotImplementedError
+
+    def format_metrics(self, metrics: dict, noun: str = "images") -> str:
+        """The console report of `metrics`."""
+        raise NotImplementedError
