@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from tlkeras.model import model_info, predict_function, to_probabilities
+from tlkeras.rundir import run_examples  # noqa: F401  (where it lived before)
 
 
 def predict_probabilities(model, ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -33,50 +34,6 @@ def evaluate_model(model, ds: tf.data.Dataset, class_names: list[str], top_k: in
     return info.task_role.metrics(probabilities, labels, class_names, top_k=top_k, decision=info.decision)
 
 
-def run_examples(path: str, data, class_names: list[str], split: str = "val", text: bool = False,
-                 task: str = "single_label"):
-    """Labelled examples: `data`, or the run's own validation (or training) split rebuilt from
-    config.yaml, the labels encoded for `task`. `text`: the run is a text classifier (a CSV or
-    folder of .txt files)."""
-    import functools
-
-    from tlkeras.config import FinetuneConfig
-    from tlkeras.data.datasets import load_examples
-    from tlkeras.data.text import load_text_examples
-    from tlkeras.errors import DataError
-    from tlkeras.rundir import CONFIG_FILE
-    from tlkeras.tasks import get_task
-
-    config_path = os.path.join(path, CONFIG_FILE)
-    cfg = FinetuneConfig.from_yaml(config_path) if os.path.isfile(config_path) else None
-    options = {"task": task}
-    if cfg is not None:
-        options.update(label_column=cfg.label_column, label_separator=cfg.label_separator)
-    if text:
-        if cfg is not None:
-            options["text_column"] = cfg.text_column
-        load = functools.partial(load_text_examples, **options)
-    else:
-        if cfg is not None:
-            options["image_column"] = cfg.image_column
-        load = functools.partial(load_examples, **options)
-    if data is not None:
-        examples, _, skipped = load(data, "data", class_names)
-        return examples, skipped
-    if cfg is None or not isinstance(cfg.data, str):
-        raise DataError(f"{path!r} has no config.yaml naming a data folder; pass --data to evaluate on a folder.")
-    if cfg.val_data is not None:
-        examples, _, skipped = load(cfg.data if split == "train" else cfg.val_data,
-                                    "data" if split == "train" else "val_data", class_names)
-        return examples, skipped
-    examples, _, skipped = load(cfg.data, "data", class_names)
-    train_rows, val_rows = get_task(task).split(examples.labels, cfg.val_split, cfg.seed)
-    rows = train_rows if split == "train" else val_rows
-    if not len(rows):
-        raise DataError(f"{path!r} had no {'training' if split == 'train' else 'validation'} split; pass --data.")
-    return examples.subset(rows), skipped
-
-
 def evaluate_run(path: str, data=None, *, batch_size: int = 32, top_k: int = 5, write: bool = False,
                  safe_mode: bool = True) -> dict:
     """Metrics of a finished run's model, or of an exported SavedModel, on labelled examples.
@@ -92,9 +49,7 @@ def evaluate_run(path: str, data=None, *, batch_size: int = 32, top_k: int = 5, 
 
         evaluate_run("runs/flowers", "photos/test")["per_class"]["tulip"]["recall"]
     """
-    from tlkeras.data.datasets import build_pipeline
-    from tlkeras.data.text import text_pipeline
-    from tlkeras.model import image_size_of
+    from tlkeras.inputs import get_inputs
     from tlkeras.predict import is_export, load_export
     from tlkeras.rundir import load_run
     from tlkeras.tasks import get_task
@@ -103,20 +58,16 @@ def evaluate_run(path: str, data=None, *, batch_size: int = 32, top_k: int = 5, 
     if is_export(path):
         export = load_export(path)
         run_dir = os.path.dirname(os.path.dirname(export.path))  # run/export/<version>
-        task, decision, text = get_task(export.task), export.decision, export.inputs == "text"
-        examples, skipped = run_examples(run_dir, data, export.class_names, text=text, task=task.name)
-        probabilities, labels = _serve_examples(export.serve, examples, batch_size, text)
+        task, decision, kind = get_task(export.task), export.decision, get_inputs(export.inputs)
+        examples, skipped = run_examples(run_dir, data, export.class_names, inputs=kind.name, task=task.name)
+        probabilities, labels = _serve_examples(export.serve, examples, batch_size, kind)
         class_names, source = export.class_names, export.path
     else:
         model, class_names, _ = load_run(path, safe_mode=safe_mode)
         info = model_info(model)
-        task, decision, text = info.task_role, info.decision, info.inputs == "text"
-        examples, skipped = run_examples(path, data, class_names, text=text, task=task.name)
-        if text:
-            ds = text_pipeline(examples, batch_size, training=False, seed=0)
-        else:
-            ds = build_pipeline(examples, image_size_of(model), batch_size, training=False, cache=False, seed=0)
-        probabilities, labels = predict_probabilities(model, ds)
+        task, decision, kind = info.task_role, info.decision, get_inputs(info.inputs)
+        examples, skipped = run_examples(path, data, class_names, inputs=kind.name, task=task.name)
+        probabilities, labels = predict_probabilities(model, kind.evaluation_pipeline(examples, model, batch_size))
         source = path
     metrics = task.metrics(probabilities, labels, class_names, top_k=top_k, decision=decision)
     if task.name != "single_label":
@@ -135,16 +86,13 @@ def format_evaluation(metrics: dict) -> str:
     return get_task(metrics.get("task", "single_label")).format_metrics(metrics)
 
 
-def _serve_examples(serve, examples, batch_size: int, text: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def _serve_examples(serve, examples, batch_size: int, kind) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities of an export fed what its clients send (`kind.example_payloads`), and the labels."""
     probs = []
     rows = np.arange(len(examples.labels))
     for start in range(0, len(rows), batch_size):
-        if text:
-            batch = [examples.texts[i] for i in rows[start : start + batch_size]]
-            probs.append(serve(text=tf.constant(batch, dtype=tf.string))["probabilities"].numpy())
-            continue
-        blobs = examples.encoded(rows[start : start + batch_size])
-        probs.append(serve(image_bytes=tf.constant(blobs))["probabilities"].numpy())
+        payloads = kind.example_payloads(examples, rows[start : start + batch_size])
+        probs.append(serve(**{kind.signature_input: tf.constant(payloads)})["probabilities"].numpy())
     if not probs:
         return np.zeros((0, 0), np.float32), np.zeros((0,), np.int64)
     return np.concatenate(probs), _as_labels(np.asarray(examples.labels))

@@ -21,8 +21,7 @@ import tensorflow as tf
 from tlkeras import backbones, caching, freezing
 from tlkeras._logging import get_logger
 from tlkeras.config import FinetuneConfig
-from tlkeras.data import make_datasets
-from tlkeras.data.text import make_text_datasets
+from tlkeras.inputs import get_inputs
 from tlkeras.errors import ConfigError
 from tlkeras.model import build_model
 from tlkeras.optimizers import make_optimizer
@@ -74,11 +73,9 @@ def find_learning_rate(
     log = get_logger()
     keras.utils.set_random_seed(cfg.seed)
     spec = backbones.resolve(cfg.backbone, cfg.backbone_options)
-    if spec.modality == "text":
-        image_size, bundle = None, make_text_datasets(cfg)
-    else:
-        image_size = backbones.resolve_image_size(spec, cfg.image_size)
-        bundle = make_datasets(cfg, image_size)
+    kind = get_inputs(spec.modality)
+    image_size = kind.size(spec, cfg.image_size)
+    bundle = kind.make_datasets(cfg, image_size)
     model = build_model(spec, len(bundle.class_names), image_size=image_size, weights=cfg.weights,
                         head=cfg.head, backbone_options=cfg.backbone_options, task=bundle.task.name,
                         class_names=bundle.class_names)

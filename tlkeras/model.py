@@ -17,7 +17,7 @@ import keras
 from tlkeras import backbones
 from tlkeras.config import HeadConfig
 from tlkeras.heads import HEAD_POOL, build_head
-from tlkeras.layers import ImagePreprocessing
+from tlkeras.inputs import get_inputs
 from tlkeras.tasks import get_task
 
 BACKBONE_LAYER = "backbone"
@@ -113,6 +113,11 @@ def task_of(model: keras.Model):
     return model_info(model).task_role
 
 
+def inputs_of(model: keras.Model):
+    """The Inputs kind of a tlkeras model (`tlkeras.inputs`): what it takes and how it is served."""
+    return get_inputs(model_info(model).inputs)
+
+
 def build_model(
     backbone: "str | backbones.BackboneSpec" = "efficientnetb0",
     num_classes: int = 2,
@@ -165,19 +170,9 @@ def build_model(
         raise ValueError(f"class_names: {len(class_names)} names for {num_classes} classes.")
     head_cfg = _head_config(head)
     spec = backbone if isinstance(backbone, backbones.BackboneSpec) else backbones.resolve(backbone, backbone_options)
-    if spec.modality == "text":
-        base = spec.build(None, weights)
-        # === Functional Model ===
-        inputs = keras.Input((), dtype="string", name="text")
-        features = base(inputs)
-    else:
-        height, width = backbones.resolve_image_size(spec, image_size)
-        base = spec.build((height, width), weights)
-        # === Functional Model ===
-        inputs = keras.Input((height, width, 3), name="image")
-        x = ImagePreprocessing(spec.preprocessing, backbone_name=spec.name, name=PREPROCESS_LAYER,
-                               **spec.preprocessing_params)(inputs)
-        features = base(x)
+    kind = get_inputs(spec.modality)
+    # === Functional Model ===
+    inputs, features = kind.build(spec, kind.size(spec, image_size), weights)
     outputs = build_head(
         features,
         role.output_units(num_classes),
@@ -189,7 +184,7 @@ def build_model(
     )
     # === Metadata ===
     metadata = dataclasses.asdict(ModelInfo(
-        task=role.name, inputs=spec.modality, backbone=spec.name, source=spec.source,
+        task=role.name, inputs=kind.name, backbone=spec.name, source=spec.source,
         block_map=dataclasses.asdict(spec.block_map) if spec.block_map else None,
         class_names=[str(c) for c in class_names] if class_names is not None else None,
     ))
@@ -267,11 +262,7 @@ def predict_function(model: keras.Model):
 
     fn = getattr(model, "_tlkeras_predict", None)
     if fn is None:
-        if is_text_model(model):
-            signature = tf.TensorSpec([None], tf.string)
-        else:
-            height, width = image_size_of(model)
-            signature = tf.TensorSpec([None, height, width, 3], tf.float32)
+        signature = inputs_of(model).prediction_spec(model)
         fn = tf.function(lambda inputs: model(inputs, training=False), input_signature=[signature])
         model._tlkeras_predict = fn
     return fn

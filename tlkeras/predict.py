@@ -13,10 +13,11 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from tlkeras.data.images import is_image_file
 from tlkeras.errors import ExportError
-from tlkeras.export.saved_model import LABELS_FILE, MODEL_CARD_FILE
+from tlkeras.export.registry import file_classifier, format_for_file
+from tlkeras.rundir import LABELS_FILE, MODEL_CARD_FILE
 from tlkeras.rundir import read_labels
+from tlkeras.inputs import get_inputs
 from tlkeras.tasks import get_task
 
 FORMATS = ("table", "json", "csv")
@@ -80,7 +81,7 @@ def _card_facts(card_path: str) -> dict:
 def load_export(path: str) -> LoadedExport:
     """An export loaded for prediction: a SavedModel (its serving_default signature) or a .tflite /
     .onnx file (labels.txt and model_card.json beside it), called as serve(image_bytes=...)."""
-    if path.endswith((".tflite", ".onnx")):
+    if format_for_file(path) is not None:
         return _load_file_model(path)
     folder = resolve_export(path)
     loaded = tf.saved_model.load(folder)
@@ -102,11 +103,7 @@ def _load_file_model(path: str) -> LoadedExport:
     if not os.path.isfile(labels):
         raise ExportError(f"{labels!r} is missing: {os.path.basename(path)} needs its labels.txt beside it.")
     class_names = read_labels(labels)
-    if path.endswith(".onnx"):
-        from tlkeras.export.onnx import ONNXClassifier as Classifier
-    else:
-        from tlkeras.export.tflite import TFLiteClassifier as Classifier
-    classifier = Classifier(path)
+    classifier = file_classifier(path)  # the export format registry knows which runtime runs it
 
     def serve(image_bytes):
         pixels = np.stack([np.asarray(decode_and_resize(b, classifier.image_size)) for b in image_bytes])
@@ -117,10 +114,13 @@ def _load_file_model(path: str) -> LoadedExport:
 
 
 def predict_inputs(export_path: str, inputs: list[str], **options) -> "Predictions":
-    """`predict_texts` or `predict_files`, whichever the export takes (loaded once)."""
-    export = load_export(export_path)
-    run = _predict_texts if export.inputs == "text" else _predict_files
-    return run(export, inputs, **options)
+    """Predict with an export whatever it takes (images or texts, as its signature says); loaded once.
+
+    Example (with an export made by `tlkeras train`):
+
+        predict_inputs("runs/flowers/export", ["photos/"]).rows[0]["classes"]
+    """
+    return _predict(load_export(export_path), inputs, **options)
 
 
 def _answers(export: LoadedExport, probabilities, k: int) -> list[dict]:
@@ -131,66 +131,33 @@ def _answers(export: LoadedExport, probabilities, k: int) -> list[dict]:
 def expand_texts(inputs: list[str]) -> list[tuple[str, str]]:
     """(source, text) pairs: an existing file gives one text per non-empty line ("file:line"),
     "-" the lines of standard input, anything else is a text itself."""
-    import contextlib
-    import sys
-
-    out = []
-    for item in inputs:
-        if item != "-" and not os.path.isfile(item):
-            out.append((item, item))
-            continue
-        name = "stdin" if item == "-" else item
-        with (contextlib.nullcontext(sys.stdin) if item == "-" else open(item, encoding="utf-8-sig")) as f:
-            for number, line in enumerate(f, start=1):
-                if line.strip():
-                    out.append((f"{name}:{number}", line.rstrip("\r\n")))
-    return out
-
-
-def predict_texts(export_path: str, inputs: list[str], *, top_k: int = 3, batch_size: int = 32,
-                  progress=None) -> "Predictions":
-    """Classify texts with an exported text classifier: each input is a text, or a file (or "-"
-    for standard input) of one text per line. Rows: {"text", "source", "classes", "scores"}.
-
-    Example (with an export made by `tlkeras train` on a CSV of reviews):
-
-        predict_texts("runs/reviews/export", ["loved every minute", "reviews.txt"]).rows[0]["classes"]
-    """
-    return _predict_texts(load_export(export_path), inputs, top_k=top_k, batch_size=batch_size, progress=progress)
-
-
-def _predict_texts(export, inputs, *, top_k=3, batch_size=32, progress=None) -> "Predictions":
-    serve, class_names = export.serve, export.class_names
-    k = max(1, min(top_k, len(class_names)))
-    result = Predictions()
-    items = expand_texts(inputs)
-    for start in range(0, len(items), batch_size):
-        batch = items[start : start + batch_size]
-        probs = serve(text=tf.constant([t for _, t in batch], dtype=tf.string))["probabilities"].numpy()
-        for (source, text), answer in zip(batch, _answers(export, probs, k)):
-            result.rows.append({"text": text, "source": source, **answer})
-        if progress is not None:
-            progress(min(start + batch_size, len(items)), len(items))
-    return result
+    entries, _ = get_inputs("text").collect(inputs)
+    return [(fields["source"], text) for fields, text in entries]
 
 
 def expand_inputs(inputs: list[str]) -> list[str]:
     """Image files from files and folders (searched recursively), in a stable order."""
-    files = []
-    for item in inputs:
-        if os.path.isdir(item):
-            for dirpath, dirnames, filenames in os.walk(item):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                files.extend(os.path.join(dirpath, f) for f in sorted(filenames) if is_image_file(f))
-        else:
-            files.append(item)
-    return files
+    entries, skipped = get_inputs("image").collect(inputs)
+    return [fields["path"] for fields, _ in entries] + [path for path, _ in skipped]
 
 
 @dataclass
 class Predictions:
     rows: list[dict] = field(default_factory=list)  # {"path" (or "text", "source"), "classes", "scores"}
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+
+def predict_texts(export_path: str, inputs: list[str], *, top_k: int = 3, batch_size: int = 32,
+                  progress=None) -> Predictions:
+    """Classify texts with an exported text classifier: each input is a text, or a file (or "-"
+    for standard input) of one text per line. Rows: {"text", "source", "classes", "scores"}
+    (multi-label: "labels", "scores", "probabilities").
+
+    Example (with an export made by `tlkeras train` on a CSV of reviews):
+
+        predict_texts("runs/reviews/export", ["loved every minute", "reviews.txt"]).rows[0]["classes"]
+    """
+    return _predict(load_export(export_path), inputs, top_k=top_k, batch_size=batch_size, progress=progress)
 
 
 def predict_files(export_path: str, inputs: list[str], *, top_k: int = 3, batch_size: int = 32,
@@ -205,47 +172,30 @@ def predict_files(export_path: str, inputs: list[str], *, top_k: int = 3, batch_
         preds = predict_files("runs/flowers/export", ["photos/"], top_k=2)
         preds.rows[0]  # {"path": "photos/a.jpg", "classes": ["tulip", "rose"], "scores": [0.91, 0.06]}
     """
-    return _predict_files(load_export(export_path), inputs, top_k=top_k, batch_size=batch_size, progress=progress)
+    return _predict(load_export(export_path), inputs, top_k=top_k, batch_size=batch_size, progress=progress)
 
 
-def _predict_files(export, inputs, *, top_k=3, batch_size=32, progress=None) -> Predictions:
-    serve, class_names = export.serve, export.class_names
-    k = max(1, min(top_k, len(class_names)))
-    result = Predictions()
-    files = expand_inputs(inputs)
-    for start in range(0, len(files), batch_size):
-        batch_paths, batch_bytes = [], []
-        for p in files[start : start + batch_size]:
-            try:
-                with open(p, "rb") as f:
-                    batch_bytes.append(f.read())
-                batch_paths.append(p)
-            except OSError as e:
-                result.skipped.append((p, e.strerror or str(e)))
-        served = _serve_batch(serve, batch_paths, batch_bytes, result.skipped)
+def _predict(export: LoadedExport, inputs, *, top_k=3, batch_size=32, progress=None) -> Predictions:
+    """Read `inputs` as the export's Inputs kind reads them, serve them in batches, answer as its Task does."""
+    kind = get_inputs(export.inputs)
+    k = max(1, min(top_k, len(export.class_names)))
+    entries, skipped = kind.collect(inputs)
+    result = Predictions(skipped=list(skipped))
+    total = len(entries) + len(skipped)
+    for start in range(0, len(entries), batch_size):
+        batch = entries[start : start + batch_size]
+        served, bad = kind.serve(export.serve, [payload for _, payload in batch])
+        result.skipped.extend((_name(batch[i][0]), why) for i, why in bad)
         if served:
             answers = _answers(export, np.stack([probs for _, probs in served]), k)
-            result.rows.extend({"path": p, **answer} for (p, _), answer in zip(served, answers))
+            result.rows.extend({**batch[i][0], **answer} for (i, _), answer in zip(served, answers))
         if progress is not None:
-            progress(min(start + batch_size, len(files)), len(files))
+            progress(min(start + batch_size, len(entries)) + len(skipped), total)
     return result
 
 
-def _serve_batch(serve, paths, blobs, skipped):
-    if not blobs:
-        return []
-    try:
-        probs = serve(image_bytes=tf.constant(blobs))["probabilities"].numpy()
-        return list(zip(paths, probs))
-    except tf.errors.InvalidArgumentError:
-        pass
-    out = []  # one file broke the batch: find it by serving the files one at a time
-    for p, b in zip(paths, blobs):
-        try:
-            out.append((p, serve(image_bytes=tf.constant([b]))["probabilities"].numpy()[0]))
-        except tf.errors.InvalidArgumentError as e:
-            skipped.append((p, "not a decodable image: " + (e.message.strip().splitlines() or ["?"])[0]))
-    return out
+def _name(fields: dict) -> str:
+    return fields.get("path") or fields.get("source") or fields.get("text", "")
 
 
 def format_predictions(rows: list[dict], fmt: str) -> str:

@@ -234,7 +234,7 @@ def write_report(run_dir: str, *, history: dict, metrics: dict, probabilities: n
     if metrics.get("confusion_matrix"):
         pictures.append(plot_confusion_matrix(metrics["confusion_matrix"], class_names,
                                               os.path.join(run_dir, CONFUSION_FILE)))
-    if len(labels):
+    if len(labels) and images_of is not None:
         rows = confident_mistakes(probabilities, labels)
         pictures.append(plot_mistakes(images_of(rows) if len(rows) else [], rows, probabilities, labels, class_names,
                                       os.path.join(run_dir, MISTAKES_FILE)))

@@ -14,6 +14,7 @@ MODEL_FILE = "model.keras"
 LABELS_FILE = "labels.txt"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
+MODEL_CARD_FILE = "model_card.json"  # in an export's assets/, and beside TFLite/ONNX files
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "resume.npz"  # in CHECKPOINT_DIR: see tlkeras.resume
 STATE_PATH = os.path.join(CHECKPOINT_DIR, STATE_FILE)
@@ -188,3 +189,38 @@ def load_run(run_dir: str, *, safe_mode: bool = True):
             ) from None
         raise
     return model, read_labels(labels_path), config
+
+
+def run_examples(path: str, data, class_names: list[str], split: str = "val", inputs: str = "image",
+                 task: str = "single_label"):
+    """Labelled examples: `data`, or the run's own validation (or training) split rebuilt from
+    config.yaml, read as the model's `inputs` kind reads them, the labels encoded for `task`."""
+    import functools
+
+    from tlkeras.config import FinetuneConfig
+    from tlkeras.errors import DataError
+    from tlkeras.inputs import get_inputs
+    from tlkeras.tasks import get_task
+
+    config_path = os.path.join(path, CONFIG_FILE)
+    cfg = FinetuneConfig.from_yaml(config_path) if os.path.isfile(config_path) else None
+    options = {"task": task}
+    if cfg is not None:
+        options.update(label_column=cfg.label_column, label_separator=cfg.label_separator,
+                       text_column=cfg.text_column, image_column=cfg.image_column)
+    load = functools.partial(get_inputs(inputs).load_examples, **options)
+    if data is not None:
+        examples, _, skipped = load(data, "data", class_names)
+        return examples, skipped
+    if cfg is None or not isinstance(cfg.data, str):
+        raise DataError(f"{path!r} has no config.yaml naming a data folder; pass --data to evaluate on a folder.")
+    if cfg.val_data is not None:
+        examples, _, skipped = load(cfg.data if split == "train" else cfg.val_data,
+                                    "data" if split == "train" else "val_data", class_names)
+        return examples, skipped
+    examples, _, skipped = load(cfg.data, "data", class_names)
+    train_rows, val_rows = get_task(task).split(examples.labels, cfg.val_split, cfg.seed)
+    rows = train_rows if split == "train" else val_rows
+    if not len(rows):
+        raise DataError(f"{path!r} had no {'training' if split == 'train' else 'validation'} split; pass --data.")
+    return examples.subset(rows), skipped

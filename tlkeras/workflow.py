@@ -14,8 +14,7 @@ import tensorflow as tf
 from tlkeras import backbones, rundir
 from tlkeras._logging import get_logger
 from tlkeras.config import FinetuneConfig
-from tlkeras.data import make_datasets
-from tlkeras.data.text import make_text_datasets
+from tlkeras.inputs import get_inputs
 from tlkeras.distribute import is_multi_worker, precision_policy, resolve_precision, resolve_strategy, worker_role
 from tlkeras.evaluate import predict_probabilities
 from tlkeras.errors import TlkerasError, TrainingError
@@ -126,13 +125,13 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
         tf.config.experimental.enable_op_determinism()  # process-wide; ops without a deterministic kernel raise
 
     spec = backbones.resolve(cfg.backbone, cfg.backbone_options)
-    if cfg.weights is None and cfg.stage1.epochs > 0 and spec.source != "model file":
+    if cfg.weights is None and cfg.stage1.epochs > 0 and spec.random_init:
         log.warning(
             "weights=None: the backbone starts from random weights, so stage 1 trains the head on random "
             "features. To train from scratch, set stage1.epochs=0 and stage2 unfreeze='all', train_bn=true."
         )
-    text = spec.modality == "text"
-    image_size = None if text else backbones.resolve_image_size(spec, cfg.image_size)
+    kind = get_inputs(spec.modality)  # what the model takes: images or texts
+    image_size = kind.size(spec, cfg.image_size)
     run_dir = cfg.output_dir or os.path.join("runs", f"{spec.slug}-{time.strftime('%Y%m%d-%H%M%S')}")
     if resume and not cfg.output_dir:
         raise TlkerasError("resume: name the run to continue with output_dir (--output-dir).")
@@ -152,7 +151,7 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
     timings = {}
     clock = time.time()
     with strategy.scope():  # pipelines for a TPU keep one batch shape (drop_remainder)
-        data_bundle = make_text_datasets(train_cfg) if text else make_datasets(train_cfg, image_size)
+        data_bundle = kind.make_datasets(train_cfg, image_size)
     class_names, task = data_bundle.class_names, data_bundle.task
     write_text_atomic(os.path.join(run_dir, "labels.txt"), "\n".join(class_names) + "\n")
     if data_bundle.skipped:
@@ -162,7 +161,7 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
         )
     log.info(
         "data: %d training and %d validation %s, %d classes%s%s",
-        data_bundle.train_count, data_bundle.val_count, "texts" if text else "images", len(class_names),
+        data_bundle.train_count, data_bundle.val_count, kind.noun, len(class_names),
         f" ({task.description})" if task.name != "single_label" else "",
         f", {len(data_bundle.skipped)} file(s) skipped (see skipped_files.txt)" if data_bundle.skipped else "",
     )
@@ -200,7 +199,7 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
     except tf.errors.ResourceExhaustedError as e:
         raise TrainingError(
             f"out of memory while training ({e.message.strip().splitlines()[0][:120]}): use a smaller batch_size "
-            f"(now {cfg.batch_size}) or image_size (now {image_size[0]}x{image_size[1]}), mixed_precision: "
+            f"(now {cfg.batch_size}){_size_hint(image_size)}, mixed_precision: "
             "mixed_float16 on a GPU, or a lower stage2.unfreeze (fewer layers hold activations for the backward pass)."
         ) from None
     timings.update(history.stage_seconds)
@@ -219,20 +218,19 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
     write_json_atomic(os.path.join(run_dir, "metrics.json"), metrics)
     save_model_atomic(model, os.path.join(run_dir, "model.keras"))
     log.info("%s %s %.4f on %d %s", split, task.headline_name, metrics.get(task.headline_key, float("nan")),
-             metrics.get("count", 0), "texts" if text else "images")
+             metrics.get("count", 0), kind.noun)
     timings["evaluate"] = time.time() - clock
     record = build_record(cfg=cfg, bundle=data_bundle, run_dir=run_dir, timings=timings, started=started,
                           plan=history.cache_plan, policy=keras.config.dtype_policy().name, strategy=strategy)
     write_json_atomic(os.path.join(run_dir, RUN_FILE), record)
     if cfg.report:
-        _write_report(run_dir, history, metrics, probabilities, labels, class_names, None if text else eval_examples,
-                      image_size, cfg, record, task)
+        _write_report(run_dir, history, metrics, probabilities, labels, class_names,
+                      kind.pictures(eval_examples, image_size), eval_examples, cfg, record, task)
     clock = time.time()
     export_dir = None
     if cfg.export:
         examples = data_bundle.val_examples if data_bundle.val_examples is not None else data_bundle.train_examples
-        samples = (examples.sample_texts(EXPORT_CHECK_IMAGES, task) if text
-                   else examples.sample_bytes(EXPORT_CHECK_IMAGES, task))
+        samples = kind.export_samples(examples, EXPORT_CHECK_IMAGES, task)
         export_dir = export_saved_model(
             model, os.path.join(run_dir, "export"), class_names, top_k=cfg.top_k,
             verify_images=samples, card=card_facts(record, metrics),
@@ -303,22 +301,23 @@ def save_model_atomic(model: keras.Model, path: str) -> None:
         model.save(tmp)
 
 
-def _write_report(run_dir, history, metrics, probabilities, labels, class_names, examples, image_size, cfg, record,
+def _size_hint(image_size) -> str:
+    return f" or image_size (now {image_size[0]}x{image_size[1]})" if image_size else ""
+
+
+def _write_report(run_dir, history, metrics, probabilities, labels, class_names, images_of, examples, cfg, record,
                   task):
-    """Plots and report.html; a failure here is logged, never loses the trained run."""
+    """Plots and report.html; a failure here is logged, never loses the trained run. `images_of(rows)`
+    gives the pictures of evaluated examples (None: the inputs have none)."""
     import numpy as np
 
-    from tlkeras.data.images import decode_and_resize
     from tlkeras.report import write_report
-
-    def images_of(rows):
-        return [np.asarray(decode_and_resize(blob, image_size)) for blob in examples.encoded(rows)]
 
     try:
         if examples is None or not np.array_equal(np.asarray(examples.labels), labels):
-            images_of = None  # noqa: F811  (order unknown: no mistakes grid)
+            images_of = None  # order unknown: no mistakes grid
         files = write_report(run_dir, history=dict(history), metrics=metrics, probabilities=probabilities,
-                             labels=labels if images_of else labels[:0], class_names=class_names,
+                             labels=labels, class_names=class_names,
                              images_of=images_of, config=cfg.to_dict(), record=record, task=task)
         get_logger().info("report: %s", files[-1])
     except Exception as e:  # noqa: BLE001 - pictures are a by-product; the model and metrics are saved

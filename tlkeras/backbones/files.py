@@ -45,6 +45,8 @@ def get_spec(path: str, options: dict | None = None) -> BackboneSpec:
         block_map=None,
         builder=lambda size, weights, opts: _build(path, size, weights),
         options=options,
+        own_weights=True,
+        random_init=False,
     )
 
 

@@ -406,6 +406,7 @@ def get_spec(name: str, options: dict | None = None, default_preprocessing: str 
         builder=lambda size, weights, opts: _build(handle, info, size, weights, opts),
         options=options,
         modality=info.kind,
+        own_weights=True,
     )
 
 

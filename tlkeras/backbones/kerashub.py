@@ -117,6 +117,7 @@ def get_spec(name: str, options: dict | None = None) -> BackboneSpec:
         builder=lambda image_size, weights, opts: _build(preset, image_size, weights),
         options=options,
         preprocessing_params=params,
+        own_weights=True,
     )
 
 

@@ -94,6 +94,10 @@ class BackboneSpec:
         options: backbone constructor options (e.g. {"alpha": 0.35}).
         modality: what the backbone takes: "image" (RGB pixels) or "text" (a batch of strings).
         preprocessing_params: parameters of the preprocessing mode ("affine": scale, offset).
+        own_weights: the source brings its own weights (a hub module, a preset, a file): the
+            model is named after its display name.
+        random_init: whether `weights: null` means random initialisation (a model file's null
+            means its own weights).
     """
 
     name: str
@@ -107,12 +111,13 @@ class BackboneSpec:
     options: dict = field(default_factory=dict, compare=False)
     modality: str = "image"
     preprocessing_params: dict = field(default_factory=dict, compare=False)
+    own_weights: bool = False
+    random_init: bool = True
 
     @property
     def slug(self) -> str:
         """The name as it can appear in a model or folder name ("mobilenetv2", "source.keras")."""
-        own = self.source in ("model file", "tensorflow hub", "kerashub")
-        return re.sub(r"[^A-Za-z0-9_.-]", "_", self.display_name if own else self.name)
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", self.display_name if self.own_weights else self.name)
 
     def build(self, image_size: tuple[int, int], weights):
         """Build the pretrained base (named "backbone") for `image_size`, loading `weights`."""

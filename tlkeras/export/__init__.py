@@ -1,7 +1,9 @@
-"""Exports of a trained model: a TF Serving SavedModel and TFLite files, each checked against the model before it lands."""
+"""Exports of a trained model - a TF Serving SavedModel, TFLite and ONNX files - each checked against the model before
+it lands; the formats are in `tlkeras.export.registry`."""
 
-from tlkeras.export.saved_model import (
-    EXPORT_FORMATS, LABELS_FILE, export_run, export_saved_model, next_version, verify_export,
-)
+from tlkeras.export.registry import FORMATS
+from tlkeras.export.saved_model import LABELS_FILE, export_run, export_saved_model, next_version, verify_export
+
+EXPORT_FORMATS = tuple(FORMATS)
 
 __all__ = ["EXPORT_FORMATS", "LABELS_FILE", "export_run", "export_saved_model", "next_version", "verify_export"]

@@ -18,11 +18,11 @@ import tensorflow as tf
 
 from tlkeras._logging import get_logger
 from tlkeras.errors import ExportError
+from tlkeras.rundir import LABELS_FILE
 from tlkeras.model import model_info, predict_function, to_probabilities
 from tlkeras.utils import write_bytes_atomic, write_json_atomic, write_text_atomic
 
 PARITY_FILE = "parity.json"
-LABELS_FILE = "labels.txt"
 
 
 @dataclass

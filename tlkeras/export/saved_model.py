@@ -30,12 +30,10 @@ import numpy as np
 import tensorflow as tf
 
 from tlkeras._logging import get_logger
-from tlkeras.data.images import decode_and_resize, prepare_image
 from tlkeras.errors import ExportError
-from tlkeras.model import image_size_of, is_text_model, model_info, predict_function, task_of, to_probabilities
+from tlkeras.model import image_size_of, inputs_of, model_info, predict_function, task_of, to_probabilities
 
-LABELS_FILE = "labels.txt"
-MODEL_CARD_FILE = "model_card.json"
+from tlkeras.rundir import LABELS_FILE, MODEL_CARD_FILE  # noqa: E402  (file names are rundir's)
 # Float32 graphs of the same ops on the same device agree to rounding; 1e-5 is far above
 # that and far below any real train/serve difference (a resize or scale error moves
 # probabilities by 1e-2 or more).
@@ -58,29 +56,8 @@ class _ServingModule(tf.Module):
         self._task, self._decision = info.task_role, info.decision
         # a closure (not an attribute), so tf.Module does not track the Keras model itself
         self._call_model = lambda inputs: model(inputs, training=False)
-        if is_text_model(model):
-            @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
-            def serve_text(text):
-                return self._outputs(text)
-
-            self.endpoints = {"serving_default": serve_text}
-            return
-        self._image_size = size = image_size_of(model)
-
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
-        def serve_bytes(image_bytes):
-            images = tf.map_fn(
-                lambda b: decode_and_resize(b, size),
-                image_bytes,
-                fn_output_signature=tf.TensorSpec([size[0], size[1], 3], tf.float32),
-            )
-            return self._outputs(images)
-
-        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
-        def serve_images(images):
-            return self._outputs(prepare_image(images, size))
-
-        self.endpoints = {"serving_default": serve_bytes, "serving_images": serve_images}
+        # What clients send -> the model's inputs: the Inputs kind's signatures (the training decode/resize)
+        self.endpoints = inputs_of(model).serving_functions(self._outputs, model)
 
     def _outputs(self, inputs):
         probabilities = tf.cast(self._task.to_probabilities(self._call_model(inputs)), tf.float32)
@@ -146,10 +123,7 @@ def export_saved_model(
         tf.saved_model.save(module, target, signatures=module.endpoints)
         with open(os.path.join(target, "assets", MODEL_CARD_FILE), "w", encoding="utf-8") as f:
             json.dump(model_card(model, class_names, top_k, card), f, indent=2, default=str)
-        if verify_images:
-            images = list(verify_images)
-        else:
-            images = synthetic_texts() if is_text_model(model) else synthetic_images(image_size_of(model))
+        images = list(verify_images) if verify_images else inputs_of(model).synthetic_samples(model)
         verify_export(target, model, images)
         while True:
             version = next_version(export_dir)
@@ -162,7 +136,8 @@ def export_saved_model(
                     raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    get_logger().info("exported SavedModel version %d to %s (checked on %d images)", version, final, len(images))
+    get_logger().info("exported SavedModel version %d to %s (checked on %d %s)", version, final, len(images),
+                      inputs_of(model).noun)
     return final
 
 
@@ -174,40 +149,11 @@ def model_card(model, class_names: Sequence[str], top_k: int, extra: Optional[di
     outputs = info.task_role.output_description(list(class_names), info.decision, top_k)
     common = {"class_names": list(class_names), "task_name": info.task, "decision": info.decision,
               "versions": library_versions(), **(extra or {})}
-    if is_text_model(model):
-        return {
-            "format": "tlkeras model card 1",
-            "task": _kind(model, "text classification"),
-            "inputs": {"serving_default": "text: tf.string [N], raw UTF-8 strings; the backbone tokenises them "
-                                          "inside the graph"},
-            "preprocessing": "none outside the model: the text-embedding module's own tokenisation",
-            "outputs": outputs,
-            **common,
-        }
-    preprocess = None
-    try:
-        preprocess = model.get_layer("preprocess").get_config().get("mode")
-    except ValueError:
-        pass
-    height, width = image_size_of(model)
-    return {
-        "format": "tlkeras model card 1",
-        "task": _kind(model, "image classification"),
-        "image_size": [height, width],
-        "inputs": {
-            "serving_default": "image_bytes: encoded JPEG/PNG/BMP/GIF, decoded to RGB and resized (bilinear, "
-                               f"aspect not kept) to {height}x{width} inside the graph",
-            "serving_images": "images: float32 RGB pixels in [0, 255], any size, resized inside the graph",
-        },
-        "preprocessing": f"the backbone's own normalisation inside the model ({preprocess or 'see the model'})",
-        "outputs": outputs,
-        **common,
-    }
-
-
-def _kind(model, what: str) -> str:
-    task = task_of(model)
-    return what if task.name == "single_label" else f"{task.description.split(' ')[0]} {what}"
+    card = {"format": "tlkeras model card 1", **inputs_of(model).card(model)}
+    if info.task != "single_label":  # e.g. "multi-label image classification"
+        card["task"] = f"{info.task_role.description.split(' ')[0]} {card['task']}"
+    card["outputs"] = outputs
+    return {**card, **common}
 
 
 def _hub_layers(model) -> list:
@@ -216,37 +162,17 @@ def _hub_layers(model) -> list:
     return [layer for layer in model._flatten_layers() if isinstance(layer, HubModule)]
 
 
-def synthetic_texts() -> list[str]:
-    """A few texts of different lengths (an empty one included) to check a text export with."""
-    return ["a short text", "", "Another, somewhat longer text: with punctuation and UPPER case words.", "ünïcödé ✓"]
-
-
-def synthetic_images(image_size: tuple[int, int], count: int = 4) -> list[bytes]:
-    """Deterministic PNG-encoded noise images of a few sizes."""
-    rng = np.random.default_rng(0)
-    h, w = image_size
-    shapes = [(h, w), (h * 2, w + 7), (max(h // 2, 1), w * 2), (h + 3, h + 3)]
-    return [
-        tf.io.encode_png(rng.integers(0, 256, (*shapes[i % len(shapes)], 3), dtype=np.uint8)).numpy()
-        for i in range(count)
-    ]
-
-
 def verify_export(path: str, model, images: Sequence, tolerance: float = VERIFY_TOLERANCE) -> float:
-    """Re-load the SavedModel at `path`, run `serving_default` on `images` (encoded images, or
-    texts for a text classifier) and compare with `model`.
+    """Re-load the SavedModel at `path`, run `serving_default` on `images` (what clients send: encoded
+    images, or texts for a text classifier) and compare with `model`.
 
     Returns the largest absolute probability difference; raises ExportError above `tolerance`.
     """
     loaded = tf.saved_model.load(path)
     serve = loaded.signatures["serving_default"]
-    if is_text_model(model):
-        input_name = "text"
-        inputs = tf.constant([str(t) for t in images], dtype=tf.string)
-    else:
-        input_name = "image_bytes"
-        size = image_size_of(model)
-        inputs = tf.stack([decode_and_resize(tf.constant(b), size) for b in images])
+    kind = inputs_of(model)
+    input_name = kind.signature_input
+    inputs = kind.model_batch(images, model)
     served = serve(**{input_name: tf.constant(list(images))})
     expected = np.asarray(to_probabilities(predict_function(model)(inputs), model))
     diff = float(np.max(np.abs(served["probabilities"].numpy() - expected)))
@@ -272,12 +198,10 @@ def verify_export(path: str, model, images: Sequence, tolerance: float = VERIFY_
     return diff
 
 
-EXPORT_FORMATS = ("saved_model", "tflite", "tflite-int8", "onnx")
-
-
 def export_run(run_dir: str, export_dir: Optional[str] = None, *, top_k: Optional[int] = None,
                formats: Sequence[str] = ("saved_model",), safe_mode: bool = True) -> dict:
-    """Export a finished run's model.keras in each of `formats`; returns {format: path}.
+    """Export a finished run's model.keras in each of `formats` (`tlkeras.export.registry.FORMATS`);
+    returns {format: path}.
 
     saved_model: the next SavedModel version (default base folder RUN_DIR/export).
     tflite / tflite-int8: RUN_DIR/tflite/model_float32.tflite / model_int8.tflite, each checked
@@ -285,46 +209,28 @@ def export_run(run_dir: str, export_dir: Optional[str] = None, *, top_k: Optiona
     `tlkeras.export.tflite`; the parity lands in RUN_DIR/tflite/parity.json.
     onnx: RUN_DIR/onnx/model.onnx through tf2onnx, checked with onnxruntime (`tlkeras.export.onnx`).
     """
+    from tlkeras.export.registry import FORMATS, ExportJob, get_format
     from tlkeras.rundir import load_run
     from tlkeras.runrecord import RUN_FILE, card_facts
 
-    unknown = [f for f in formats if f not in EXPORT_FORMATS]
-    if unknown or not formats:
-        raise ExportError(f"format {', '.join(unknown) or '(none)'} is not one of {', '.join(EXPORT_FORMATS)} "
-                          "(e.g. --format saved_model,tflite).")
+    if not formats:
+        raise ExportError(f"format (none) is not one of {', '.join(FORMATS)} (e.g. --format saved_model,tflite).")
+    chosen = [get_format(f) for f in formats]
     model, class_names, cfg = load_run(run_dir, safe_mode=safe_mode)
-    others = [f for f in formats if f != "saved_model"]
-    if others and is_text_model(model):
-        raise ExportError(f"format {', '.join(others)}: a text classifier exports as a SavedModel only (its "
-                          "text module's string ops have no TFLite/ONNX form here); use --format saved_model.")
-    out = {}
+    kind = inputs_of(model)
+    others = [f.name for f in chosen if f.is_file and f.name not in kind.file_formats]
+    if others:
+        raise ExportError(f"format {', '.join(others)}: a {kind.name} classifier exports as a SavedModel only (TFLite "
+                          "and ONNX files take image pixels here); use --format saved_model.")
     k = top_k or (cfg.top_k if cfg is not None else 5)
     card = None
     record_path, metrics_path = os.path.join(run_dir, RUN_FILE), os.path.join(run_dir, "metrics.json")
     if os.path.isfile(record_path) and os.path.isfile(metrics_path):
         with open(record_path, encoding="utf-8") as f, open(metrics_path, encoding="utf-8") as g:
             card = card_facts(json.load(f), json.load(g))
-    if "saved_model" in formats:
-        out["saved_model"] = export_saved_model(model, export_dir or os.path.join(run_dir, "export"), class_names,
-                                                top_k=k, card=card)
-    kinds = [kind for fmt, kind in (("tflite", "float32"), ("tflite-int8", "int8")) if fmt in formats]
-    if kinds:
-        from tlkeras.export.tflite import FILES, export_tflite
-
-        size = image_size_of(model)
-        check = _run_pixels(run_dir, class_names, "val", size, limit=None, model=model)
-        representative = (_run_pixels(run_dir, class_names, "train", size, limit=100, model=model)
-                          if "int8" in kinds else None)
-        folder = os.path.join(run_dir, "tflite")
-        export_tflite(model, folder, class_names, kinds=kinds, check_pixels=check, representative=representative)
-        out.update({f"tflite{'-int8' if kind == 'int8' else ''}": os.path.join(folder, FILES[kind]) for kind in kinds})
-    if "onnx" in formats:
-        from tlkeras.export import onnx
-
-        check = _run_pixels(run_dir, class_names, "val", image_size_of(model), limit=None, model=model)
-        onnx.export_onnx(model, os.path.join(run_dir, "onnx"), class_names, check_pixels=check)
-        out["onnx"] = os.path.join(run_dir, "onnx", onnx.FILE)
-    for folder in {os.path.dirname(p) for f, p in out.items() if f != "saved_model"}:
+    job = ExportJob(model, run_dir, class_names, k, card, export_dir)
+    out = {fmt.name: fmt.write(job) for fmt in chosen}
+    for folder in {os.path.dirname(out[f.name]) for f in chosen if f.is_file}:
         _write_side_card(folder, model_card(model, class_names, k, card))
     return out
 
@@ -340,14 +246,3 @@ def _write_side_card(folder: str, card: dict) -> None:
                                 "and resize with tlkeras.data.images.decode_and_resize"}
     card["outputs"] = {"probabilities": f"[N, {len(card['class_names'])}]"}
     write_json_atomic(os.path.join(folder, MODEL_CARD_FILE), card)
-
-
-def _run_pixels(run_dir: str, class_names, split: str, size, limit: Optional[int], model) -> np.ndarray:
-    """Decoded, resized pixels of the run's own split (a spread over the classes when limited)."""
-    from tlkeras.evaluate import run_examples
-
-    examples, _ = run_examples(run_dir, None, class_names, split=split, task=task_of(model).name)
-    rows = np.arange(len(examples.labels))
-    if limit is not None and len(rows) > limit:
-        rows = np.random.default_rng(0).choice(rows, limit, replace=False)
-    return np.stack([np.asarray(decode_and_resize(tf.constant(b), size)) for b in examples.encoded(rows)])

@@ -1,0 +1,132 @@
+"""Export formats in a registry: each says how a finished run is exported in it and, for file
+formats, how `predict` and `evaluate` load the file. `tlkeras export --format` takes their names.
+
+A new format is one module (its converter and parity check) plus one `ExportFormat` line here.
+
+>>> sorted(FORMATS)
+['onnx', 'saved_model', 'tflite', 'tflite-int8']
+>>> format_for_file("run/tflite/model_int8.tflite").name
+'tflite'
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+from tlkeras.errors import ExportError
+
+
+@dataclass
+class ExportJob:
+    """A finished run being exported: its model, names, card facts, and its own images on demand."""
+
+    model: object
+    run_dir: str
+    class_names: list
+    top_k: int
+    card: Optional[dict]
+    export_dir: Optional[str] = None
+    _pixels: dict = field(default_factory=dict)
+
+    def pixels(self, split: str, limit: Optional[int] = None) -> np.ndarray:
+        """Decoded, resized pixels of the run's own split (a seeded sample when limited), read once."""
+        key = (split, limit)
+        if key not in self._pixels:
+            self._pixels[key] = _run_pixels(self, split, limit)
+        return self._pixels[key]
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """name: the --format value; write(job) -> the path written; suffix + classifier: a file format's
+    ending and `module:Class` that runs it on pixels (for predict/evaluate)."""
+
+    name: str
+    write: Callable[[ExportJob], str]
+    suffix: Optional[str] = None
+    classifier: Optional[str] = None
+
+    @property
+    def is_file(self) -> bool:
+        return self.suffix is not None
+
+
+def _saved_model(job: ExportJob) -> str:
+    from tlkeras.export.saved_model import export_saved_model
+
+    return export_saved_model(job.model, job.export_dir or os.path.join(job.run_dir, "export"), job.class_names,
+                              top_k=job.top_k, card=job.card)
+
+
+def _tflite(kind: str):
+    def write(job: ExportJob) -> str:
+        from tlkeras.export.tflite import FILES, export_tflite
+
+        folder = os.path.join(job.run_dir, "tflite")
+        representative = job.pixels("train", 100) if kind == "int8" else None
+        export_tflite(job.model, folder, job.class_names, kinds=[kind], check_pixels=job.pixels("val"),
+                      representative=representative)
+        return os.path.join(folder, FILES[kind])
+
+    return write
+
+
+def _onnx(job: ExportJob) -> str:
+    from tlkeras.export import onnx
+
+    folder = os.path.join(job.run_dir, "onnx")
+    onnx.export_onnx(job.model, folder, job.class_names, check_pixels=job.pixels("val"))
+    return os.path.join(folder, onnx.FILE)
+
+
+FORMATS: dict[str, ExportFormat] = {
+    "saved_model": ExportFormat("saved_model", _saved_model),
+    "tflite": ExportFormat("tflite", _tflite("float32"), ".tflite", "tlkeras.export.tflite:TFLiteClassifier"),
+    "tflite-int8": ExportFormat("tflite-int8", _tflite("int8"), ".tflite", "tlkeras.export.tflite:TFLiteClassifier"),
+    "onnx": ExportFormat("onnx", _onnx, ".onnx", "tlkeras.export.onnx:ONNXClassifier"),
+}
+
+
+def get_format(name: str) -> ExportFormat:
+    if name not in FORMATS:
+        from tlkeras.errors import did_you_mean
+
+        raise ExportError(f"format {name} is not one of {', '.join(FORMATS)} (e.g. --format saved_model,tflite)."
+                          f"{did_you_mean(name, list(FORMATS))}")
+    return FORMATS[name]
+
+
+def format_for_file(path: str) -> Optional[ExportFormat]:
+    """The file format whose files end like `path` (None: not a file format's file)."""
+    return next((f for f in FORMATS.values() if f.suffix and path.endswith(f.suffix)), None)
+
+
+def file_classifier(path: str):
+    """The classifier (called on pixels [N, H, W, 3] -> probabilities) of an exported file."""
+    import importlib
+
+    fmt = format_for_file(path)
+    if fmt is None:
+        raise ExportError(f"{path!r} is not a file of an export format ({', '.join(sorted({f.suffix for f in FORMATS.values() if f.suffix}))}).")
+    module, name = fmt.classifier.split(":")
+    return getattr(importlib.import_module(module), name)(path)
+
+
+def _run_pixels(job: ExportJob, split: str, limit: Optional[int]) -> np.ndarray:
+    import tensorflow as tf
+
+    from tlkeras.data.images import decode_and_resize
+    from tlkeras.model import image_size_of, model_info
+    from tlkeras.rundir import run_examples
+
+    info = model_info(job.model)
+    examples, _ = run_examples(job.run_dir, None, job.class_names, split=split, inputs=info.inputs, task=info.task)
+    rows = np.arange(len(examples.labels))
+    if limit is not None and len(rows) > limit:
+        rows = np.random.default_rng(0).choice(rows, limit, replace=False)
+    size = image_size_of(job.model)
+    return np.stack([np.asarray(decode_and_resize(tf.constant(b), size)) for b in examples.encoded(rows)])

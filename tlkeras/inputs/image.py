@@ -1,0 +1,190 @@
+"""Image inputs: RGB pixels in [0, 255] at the model's size, made from image bytes by THE
+decode-and-resize function (`tlkeras.data.images.decode_and_resize`), in training and in serving."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from tlkeras.inputs.inputs import Inputs
+
+
+class ImageInputs(Inputs):
+    """Pixels [N, H, W, 3] for the model; `image_bytes` (encoded JPEG/PNG/BMP/GIF) and `images`
+    (float pixels of any size) for its export.
+
+    >>> ImageInputs().signature_input, ImageInputs().file_formats
+    ('image_bytes', ('tflite', 'tflite-int8', 'onnx'))
+    """
+
+    name = "image"
+    noun = "images"
+    signature_input = "image_bytes"
+    file_formats = ("tflite", "tflite-int8", "onnx")
+
+    # === Model ===
+
+    def size(self, spec, image_size):
+        from tlkeras import backbones
+
+        return backbones.resolve_image_size(spec, image_size)
+
+    def build(self, spec, size, weights):
+        import keras
+
+        from tlkeras.layers import ImagePreprocessing
+        from tlkeras.model import PREPROCESS_LAYER
+
+        height, width = size
+        base = spec.build((height, width), weights)
+        inputs = keras.Input((height, width, 3), name="image")
+        x = ImagePreprocessing(spec.preprocessing, backbone_name=spec.name, name=PREPROCESS_LAYER,
+                               **spec.preprocessing_params)(inputs)
+        return inputs, base(x)
+
+    def prediction_spec(self, model):
+        import tensorflow as tf
+
+        from tlkeras.model import image_size_of
+
+        height, width = image_size_of(model)
+        return tf.TensorSpec([None, height, width, 3], tf.float32)
+
+    # === Data ===
+
+    def make_datasets(self, cfg, size):
+        from tlkeras.data.datasets import make_datasets
+
+        return make_datasets(cfg, size)
+
+    def load_examples(self, source, key, class_names, **options):
+        from tlkeras.data.datasets import load_examples
+
+        options.pop("text_column", None)
+        return load_examples(source, key, class_names, **options)
+
+    def evaluation_pipeline(self, examples, model, batch_size):
+        from tlkeras.data.datasets import build_pipeline
+        from tlkeras.model import image_size_of
+
+        return build_pipeline(examples, image_size_of(model), batch_size, training=False, cache=False, seed=0)
+
+    def pictures(self, examples, size):
+        from tlkeras.data.images import decode_and_resize
+
+        def images_of(rows):
+            return [np.asarray(decode_and_resize(blob, size)) for blob in examples.encoded(rows)]
+
+        return images_of
+
+    # === Serving ===
+
+    def serving_functions(self, outputs, model):
+        import tensorflow as tf
+
+        from tlkeras.data.images import decode_and_resize, prepare_image
+        from tlkeras.model import image_size_of
+
+        size = image_size_of(model)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+        def serve_bytes(image_bytes):
+            images = tf.map_fn(
+                lambda b: decode_and_resize(b, size),
+                image_bytes,
+                fn_output_signature=tf.TensorSpec([size[0], size[1], 3], tf.float32),
+            )
+            return outputs(images)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
+        def serve_images(images):
+            return outputs(prepare_image(images, size))
+
+        return {"serving_default": serve_bytes, "serving_images": serve_images}
+
+    def export_samples(self, examples, count, task):
+        return examples.sample_bytes(count, task)
+
+    def synthetic_samples(self, model, count: int = 4):
+        """Deterministic PNG-encoded noise images of a few sizes."""
+        import tensorflow as tf
+
+        from tlkeras.model import image_size_of
+
+        rng = np.random.default_rng(0)
+        h, w = image_size_of(model)
+        shapes = [(h, w), (h * 2, w + 7), (max(h // 2, 1), w * 2), (h + 3, h + 3)]
+        return [
+            tf.io.encode_png(rng.integers(0, 256, (*shapes[i % len(shapes)], 3), dtype=np.uint8)).numpy()
+            for i in range(count)
+        ]
+
+    def model_batch(self, samples, model):
+        import tensorflow as tf
+
+        from tlkeras.data.images import decode_and_resize
+        from tlkeras.model import image_size_of
+
+        size = image_size_of(model)
+        return tf.stack([decode_and_resize(tf.constant(b), size) for b in samples])
+
+    def card(self, model):
+        from tlkeras.model import get_preprocessing, image_size_of
+
+        preprocess = get_preprocessing(model)
+        mode = preprocess.get_config().get("mode") if preprocess is not None else None
+        height, width = image_size_of(model)
+        return {
+            "task": "image classification",
+            "image_size": [height, width],
+            "inputs": {
+                "serving_default": "image_bytes: encoded JPEG/PNG/BMP/GIF, decoded to RGB and resized (bilinear, "
+                                   f"aspect not kept) to {height}x{width} inside the graph",
+                "serving_images": "images: float32 RGB pixels in [0, 255], any size, resized inside the graph",
+            },
+            "preprocessing": f"the backbone's own normalisation inside the model ({mode or 'see the model'})",
+        }
+
+    # === Prediction ===
+
+    def collect(self, items):
+        from tlkeras.data.images import is_image_file
+
+        files = []
+        for item in items:
+            if os.path.isdir(item):
+                for dirpath, dirnames, filenames in os.walk(item):
+                    dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                    files.extend(os.path.join(dirpath, f) for f in sorted(filenames) if is_image_file(f))
+            else:
+                files.append(item)
+        entries, skipped = [], []
+        for path in files:
+            try:
+                with open(path, "rb") as f:
+                    entries.append(({"path": path}, f.read()))
+            except OSError as e:
+                skipped.append((path, e.strerror or str(e)))
+        return entries, skipped
+
+    def serve(self, serve, payloads):
+        import tensorflow as tf
+
+        if not payloads:
+            return [], []
+        try:
+            probs = serve(image_bytes=tf.constant(payloads))["probabilities"].numpy()
+            return list(enumerate(probs)), []
+        except tf.errors.InvalidArgumentError:
+            pass
+        served, skipped = [], []  # one file broke the batch: find it by serving the files one at a time
+        for i, blob in enumerate(payloads):
+            try:
+                served.append((i, serve(image_bytes=tf.constant([blob]))["probabilities"].numpy()[0]))
+            except tf.errors.InvalidArgumentError as e:
+                skipped.append((i, "not a decodable image: " + (e.message.strip().splitlines() or ["?"])[0]))
+        return served, skipped
+
+    def example_payloads(self, examples, rows):
+        return examples.encoded(rows)

@@ -1,0 +1,92 @@
+"""The Inputs role: what a model takes, asked wherever a model meets data.
+
+An Inputs kind says how the model's input layer is made, which pipelines feed it in training,
+what the export's serving signatures take (and call: the very decode/resize of training), which
+samples check an export, how `predict` reads what it is given and how `evaluate` feeds an export.
+Training, export, predict and evaluate ask the model's Inputs kind (`model_info(model).inputs`);
+none of them branches on it.
+
+A new kind is one module with an `Inputs` subclass and one line in `tlkeras.inputs.INPUTS`.
+"""
+
+from __future__ import annotations
+
+
+class Inputs:
+    """The interface; see `ImageInputs` and `TextInputs`."""
+
+    #: registry name, as the model's metadata holds it
+    name: str = ""
+    #: what the logs call a batch of them
+    noun: str = "examples"
+    #: the name of serving_default's input (TF Serving's REST API decodes "*_bytes" inputs from base64)
+    signature_input: str = ""
+    #: the export formats (besides a SavedModel) that can carry this kind of input
+    file_formats: tuple = ()
+
+    # === Model ===
+
+    def size(self, spec, image_size):
+        """The input size a model is built at (None where it has none)."""
+        return None
+
+    def build(self, spec, size, weights):
+        """(keras.Input, features): the model's input and the backbone's output on it."""
+        raise NotImplementedError
+
+    def prediction_spec(self, model):
+        """The tf.TensorSpec of a batch of the model's own inputs."""
+        raise NotImplementedError
+
+    # === Data ===
+
+    def make_datasets(self, cfg, size):
+        """The training and validation pipelines (a `DataBundle`)."""
+        raise NotImplementedError
+
+    def load_examples(self, source, key, class_names, **options):
+        """(examples, class names, skipped) of labelled data, for `evaluate` and the export checks."""
+        raise NotImplementedError
+
+    def evaluation_pipeline(self, examples, model, batch_size: int):
+        raise NotImplementedError
+
+    def pictures(self, examples, size):
+        """`rows -> list of RGB arrays` of examples for the report's pictures, or None (nothing to show)."""
+        return None
+
+    # === Serving ===
+
+    def serving_functions(self, outputs, model) -> dict:
+        """{signature name: tf.function} calling `outputs(model inputs)` from what clients send."""
+        raise NotImplementedError
+
+    def export_samples(self, examples, count: int, task) -> list:
+        """What to check an export with: client payloads spread over the classes."""
+        raise NotImplementedError
+
+    def synthetic_samples(self, model) -> list:
+        """Payloads to check an export with when no data is at hand."""
+        raise NotImplementedError
+
+    def model_batch(self, samples, model):
+        """The model's own input batch for client payloads (what the export must do inside)."""
+        raise NotImplementedError
+
+    def card(self, model) -> dict:
+        """The model card's fields about the inputs ("task", "inputs", "preprocessing", ...)."""
+        raise NotImplementedError
+
+    # === Prediction ===
+
+    def collect(self, items: list[str]):
+        """(entries, skipped): entries are (row fields, payload) for `predict`'s inputs."""
+        raise NotImplementedError
+
+    def serve(self, serve, payloads: list):
+        """(rows served as [(index, probabilities)], skipped [(index, reason)]) of one batch."""
+        raise NotImplementedError
+
+    def example_payloads(self, examples, rows) -> list:
+        """Client payloads of labelled examples (for evaluating an export as TF Serving would)."""
+        raise NotImplementedError

@@ -1,0 +1,115 @@
+"""Text inputs: raw strings. The backbone (a text-embedding module) tokenises them itself, so
+training and serving feed it the same thing and there is nothing to skew."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+from tlkeras.inputs.inputs import Inputs
+
+
+class TextInputs(Inputs):
+    """Strings [N] for the model and for its export's `text` input.
+
+    >>> TextInputs().signature_input, TextInputs().file_formats
+    ('text', ())
+    """
+
+    name = "text"
+    noun = "texts"
+    signature_input = "text"
+    file_formats = ()  # a text module's string ops have no TFLite/ONNX form here
+
+    # === Model ===
+
+    def build(self, spec, size, weights):
+        import keras
+
+        base = spec.build(None, weights)
+        inputs = keras.Input((), dtype="string", name="text")
+        return inputs, base(inputs)
+
+    def prediction_spec(self, model):
+        import tensorflow as tf
+
+        return tf.TensorSpec([None], tf.string)
+
+    # === Data ===
+
+    def make_datasets(self, cfg, size):
+        from tlkeras.data.text import make_text_datasets
+
+        return make_text_datasets(cfg)
+
+    def load_examples(self, source, key, class_names, **options):
+        from tlkeras.data.text import load_text_examples
+
+        options.pop("image_column", None)
+        return load_text_examples(source, key, class_names, **options)
+
+    def evaluation_pipeline(self, examples, model, batch_size):
+        from tlkeras.data.text import text_pipeline
+
+        return text_pipeline(examples, batch_size, training=False, seed=0)
+
+    # === Serving ===
+
+    def serving_functions(self, outputs, model):
+        import tensorflow as tf
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+        def serve_text(text):
+            return outputs(text)
+
+        return {"serving_default": serve_text}
+
+    def export_samples(self, examples, count, task):
+        return examples.sample_texts(count, task)
+
+    def synthetic_samples(self, model):
+        """A few texts of different lengths (an empty one included)."""
+        return ["a short text", "", "Another, somewhat longer text: with punctuation and UPPER case words.", "ünïcödé ✓"]
+
+    def model_batch(self, samples, model):
+        import tensorflow as tf
+
+        return tf.constant([str(t) for t in samples], dtype=tf.string)
+
+    def card(self, model):
+        return {
+            "task": "text classification",
+            "inputs": {"serving_default": "text: tf.string [N], raw UTF-8 strings; the backbone tokenises them "
+                                          "inside the graph"},
+            "preprocessing": "none outside the model: the text-embedding module's own tokenisation",
+        }
+
+    # === Prediction ===
+
+    def collect(self, items):
+        """Each item is a text, or a file of one text per non-empty line ("file:line"), or "-" for
+        the lines of standard input."""
+        entries = []
+        for item in items:
+            if item != "-" and not os.path.isfile(item):
+                entries.append(({"text": item, "source": item}, item))
+                continue
+            name = "stdin" if item == "-" else item
+            with (contextlib.nullcontext(sys.stdin) if item == "-" else open(item, encoding="utf-8-sig")) as f:
+                for number, line in enumerate(f, start=1):
+                    if line.strip():
+                        text = line.rstrip("\r\n")
+                        entries.append(({"text": text, "source": f"{name}:{number}"}, text))
+        return entries, []
+
+    def serve(self, serve, payloads):
+        import tensorflow as tf
+
+        if not payloads:
+            return [], []
+        probs = serve(text=tf.constant(list(payloads), dtype=tf.string))["probabilities"].numpy()
+        return list(enumerate(probs)), []
+
+    def example_payloads(self, examples, rows):
+        return [examples.texts[i] for i in rows]
