@@ -2,7 +2,8 @@
 backbone source x task x inputs kind.
 
 - stage 1 leaves the backbone bit-identical;
-- stage 2 changes exactly what `unfreeze` allows (the layers in stage2_trainable_layers.txt), and
+- stage 2 changes only what `unfreeze` allows (the layers, or a hub module's variables, listed in
+  stage2_trainable_layers.txt), and
   BatchNormalization statistics stay fixed;
 - the `.keras` file reloads (safe mode) with the same metadata and predicts identically;
 - the export's `serving_default` answers as `model.predict` within 1e-5 and returns the Task's
@@ -18,6 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tlkeras import freezing
 from tlkeras.export.serving_client import signature_def
 from tlkeras.model import get_backbone, model_info
 
@@ -48,9 +50,17 @@ def check_stage2_changes_what_unfreeze_allows(initial, result) -> None:
         trained = {line.strip() for line in f if line.strip()}
     moved = changed_weights(initial, backbone_arrays(result.model))
     assert moved, "stage 2 changed nothing in the backbone"
-    layer_of = {path: path.split("/")[0] for path, _ in initial}
-    assert {layer_of[path] for path in moved} <= trained
+    unit_of = trainable_units(result.model)
+    assert {unit_of[path] for path in moved} <= trained, (sorted(moved), sorted(trained))
     assert not any(path.endswith(_MOVING) for path in moved)
+
+
+def trainable_units(model) -> dict:
+    """{backbone weight path: the unit stage 2 names for it}: its layer, or a hub module's variable."""
+    module = freezing.hub_module(model)
+    if module is not None:
+        return {weight.path: name for name, weight, _ in module.named_variables()}
+    return {w.path: w.path.split("/")[0] for w in get_backbone(model).weights}
 
 
 def check_reload_predicts_identically(result, inputs) -> None:
