@@ -59,6 +59,16 @@ class HeadConfig:
     l2: float = 0.0
     pooling: str = "avg"
 
+    def validate(self, prefix: str = "head") -> None:
+        if not isinstance(self.hidden_units, list) or not all(
+            isinstance(u, int) and not isinstance(u, bool) and u > 0 for u in self.hidden_units
+        ):
+            raise ConfigError(f"{prefix}.hidden_units: {self.hidden_units!r} is not valid: use a list of positive "
+                              "ints, e.g. [256].")
+        _check_number(f"{prefix}.dropout", self.dropout, 0.0, 1.0, low_open=False, high_open=True)
+        _check_number(f"{prefix}.l2", self.l2, 0.0, math.inf, low_open=False)
+        _check_choice(f"{prefix}.pooling", self.pooling, POOLINGS)
+
 
 @dataclass
 class StageConfig:
@@ -106,6 +116,9 @@ class StageConfig:
     train_bn: bool = False
     bn_momentum: float = 0.9
 
+    def validate(self, name: str = "stage") -> None:
+        _validate_stage(name, self)
+
 
 @dataclass
 class AugmentConfig:
@@ -126,6 +139,12 @@ class AugmentConfig:
         return bool(self.flip) or any(
             getattr(self, name) > 0 for name in ("rotation", "zoom", "translation", "contrast", "brightness")
         )
+
+    def validate(self, prefix: str = "augment") -> None:
+        if self.flip is not None and self.flip not in FLIPS and self.flip is not False:
+            raise ConfigError(f"{prefix}.flip: {self.flip!r} is not valid: use one of {', '.join(FLIPS)} or null.")
+        for name in ("rotation", "zoom", "translation", "contrast", "brightness"):
+            _check_number(f"{prefix}.{name}", getattr(self, name), 0.0, 1.0, low_open=False)
 
 
 # Defaults chosen from measurements (benchmarks/RESULTS.md, "How the defaults were chosen"):
@@ -272,100 +291,25 @@ class FinetuneConfig:
     # --- Validation ---
 
     def validate(self) -> None:
-        """Raise ConfigError on the first key with a value of the wrong type or range."""
-        _check_choice("backbone", self.backbone, None, kind=str)
-        if self.weights is not None and not isinstance(self.weights, str):
-            raise ConfigError(
-                f"weights: {self.weights!r} is not valid: use 'imagenet', null (random init) or a path to a weights file."
-            )
-        _check_number("val_split", self.val_split, 0.0, 1.0, low_open=False, high_open=True)
-        _check_int("batch_size", self.batch_size, 1)
-        _check_int("seed", self.seed, 0)
-        _check_int("top_k", self.top_k, 1)
-        if self.image_size is not None:
-            sizes = self.image_size if isinstance(self.image_size, list) else [self.image_size]
-            if len(sizes) not in (1, 2) or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
-                raise ConfigError(
-                    f"image_size: {self.image_size!r} is not valid: use a positive int (square) or [height, width]."
-                )
-        if self.class_weight is not None and self.class_weight not in ("balanced", "auto") and not isinstance(
-            self.class_weight, dict
-        ):
-            raise ConfigError(
-                f"class_weight: {self.class_weight!r} is not valid: use 'balanced', 'auto', null, "
-                "or a mapping class -> weight."
-            )
-        if isinstance(self.class_weight, dict):
-            for name, weight in self.class_weight.items():
-                if (not isinstance(weight, (int, float)) or isinstance(weight, bool) or not math.isfinite(weight)
-                        or weight <= 0):
-                    raise ConfigError(f"class_weight: the weight of {name!r} is {weight!r}; use a positive number.")
-        _check_number("label_smoothing", self.label_smoothing, 0.0, 1.0, low_open=False, high_open=True)
-        if self.class_names is not None and (
-            not isinstance(self.class_names, list)
-            or not all(isinstance(n, str) and n for n in self.class_names)
-            or len(set(self.class_names)) != len(self.class_names)
-        ):
-            raise ConfigError(f"class_names: {self.class_names!r} is not valid: use a list of distinct, non-empty names.")
-        for key in ("cache_images", "cache_features", "jit_compile"):
-            if getattr(self, key) not in CACHE_CHOICES:
-                raise ConfigError(f"{key}: {getattr(self, key)!r} is not valid: use auto, true or false.")
-        for key in ("export", "report", "tensorboard", "deterministic", "scale_learning_rate"):
-            if not isinstance(getattr(self, key), bool):
-                raise ConfigError(f"{key}: {getattr(self, key)!r} is not valid: use true or false.")
-        for key in ("text_column", "image_column", "label_column"):
-            if not isinstance(getattr(self, key), str) or not getattr(self, key):
-                raise ConfigError(f"{key}: {getattr(self, key)!r} is not valid: use the name of a column of the CSV.")
-        _check_choice("task", self.task, TASK_CHOICES)
-        if not isinstance(self.label_separator, str) or not self.label_separator or "\n" in self.label_separator:
-            raise ConfigError(f"label_separator: {self.label_separator!r} is not valid: use the character(s) between "
-                              "the labels of one cell, e.g. ' ' or '|'.")
-        if isinstance(self.threshold, str):
-            _check_choice("threshold", self.threshold, THRESHOLDS)
-        else:
-            _check_number("threshold", self.threshold, 0.0, 1.0, low_open=True, high_open=True)
-        _check_int("cache_views", self.cache_views, 1)
-        _check_int("memory_budget_mb", self.memory_budget_mb, 1)
-        _check_choice("mixed_precision", self.mixed_precision, PRECISIONS)
-        _check_choice("strategy", self.strategy, STRATEGIES)
-        if self.tpu is not None and (not isinstance(self.tpu, str) or not self.tpu.strip()):
-            raise ConfigError(f"tpu: {self.tpu!r} is not valid: use a TPU name, a grpc:// address, or 'local'.")
-        if not isinstance(self.backbone_options, dict):
-            raise ConfigError(f"backbone_options: {self.backbone_options!r} is not a mapping (e.g. {{alpha: 0.35}}).")
-        # head
-        h = self.head
-        if not isinstance(h.hidden_units, list) or not all(
-            isinstance(u, int) and not isinstance(u, bool) and u > 0 for u in h.hidden_units
-        ):
-            raise ConfigError(f"head.hidden_units: {h.hidden_units!r} is not valid: use a list of positive ints, e.g. [256].")
-        _check_number("head.dropout", h.dropout, 0.0, 1.0, low_open=False, high_open=True)
-        _check_number("head.l2", h.l2, 0.0, math.inf, low_open=False)
-        _check_choice("head.pooling", h.pooling, POOLINGS)
-        # stages
-        for name in ("stage1", "stage2"):
-            _validate_stage(name, getattr(self, name))
-        for key in ("unfreeze", "layer_decay"):
-            if getattr(self.stage1, key) is not None:
-                raise ConfigError(
-                    f"stage1.{key}: stage 1 always trains the head only; set stage2.{key} for the backbone."
-                )
-        if self.stage1.gradual_unfreeze:
-            raise ConfigError("stage1.gradual_unfreeze: stage 1 trains the head only; set stage2.gradual_unfreeze.")
-        if self.stage1.learning_rate is None:
-            raise ConfigError("stage1.learning_rate: must be a positive number, e.g. 0.001.")
-        # augment
-        a = self.augment
-        if a.flip is not None and a.flip not in FLIPS and a.flip is not False:
-            raise ConfigError(f"augment.flip: {a.flip!r} is not valid: use one of {', '.join(FLIPS)} or null.")
-        for name in ("rotation", "zoom", "translation", "contrast", "brightness"):
-            _check_number(f"augment.{name}", getattr(a, name), 0.0, 1.0, low_open=False)
+        """Raise ConfigError on the first key with a value of the wrong type or range: each concern's
+        keys checked by its own section (data, model, training, runtime, outputs)."""
+        _validate_data(self)
+        _validate_model(self)
+        _validate_training(self)
+        _validate_runtime(self)
+        _validate_outputs(self)
 
     @property
     def stage2_learning_rate(self) -> float:
         """Stage 2's peak rate: as set, or stage 1's rate x STAGE2_RATE_FACTOR (1/3)."""
-        if self.stage2.learning_rate is not None:
-            return self.stage2.learning_rate
-        return self.stage1.learning_rate * STAGE2_RATE_FACTOR
+        return stage2_learning_rate(self.stage1, self.stage2)
+
+
+def stage2_learning_rate(stage1: StageConfig, stage2: StageConfig) -> float:
+    """Stage 2's peak rate: as set, or stage 1's rate x STAGE2_RATE_FACTOR (1/3)."""
+    if stage2.learning_rate is not None:
+        return stage2.learning_rate
+    return stage1.learning_rate * STAGE2_RATE_FACTOR
 
 
 _SECTIONS = {"head": HeadConfig, "stage1": StageConfig, "stage2": StageConfig, "augment": AugmentConfig}
@@ -423,20 +367,54 @@ def _set_key(cfg: FinetuneConfig, key: str, value: Any) -> None:
         if isinstance(value, section_cls):
             setattr(cfg, key, copy.deepcopy(value))
             return
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping of {key} settings, got {value!r}.")
-        section = getattr(cfg, key)
-        fields = {f.name: f for f in dataclasses.fields(section)}
-        hints = typing.get_type_hints(section_cls)
-        for sub, sub_value in value.items():
-            if sub not in fields:
-                raise ConfigError(f"Unknown config key '{key}.{sub}'.{_suggest(key, sub, fields)}")
-            setattr(section, sub, _coerce(f"{key}.{sub}", sub_value, hints[sub]))
+        _apply_section(getattr(cfg, key), key, value)
         return
     if key == "backbone_options" and value is None:
         value = {}
     hints = typing.get_type_hints(FinetuneConfig)
     setattr(cfg, key, _coerce(key, value, hints[key]))
+
+
+def _apply_section(section, key: str, values) -> None:
+    """Set a section's fields from a mapping (coerced as YAML/--set values are; unknown keys refused)."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{key}: expected a mapping of {key} settings, got {values!r}.")
+    fields = {f.name: f for f in dataclasses.fields(section)}
+    hints = typing.get_type_hints(type(section))
+    for sub, sub_value in values.items():
+        if sub not in fields:
+            raise ConfigError(f"Unknown config key '{key}.{sub}'.{_suggest(key, sub, fields)}")
+        setattr(section, sub, _coerce(f"{key}.{sub}", sub_value, hints[sub]))
+
+
+def head_config(head: "HeadConfig | dict | None") -> HeadConfig:
+    """A validated HeadConfig from one, a mapping of its fields over the defaults, or None (defaults).
+
+    >>> head_config({"dropout": "0.5"}).dropout
+    0.5
+    """
+    section = copy.deepcopy(head) if isinstance(head, HeadConfig) else HeadConfig()
+    if head is not None and not isinstance(head, HeadConfig):
+        _apply_section(section, "head", dict(head))
+    section.validate()
+    return section
+
+
+def stage_configs(stage1, stage2) -> tuple[StageConfig, StageConfig]:
+    """Validated (stage 1, stage 2) from StageConfigs or mappings over each stage's defaults.
+
+    >>> s1, s2 = stage_configs({"epochs": 2}, None)
+    >>> (s1.epochs, s1.learning_rate, s2.unfreeze, s2.layer_decay)
+    (2, 0.003, 'all', 0.7)
+    """
+    out = []
+    for name, given, default in (("stage1", stage1, _stage1), ("stage2", stage2, _stage2)):
+        section = default()
+        if given is not None:
+            _apply_section(section, name, dataclasses.asdict(given) if dataclasses.is_dataclass(given) else dict(given))
+        out.append(section)
+    validate_stages(*out)
+    return out[0], out[1]
 
 
 def _suggest(section: str, sub: str, fields: dict) -> str:
@@ -497,6 +475,112 @@ def _check_choice(key: str, value: Any, choices, kind=None) -> None:
         raise ConfigError(
             f"{key}: {value!r} is not valid: use one of {', '.join(map(str, choices))}.{did_you_mean(str(value), choices)}"
         )
+
+
+# === Validation, one section per concern (the keys stay one flat namespace for users) ===
+
+
+def _validate_data(cfg: "FinetuneConfig") -> None:
+    """data, val_data, val_split, class_names, the table columns, the label separator."""
+    _check_number("val_split", cfg.val_split, 0.0, 1.0, low_open=False, high_open=True)
+    if cfg.class_names is not None and (
+        not isinstance(cfg.class_names, list)
+        or not all(isinstance(n, str) and n for n in cfg.class_names)
+        or len(set(cfg.class_names)) != len(cfg.class_names)
+    ):
+        raise ConfigError(f"class_names: {cfg.class_names!r} is not valid: use a list of distinct, non-empty names.")
+    for key in ("text_column", "image_column", "label_column"):
+        if not isinstance(getattr(cfg, key), str) or not getattr(cfg, key):
+            raise ConfigError(f"{key}: {getattr(cfg, key)!r} is not valid: use the name of a column of the CSV.")
+    if not isinstance(cfg.label_separator, str) or not cfg.label_separator or "\n" in cfg.label_separator:
+        raise ConfigError(f"label_separator: {cfg.label_separator!r} is not valid: use the character(s) between "
+                          "the labels of one cell, e.g. ' ' or '|'.")
+
+
+def _validate_model(cfg: "FinetuneConfig") -> None:
+    """backbone, weights, backbone_options, image_size, task, threshold, head."""
+    _check_choice("backbone", cfg.backbone, None, kind=str)
+    if cfg.weights is not None and not isinstance(cfg.weights, str):
+        raise ConfigError(
+            f"weights: {cfg.weights!r} is not valid: use 'imagenet', null (random init) or a path to a weights file."
+        )
+    if not isinstance(cfg.backbone_options, dict):
+        raise ConfigError(f"backbone_options: {cfg.backbone_options!r} is not a mapping (e.g. {{alpha: 0.35}}).")
+    if cfg.image_size is not None:
+        sizes = cfg.image_size if isinstance(cfg.image_size, list) else [cfg.image_size]
+        if len(sizes) not in (1, 2) or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
+            raise ConfigError(
+                f"image_size: {cfg.image_size!r} is not valid: use a positive int (square) or [height, width]."
+            )
+    _check_choice("task", cfg.task, TASK_CHOICES)
+    if isinstance(cfg.threshold, str):
+        _check_choice("threshold", cfg.threshold, THRESHOLDS)
+    else:
+        _check_number("threshold", cfg.threshold, 0.0, 1.0, low_open=True, high_open=True)
+    cfg.head.validate()
+
+
+def _validate_training(cfg: "FinetuneConfig") -> None:
+    """batch_size, class_weight, label_smoothing, the stages, augment."""
+    _check_int("batch_size", cfg.batch_size, 1)
+    if cfg.class_weight is not None and cfg.class_weight not in ("balanced", "auto") and not isinstance(
+        cfg.class_weight, dict
+    ):
+        raise ConfigError(
+            f"class_weight: {cfg.class_weight!r} is not valid: use 'balanced', 'auto', null, "
+            "or a mapping class -> weight."
+        )
+    if isinstance(cfg.class_weight, dict):
+        for name, weight in cfg.class_weight.items():
+            if (not isinstance(weight, (int, float)) or isinstance(weight, bool) or not math.isfinite(weight)
+                    or weight <= 0):
+                raise ConfigError(f"class_weight: the weight of {name!r} is {weight!r}; use a positive number.")
+    _check_number("label_smoothing", cfg.label_smoothing, 0.0, 1.0, low_open=False, high_open=True)
+    validate_stages(cfg.stage1, cfg.stage2)
+    cfg.augment.validate()
+
+
+def _validate_runtime(cfg: "FinetuneConfig") -> None:
+    """seed, caches, memory, XLA, precision, strategy, TPU, rate scaling, determinism."""
+    _check_int("seed", cfg.seed, 0)
+    for key in ("cache_images", "cache_features", "jit_compile"):
+        if getattr(cfg, key) not in CACHE_CHOICES:
+            raise ConfigError(f"{key}: {getattr(cfg, key)!r} is not valid: use auto, true or false.")
+    _check_int("cache_views", cfg.cache_views, 1)
+    _check_int("memory_budget_mb", cfg.memory_budget_mb, 1)
+    _check_choice("mixed_precision", cfg.mixed_precision, PRECISIONS)
+    _check_choice("strategy", cfg.strategy, STRATEGIES)
+    if cfg.tpu is not None and (not isinstance(cfg.tpu, str) or not cfg.tpu.strip()):
+        raise ConfigError(f"tpu: {cfg.tpu!r} is not valid: use a TPU name, a grpc:// address, or 'local'.")
+    for key in ("deterministic", "scale_learning_rate"):
+        _check_bool(key, getattr(cfg, key))
+
+
+def _validate_outputs(cfg: "FinetuneConfig") -> None:
+    """export, top_k, report, tensorboard (output_dir is checked by tlkeras.rundir)."""
+    _check_int("top_k", cfg.top_k, 1)
+    for key in ("export", "report", "tensorboard"):
+        _check_bool(key, getattr(cfg, key))
+
+
+def validate_stages(stage1: "StageConfig", stage2: "StageConfig") -> None:
+    """Each stage's own checks, then what holds between them (stage 1 trains the head only)."""
+    stage1.validate("stage1")
+    stage2.validate("stage2")
+    for key in ("unfreeze", "layer_decay"):
+        if getattr(stage1, key) is not None:
+            raise ConfigError(
+                f"stage1.{key}: stage 1 always trains the head only; set stage2.{key} for the backbone."
+            )
+    if stage1.gradual_unfreeze:
+        raise ConfigError("stage1.gradual_unfreeze: stage 1 trains the head only; set stage2.gradual_unfreeze.")
+    if stage1.learning_rate is None:
+        raise ConfigError("stage1.learning_rate: must be a positive number, e.g. 0.001.")
+
+
+def _check_bool(key: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: {value!r} is not valid: use true or false.")
 
 
 _UNFREEZE_HELP = (

@@ -15,7 +15,7 @@ from typing import Optional
 import keras
 
 from tlkeras import backbones
-from tlkeras.config import HeadConfig
+from tlkeras.config import HeadConfig, head_config
 from tlkeras.heads import HEAD_POOL, build_head
 from tlkeras.inputs import get_inputs
 from tlkeras.tasks import get_task
@@ -168,7 +168,7 @@ def build_model(
                          f"{minimum} classes.")
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(f"class_names: {len(class_names)} names for {num_classes} classes.")
-    head_cfg = _head_config(head)
+    head_cfg = head_config(head)
     spec = backbone if isinstance(backbone, backbones.BackboneSpec) else backbones.resolve(backbone, backbone_options)
     kind = get_inputs(spec.modality)
     # === Functional Model ===
@@ -190,16 +190,6 @@ def build_model(
     ))
     metadata.pop("extra")
     return Classifier(inputs, outputs, name=f"tlkeras_{spec.slug}", metadata=metadata)
-
-
-def _head_config(head) -> HeadConfig:
-    if head is None:
-        return HeadConfig()
-    if isinstance(head, HeadConfig):
-        return head
-    from tlkeras.config import FinetuneConfig
-
-    return FinetuneConfig.from_dict({"head": dict(head)}).head
 
 
 def get_backbone(model: keras.Model) -> keras.Model:

@@ -296,9 +296,9 @@ def finetune(
     >>> history["epoch"], history["stage"]
     ([1, 2], [1, 2])
     """
-    from tlkeras.config import FinetuneConfig
+    from tlkeras.config import stage_configs
 
-    cfg = FinetuneConfig.from_dict({"stage1": _as_dict(stage1), "stage2": _as_dict(stage2)})
+    cfg = _Stages(*stage_configs(stage1, stage2))
     log = get_logger()
     recorder = RunHistory(os.path.join(run_dir, "history.json") if run_dir else None)
     nan_guard = StopOnNaN()
@@ -439,6 +439,18 @@ def unfreeze_phases(model: keras.Model, stage: StageConfig) -> list[tuple]:
     epochs = [stage.gradual_unfreeze] * (count - 1)
     epochs.append(stage.epochs - sum(epochs))
     return [(names[c], e) for c, e in zip(cuts, epochs)]
+
+
+@dataclass
+class _Stages:
+    stage1: StageConfig
+    stage2: StageConfig
+
+    @property
+    def stage2_learning_rate(self) -> float:
+        from tlkeras.config import stage2_learning_rate
+
+        return stage2_learning_rate(self.stage1, self.stage2)
 
 
 class _Runner:
@@ -694,11 +706,3 @@ def _batch_size(ds) -> int:
 def _trainable_summary(model) -> str:
     params = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     return f"{params:,} trainable parameters"
-
-
-def _as_dict(stage) -> dict:
-    if stage is None:
-        return {}
-    if dataclasses.is_dataclass(stage):
-        return dataclasses.asdict(stage)
-    return dict(stage)
