@@ -16,6 +16,7 @@ _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from importlib.metadata import PackageNotFoundError as _NotFound
 from importlib.metadata import version as _version
 
+from tlkeras import data  # noqa: F401  (tlkeras.data.decode_and_resize, make_datasets, ...)
 from tlkeras.backbones import list_backbones
 from tlkeras.config import FinetuneConfig, load_config
 from tlkeras.export import export_saved_model

@@ -1,0 +1,241 @@
+"""Two-stage fine-tuning. A stage is: freeze/unfreeze -> compile -> fit.
+
+Stage 1 trains the head on a frozen backbone; stage 2 unfreezes what `unfreeze` says (by default
+all of it, each block at a rate falling with its depth: `layer_decay`, see `tlkeras.optimizers`),
+optionally a block at a time (`gradual_unfreeze`), and recompiles. Stage 2 counts epochs on from
+stage 1 (`initial_epoch`), so the history, the logs and the checkpoints read as one run.
+
+What stays frozen is computed once, not every epoch (see `tlkeras.caching`): stage 1 trains the
+head on cached backbone features, stage 2 trains the top of the backbone on cached activations
+at the unfreeze cut - whenever the training inputs are not randomly augmented.
+"""
+
+from __future__ import annotations
+
+
+import os
+import time
+from typing import Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tlkeras import freezing
+from tlkeras._logging import get_logger
+from tlkeras.errors import Interrupted, TrainingError
+from tlkeras.config import StageConfig
+from tlkeras.resume import RunCheckpointer
+from tlkeras.rundir import CHECKPOINT_DIR
+from tlkeras.utils import write_text_atomic
+from tlkeras.training.callbacks import BEST_WEIGHTS, BestCheckpoint, RunHistory, StopOnNaN
+from tlkeras.training.parts import Caches
+from tlkeras.training.plan import CachePlan, plan_caching, unfreeze_phases
+from tlkeras.training.runner import Runner, Stages
+
+
+class FinetuneHistory(dict):
+    """Column-form history {"epoch": [...], "stage": [...], "loss": [...], ...} of both stages.
+
+    `stage_seconds` holds the wall time of each stage that ran (feature caching included), e.g.
+    {"cache": 3.1, "stage1": 2.0, "stage2": 40.1}; `cache_plan` says what was cached and why.
+    """
+
+    def __init__(self, columns: dict, stage_seconds: dict, cache_plan: Optional["CachePlan"] = None):
+        super().__init__(columns)
+        self.stage_seconds = dict(stage_seconds)
+        self.cache_plan = cache_plan
+
+
+# === Finetune ===
+
+
+def finetune(
+    model: keras.Model,
+    train_ds: tf.data.Dataset,
+    val_ds: Optional[tf.data.Dataset] = None,
+    *,
+    stage1: StageConfig | dict | None = None,
+    stage2: StageConfig | dict | None = None,
+    run_dir: Optional[str] = None,
+    class_weight: Optional[dict] = None,
+    callbacks: Optional[list] = None,
+    augmenter=None,
+    cache_features="auto",
+    cache_views: int = 4,
+    memory_budget_mb: int = 1024,
+    jit_compile="auto",
+    inputs_random: Optional[bool] = None,
+    label_smoothing: float = 0.0,
+    resume: bool = False,
+    verbose: int | str = "auto",
+) -> FinetuneHistory:
+    """Train `model` (from `build_model`) in two stages and return the combined history.
+
+    Args:
+        model: a tlkeras model (it has a nested layer "backbone").
+        train_ds / val_ds: batched tf.data of (pixels in [0, 255], integer label).
+        stage1 / stage2: `StageConfig` or dicts of its fields, over the defaults (stage 1: Adam
+            at 3e-3; stage 2: everything unfrozen, layer_decay 0.7, cosine with 1 warm-up epoch,
+            peak rate stage 1's / 3). epochs=0 skips a stage.
+        run_dir: where the best checkpoint and history.json go (nothing is written if None).
+        class_weight: Keras class weights {class index: weight}.
+        callbacks: extra Keras callbacks, used in both stages (their `model` is the part that fits;
+            a callback with a `stage` attribute has it set to 1 or 2 as each stage starts).
+        augmenter: random augmentation applied to training batches (e.g. a Sequential of
+            keras.layers.Random* layers), on the fly or once per cached view.
+        cache_features: "auto" (cache what stays frozen unless training inputs are randomly
+            augmented), True, or False. See `tlkeras.caching`.
+        cache_views: augmented views per image cached for stage 1 when cache_features=True and
+            augmentation is on.
+        memory_budget_mb: caches larger than this are stored as float16 or spilled to disk.
+        jit_compile: XLA for the train step: "auto" (Keras's choice: on with a GPU/TPU), True, False.
+        inputs_random: whether `train_ds` itself applies random augmentation; None looks for
+            random ops in its graph (`augmenter` counts as random either way).
+        label_smoothing: label smoothing of the cross-entropy, in [0, 1).
+        resume: go on from run_dir/checkpoints/resume.npz (written after every epoch): finished
+            stages and phases are skipped, the running one continues from its next epoch with its
+            optimizer and early-stopping state (see `tlkeras.resume`). False starts afresh.
+
+    Interrupted (Ctrl-C), it raises `tlkeras.errors.Interrupted` saying how to resume.
+
+    Returns:
+        FinetuneHistory: {"epoch": [...], "stage": [...], "loss": [...], "val_loss": ..., ...}.
+
+    Example:
+
+    >>> import numpy as np, tensorflow as tf, tlkeras
+    >>> model = tlkeras.build_model("mobilenetv2", 2, image_size=32, weights=None,
+    ...                             backbone_options={"alpha": 0.35})
+    >>> x = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    >>> ds = tf.data.Dataset.from_tensor_slices((x, np.arange(8) % 2)).batch(4)
+    >>> history = finetune(model, ds, stage1={"epochs": 1}, stage2={"epochs": 1, "unfreeze": 5},
+    ...                    verbose=0)
+    >>> history["epoch"], history["stage"]
+    ([1, 2], [1, 2])
+    """
+    from tlkeras.config import stage_configs
+
+    cfg = Stages(*stage_configs(stage1, stage2))
+    log = get_logger()
+    recorder = RunHistory(os.path.join(run_dir, "history.json") if run_dir else None)
+    nan_guard = StopOnNaN()
+    shared = [recorder, nan_guard, *(callbacks or [])]
+    best = checkpointer = state = None
+    if run_dir:
+        os.makedirs(os.path.join(run_dir, CHECKPOINT_DIR), exist_ok=True)
+        monitor = "val_loss" if val_ds is not None else "loss"
+        best = BestCheckpoint(model, os.path.join(run_dir, CHECKPOINT_DIR, BEST_WEIGHTS), monitor)
+        shared.append(best)
+        checkpointer = RunCheckpointer(model, os.path.join(run_dir, CHECKPOINT_DIR))
+        checkpointer.recorder, checkpointer.best_checkpoint = recorder, best
+        if resume:
+            state = checkpointer.load()
+        elif os.path.exists(checkpointer.path):
+            os.remove(checkpointer.path)  # a fresh run: an old state must not be mixed in later
+    elif resume:
+        raise TrainingError("resume=True needs the run_dir that holds the state to resume from.")
+    run = Runner(model, train_ds, val_ds, shared, class_weight, augmenter, jit_compile, verbose, label_smoothing,
+                  nan_guard=nan_guard, run_dir=run_dir, checkpointer=checkpointer)
+
+    freezing.freeze_backbone(model)
+    if state is not None:
+        checkpointer.restore_weights(state)
+        recorder.records = list(state.records)
+        if state.best is not None:
+            best.best = best.written_best = state.best
+        log.info("resuming: %s; finished epochs are kept", state.describe())
+    cut = None
+    if cfg.stage2.epochs > 0:
+        cut, _ = freezing.plan_cut(model, cfg.stage2.unfreeze, train_bn=cfg.stage2.train_bn)
+    plan = plan_caching(cache_features, train_ds, augmenter, cfg.stage1.epochs, cfg.stage2.epochs, cut, cache_views,
+                        inputs_random)
+    log.info("caching: %s", plan.reason)
+    seconds: dict = {}
+    caches = Caches(model, train_ds, val_ds, int(memory_budget_mb * 2**20), run_dir,
+                     progress=verbose not in (0, "0"))
+    epochs_done = 0
+    try:
+        # === Stage 1: the head on a frozen backbone ===
+        if state is not None and state.after(1):
+            epochs_done = state.epochs_done
+            if cfg.stage1.epochs > 0:
+                log.info("stage 1: finished before the interruption, skipped")
+        elif cfg.stage1.epochs > 0:
+            log.info("stage 1: backbone frozen; training the head (%s)", _trainable_summary(model))
+            _enter_stage(shared, 1)
+            start = time.time()
+            if plan.stage1:
+                part = caches.for_head(
+                    augmenter=augmenter if plan.views > 1 else None,
+                    views=plan.views,
+                    cut=cut if plan.stage2 else None,
+                )
+                seconds["cache"] = time.time() - start
+                epochs_done = run.stage(cfg.stage1, cfg.stage1.learning_rate, 0, part, position=(1, 0), state=state)
+            else:
+                epochs_done = run.stage(cfg.stage1, cfg.stage1.learning_rate, 0, position=(1, 0), state=state)
+            seconds["stage1"] = time.time() - start
+
+        # === Stage 2: unfreeze (the top of) the backbone, layer-wise rates ===
+        phases = unfreeze_phases(model, cfg.stage2) if cfg.stage2.epochs > 0 else []
+        if phases and not (state is not None and state.after(2, len(phases) - 1)):
+            start = time.time()
+            rate = cfg.stage2_learning_rate
+            multipliers = None
+            if cfg.stage2.layer_decay is not None and cfg.stage2.layer_decay < 1:
+                multipliers = freezing.layer_multipliers(model, cfg.stage2.layer_decay)
+            _enter_stage(shared, 2)
+            part = None
+            if plan.stage2:
+                names = [layer.name for layer in freezing.backbone_layers(model)]
+                part = caches.for_cut(names[cut] if cut < len(names) else None)  # the lowest cut of all phases
+            else:
+                caches.close()  # free memory before the full model trains
+            steps_done = 0
+            for index, (unfreeze, epochs) in enumerate(phases):
+                if state is not None and state.after(2, index):
+                    steps_done += epochs * ((part.steps if part else run.steps) or 0)
+                    if (state.stage, state.phase) == (2, index):
+                        epochs_done = state.epochs_done
+                    continue
+                layers = freezing.unfreeze(
+                    model, unfreeze, train_bn=cfg.stage2.train_bn,
+                    bn_momentum=cfg.stage2.bn_momentum if cfg.stage2.train_bn else None,
+                )
+                where = f" phase {index + 1}/{len(phases)} ({epochs} epochs)" if len(phases) > 1 else ""
+                decay = f", layer_decay {cfg.stage2.layer_decay}" if multipliers else ""
+                log.info("stage 2%s: unfreeze=%r at learning rate %g%s: %s", where, unfreeze, rate, decay,
+                         layers.describe())
+                last = index == len(phases) - 1
+                if last and run_dir:
+                    write_text_atomic(os.path.join(run_dir, "stage2_trainable_layers.txt"),
+                                      "".join(name + "\n" for name in layers.layers))
+                epochs_done = run.stage(cfg.stage2, rate, epochs_done, part, name="stage2", epochs=epochs,
+                                        multipliers=multipliers, step_offset=steps_done, early_stopping=last,
+                                        position=(2, index), state=state)
+                steps_done += epochs * ((part.steps if part else run.steps) or 0)
+            seconds["stage2"] = time.time() - start
+    except KeyboardInterrupt:
+        if best is not None:
+            best.flush()
+        done = recorder.records[-1]["epoch"] if recorder.records else 0
+        saved = (f"{done} finished epoch(s) are saved in {os.path.join(run_dir, CHECKPOINT_DIR)}; run the same "
+                 "command again (or add --resume) to continue from there" if run_dir and done else
+                 "no epoch had finished, so there is nothing to resume")
+        raise Interrupted(f"interrupted: {saved}.") from None
+    finally:
+        caches.close()
+    return FinetuneHistory(recorder.as_dict(), seconds, plan)
+
+
+def _enter_stage(callbacks: list, stage: int) -> None:
+    """Tell the callbacks that keep a `stage` attribute (history, TensorBoard step log) which stage runs."""
+    for callback in callbacks:
+        if hasattr(callback, "stage"):
+            callback.stage = stage
+
+
+def _trainable_summary(model) -> str:
+    params = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    return f"{params:,} trainable parameters"

@@ -1,0 +1,129 @@
+"""What one stage fits: the full model on the input pipeline, or a part of it (the head, the top)
+on cached features or activations, computed once."""
+
+from __future__ import annotations
+
+
+from dataclasses import dataclass
+from typing import Optional
+
+import keras
+import tensorflow as tf
+
+from tlkeras import caching, freezing
+from tlkeras._logging import get_logger
+from tlkeras.model import get_backbone, get_head_pool, get_preprocessing
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+@dataclass
+class Part:
+    """What one stage fits: the model (or part of it), its data and the steps of an epoch."""
+
+    model: keras.Model
+    train: tf.data.Dataset
+    val: Optional[tf.data.Dataset]
+    steps: Optional[int]
+    repeats: bool = False  # the training data repeats; an epoch is `steps` batches
+
+
+class Caches:
+    """Computes the caches lazily, at most one pass over the data per kind, and frees them."""
+
+    def __init__(self, model, train_ds, val_ds, budget: int, run_dir: Optional[str], progress: bool = False):
+        self.model, self.train_ds, self.val_ds, self.budget = model, train_ds, val_ds, budget
+        self.progress = progress
+        self.spill_dir = run_dir
+        self.batch_size = batch_size_of(train_ds)
+        self.train: Optional[caching.Cache] = None
+        self.val: Optional[caching.Cache] = None
+        self.cut: Optional[str] = None
+
+    def _compute(self, fn, augmenter=None, views=1):
+        log = get_logger()
+        spec = keras.tree.flatten(self.train_ds.element_spec)[0]
+        # One trace for every batch size and both splits: tracing a backbone takes seconds.
+        fn = tf.function(fn, input_signature=[tf.TensorSpec([None, *spec.shape[1:]], spec.dtype)])
+        # The passes run at the training batch size: batches of 128 run ~15 % faster on CPU but
+        # hold 4x the activations (+480 MB at 128 px, see benchmarks/RESULTS.md); memory counts.
+        self.train = caching.compute_cache(fn, self.train_ds, self.budget, self.spill_dir, views, augmenter,
+                                           progress="caching training features" if self.progress else None)
+        if self.val_ds is not None:
+            self.val = caching.compute_cache(fn, self.val_ds, self.budget, self.spill_dir,
+                                             progress="caching validation features" if self.progress else None)
+        size = self.train.nbytes + (self.val.nbytes if self.val else 0)
+        notes = "; ".join(self.train.notes + (self.val.notes if self.val else [])) or "in memory"
+        log.info("cached %d training%s rows (%.1f MB, %s)", len(self.train.labels),
+                 f" and {len(self.val.labels)} validation" if self.val else "", size / 2**20, notes)
+
+    def for_head(self, augmenter=None, views=1, cut: Optional[int] = None):
+        """Stage 1 on cached features: the head, its data and steps. With `cut` (index of the
+        lowest backbone layer stage 2 trains), the same pass also caches the activations
+        crossing that cut."""
+        extractor, head = caching.split_at_head(self.model)
+        if cut is not None and 0 < cut < len(freezing.backbone_layers(self.model)):
+            layer = freezing.backbone_layers(self.model)[cut].name
+            fn = self._features_and_crossing(layer)
+            self.cut = layer
+        else:
+            def fn(pixels):
+                return extractor(pixels, training=False)
+        if self.train is None:
+            self._compute(fn, augmenter, views)
+        rows = len(self.train.labels) // views
+        train = caching.cached_dataset(self.train.select([0]), self.batch_size, shuffle=True,
+                                       epoch_rows=rows if views > 1 else None)
+        val = caching.cached_dataset(self.val.select([0]), self.batch_size, shuffle=False) if self.val else None
+        return Part(head, train, val, caching.steps_for(rows, self.batch_size), repeats=views > 1)
+
+    def for_cut(self, cut_layer: Optional[str]):
+        """Stage 2 on cached activations at `cut_layer`: the top of the model, its data and steps.
+        With no cut layer (no backbone layer trains), stage 2 trains the head on the features."""
+        if cut_layer is None:
+            return self.for_head()
+        extract, top, crossing = caching.split_at_cut(self.model, cut_layer)
+        if self.cut != cut_layer:  # not computed with stage 1 (stage 1 skipped or uncached)
+            self.close()
+            self._compute(extract)
+            self.cut = cut_layer
+            first = 0
+        else:
+            first = 1  # column 0 holds the stage-1 features
+        columns = list(range(first, first + len(crossing)))
+        train = caching.cached_dataset(self.train.select(columns), self.batch_size, shuffle=True)
+        val = caching.cached_dataset(self.val.select(columns), self.batch_size, shuffle=False) if self.val else None
+        return Part(top, train, val, caching.steps_for(len(self.train.labels), self.batch_size))
+
+    def _features_and_crossing(self, cut_layer: str):
+        """One frozen pass giving the head's input features and the stage-2 cut activations."""
+        backbone = get_backbone(self.model)
+        crossing = caching.crossing_tensors(self.model, cut_layer)
+        both = keras.Model(backbone.input, [backbone.output, *crossing])
+        preprocess = get_preprocessing(self.model) or (lambda x: x)
+        pool = get_head_pool(self.model)
+
+        def fn(pixels):
+            out = both(preprocess(pixels), training=False)
+            features = pool(out[0]) if pool is not None else out[0]
+            return [features, *out[1:]]
+
+        return fn
+
+    def close(self):
+        for cache in (self.train, self.val):
+            if cache is not None:
+                cache.close()
+        self.train = self.val = None
+        self.cut = None
+
+
+
+def count_steps(ds) -> Optional[int]:
+    n = int(ds.cardinality())
+    return n if n > 0 else None
+
+
+def batch_size_of(ds) -> int:
+    images, _ = next(iter(ds))
+    return int(keras.tree.flatten(images)[0].shape[0])

@@ -1,0 +1,93 @@
+"""The plan of a run: what is cached in each stage, and the phases of a gradual stage 2."""
+
+from __future__ import annotations
+
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import keras
+
+from tlkeras import caching, freezing
+from tlkeras.config import StageConfig
+
+
+# === What to cache ===
+
+
+@dataclass
+class CachePlan:
+    """Which stages train on cached inputs, and why (logged)."""
+
+    stage1: bool
+    stage2: bool
+    views: int
+    reason: str
+
+
+def plan_caching(
+    setting, train_ds, augmenter, stage1_epochs: int, stage2_epochs: int, cut: Optional[int], views: int,
+    inputs_random: Optional[bool] = None,
+) -> CachePlan:
+    """Decide what to cache. `setting` is cache_features: "auto", True or False.
+
+    auto caches when the training inputs carry no randomness; with random augmentation it runs
+    uncached. True with augmentation caches `views` augmented views per image for stage 1.
+    """
+    if setting is False:
+        return CachePlan(False, False, 1, "cache_features=false: the backbone runs on every batch")
+    random = augmenter is not None or inputs_random
+    if not random and inputs_random is None:
+        random = caching.has_random_ops(train_ds)
+    stage2_frozen_bottom = cut is not None and cut > 0
+    if random is None and setting == "auto":
+        return CachePlan(False, False, 1, "cannot tell whether the training data is randomly augmented; running "
+                         "uncached (set cache_features: true if it is not)")
+    if random:
+        if setting == "auto":
+            return CachePlan(
+                False, False, 1,
+                "random augmentation is on, so the backbone runs on every augmented batch "
+                f"(set cache_features: true to cache {views} augmented views per image for stage 1 instead)",
+            )
+        return CachePlan(
+            stage1_epochs > 0, False, views,
+            f"cache_features=true with random augmentation: stage 1 trains on {views} cached augmented views "
+            "per image; stage 2 runs uncached (its inputs change every epoch)",
+        )
+    s2 = stage2_epochs > 0 and stage2_frozen_bottom
+    why2 = (
+        "stage 2 trains only above the unfreeze cut on cached activations"
+        if s2
+        else "stage 2 runs the whole model (nothing below the cut stays frozen)" if stage2_epochs > 0 else ""
+    )
+    return CachePlan(
+        stage1_epochs > 0, s2, 1,
+        "inputs are not randomly augmented: stage 1 trains the head on cached backbone features"
+        + (f"; {why2}" if why2 else ""),
+    )
+
+
+
+def unfreeze_phases(model: keras.Model, stage: StageConfig) -> list[tuple]:
+    """[(unfreeze, epochs)] of stage 2: one phase, or with `gradual_unfreeze` N one more block
+    every N epochs from the top block down to what `unfreeze` allows; the last phase is always
+    the full extent and takes the remaining epochs."""
+    if not stage.gradual_unfreeze:
+        return [(stage.unfreeze, stage.epochs)]
+    cut, n = freezing.plan_cut(model, stage.unfreeze, train_bn=stage.train_bn)
+    if cut >= n:
+        return [(stage.unfreeze, stage.epochs)]
+    names = [layer.name for layer in freezing.backbone_layers(model)]
+    starts = [names.index(block[0]) for block in freezing.list_blocks(model)]
+    cuts = []
+    for first in reversed(starts):
+        cuts.append(max(cut, first))
+        if cuts[-1] <= cut:
+            break
+    count = min(len(cuts), max(1, math.ceil(stage.epochs / stage.gradual_unfreeze)))
+    cuts = cuts[: count - 1] + [cut]
+    epochs = [stage.gradual_unfreeze] * (count - 1)
+    epochs.append(stage.epochs - sum(epochs))
+    return [(names[c], e) for c, e in zip(cuts, epochs)]

@@ -1,0 +1,180 @@
+"""Carrying out a stage: compile with the stage's optimizer, the Task's loss and metrics, then fit
+(or the own tf.distribute loop), with the NaN guard and the resume bookkeeping."""
+
+from __future__ import annotations
+
+
+import functools
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import keras
+import tensorflow as tf
+
+from tlkeras import steploop
+from tlkeras._logging import get_logger
+from tlkeras.errors import TrainingError
+from tlkeras.config import StageConfig
+from tlkeras.distribute import uses_float16
+from tlkeras.optimizers import make_optimizer
+from tlkeras.resume import ResumableEarlyStopping, ResumeState, RunCheckpointer
+from tlkeras.rundir import CHECKPOINT_DIR
+from tlkeras.tasks import get_task
+from tlkeras.model import task_of
+from tlkeras.training.callbacks import BEST_WEIGHTS, StopOnNaN
+from tlkeras.training.parts import Part, count_steps
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+@dataclass
+class Stages:
+    stage1: StageConfig
+    stage2: StageConfig
+
+    @property
+    def stage2_learning_rate(self) -> float:
+        from tlkeras.config import stage2_learning_rate
+
+        return stage2_learning_rate(self.stage1, self.stage2)
+
+
+class Runner:
+    """Compiles and fits either the full model on the input pipeline or a part of it on caches."""
+
+    def __init__(self, model, train_ds, val_ds, callbacks, class_weight, augmenter, jit_compile, verbose,
+                 label_smoothing=0.0, nan_guard: Optional[StopOnNaN] = None, run_dir: Optional[str] = None,
+                 checkpointer: Optional[RunCheckpointer] = None):
+        self.model, self.val_ds, self.callbacks = model, val_ds, callbacks
+        self.checkpointer = checkpointer
+        self.nan_guard, self.run_dir = nan_guard, run_dir
+        self.label_smoothing = label_smoothing
+        self.class_weight, self.jit_compile, self.verbose = class_weight, jit_compile, verbose
+        self.task = task_of(model)
+        self.train_ds = train_ds
+        if augmenter is not None:
+            self.train_ds = train_ds.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=AUTOTUNE)
+        self.steps = count_steps(train_ds)
+
+    def stage(self, stage: StageConfig, rate: float, initial_epoch: int, part: Optional["Part"] = None,
+              *, name: str = "stage1", position: tuple = (1, 0), state: Optional[ResumeState] = None,
+              **options) -> int:
+        if part is None:  # the full model on the input pipeline
+            part = Part(self.model, self.train_ds, self.val_ds, self.steps)
+        planned = options.pop("epochs", None)
+        planned = stage.epochs if planned is None else planned
+        phase_start = initial_epoch
+        if state is not None and state.resumes(*position):
+            phase_start, initial_epoch = state.phase_start, state.epochs_done
+            get_logger().info("%s: going on from epoch %d", name.replace("stage", "stage "), initial_epoch + 1)
+        else:
+            state = None
+        if self.checkpointer is not None:
+            self.checkpointer.stage, self.checkpointer.phase = position
+            self.checkpointer.phase_start = phase_start
+        reached = run_stage(
+            part.model, part.train, part.val, stage, learning_rate=rate, steps_per_epoch=part.steps,
+            epochs=phase_start + planned - initial_epoch, checkpointer=self.checkpointer, resume_from=state,
+            fit_steps=part.steps if part.repeats else None, initial_epoch=initial_epoch, callbacks=self.callbacks,
+            class_weight=self.class_weight, jit_compile=self.jit_compile, verbose=self.verbose, task=self.task,
+            label_smoothing=self.label_smoothing, **options,
+            # On cached inputs a step takes microseconds to milliseconds and Python's per-step
+            # overhead would dominate: run up to 16 steps in each call of the compiled function.
+            steps_per_execution=min(part.steps or 1, 16) if part.model is not self.model else 1,
+        )
+        if self.nan_guard is not None and self.nan_guard.tripped is not None:
+            epoch, lr = self.nan_guard.tripped
+            best = os.path.join(self.run_dir, CHECKPOINT_DIR, BEST_WEIGHTS) if self.run_dir else None
+            kept = f"; the best epoch so far is in {best}" if best and os.path.isfile(best) else ""
+            raise TrainingError(
+                f"the loss became NaN in epoch {epoch} at learning rate {lr:.3g}: training stopped and the weights from "
+                f"before that epoch were put back{kept}. Lower {name}.learning_rate (e.g. to {lr / 10:.3g}) "
+                f"or find one with `tlkeras find-lr --stage {name[-1]}`."
+            )
+        if self.checkpointer is not None:
+            self.checkpointer.save(part.model, reached, finished=True)
+        return reached
+
+
+
+# === One stage ===
+
+
+def run_stage(
+    model: keras.Model,
+    train_ds,
+    val_ds,
+    stage: StageConfig,
+    *,
+    learning_rate: float,
+    steps_per_epoch: Optional[int],
+    initial_epoch: int,
+    callbacks: list,
+    epochs: Optional[int] = None,
+    class_weight: Optional[dict] = None,
+    fit_steps: Optional[int] = None,
+    multipliers: Optional[dict] = None,
+    step_offset: int = 0,
+    early_stopping: bool = True,
+    label_smoothing: float = 0.0,
+    jit_compile="auto",
+    steps_per_execution: int = 1,
+    checkpointer: Optional[RunCheckpointer] = None,
+    resume_from: Optional[ResumeState] = None,
+    verbose: int | str = "auto",
+    task=None,
+) -> int:
+    """Compile with this stage's optimizer and fit `epochs` (default: the stage's) epochs;
+    return the epoch count reached (initial + run).
+
+    `steps_per_epoch` sizes the learning-rate schedule (over the whole stage, `step_offset`
+    steps in); `fit_steps` is given to fit only when the training data repeats (Keras then keeps
+    one iterator across epochs); `multipliers` scale the rate per variable (layer-wise rates).
+    With a `checkpointer` the state is saved after every epoch; `resume_from` restores the
+    optimizer and early stopping of an interrupted run before fitting on. `task` (the full model's
+    Task, `tlkeras.tasks`; single-label when None) gives the loss, the metrics and where class
+    weights go.
+    """
+    task = get_task(task or "single_label")
+    units = int(model.output_shape[-1])
+    optimizer = make_optimizer(stage, learning_rate, steps_per_epoch, multipliers=multipliers, step_offset=step_offset)
+    if uses_float16(model):
+        # Keras wraps only when the model's own policy is mixed_float16; parts built later are not.
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    model.compile(
+        optimizer=optimizer,
+        loss=task.loss(units, label_smoothing, class_weight),
+        metrics=task.training_metrics(),
+        jit_compile=jit_compile,
+        steps_per_execution=steps_per_execution,
+    )
+    stage_callbacks = list(callbacks)
+    stopper = None
+    if resume_from is not None:
+        checkpointer.restore_optimizer(model, resume_from)
+    if stage.early_stopping and early_stopping:
+        stopper = ResumableEarlyStopping(
+            monitor="val_loss" if val_ds is not None else "loss",
+            patience=stage.early_stopping,
+            restore_best_weights=True,
+            initial_state=checkpointer.early_stopping_state(model, resume_from) if resume_from is not None else None,
+        )
+        stage_callbacks.append(stopper)
+    if checkpointer is not None:
+        stage_callbacks.append(checkpointer.callback(stopper))  # last: sees every other callback's epoch
+    fit = model.fit
+    if steploop.needs_own_loop(model):  # Keras's fit fails under multi-worker (steploop docs)
+        fit = functools.partial(steploop.fit_loop, model, task=task)
+    history = fit(
+        train_ds,
+        validation_data=val_ds,
+        initial_epoch=initial_epoch,
+        epochs=initial_epoch + (stage.epochs if epochs is None else epochs),
+        steps_per_epoch=fit_steps,
+        callbacks=stage_callbacks,
+        class_weight=task.fit_class_weight(class_weight),
+        verbose=verbose,
+        **({} if fit is not model.fit else {"shuffle": False}),  # the tf.data pipeline shuffles
+    )
+    return initial_epoch + len(history.epoch)
