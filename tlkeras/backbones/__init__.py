@@ -12,34 +12,55 @@ Example:
 
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 from tlkeras.backbones import applications, files, hub, kerashub
 from tlkeras.backbones.spec import BackboneSpec, BlockMap
 from tlkeras.errors import BackboneError
 
-__all__ = ["BackboneSpec", "BlockMap", "resolve", "list_backbones", "block_map_for", "resolve_image_size"]
+__all__ = ["SOURCES", "BackboneSource", "BackboneSpec", "BlockMap", "resolve", "list_backbones", "block_map_for",
+           "resolve_image_size"]
+
+
+@dataclass(frozen=True)
+class BackboneSource:
+    """Where backbones come from: `matches(name)` says whether a name is one of its, `get_spec(name,
+    options)` resolves it."""
+
+    name: str
+    matches: Callable[[str], bool]
+    get_spec: Callable[..., BackboneSpec]
+
+
+def _saved_model_folder(name: str, options):  # a Keras (or any TF2) SavedModel folder: loaded as a module
+    return hub.get_spec(hub.SCHEME + name, options, default_preprocessing="none")
+
+
+# Tried in order; a new source is one module plus its line here.
+SOURCES: tuple[BackboneSource, ...] = (
+    BackboneSource("tensorflow hub", hub.is_hub, hub.get_spec),
+    BackboneSource("kerashub", kerashub.is_kerashub, kerashub.get_spec),
+    BackboneSource("saved model folder", hub.is_saved_model_dir, _saved_model_folder),
+    BackboneSource("model file", files.is_model_file, files.get_spec),
+    BackboneSource("keras.applications", lambda name: True, applications.get_spec),  # any other name
+)
 
 
 def resolve(name: str, options: dict | None = None) -> BackboneSpec:
-    """Resolve a backbone, by scheme:
+    """Resolve a backbone through the first source in `SOURCES` that takes its name:
 
     - "hub:<handle>": a TF Hub / Kaggle Models module or a local SavedModel (`tlkeras.backbones.hub`);
     - "kerashub:<preset>": a KerasHub preset name or local preset folder (`tlkeras.backbones.kerashub`);
+    - a SavedModel folder (loaded as a hub module);
     - a path to a `.keras` model file whose output is a feature map or vector (`tlkeras.backbones.files`);
     - else a keras.applications family, case-insensitive.
     """
     if not isinstance(name, str) or not name.strip():
         raise BackboneError(f"backbone: {name!r} is not a backbone name; run `tlkeras backbones` for the list.")
-    if hub.is_hub(name.strip()):
-        return hub.get_spec(name.strip(), options)
-    if kerashub.is_kerashub(name.strip()):
-        return kerashub.get_spec(name.strip(), options)
-    if hub.is_saved_model_dir(name.strip()):  # a Keras (or any TF2) SavedModel folder: loaded as a module
-        return hub.get_spec(hub.SCHEME + name.strip(), options, default_preprocessing="none")
-    if files.is_model_file(name.strip()):
-        return files.get_spec(name.strip(), options)
-    return applications.get_spec(name.strip(), options)
+    name = name.strip()
+    source = next(source for source in SOURCES if source.matches(name))
+    return source.get_spec(name, options)
 
 
 def list_backbones() -> list[str]:

@@ -298,6 +298,11 @@ class HubModule(keras.layers.Layer):
         self._apply_unfrozen()
         return [name for name, weight, _ in self.named_variables() if weight.trainable]
 
+    def serving_resources(self) -> list:
+        """What an export must carry beyond the variables: the module itself (its functions may use
+        resources such as a text module's vocabulary table)."""
+        return [self._module]
+
     def named_variables(self) -> list[tuple]:
         """(name in the module, Keras weight, trainable in the module) of every variable, in module order."""
         return list(zip(self.variable_names, self._hub_variables, self.module_trainable))

@@ -25,7 +25,7 @@ from typing import Any, Optional
 import numpy as np
 import tensorflow as tf
 
-from tlkeras.errors import DataError, did_you_mean
+from tlkeras.errors import DataError
 
 TEXT_EXTENSIONS = (".txt",)
 TABLE_EXTENSIONS = (".csv", ".tsv")

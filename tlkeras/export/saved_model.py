@@ -31,7 +31,7 @@ import tensorflow as tf
 
 from tlkeras._logging import get_logger
 from tlkeras.errors import ExportError
-from tlkeras.model import image_size_of, inputs_of, model_info, predict_function, task_of, to_probabilities
+from tlkeras.model import inputs_of, model_info, predict_function, task_of, to_probabilities
 
 from tlkeras.rundir import LABELS_FILE, MODEL_CARD_FILE  # noqa: E402  (file names are rundir's)
 # Float32 graphs of the same ops on the same device agree to rounding; 1e-5 is far above
@@ -46,9 +46,9 @@ class _ServingModule(tf.Module):
         # Track the variables, not the Keras model: saving a Keras model as a child also traces
         # and writes its own functions, which TF Serving never calls (measured: most of the save time).
         self.model_variables = list(model.variables)
-        # Hub modules' own objects: their functions may use resources beyond variables (a text
-        # module's vocabulary table), which the SavedModel must carry.
-        self.hub_modules = [layer._module for layer in _hub_layers(model)]
+        # Layers whose functions use resources beyond variables (a hub module's vocabulary table)
+        # say so; the SavedModel must carry them.
+        self.hub_modules = [r for layer in model._flatten_layers() for r in _serving_resources(layer)]
         self.labels = tf.saved_model.Asset(labels_path)
         self._class_names = tf.constant(list(class_names))
         self._k = min(top_k, len(class_names))
@@ -156,10 +156,9 @@ def model_card(model, class_names: Sequence[str], top_k: int, extra: Optional[di
     return {**card, **common}
 
 
-def _hub_layers(model) -> list:
-    from tlkeras.backbones.hub import HubModule
-
-    return [layer for layer in model._flatten_layers() if isinstance(layer, HubModule)]
+def _serving_resources(layer) -> list:
+    resources = getattr(layer, "serving_resources", None)
+    return list(resources()) if callable(resources) else []
 
 
 def verify_export(path: str, model, images: Sequence, tolerance: float = VERIFY_TOLERANCE) -> float:
