@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 import contract
 import tlkeras
+import tlkeras.errors
 from conftest import COLORS, TINY, TEXT_WORDS
 from tlkeras import cli
 from tlkeras.data.datasets import make_datasets
@@ -347,3 +348,56 @@ def test_a_missing_image_in_the_csv_is_skipped_with_its_reason(tmp_path):
     bundle = make_datasets(FinetuneConfig.from_dict({"batch_size": 4}), (16, 16), data=path)
     assert any(p.endswith("missing.png") and "no such file" in why for p, why in bundle.skipped)
     assert bundle.task.name == "multi_label" and bundle.train_count + bundle.val_count == 2 * len(LABEL_SETS)
+
+
+# === Everything else works for multi-label as for single-label ===
+
+
+@pytest.fixture(scope="module")
+def small_multilabel_csv(tmp_path_factory):
+    return write_multilabel_csv(str(tmp_path_factory.mktemp("ml-small")), per_set=4)  # 28 rows, 22 train
+
+
+def test_mirrored_multi_label_run_matches_one_device_with_gradual_unfreezing(tmp_path, small_multilabel_csv,
+                                                                              backbone_weights):
+    """The own tf.distribute loop (2 logical CPUs) on the multi-label loss, gradual unfreezing and
+    layer-wise rates: the same global batch (one batch per epoch) as on one device, the same run."""
+    options = {**RUN, "weights": backbone_weights, "data": small_multilabel_csv, "export": False, "report": False,
+               "head": {"dropout": 0.0}, "stage1": {"epochs": 2, "learning_rate": 0.005},
+               "stage2": {"epochs": 2, "unfreeze": "blocks:2", "gradual_unfreeze": 1}}
+    one = tlkeras.build_and_finetune(**{**options, "batch_size": 32}, strategy="default", output_dir=str(tmp_path / "a"))
+    two = tlkeras.build_and_finetune(**{**options, "batch_size": 16}, strategy="mirrored", output_dir=str(tmp_path / "b"))
+    assert two.history["epoch"] == [1, 2, 3, 4] and "binary_accuracy" in two.history
+    np.testing.assert_allclose(two.history["val_loss"], one.history["val_loss"], rtol=1e-4)
+    np.testing.assert_allclose(two.history["binary_accuracy"], one.history["binary_accuracy"], atol=1e-6)
+    for x, y in zip(one.model.get_weights(), two.model.get_weights()):
+        np.testing.assert_allclose(y, x, atol=1e-4)
+
+
+def test_an_interrupted_multi_label_run_resumes_to_the_same_run(tmp_path, small_multilabel_csv, backbone_weights):
+    from conftest import CtrlC
+
+    options = {**RUN, "weights": backbone_weights, "data": small_multilabel_csv, "batch_size": 32, "export": False,
+               "report": False, "head": {"dropout": 0.0}, "class_weight": "balanced",
+               "stage1": {"epochs": 2, "learning_rate": 0.005}, "stage2": {"epochs": 2, "unfreeze": "blocks:1"}}
+    whole = tlkeras.build_and_finetune(**options, output_dir=str(tmp_path / "whole"))
+    with pytest.raises(tlkeras.errors.Interrupted, match=r"3 finished epoch\(s\) are saved"):
+        tlkeras.build_and_finetune(**options, output_dir=str(tmp_path / "cut"), callbacks=[CtrlC((2, 4))])
+    resumed = tlkeras.build_and_finetune(**options, output_dir=str(tmp_path / "cut"), resume=True)
+    assert resumed.history["epoch"] == [1, 2, 3, 4] and resumed.history["stage"] == [1, 1, 2, 2]
+    np.testing.assert_allclose(resumed.history["loss"], whole.history["loss"], rtol=1e-4)
+    assert model_info(resumed.model).decision == model_info(whole.model).decision
+
+
+def test_mixed_precision_and_the_lr_finder_on_a_multi_label_run(tmp_path, small_multilabel_csv, backbone_weights):
+    result = tlkeras.build_and_finetune(small_multilabel_csv, **{**RUN, "report": False}, weights=backbone_weights,
+                                        mixed_precision="mixed_bfloat16", stage1={"epochs": 1},
+                                        stage2={"epochs": 1, "unfreeze": "blocks:1"}, output_dir=str(tmp_path / "mp"))
+    assert result.model.get_layer("predictions").compute_dtype == "float32"
+    assert np.isfinite(result.history["loss"]).all() and os.path.isfile(
+        os.path.join(result.export_dir, "saved_model.pb"))  # the export check (1e-5) passed
+    found = tlkeras.find_learning_rate(small_multilabel_csv, **{k: v for k, v in RUN.items() if k not in (
+                                           "verbose", "report", "tensorboard")},
+                                       weights=backbone_weights, stage=1, steps=20, min_lr=1e-5, max_lr=1.0,
+                                       output=str(tmp_path / "lr.png"))
+    assert 1e-5 <= found.suggestion <= 1.0 and os.path.isfile(found.plot)
