@@ -179,7 +179,7 @@ def test_evaluate_gives_the_same_metrics_from_the_run_and_from_its_export(multil
 
 
 def test_tflite_parity_is_per_label_agreement_at_the_thresholds(multilabel_run):
-    from tlkeras.export.saved_model import export_run
+    from tlkeras.export import export_run
 
     out = export_run(multilabel_run.run_dir, formats=["tflite"])
     parity = json.load(open(os.path.join(os.path.dirname(out["tflite"]), "parity.json"), encoding="utf-8"))

@@ -88,6 +88,7 @@ def run_demo(output_dir: str = "runs/demo", echo: Callable[[str], None] = print,
     from tlkeras._logging import get_logger
     from tlkeras.data.datasets import build_pipeline, load_examples
     from tlkeras.evaluate import evaluate_model
+    from tlkeras.model import get_backbone
     from tlkeras.predict import predict_files
     from tlkeras.workflow import build_and_finetune
     from tlkeras.utils import safe_filename
@@ -115,7 +116,7 @@ def run_demo(output_dir: str = "runs/demo", echo: Callable[[str], None] = print,
             **common,
         )
         weights_path = os.path.join(output_dir, "source", "backbone.weights.h5")
-        pretrained.model.get_layer("backbone").save_weights(weights_path)
+        get_backbone(pretrained.model).save_weights(weights_path)
         echo(f"    source validation accuracy {pretrained.metrics['accuracy']:.3f} ({time.time() - start:.0f} s)")
 
         # === 2. Target domain: digits 5-9, few images per class ===

@@ -20,7 +20,7 @@ from tlkeras.heads import HEAD_POOL, build_head
 from tlkeras.inputs import get_inputs
 from tlkeras.tasks import get_task
 
-BACKBONE_LAYER = "backbone"
+from tlkeras.backbones.spec import BACKBONE_LAYER  # noqa: E402  (what every backbone source names its base)
 PREPROCESS_LAYER = "preprocess"
 
 

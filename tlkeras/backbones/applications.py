@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from tlkeras.backbones.spec import BackboneSpec, BlockMap
+from tlkeras.backbones.spec import BACKBONE_LAYER, BackboneSpec, BlockMap
 from tlkeras.errors import BackboneError, did_you_mean
 
 
@@ -151,7 +151,7 @@ def _keras_models_dir() -> str:
 def _build(cls_name: str, image_size: tuple[int, int], weights, options: dict):
     constructor = _constructor(cls_name)
     h, w = image_size
-    kwargs = dict(include_top=False, weights=None, input_shape=(h, w, 3), name="backbone", **options)
+    kwargs = dict(include_top=False, weights=None, input_shape=(h, w, 3), name=BACKBONE_LAYER, **options)
     if weights == "imagenet":
         kwargs["weights"] = "imagenet"
     elif weights is not None and not os.path.isfile(weights):

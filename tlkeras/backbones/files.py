@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 
-from tlkeras.backbones.spec import BackboneSpec, check_options
+from tlkeras.backbones.spec import BACKBONE_LAYER, BackboneSpec, check_options
 from tlkeras.errors import BackboneError
 
 MIN_SIZE = 32  # for files with a free input size
@@ -95,7 +95,7 @@ def _build(path: str, image_size: tuple, weights):
     # input size of this run.
     if len(loaded.outputs) != 1:
         raise BackboneError(f"backbone: {path!r} has {len(loaded.outputs)} outputs; a backbone has one (features).")
-    backbone = keras.Model(loaded.inputs[0], loaded.outputs[0], name="backbone")
+    backbone = keras.Model(loaded.inputs[0], loaded.outputs[0], name=BACKBONE_LAYER)
     if weights not in (None, "imagenet"):
         load_weights_file(backbone, weights, os.path.basename(path))
     return backbone

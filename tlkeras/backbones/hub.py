@@ -36,7 +36,7 @@ from typing import Optional
 import keras
 import tensorflow as tf
 
-from tlkeras.backbones.spec import BackboneSpec, check_options
+from tlkeras.backbones.spec import BACKBONE_LAYER, BackboneSpec, check_options
 from tlkeras.errors import BackboneError
 
 SCHEME = "hub:"
@@ -434,7 +434,7 @@ def _build(handle: str, info: ModuleInfo, image_size, weights, options: dict):
     else:
         inputs = keras.Input((), dtype="string", name="text")
     layer = HubModule(handle, output_key=options.get("output_key"), name="hub_module")
-    backbone = keras.Model(inputs, layer(inputs), name="backbone")
+    backbone = keras.Model(inputs, layer(inputs), name=BACKBONE_LAYER)
     if weights != "imagenet" and os.path.isfile(str(weights)):
         load_weights_file(backbone, weights, f"hub:{handle}")
     elif weights != "imagenet":

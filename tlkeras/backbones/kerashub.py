@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 
-from tlkeras.backbones.spec import PREPROCESSING_MODES, BackboneSpec, BlockMap, check_options
+from tlkeras.backbones.spec import BACKBONE_LAYER, PREPROCESSING_MODES, BackboneSpec, BlockMap, check_options
 from tlkeras.errors import BackboneError
 
 SCHEME = "kerashub:"
@@ -149,7 +149,7 @@ def _build(preset: str, image_size, weights):
         raise BackboneError(f"image_size: {list(image_size)} does not match the input of the KerasHub preset "
                             f"{preset!r} ({size[0]}x{size[1]}); use image_size {size[0]}.")
     # Its own layers as a functional model named "backbone" (what tlkeras looks for).
-    backbone = keras.Model(loaded.inputs[0], loaded.outputs[0], name="backbone")
+    backbone = keras.Model(loaded.inputs[0], loaded.outputs[0], name=BACKBONE_LAYER)
     if weights not in (None, "imagenet"):
         if not os.path.isfile(str(weights)):
             raise BackboneError(f"weights: {weights!r} is neither 'imagenet' (the preset's weights), null (random "

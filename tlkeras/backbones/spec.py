@@ -11,6 +11,8 @@ from typing import Callable, Optional, Sequence
 PREPROCESSING_MODES = ("none", "tf", "torch", "caffe", "unit")
 # "affine" (x * scale + offset per channel, with parameters) comes from a KerasHub preset's converter.
 ALL_MODES = (*PREPROCESSING_MODES, "affine")
+# Every source builds its base as a model of this name: the nested layer `tlkeras.model.get_backbone` finds.
+BACKBONE_LAYER = "backbone"
 
 
 def check_options(options: dict | None, allowed: tuple, what: str) -> dict:

@@ -2,7 +2,8 @@
 it lands; the formats are in `tlkeras.export.registry`."""
 
 from tlkeras.export.registry import FORMATS
-from tlkeras.export.saved_model import LABELS_FILE, export_run, export_saved_model, next_version, verify_export
+from tlkeras.export.run import export_run
+from tlkeras.export.saved_model import LABELS_FILE, export_saved_model, next_version, verify_export
 
 EXPORT_FORMATS = tuple(FORMATS)
 

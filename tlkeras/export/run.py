@@ -1,0 +1,62 @@
+"""Exporting a finished run in the formats asked for (`tlkeras export RUN --format ...`): each through
+the format registry (`tlkeras.export.registry`), with a model card and parity record beside files."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional, Sequence
+
+from tlkeras.errors import ExportError
+from tlkeras.export.saved_model import MODEL_CARD_FILE, model_card
+from tlkeras.model import inputs_of
+
+
+def export_run(run_dir: str, export_dir: Optional[str] = None, *, top_k: Optional[int] = None,
+               formats: Sequence[str] = ("saved_model",), safe_mode: bool = True) -> dict:
+    """Export a finished run's model.keras in each of `formats` (`tlkeras.export.registry.FORMATS`);
+    returns {format: path}.
+
+    saved_model: the next SavedModel version (default base folder RUN_DIR/export).
+    tflite / tflite-int8: RUN_DIR/tflite/model_float32.tflite / model_int8.tflite, each checked
+    on the run's validation images (int8 calibrated on its training images) - see
+    `tlkeras.export.tflite`; the parity lands in RUN_DIR/tflite/parity.json.
+    onnx: RUN_DIR/onnx/model.onnx through tf2onnx, checked with onnxruntime (`tlkeras.export.onnx`).
+    """
+    from tlkeras.export.registry import FORMATS, ExportJob, get_format
+    from tlkeras.rundir import load_run
+    from tlkeras.runrecord import RUN_FILE, card_facts
+
+    if not formats:
+        raise ExportError(f"format (none) is not one of {', '.join(FORMATS)} (e.g. --format saved_model,tflite).")
+    chosen = [get_format(f) for f in formats]
+    model, class_names, cfg = load_run(run_dir, safe_mode=safe_mode)
+    kind = inputs_of(model)
+    others = [f.name for f in chosen if f.is_file and f.name not in kind.file_formats]
+    if others:
+        raise ExportError(f"format {', '.join(others)}: a {kind.name} classifier exports as a SavedModel only (TFLite "
+                          "and ONNX files take image pixels here); use --format saved_model.")
+    k = top_k or (cfg.top_k if cfg is not None else 5)
+    card = None
+    record_path, metrics_path = os.path.join(run_dir, RUN_FILE), os.path.join(run_dir, "metrics.json")
+    if os.path.isfile(record_path) and os.path.isfile(metrics_path):
+        with open(record_path, encoding="utf-8") as f, open(metrics_path, encoding="utf-8") as g:
+            card = card_facts(json.load(f), json.load(g))
+    job = ExportJob(model, run_dir, class_names, k, card, export_dir)
+    out = {fmt.name: fmt.write(job) for fmt in chosen}
+    for folder in {os.path.dirname(out[f.name]) for f in chosen if f.is_file}:
+        _write_side_card(folder, model_card(model, class_names, k, card))
+    return out
+
+
+def _write_side_card(folder: str, card: dict) -> None:
+    """model_card.json beside TFLite / ONNX files: the SavedModel's card plus their measured parity."""
+    from tlkeras.export.parity import PARITY_FILE
+    from tlkeras.utils import write_json_atomic
+
+    with open(os.path.join(folder, PARITY_FILE), encoding="utf-8") as f:
+        card = {**card, "parity": json.load(f)}
+    card["inputs"] = {"pixels": "RGB pixels at image_size, [0, 255]: float32, or uint8 for int8 TFLite; decode "
+                                "and resize with tlkeras.data.images.decode_and_resize"}
+    card["outputs"] = {"probabilities": f"[N, {len(card['class_names'])}]"}
+    write_json_atomic(os.path.join(folder, MODEL_CARD_FILE), card)
