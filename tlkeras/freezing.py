@@ -98,11 +98,13 @@ def unfreeze(
     (0, 1] (that fraction of them), a layer name (it and every layer above it), "blocks:N"
     (the top N blocks of the backbone family's block map) or "all". BatchNormalization
     layers stay frozen unless `train_bn`; those that train get `bn_momentum` if given.
-    The head stays trainable. Recompile the model afterwards.
+    The head stays trainable. Recompile the model afterwards. What counts as a unit is the
+    backbone's own (`trainable_units`): its layers, or a hub module's variables.
     """
-    module = hub_module(model)
-    if module is not None:
-        return _unfreeze_module(model, module, unfreeze, train_bn, bn_momentum)
+    return trainable_units(model).unfreeze(unfreeze, train_bn, bn_momentum)
+
+
+def _unfreeze_layers(model, unfreeze: Unfreeze, train_bn: bool, bn_momentum) -> UnfreezePlan:
     layers = backbone_layers(model)
     cut = _cut_index(model, layers, unfreeze, train_bn)
     backbone = get_backbone(model)
@@ -136,14 +138,67 @@ def plan_cut(model: keras.Model, unfreeze: Unfreeze, *, train_bn: bool = False) 
     Layers at index >= cut train (BatchNormalization only with `train_bn`); cut == number of
     layers means no backbone layer trains, cut == 0 means the whole backbone does.
     """
+    return trainable_units(model).cut(unfreeze, train_bn)
+
+
+# === What a backbone's trainable units are ===
+
+
+class LayerUnits:
+    """A backbone of Keras layers: its layers are the units (counted, cut, grouped into blocks)."""
+
+    kind = "layer"
+
+    def __init__(self, model):
+        self.model = model
+
+    def cut(self, unfreeze: Unfreeze, train_bn: bool) -> tuple[int, int]:
+        layers = backbone_layers(self.model)
+        return _cut_index(self.model, layers, unfreeze, train_bn), len(layers)
+
+    def unfreeze(self, unfreeze: Unfreeze, train_bn: bool, bn_momentum) -> UnfreezePlan:
+        return _unfreeze_layers(self.model, unfreeze, train_bn, bn_momentum)
+
+    def groups(self) -> list[list]:
+        """The weights of the units, grouped bottom to top (blocks, else 8 bands of layers)."""
+        layers = backbone_layers(self.model)
+        if block_map_of(self.model) is not None:
+            names = list_blocks(self.model)
+        else:
+            weighted = [layer.name for layer in layers if layer.weights]
+            size = max(1, -(-len(weighted) // 8))
+            names = [weighted[i : i + size] for i in range(0, len(weighted), size)]
+        by_name = {layer.name: layer for layer in layers}
+        return [[w for name in group for w in by_name[name].weights] for group in names]
+
+
+class ModuleUnits:
+    """A TF Hub / SavedModel module: one layer whose variables are the units (counted from the last)."""
+
+    kind = "hub module variable"
+
+    def __init__(self, model, module):
+        self.model, self.module = model, module
+
+    def cut(self, unfreeze: Unfreeze, train_bn: bool) -> tuple[int, int]:
+        return (0 if _module_count(self.module, unfreeze) else 1), 1  # the one layer trains, or not
+
+    def unfreeze(self, unfreeze: Unfreeze, train_bn: bool, bn_momentum) -> UnfreezePlan:
+        return _unfreeze_module(self.model, self.module, unfreeze, train_bn, bn_momentum)
+
+    def groups(self) -> list[list]:
+        """8 bands of the module's variables, in their order (the last ones are the top)."""
+        weights = [w for _, w, in_module in self.module.named_variables() if in_module]
+        size = max(1, -(-len(weights) // 8))
+        return [weights[i : i + size] for i in range(0, len(weights), size)]
+
+
+def trainable_units(model: keras.Model):
+    """What `unfreeze` counts in this model's backbone: `ModuleUnits` when the backbone is a hub
+    module (`tlkeras.backbones.hub.HubModule`), else `LayerUnits`. Freezing, the stage-2 cut,
+    layer-wise rates and the LR finder ask it; none of them looks at the source."""
     module = hub_module(model)
-    if module is not None:  # one layer: it trains (cut 0) or not (cut 1)
-        return (0 if _module_count(module, unfreeze) else 1), 1
-    layers = backbone_layers(model)
-    return _cut_index(model, layers, unfreeze, train_bn), len(layers)
-
-
-# === Hub modules: one layer whose variables are counted instead of layers ===
+    return ModuleUnits(model, module) if module is not None else LayerUnits(model)
 
 
 def hub_module(model: keras.Model):
@@ -293,26 +348,8 @@ def layer_multipliers(model: keras.Model, decay: float) -> dict[str, float]:
     >>> factors[kernel.path], min(factors.values()) == 0.5 ** 17
     (0.5, True)
     """
-    module = hub_module(model)
-    if module is not None:  # 8 bands of the module's variables, in their order (the last ones are the top)
-        weights = [w for _, w, in_module in module.named_variables() if in_module]
-        size = max(1, -(-len(weights) // 8))
-        bands = [weights[i : i + size] for i in range(0, len(weights), size)]
-        return {w.path: decay**depth for depth, band in enumerate(reversed(bands), start=1) for w in band}
-    layers = backbone_layers(model)
-    if block_map_of(model) is not None:
-        groups = list_blocks(model)
-    else:
-        weighted = [layer.name for layer in layers if layer.weights]
-        size = max(1, -(-len(weighted) // 8))
-        groups = [weighted[i : i + size] for i in range(0, len(weighted), size)]
-    by_name = {layer.name: layer for layer in layers}
-    factors = {}
-    for depth, group in enumerate(reversed(groups), start=1):
-        for layer_name in group:
-            for weight in by_name[layer_name].weights:
-                factors[weight.path] = decay**depth
-    return factors
+    groups = trainable_units(model).groups()
+    return {w.path: decay**depth for depth, group in enumerate(reversed(groups), start=1) for w in group}
 
 
 def trainable_layer_names(model: keras.Model) -> list[str]:

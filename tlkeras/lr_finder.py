@@ -97,7 +97,8 @@ def find_learning_rate(
         if plan.cut_layer is None:
             extractor, part = caching.split_at_head(model)
             fn = lambda pixels: extractor(pixels, training=False)  # noqa: E731
-        elif freezing.hub_module(model) is not None:  # one layer that trains: nothing below it to cache
+        elif freezing.plan_cut(model, cfg.stage2.unfreeze, train_bn=cfg.stage2.train_bn)[0] == 0:
+            # the whole backbone trains (a hub module is one unit): nothing below the cut to cache
             part, fn = model, (lambda inputs: inputs)
         else:
             fn, part, _ = caching.split_at_cut(model, plan.cut_layer)
