@@ -14,19 +14,10 @@ import tensorflow as tf
 import contract
 import tlkeras
 from conftest import TINY
+from test_backbone_files import source_file  # noqa: F401  (the .keras backbone fixture)
 from test_multi_label import write_multilabel_csv
 
 RUN = {"batch_size": 8, "report": False, "tensorboard": False, "verbose": 0, "image_size": 32}
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory, backbone_weights):
-    model = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3), alpha=0.35,
-                                           name="backbone")
-    model.load_weights(backbone_weights)
-    path = str(tmp_path_factory.mktemp("contract") / "source.keras")
-    model.save(path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +34,7 @@ def _source(name, request):
         return f"hub:{request.getfixturevalue('hub_image_module')}", {}, 4
     if name == "kerashub":
         return f"kerashub:{request.getfixturevalue('kerashub_preset')}", {}, 3
-    return request.getfixturevalue("model_file"), {"backbone_options": {"preprocessing": "tf"}}, 10
+    return request.getfixturevalue("source_file"), {"backbone_options": {"preprocessing": "tf"}}, 10
 
 
 @pytest.mark.parametrize("source,task", [("applications", "single_label"), ("hub", "single_label"),

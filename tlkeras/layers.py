@@ -7,6 +7,7 @@ from keras import ops
 
 from tlkeras.backbones.spec import ALL_MODES
 
+PREPROCESS_LAYER = "preprocess"  # the name of a tlkeras image model's ImagePreprocessing layer
 _IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 _IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)

@@ -21,7 +21,7 @@ from tlkeras.inputs import get_inputs
 from tlkeras.tasks import get_task
 
 from tlkeras.backbones.spec import BACKBONE_LAYER  # noqa: E402  (what every backbone source names its base)
-PREPROCESS_LAYER = "preprocess"
+from tlkeras.layers import PREPROCESS_LAYER  # noqa: E402,F401  (the image normalisation layer's name)
 
 
 @keras.saving.register_keras_serializable(package="tlkeras")

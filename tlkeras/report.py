@@ -154,7 +154,7 @@ def plot_pr_curves(probabilities: np.ndarray, labels: np.ndarray, class_names: l
         tp = int((picked & truth[:, c]).sum())
         if truth[:, c].any():
             ax.plot([tp / truth[:, c].sum()], [tp / max(int(picked.sum()), 1)], "o", color="C3",
-                    label=f"threshold {thresholds[c]:.2f}")
+                    label=f"threshold {thresholds[c]:.3g}")
             ax.legend(fontsize=7, loc="lower left")
         ap = average_precision(probabilities[:, c], truth[:, c])
         ax.set_title(f"{class_names[c]} (AP {ap:.2f})" if ap is not None else f"{class_names[c]} (no positives)",

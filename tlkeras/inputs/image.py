@@ -33,8 +33,7 @@ class ImageInputs(Inputs):
     def build(self, spec, size, weights):
         import keras
 
-        from tlkeras.layers import ImagePreprocessing
-        from tlkeras.model import PREPROCESS_LAYER
+        from tlkeras.layers import PREPROCESS_LAYER, ImagePreprocessing
 
         height, width = size
         base = spec.build((height, width), weights)
@@ -46,9 +45,7 @@ class ImageInputs(Inputs):
     def prediction_spec(self, model):
         import tensorflow as tf
 
-        from tlkeras.model import image_size_of
-
-        height, width = image_size_of(model)
+        height, width = _size(model)
         return tf.TensorSpec([None, height, width, 3], tf.float32)
 
     # === Data ===
@@ -66,9 +63,7 @@ class ImageInputs(Inputs):
 
     def evaluation_pipeline(self, examples, model, batch_size):
         from tlkeras.data.datasets import build_pipeline
-        from tlkeras.model import image_size_of
-
-        return build_pipeline(examples, image_size_of(model), batch_size, training=False, cache=False, seed=0)
+        return build_pipeline(examples, _size(model), batch_size, training=False, cache=False, seed=0)
 
     def pictures(self, examples, size):
         from tlkeras.data.images import decode_and_resize
@@ -84,9 +79,7 @@ class ImageInputs(Inputs):
         import tensorflow as tf
 
         from tlkeras.data.images import decode_and_resize, prepare_image
-        from tlkeras.model import image_size_of
-
-        size = image_size_of(model)
+        size = _size(model)
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
         def serve_bytes(image_bytes):
@@ -110,10 +103,8 @@ class ImageInputs(Inputs):
         """Deterministic PNG-encoded noise images of a few sizes."""
         import tensorflow as tf
 
-        from tlkeras.model import image_size_of
-
         rng = np.random.default_rng(0)
-        h, w = image_size_of(model)
+        h, w = _size(model)
         shapes = [(h, w), (h * 2, w + 7), (max(h // 2, 1), w * 2), (h + 3, h + 3)]
         return [
             tf.io.encode_png(rng.integers(0, 256, (*shapes[i % len(shapes)], 3), dtype=np.uint8)).numpy()
@@ -124,17 +115,15 @@ class ImageInputs(Inputs):
         import tensorflow as tf
 
         from tlkeras.data.images import decode_and_resize
-        from tlkeras.model import image_size_of
-
-        size = image_size_of(model)
+        size = _size(model)
         return tf.stack([decode_and_resize(tf.constant(b), size) for b in samples])
 
     def card(self, model):
-        from tlkeras.model import get_preprocessing, image_size_of
+        from tlkeras.layers import PREPROCESS_LAYER
 
-        preprocess = get_preprocessing(model)
-        mode = preprocess.get_config().get("mode") if preprocess is not None else None
-        height, width = image_size_of(model)
+        names = {layer.name for layer in model.layers}
+        mode = model.get_layer(PREPROCESS_LAYER).mode if PREPROCESS_LAYER in names else None
+        height, width = _size(model)
         return {
             "task": "image classification",
             "image_size": [height, width],
@@ -188,3 +177,9 @@ class ImageInputs(Inputs):
 
     def example_payloads(self, examples, rows):
         return examples.encoded(rows)
+
+
+def _size(model) -> tuple[int, int]:
+    """(height, width) of an image model's input."""
+    _, height, width, _ = model.input_shape
+    return int(height), int(width)
