@@ -135,3 +135,13 @@ def test_a_text_module_runs_without_xla(hub_text_module):
     model.compile("adam", "binary_crossentropy", jit_compile=True)  # string ops have no XLA kernels
     assert model.jit_compile is False
     model.fit(tf.constant(["red fire", "blue sea"]), np.array([1, 0]), epochs=1, verbose=0)
+
+
+def test_the_text_run_keeps_the_shared_contract(text_run):
+    """The shared contract (tests/contract.py) for single-label texts on a hub text module."""
+    import contract
+
+    texts = tf.constant(["red fire apple", "blue sky and sea", "", "words the module never saw"])
+    contract.check_reload_predicts_identically(text_run, texts)
+    served = contract.check_export_answers_as_the_model(text_run, {"text": texts}, texts)
+    assert served["classes"].shape == (4, 2)
