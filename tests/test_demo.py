@@ -35,3 +35,29 @@ def test_demo_transfer_beats_training_from_scratch(tmp_path):
     text = "\n".join(lines)
     assert "transfer (two stages)" in text and "from scratch" in text
     assert "classified through its serving_default signature" in text
+
+
+@pytest.mark.slow
+def test_the_demo_runs_again_in_the_same_folder(tmp_path, monkeypatch):
+    """The README's first command, twice: the demo's folders are its own. A finished run is laid in
+    each of them (which any other command refuses without --overwrite); the demo trains them again
+    (here one epoch each, on 40 images per digit)."""
+    import tlkeras
+    from tlkeras.errors import TlkerasError
+
+    for part in ("source", "transfer", "scratch"):
+        folder = tmp_path / part
+        folder.mkdir()
+        for name, text in (("config.yaml", "backbone: mobilenetv2\n"), ("model.keras", "x"), ("metrics.json", "{}")):
+            (folder / name).write_text(text)
+    with pytest.raises(TlkerasError, match="holds a run with a different config"):
+        tlkeras.build_and_finetune((np.zeros((4, 8, 8)), [0, 1, 0, 1]), output_dir=str(tmp_path / "scratch"))
+    images, labels = demo.load_digits()
+    keep = np.concatenate([np.flatnonzero(labels == d)[:40] for d in range(10)])
+    monkeypatch.setattr(demo, "load_digits", lambda: (images[keep], labels[keep]))
+    monkeypatch.setattr(demo, "SOURCE_EPOCHS", 1)
+    monkeypatch.setattr(demo, "TRANSFER", {**demo.TRANSFER, "stage1": {"epochs": 1, "learning_rate": 1e-2},
+                                           "stage2": {**demo.TRANSFER["stage2"], "epochs": 1}})
+    again = demo.run_demo(str(tmp_path), echo=lambda line: None)
+    assert os.path.isfile(os.path.join(again.export_dir, "saved_model.pb"))
+    assert again.test_count == 5 * (40 - demo.TRAIN_PER_CLASS - demo.VAL_PER_CLASS)

@@ -36,6 +36,9 @@ FLIPS = ("horizontal", "vertical", "horizontal_and_vertical")
 CACHE_CHOICES = ("auto", True, False)
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
+# Pretrained classifiers take a few hundred pixels a side (EfficientNetB7: 600); 4096 leaves room and
+# refuses sizes whose first batch would exhaust memory minutes later.
+MAX_IMAGE_SIZE = 4096
 TASK_CHOICES = ("auto", "single_label", "multi_label")  # tlkeras.tasks.TASKS, plus auto
 THRESHOLDS = ("per_class", "global")  # or a number in (0, 1)
 
@@ -247,7 +250,7 @@ class FinetuneConfig:
             if not key:
                 raise ConfigError(f"--set {assignment!r} has an empty key (e.g. --set stage2.epochs=3).")
             try:
-                value = yaml.safe_load(raw) if raw.strip() else None
+                value = parse_yaml(raw, f"--set {key}") if raw.strip() else None
             except yaml.YAMLError:
                 value = raw
             node = values
@@ -329,12 +332,45 @@ def load_config(path: str | os.PathLike) -> FinetuneConfig:
     return FinetuneConfig.from_yaml(path)
 
 
+class _AliasError(yaml.YAMLError):
+    def __init__(self, anchor: str, line: int):
+        super().__init__(anchor)
+        self.anchor, self.line = anchor, line
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML's safe loader without aliases: `*name` repeats a node, and a few lines of nested aliases
+    expand into billions of values (a "billion laughs" file); a config never needs them."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _AliasError(event.anchor, event.start_mark.line + 1)
+        return super().compose_node(parent, index)
+
+
+def parse_yaml(text_or_stream, where: str):
+    """YAML (safe, no aliases) -> Python values; `where` names the source in the one-line error.
+
+    >>> parse_yaml("a: &x [1, 2]\\nb: *x", "--set")
+    Traceback (most recent call last):
+    ...
+    tlkeras.errors.ConfigError: --set uses the YAML alias *x at line 2: aliases are not accepted in tlkeras configs (nested ones can expand into billions of values); write the values out.
+    """
+    try:
+        return yaml.load(text_or_stream, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+    except _AliasError as e:
+        raise ConfigError(f"{where} uses the YAML alias *{e.anchor} at line {e.line}: aliases are not accepted in "
+                          "tlkeras configs (nested ones can expand into billions of values); write the values out."
+                          ) from None
+
+
 def load_yaml(path: str | os.PathLike) -> dict:
     if not os.path.isfile(path):
         raise ConfigError(f"Config file {str(path)!r} does not exist.")
     with open(path, encoding="utf-8") as f:
         try:
-            values = yaml.safe_load(f)
+            values = parse_yaml(f, f"Config file {str(path)!r}")
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -358,7 +394,13 @@ def _describe_in_memory(value: Any) -> str:
 def _set_key(cfg: FinetuneConfig, key: str, value: Any) -> None:
     names = {f.name: f for f in dataclasses.fields(cfg)}
     if key not in names:
-        raise ConfigError(f"Unknown config key {key!r}.{did_you_mean(key, names)}")
+        # a section's key given at the top (learning_rate, epochs, dropout): name where it lives
+        homes = [f"{section}.{key}" for section, cls in _SECTIONS.items()
+                 if key in {f.name for f in dataclasses.fields(cls)}]
+        hint = (" Did you mean " + " or ".join(repr(h) for h in homes) + "?") if homes else did_you_mean(key, names)
+        raise ConfigError(f"Unknown config key {key!r}.{hint}")
+    if key == "weights" and isinstance(value, str) and value.strip().lower() in ("none", "null"):
+        value = None  # as --weights none: random initialisation
     if key in _SECTIONS:
         section_cls = _SECTIONS[key]
         if value is None and key == "augment":
@@ -511,6 +553,11 @@ def _validate_model(cfg: "FinetuneConfig") -> None:
         if len(sizes) not in (1, 2) or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
             raise ConfigError(
                 f"image_size: {cfg.image_size!r} is not valid: use a positive int (square) or [height, width]."
+            )
+        if max(sizes) > MAX_IMAGE_SIZE:
+            raise ConfigError(
+                f"image_size: {cfg.image_size!r} is above {MAX_IMAGE_SIZE} pixels a side, which no backbone here is "
+                "trained for and would not fit in memory; use the backbone's own size (e.g. 224) or a few hundred."
             )
     _check_choice("task", cfg.task, TASK_CHOICES)
     if isinstance(cfg.threshold, str):

@@ -99,8 +99,10 @@ def run_demo(output_dir: str = "runs/demo", echo: Callable[[str], None] = print,
     try:
         images, labels = load_digits()
         names = np.array([str(d) for d in labels])
+        # The demo's folders are its own: a second `tlkeras demo` trains them again (overwrite).
         common = dict(
-            backbone=BACKBONE, backbone_options=BACKBONE_OPTIONS, image_size=IMAGE_SIZE, seed=seed, verbose=0
+            backbone=BACKBONE, backbone_options=BACKBONE_OPTIONS, image_size=IMAGE_SIZE, seed=seed, verbose=0,
+            overwrite=True,
         )
         echo("tlkeras demo: transfer learning on real handwritten digits (scikit-learn digits, 8x8 -> 32x32)")
 

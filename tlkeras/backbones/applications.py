@@ -189,5 +189,5 @@ def load_weights_file(model, path: str, what: str) -> None:
             f"weights file {path!r} does not match the {what} backbone built here "
             f"(input {model.input_shape[1:3]}): {str(e).splitlines()[0]} "
             "Pass the same backbone, backbone_options and a weights file saved from that backbone "
-            "(e.g. model.get_layer('backbone').save_weights('backbone.weights.h5'))."
+            "(e.g. tlkeras.model.get_backbone(model).save_weights('backbone.weights.h5'))."
         ) from None

@@ -1,0 +1,55 @@
+"""Edges (issue 15, the parts done so far): bad config input refused in one line before any work."""
+
+import os
+import time
+
+import pytest
+
+from tlkeras.config import FinetuneConfig, load_config
+from tlkeras.errors import ConfigError
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 9):  # 10^9 leaves once expanded
+        lines.append(f"{chr(97 + i)}: &{chr(97 + i)} [" + ", ".join([f"*{chr(96 + i)}"] * 10) + "]")
+    lines.append("data: *i")
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match=r"bomb.yaml' uses the YAML alias \*a at line 2: aliases are not accepted"):
+        load_config(path)
+    assert time.monotonic() - start < 5  # refused while parsing, not after expanding (a loose bound)
+    with pytest.raises(ConfigError, match=r"--set data uses the YAML alias"):
+        FinetuneConfig().with_overrides(["data=[&x a, *x]"])
+    # anchors without aliases, and plain YAML, still load
+    path.write_text("backbone: mobilenetv2\nstage1: {epochs: 2}\n")
+    assert load_config(path).stage1.epochs == 2
+
+
+def test_an_image_size_no_backbone_takes_is_refused():
+    with pytest.raises(ConfigError, match=r"image_size: 100000 is above 4096 pixels a side"):
+        FinetuneConfig.from_dict({"image_size": 100000})
+    with pytest.raises(ConfigError, match=r"image_size: \[224, 5000\] is above 4096"):
+        FinetuneConfig.from_dict({"image_size": [224, 5000]})
+    assert FinetuneConfig.from_dict({"image_size": 600}).image_size == 600
+
+
+def test_a_stage_key_at_the_top_names_the_stages_it_belongs_to():
+    with pytest.raises(ConfigError, match=r"Unknown config key 'learning_rate'. Did you mean 'stage1.learning_rate' "
+                                          r"or 'stage2.learning_rate'\?"):
+        FinetuneConfig().with_overrides(["learning_rate=0.01"])
+    with pytest.raises(ConfigError, match=r"Did you mean 'head.dropout'\?"):
+        FinetuneConfig.from_dict({"dropout": 0.3})
+    with pytest.raises(ConfigError, match=r"Did you mean 'batch_size'\?"):  # other typos as before
+        FinetuneConfig.from_dict({"batch_sise": 3})
+
+
+def test_weights_none_means_random_initialisation_wherever_it_is_written(tmp_path):
+    assert FinetuneConfig().with_overrides(["weights=none"]).weights is None
+    assert FinetuneConfig.from_dict({"weights": "None"}).weights is None
+    path = tmp_path / "c.yaml"
+    path.write_text("weights: none\n")
+    assert load_config(path).weights is None
+    assert FinetuneConfig.from_dict({"weights": "imagenet"}).weights == "imagenet"
+    assert os.path.basename(FinetuneConfig.from_dict({"weights": "w/none.h5"}).weights) == "none.h5"
