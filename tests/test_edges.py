@@ -53,3 +53,38 @@ def test_weights_none_means_random_initialisation_wherever_it_is_written(tmp_pat
     assert load_config(path).weights is None
     assert FinetuneConfig.from_dict({"weights": "imagenet"}).weights == "imagenet"
     assert os.path.basename(FinetuneConfig.from_dict({"weights": "w/none.h5"}).weights) == "none.h5"
+
+
+def test_files_a_run_publishes_follow_the_umask(tmp_path):
+    from tlkeras.utils import write_json_atomic, write_text_atomic
+
+    previous = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "a.txt", "x")
+        write_json_atomic(tmp_path / "b.json", {"a": 1})
+        os.umask(0o077)
+        write_text_atomic(tmp_path / "c.txt", "x")
+    finally:
+        os.umask(previous)
+    assert oct(os.stat(tmp_path / "a.txt").st_mode & 0o777) == oct(0o644)  # was 0o600 whatever the umask
+    assert oct(os.stat(tmp_path / "b.json").st_mode & 0o777) == oct(0o644)
+    assert oct(os.stat(tmp_path / "c.txt").st_mode & 0o777) == oct(0o600)
+
+
+def test_a_model_at_chance_level_is_called_so_with_the_likely_causes(tmp_path, caplog):
+    import logging
+
+    import numpy as np
+
+    import tlkeras
+    from conftest import TINY
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (24, 16, 16, 3)).astype("uint8")
+    y = np.array(["cat", "dog"] * 12)  # noise: nothing to learn
+    with caplog.at_level(logging.WARNING, logger="tlkeras"):
+        tlkeras.build_and_finetune((x, y), **{**TINY, "weights": None}, batch_size=8, stage1={"epochs": 1},
+                                   stage2={"epochs": 0}, export=False, report=False, tensorboard=False,
+                                   output_dir=str(tmp_path / "run"), verbose=0)
+    assert "val accuracy 0.500 is at chance level (0.500 by always answering the most frequent class)" in caplog.text
+    assert "random backbone weights (weights: null)" in caplog.text

@@ -217,6 +217,7 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
                                               decision=decision)}
     write_json_atomic(os.path.join(run_dir, "metrics.json"), metrics)
     save_model_atomic(model, os.path.join(run_dir, "model.keras"))
+    _warn_at_chance(task, metrics, labels, split, cfg)
     log.info("%s %s %.4f on %d %s", split, task.headline_name, metrics.get(task.headline_key, float("nan")),
              metrics.get("count", 0), kind.noun)
     timings["evaluate"] = time.time() - clock
@@ -299,6 +300,19 @@ def save_model_atomic(model: keras.Model, path: str) -> None:
     """model.save() into a temporary file next to `path`, then rename over it."""
     with atomic_path(path, suffix=".keras") as tmp:
         model.save(tmp)
+
+
+def _warn_at_chance(task, metrics, labels, split, cfg) -> None:
+    """Say so when the model is no better than guessing, with the likely causes."""
+    found = task.chance(metrics, labels)
+    if found is None:
+        return
+    name, value, guess, how = found
+    causes = ["too few epochs", "a learning rate far off (`tlkeras find-lr` suggests one)"]
+    if cfg.weights is None:
+        causes.insert(0, "random backbone weights (weights: null)")
+    get_logger().warning("%s %s %.3f is at chance level (%.3f by %s): the model has not learned to tell the classes "
+                         "apart. Likely causes: %s.", split, name, value, guess, how, ", ".join(causes))
 
 
 def _size_hint(image_size) -> str:

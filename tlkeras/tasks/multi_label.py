@@ -207,6 +207,24 @@ class MultiLabel(Task):
 
         return format_multilabel_metrics(metrics, noun)
 
+    def chance(self, metrics, labels):
+        """Mean average precision no better than ranking at random (each label's prevalence).
+
+        >>> MultiLabel().chance({"mean_average_precision": 0.5}, np.array([[1, 0], [0, 1]]))
+        ('mean average precision', 0.5, 0.5, 'ranking the examples at random')
+        """
+        from tlkeras.tasks.task import CHANCE_MARGIN
+
+        truth = np.asarray(labels) > 0
+        if truth.ndim != 2 or not len(truth) or metrics.get("mean_average_precision") is None:
+            return None
+        present = truth.any(axis=0)
+        guess = float(truth[:, present].mean(axis=0).mean())
+        value = float(metrics["mean_average_precision"])
+        if value <= guess + CHANCE_MARGIN:
+            return "mean average precision", value, guess, "ranking the examples at random"
+        return None
+
 
 def _thresholds(decision: Optional[dict], k: int) -> list[float]:
     values = (decision or {}).get("thresholds")

@@ -209,6 +209,24 @@ class SingleLabel(Task):
 
         return format_metrics(metrics)
 
+    def chance(self, metrics, labels):
+        """Accuracy no better than always answering the most frequent class.
+
+        >>> SingleLabel().chance({"accuracy": 0.5}, np.array([0, 1, 0, 1]))
+        ('accuracy', 0.5, 0.5, 'always answering the most frequent class')
+        >>> SingleLabel().chance({"accuracy": 0.9}, np.array([0, 1, 0, 1])) is None
+        True
+        """
+        from tlkeras.tasks.task import CHANCE_MARGIN
+
+        labels = np.asarray(labels)
+        if not len(labels) or metrics.get("accuracy") is None:
+            return None
+        guess = float(np.bincount(labels).max() / len(labels))
+        if metrics["accuracy"] <= guess + CHANCE_MARGIN:
+            return "accuracy", float(metrics["accuracy"]), guess, "always answering the most frequent class"
+        return None
+
 
 def named_weights(setting: dict, class_names: list[str], default: float) -> dict:
     """{class index: weight} from a mapping of class names or indices to weights."""

@@ -142,3 +142,12 @@ class Task:
     def format_metrics(self, metrics: dict, noun: str = "images") -> str:
         """The console report of `metrics`."""
         raise NotImplementedError
+
+    def chance(self, metrics: dict, labels: np.ndarray) -> Optional[tuple[str, float, float, str]]:
+        """(metric, its value, what guessing gets, how one guesses) when the model does no better
+        than guessing (within CHANCE_MARGIN), else None."""
+        return None
+
+
+# A model within this of what guessing scores has learned nothing worth serving.
+CHANCE_MARGIN = 0.02
