@@ -70,8 +70,6 @@ def evaluate_run(path: str, data=None, *, batch_size: int = 32, top_k: int = 5, 
         probabilities, labels = predict_probabilities(model, kind.evaluation_pipeline(examples, model, batch_size))
         source = path
     metrics = task.metrics(probabilities, labels, class_names, top_k=top_k, decision=decision)
-    if task.name != "single_label":
-        metrics["task"] = task.name
     metrics["skipped_files"] = len(skipped)
     metrics["evaluated"] = source
     if write and not is_export(path):
@@ -81,9 +79,9 @@ def evaluate_run(path: str, data=None, *, batch_size: int = 32, top_k: int = 5, 
 
 def format_evaluation(metrics: dict) -> str:
     """The console report of `evaluate_run`'s metrics, as their Task writes it."""
-    from tlkeras.tasks import get_task
+    from tlkeras.tasks import task_of_metrics
 
-    return get_task(metrics.get("task", "single_label")).format_metrics(metrics)
+    return task_of_metrics(metrics).format_metrics(metrics)
 
 
 def _serve_examples(serve, examples, batch_size: int, kind) -> tuple[np.ndarray, np.ndarray]:

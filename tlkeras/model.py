@@ -162,10 +162,9 @@ def build_model(
     'backbone'
     """
     role = get_task(task)
-    minimum = 2 if role.name == "single_label" else 1
-    if not isinstance(num_classes, int) or num_classes < minimum:
+    if not isinstance(num_classes, int) or num_classes < role.min_classes:
         raise ValueError(f"num_classes: {num_classes!r} is not valid: a {role.description} needs at least "
-                         f"{minimum} classes.")
+                         f"{role.min_classes} classes.")
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(f"class_names: {len(class_names)} names for {num_classes} classes.")
     head_cfg = head_config(head)

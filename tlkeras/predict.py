@@ -15,8 +15,7 @@ import tensorflow as tf
 
 from tlkeras.errors import ExportError
 from tlkeras.export.registry import file_classifier, format_for_file
-from tlkeras.rundir import LABELS_FILE, MODEL_CARD_FILE
-from tlkeras.rundir import read_labels
+from tlkeras.rundir import LABELS_FILE, MODEL_CARD_FILE, read_labels
 from tlkeras.inputs import get_inputs
 from tlkeras.tasks import get_task
 
@@ -61,9 +60,6 @@ class LoadedExport:
     task: str = "single_label"
     decision: Optional[dict] = None
     inputs: str = "image"
-
-    def __iter__(self):  # (serve, class names, path), as earlier versions returned
-        return iter((self.serve, self.class_names, self.path))
 
 
 def _card_facts(card_path: str) -> dict:
@@ -131,14 +127,12 @@ def _answers(export: LoadedExport, probabilities, k: int) -> list[dict]:
 def expand_texts(inputs: list[str]) -> list[tuple[str, str]]:
     """(source, text) pairs: an existing file gives one text per non-empty line ("file:line"),
     "-" the lines of standard input, anything else is a text itself."""
-    entries, _ = get_inputs("text").collect(inputs)
-    return [(fields["source"], text) for fields, text in entries]
+    return [(fields["source"], text) for fields, text in get_inputs("text").collect(inputs)]
 
 
 def expand_inputs(inputs: list[str]) -> list[str]:
     """Image files from files and folders (searched recursively), in a stable order."""
-    entries, skipped = get_inputs("image").collect(inputs)
-    return [fields["path"] for fields, _ in entries] + [path for path, _ in skipped]
+    return [fields["path"] for fields, _ in get_inputs("image").collect(inputs)]
 
 
 @dataclass
@@ -179,9 +173,8 @@ def _predict(export: LoadedExport, inputs, *, top_k=3, batch_size=32, progress=N
     """Read `inputs` as the export's Inputs kind reads them, serve them in batches, answer as its Task does."""
     kind = get_inputs(export.inputs)
     k = max(1, min(top_k, len(export.class_names)))
-    entries, skipped = kind.collect(inputs)
-    result = Predictions(skipped=list(skipped))
-    total = len(entries) + len(skipped)
+    entries = kind.collect(inputs)
+    result = Predictions()
     for start in range(0, len(entries), batch_size):
         batch = entries[start : start + batch_size]
         served, bad = kind.serve(export.serve, [payload for _, payload in batch])
@@ -190,7 +183,7 @@ def _predict(export: LoadedExport, inputs, *, top_k=3, batch_size=32, progress=N
             answers = _answers(export, np.stack([probs for _, probs in served]), k)
             result.rows.extend({**batch[i][0], **answer} for (i, _), answer in zip(served, answers))
         if progress is not None:
-            progress(min(start + batch_size, len(entries)) + len(skipped), total)
+            progress(min(start + batch_size, len(entries)), len(entries))
     return result
 
 

@@ -162,7 +162,7 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
     log.info(
         "data: %d training and %d validation %s, %d classes%s%s",
         data_bundle.train_count, data_bundle.val_count, kind.noun, len(class_names),
-        f" ({task.description})" if task.name != "single_label" else "",
+        f" ({task.description})" if task.qualifier else "",
         f", {len(data_bundle.skipped)} file(s) skipped (see skipped_files.txt)" if data_bundle.skipped else "",
     )
 

@@ -32,7 +32,7 @@ from tlkeras.distribute import static_shapes
 from tlkeras.errors import DataError
 from tlkeras.tasks import get_task
 from tlkeras.tasks import labels as raw_labels
-from tlkeras.tasks.labels import pipeline_labels, resolve_task
+from tlkeras.tasks.labels import encode_examples, pipeline_labels
 from tlkeras.utils import as_tensor
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -241,9 +241,8 @@ def load_splits(load, cfg: FinetuneConfig, data: Any, val_data: Any, noun: str):
     `data`; the classes checked (at least 2 for one label each, each with training examples, names
     fit for labels.txt)."""
     train, class_names, skipped = load(data, "data", cfg.class_names, cfg.task)
-    task = resolve_task(cfg.task, train.labels, "data")
-    train.labels, class_names = task.encode_labels(train.labels, "data",
-                                                   class_names if class_names is not None else cfg.class_names)
+    task, class_names = encode_examples(train, cfg.task, "data",
+                                        class_names if class_names is not None else cfg.class_names)
     if val_data is not None:
         val, _, val_skipped = load(val_data, "val_data", class_names, task.name)
         val.labels, _ = task.encode_labels(val.labels, "val_data", class_names)
@@ -254,11 +253,11 @@ def load_splits(load, cfg: FinetuneConfig, data: Any, val_data: Any, noun: str):
         train = train.subset(train_rows)
     else:
         val = None
-    if len(class_names) < (2 if task.name == "single_label" else 1):
+    if len(class_names) < task.min_classes:
         where = f" in {cfg.data!r}" if isinstance(cfg.data, str) else ""
         raise DataError(f"data: found only {len(class_names)} class ({', '.join(class_names)}){where}; a classifier "
-                        f"needs at least 2 - put each class's {noun} in a subfolder of its own (or give them "
-                        "their own label).")
+                        f"needs at least {task.min_classes} - put each class's {noun} in a subfolder of its own (or "
+                        "give them their own label).")
     check_class_names(class_names)
     counts = task.class_counts(train.labels, len(class_names))
     missing = [class_names[c] for c in range(len(class_names)) if not counts[c]]
@@ -324,8 +323,7 @@ def load_examples(
     """
     examples, names, skipped = read_examples(source, key, class_names, task=task, image_size=image_size,
                                              budget_bytes=budget_bytes, **table)
-    role = resolve_task(task, examples.labels, key)
-    examples.labels, names = role.encode_labels(examples.labels, key, names if names is not None else class_names)
+    _, names = encode_examples(examples, task, key, names if names is not None else class_names)
     return examples, names, skipped
 
 

@@ -10,8 +10,6 @@
 from __future__ import annotations
 
 import csv
-from typing import Iterator
-
 from tlkeras.errors import DataError, did_you_mean
 
 # A cell may hold a long text (a whole review, an article): csv's default limit of 128 KiB is too
@@ -19,8 +17,8 @@ from tlkeras.errors import DataError, did_you_mean
 FIELD_LIMIT = 16 << 20
 
 
-def read_table(path: str, key: str, required: dict[str, str]) -> Iterator[tuple[int, dict]]:
-    """Yield (line number, row) of a .csv (comma) or .tsv (tab) file read as UTF-8; `required`
+def read_table(path: str, key: str, required: dict[str, str]) -> list[tuple[int, dict]]:
+    """(line number, row) of each row of a .csv (comma) or .tsv (tab) file read as UTF-8; `required`
     maps each column that must exist to the config key that names it (for the error message)."""
     delimiter = "\t" if path.lower().endswith(".tsv") else ","
     csv.field_size_limit(max(csv.field_size_limit(), FIELD_LIMIT))
@@ -42,4 +40,4 @@ def read_table(path: str, key: str, required: dict[str, str]) -> Iterator[tuple[
     except csv.Error as e:
         raise DataError(f"{key}: {path!r} is not a readable {'TSV' if delimiter == chr(9) else 'CSV'} file ({e}).") \
             from None
-    return iter(rows)
+    return rows

@@ -67,13 +67,12 @@ def load_text_examples(source: Any, key: str, class_names: Optional[list[str]] =
                        label_separator: str = " "):
     """(TextExamples, class_names, skipped) from a CSV/TSV file, a folder of class subfolders of
     .txt files, or a (texts, labels) pair; the labels encoded for `task` (see `tlkeras.tasks`)."""
-    from tlkeras.tasks.labels import resolve_task
+    from tlkeras.tasks.labels import encode_examples
 
     examples, names, skipped = read_text_examples(source, key, class_names, text_column=text_column,
                                                   label_column=label_column, task=task,
                                                   label_separator=label_separator)
-    role = resolve_task(task, examples.labels, key)
-    examples.labels, names = role.encode_labels(examples.labels, key, names if names is not None else class_names)
+    _, names = encode_examples(examples, task, key, names if names is not None else class_names)
     return examples, names, skipped
 
 
@@ -108,7 +107,7 @@ def _load_table(path: str, key: str, class_names, text_column: str, label_column
     from tlkeras.data.tables import read_table
     from tlkeras.tasks.labels import read_label_cells
 
-    rows = list(read_table(path, key, {text_column: "text_column", label_column: "label_column"}))
+    rows = read_table(path, key, {text_column: "text_column", label_column: "label_column"})
     cells = [(row.get(label_column) or "") for _, row in rows]
     labels, kept = read_label_cells(cells, task, separator)
     skipped = [(f"{path}:{rows[i][0]}", f"empty {label_column!r}") for i in sorted(set(range(len(rows))) - set(kept))]

@@ -48,7 +48,7 @@ def measure(model, classifier: Callable[[np.ndarray], np.ndarray], pixels: np.nd
         top1_agreement=round(info.task_role.agreement(expected, got, info.decision), 4),
         max_abs_diff=round(float(np.max(np.abs(expected - got))), 6),
         threshold=threshold,
-        measure="top-1 class" if info.task == "single_label" else "each label at its threshold",
+        measure=info.task_role.agreement_measure,
     )
 
 

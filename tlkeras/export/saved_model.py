@@ -150,8 +150,8 @@ def model_card(model, class_names: Sequence[str], top_k: int, extra: Optional[di
     common = {"class_names": list(class_names), "task_name": info.task, "decision": info.decision,
               "versions": library_versions(), **(extra or {})}
     card = {"format": "tlkeras model card 1", **inputs_of(model).card(model)}
-    if info.task != "single_label":  # e.g. "multi-label image classification"
-        card["task"] = f"{info.task_role.description.split(' ')[0]} {card['task']}"
+    if info.task_role.qualifier:  # e.g. "multi-label image classification"
+        card["task"] = f"{info.task_role.qualifier} {card['task']}"
     card["outputs"] = outputs
     return {**card, **common}
 

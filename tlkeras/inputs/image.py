@@ -148,32 +148,33 @@ class ImageInputs(Inputs):
                     files.extend(os.path.join(dirpath, f) for f in sorted(filenames) if is_image_file(f))
             else:
                 files.append(item)
-        entries, skipped = [], []
-        for path in files:
-            try:
-                with open(path, "rb") as f:
-                    entries.append(({"path": path}, f.read()))
-            except OSError as e:
-                skipped.append((path, e.strerror or str(e)))
-        return entries, skipped
+        return [({"path": path}, path) for path in files]  # read a batch at a time, in `serve`
 
     def serve(self, serve, payloads):
+        """`payloads` are file paths: read here, one batch at a time, so memory holds one batch."""
         import tensorflow as tf
 
-        if not payloads:
-            return [], []
+        blobs, skipped = {}, []
+        for i, path in enumerate(payloads):
+            try:
+                with open(path, "rb") as f:
+                    blobs[i] = f.read()
+            except OSError as e:
+                skipped.append((i, e.strerror or str(e)))
+        if not blobs:
+            return [], skipped
         try:
-            probs = serve(image_bytes=tf.constant(payloads))["probabilities"].numpy()
-            return list(enumerate(probs)), []
+            probs = serve(image_bytes=tf.constant(list(blobs.values())))["probabilities"].numpy()
+            return list(zip(blobs, probs)), skipped
         except tf.errors.InvalidArgumentError:
             pass
-        served, skipped = [], []  # one file broke the batch: find it by serving the files one at a time
-        for i, blob in enumerate(payloads):
+        served = []  # one file broke the batch: find it by serving the files one at a time
+        for i, blob in blobs.items():
             try:
                 served.append((i, serve(image_bytes=tf.constant([blob]))["probabilities"].numpy()[0]))
             except tf.errors.InvalidArgumentError as e:
                 skipped.append((i, "not a decodable image: " + (e.message.strip().splitlines() or ["?"])[0]))
-        return served, skipped
+        return served, sorted(skipped)
 
     def example_payloads(self, examples, rows):
         return examples.encoded(rows)

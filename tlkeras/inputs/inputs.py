@@ -79,12 +79,13 @@ class Inputs:
 
     # === Prediction ===
 
-    def collect(self, items: list[str]):
-        """(entries, skipped): entries are (row fields, payload) for `predict`'s inputs."""
+    def collect(self, items: list[str]) -> list:
+        """(row fields, payload) of each of `predict`'s inputs (a payload may be read only when served)."""
         raise NotImplementedError
 
     def serve(self, serve, payloads: list):
-        """(rows served as [(index, probabilities)], skipped [(index, reason)]) of one batch."""
+        """(rows served as [(index, probabilities)], skipped [(index, reason)]) of one batch of
+        `collect`'s payloads."""
         raise NotImplementedError
 
     def example_payloads(self, examples, rows) -> list:

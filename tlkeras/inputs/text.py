@@ -101,7 +101,7 @@ class TextInputs(Inputs):
                     if line.strip():
                         text = line.rstrip("\r\n")
                         entries.append(({"text": text, "source": f"{name}:{number}"}, text))
-        return entries, []
+        return entries
 
     def serve(self, serve, payloads):
         import tensorflow as tf

@@ -31,16 +31,25 @@ def get_task(name: "str | Task") -> Task:
     return TASKS[name]
 
 
+def task_of_metrics(metrics: dict) -> Task:
+    """The Task whose metrics these are (the one whose headline number they hold; else single-label).
+
+    >>> task_of_metrics({"count": 3, "micro_f1": 0.5}).name
+    'multi_label'
+    """
+    found = [task for task in TASKS.values() if metrics.get(task.headline_key) is not None]
+    return found[0] if found else TASKS["single_label"]
+
+
 def headline(metrics: dict):
     """(name, value) of the headline number of a Task's metrics ("accuracy", "micro-F1"), or None.
 
     >>> headline({"count": 3, "micro_f1": 0.5})
     ('micro-F1', 0.5)
     """
-    for task in TASKS.values():
-        if metrics.get(task.headline_key) is not None:
-            return task.headline_name, metrics[task.headline_key]
-    return None
+    task = task_of_metrics(metrics)
+    value = metrics.get(task.headline_key)
+    return None if value is None else (task.headline_name, value)
 
 
-__all__ = ["TASKS", "TASK_CHOICES", "Task", "get_task", "headline"]
+__all__ = ["TASKS", "TASK_CHOICES", "Task", "get_task", "headline", "task_of_metrics"]

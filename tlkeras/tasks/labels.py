@@ -73,6 +73,14 @@ def resolve_task(setting: str, raw, key: str):
     return get_task("multi_label")
 
 
+def encode_examples(examples, setting: str, key: str, class_names):
+    """Resolve the Task for `setting` from `examples`' raw labels and encode them in place with
+    `class_names` (None: found from the labels); returns (task, class names)."""
+    task = resolve_task(setting, examples.labels, key)
+    examples.labels, names = task.encode_labels(examples.labels, key, class_names)
+    return task, names
+
+
 def check_multi_hot(matrix: np.ndarray, key: str, class_names) -> np.ndarray:
     values = np.asarray(matrix)
     if values.dtype.kind not in "biuf" or not np.isin(values, (0, 1)).all():

@@ -39,6 +39,9 @@ class MultiLabel(Task):
     accuracy_key = "binary_accuracy"
     headline_key = "micro_f1"
     headline_name = "micro-F1"
+    qualifier = "multi-label"
+    min_classes = 1
+    agreement_measure = "each label at its threshold"
 
     # === Model ===
 

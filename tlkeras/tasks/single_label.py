@@ -32,6 +32,8 @@ class SingleLabel(Task):
     description = "single-label classification"
     accuracy_key = "accuracy"
     headline_key = "accuracy"
+    min_classes = 2
+    agreement_measure = "top-1 class"
 
     # === Model ===
 
@@ -136,16 +138,6 @@ class SingleLabel(Task):
             val_rows.extend(rows[:n_val])
             train_rows.extend(rows[n_val:])
         return np.sort(np.array(train_rows, dtype=np.int64)), np.sort(np.array(val_rows, dtype=np.int64))
-
-    def spread_rows(self, labels: np.ndarray, count: int) -> list[int]:
-        """Row indices taking the first example of each class in turn (round robin)."""
-        by_class = [list(np.flatnonzero(labels == c)) for c in np.unique(labels)]
-        rows: list[int] = []
-        while len(rows) < min(count, len(labels)):
-            for members in by_class:
-                if members and len(rows) < count:
-                    rows.append(int(members.pop(0)))
-        return rows
 
     def class_weight(self, setting, labels: np.ndarray, class_names: list[str]) -> Optional[dict]:
         """None, "balanced" (n / (k * n_c)), "auto" (balanced when the class counts differ by more

@@ -29,6 +29,12 @@ class Task:
     #: the metrics.json key logged and printed as the run's headline number
     headline_key: str = "accuracy"
     headline_name: str = "accuracy"
+    #: what qualifies "image classification" and the like in logs and model cards ("" for the plain kind)
+    qualifier: str = ""
+    #: the fewest classes a model of this kind has
+    min_classes: int = 2
+    #: what `agreement` counts, as parity.json says it
+    agreement_measure: str = ""
 
     # === Model ===
 
@@ -83,8 +89,7 @@ class Task:
 
     def spread_rows(self, labels: np.ndarray, count: int) -> list[int]:
         """Up to `count` rows taking each class in turn (samples to check an export with)."""
-        counts = self.class_counts(labels, self._num_classes(labels))
-        members = [list(np.flatnonzero(self.has_class(labels, c))) for c in range(len(counts))]
+        members = [list(np.flatnonzero(self.has_class(labels, c))) for c in range(self._num_classes(labels))]
         rows: list[int] = []
         seen: set[int] = set()
         while len(rows) < min(count, len(labels)) and any(members):
