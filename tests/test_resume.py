@@ -140,6 +140,7 @@ def _unfinished_run(path, cfg, state=True, finished=False):
     if finished:
         (path / "model.keras").write_bytes(b"model")
         (path / "metrics.json").write_text("{}")
+        (path / "run.json").write_text(json.dumps({"status": finished}))
     return str(path)
 
 
@@ -158,14 +159,14 @@ def test_a_different_config_is_refused_with_the_ways_out(tmp_path):
 
 def test_a_finished_run_is_not_trained_again_without_overwrite(tmp_path):
     cfg = FinetuneConfig()
-    run = _unfinished_run(tmp_path, cfg, finished=True)
+    run = _unfinished_run(tmp_path, cfg, finished="complete")
     with pytest.raises(TlkerasError, match=r"holds a finished run \(model.keras\)\. Use --overwrite .* `tlkeras export "):
         rundir.prepare(run, cfg)
 
 
 def test_overwrite_removes_only_what_tlkeras_wrote(tmp_path):
     cfg = FinetuneConfig()
-    run = _unfinished_run(tmp_path, cfg, finished=True)
+    run = _unfinished_run(tmp_path, cfg, finished="complete")
     (tmp_path / "my_notes.txt").write_text("keep me")
     (tmp_path / "tlkeras-cache-abc").mkdir()  # a cache spilled by a killed run
     assert rundir.prepare(run, cfg, overwrite=True) is False
@@ -221,3 +222,56 @@ def test_cli_ctrl_c_exits_130_with_the_resume_hint(monkeypatch):
     assert result.exit_code == 130
     assert "Stopped: interrupted: 3 finished epoch(s) are saved" in result.output
     assert "Traceback" not in result.output
+
+
+# === A kill after training: the report or the export is completed by the same command ===
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["report", "export"])
+def test_a_kill_in_the_report_or_the_export_is_completed_by_the_same_command(tmp_path, image_folder, tiny, where):
+    options = {**_options(image_folder, tiny, unfreeze="blocks:1", epochs=1), "stage1": {"epochs": 1},
+               "export": True, "report": where == "report"}
+    run = tmp_path / "run"
+    killed = _train(options, run, (where,))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert rundir.run_status(str(run)) == rundir.TRAINED  # model.keras and metrics.json written, not complete
+    leftovers = {"report": run, "export": run / "export"}[where]
+    assert [n for n in os.listdir(leftovers) if n.startswith(".tmp-")]  # what the kill left
+    assert not os.path.isdir(run / "export" / "1")
+    trained = _weights(run)
+
+    again = _train(options, run)  # the same command again
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "holds a trained run whose report or export was not finished: completing it" in again.stderr
+    assert "removed what an interrupted run left" in again.stderr
+    # the export is checked on the run's 6 real validation images, as an uninterrupted run's is
+    assert "exported SavedModel version 1" in again.stderr and "checked on 6 images" in again.stderr
+    assert rundir.run_status(str(run)) == rundir.COMPLETE
+    assert not [n for folder in (run, run / "export") for n in os.listdir(folder) if n.startswith(".tmp-")]
+    assert os.listdir(run / "export") == ["1"]
+    assert _history(run)["epoch"] == [1, 2]  # nothing trained twice
+    for x, y in zip(trained, _weights(run)):
+        np.testing.assert_array_equal(y, x)
+    if where == "report":
+        assert os.path.isfile(run / "report.html")
+    third = _train(options, run)
+    assert third.returncode != 0 and "holds a finished run" in third.stderr
+
+
+def test_a_trained_run_goes_on_and_a_complete_one_is_refused(tmp_path):
+    cfg = FinetuneConfig()
+    assert rundir.prepare(_unfinished_run(tmp_path / "a", cfg, finished="trained"), cfg) is True
+    run = _unfinished_run(tmp_path / "b", cfg, finished="complete")
+    with pytest.raises(TlkerasError, match="holds a finished run"):
+        rundir.prepare(run, cfg)
+    (tmp_path / "b" / "run.json").write_text('{"status": "comp')  # cut short by a kill: redone
+    assert rundir.run_status(run) == rundir.TRAINED
+
+
+def test_a_run_that_never_finished_an_epoch_does_not_block_a_corrected_command(tmp_path):
+    # e.g. a data path typo found after config.yaml was written: the fixed command just starts
+    run = _unfinished_run(tmp_path, FinetuneConfig.from_dict({"data": "photoz"}), state=False)
+    assert rundir.prepare(run, FinetuneConfig.from_dict({"data": "photos"})) is False
+    with pytest.raises(TlkerasError, match="configured differently"):  # --resume still names the difference
+        rundir.prepare(run, FinetuneConfig.from_dict({"data": "photos"}), resume=True)

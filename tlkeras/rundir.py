@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
-from typing import Optional
+from typing import Iterator, Optional
 
 from tlkeras._logging import get_logger
 from tlkeras.errors import TlkerasError
@@ -19,15 +20,24 @@ CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "resume.npz"  # in CHECKPOINT_DIR: see tlkeras.resume
 STATE_PATH = os.path.join(CHECKPOINT_DIR, STATE_FILE)
 
-# Everything a run writes, and only that: --overwrite removes these, never other files.
+# Everything a run writes, and only that: --overwrite removes these, never other files, and never
+# EXPORT_DIR: the SavedModel versions a server may be serving stay, and the new model counts on.
+EXPORT_DIR = "export"
 ARTEFACTS = (
     CONFIG_FILE, LABELS_FILE, MODEL_FILE, METRICS_FILE, "run.json", "history.json", "skipped_files.txt",
     "stage2_trainable_layers.txt", "training_curves.png", "confusion_matrix.png", "confident_mistakes.png",
     "precision_recall_curves.png",
-    "report.html", CHECKPOINT_DIR, "export", "tflite", "onnx", "tensorboard",
+    "report.html", CHECKPOINT_DIR, EXPORT_DIR, "tflite", "onnx", "tensorboard",
 )
 # Settings that do not change what is trained: a resumed run may differ in them.
 NOT_TRAINING = ("output_dir", "export", "report", "tensorboard", "top_k")
+# Where a dead run may have left temporary files (".tmp-*", see tlkeras.utils.atomic_path).
+TEMP_FOLDERS = ("", CHECKPOINT_DIR, EXPORT_DIR, "tflite", "onnx")
+
+# run.json's "status": what a run has done. A run is complete only when everything it was asked to
+# do is done; a "trained" run (model.keras and metrics.json written, then killed during the report
+# or the export) is completed by the same command.
+TRAINED, COMPLETE = "trained", "complete"
 
 
 def worker_dir(run_dir: str, task: str) -> str:
@@ -54,32 +64,98 @@ def saved_config(run_dir: Optional[str]):
     return FinetuneConfig.from_yaml(os.path.join(run_dir, CONFIG_FILE))
 
 
+@contextlib.contextmanager
+def lock(run_dir: str) -> Iterator[None]:
+    """One training process per run directory: an exclusive OS lock on the folder itself, held
+    for the block. The OS drops it when the process ends, however it ends (kill -9 included), so
+    it never stays stuck and leaves no file behind. A second `tlkeras train` on the same folder
+    gets one line; `tlkeras export` and `predict` do not lock and work alongside.
+
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> with lock(folder):  # doctest: +ELLIPSIS
+    ...     with lock(folder):
+    ...         pass
+    Traceback (most recent call last):
+    tlkeras.errors.TlkerasError: output_dir ... is in use by another tlkeras run ...
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock (tlkeras's platforms are Linux and macOS)
+        yield
+        return
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TlkerasError(
+                f"output_dir {run_dir!r} is in use by another tlkeras run (it holds the folder's lock). Wait for it "
+                "to finish, or choose another output_dir."
+            ) from None
+        except OSError as e:  # a file system without locks (some network mounts): run without one
+            get_logger().warning("could not lock %s (%s): make sure no other run uses it", run_dir, e.strerror)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def run_status(run_dir: str) -> str:
+    """"none" (no run), "unfinished" (training had not ended), TRAINED (model.keras and metrics.json
+    written, the report or export not done) or COMPLETE (see run.json's "status")."""
+    import json
+
+    if not os.path.isfile(os.path.join(run_dir, CONFIG_FILE)):
+        return "none"
+    if not (os.path.isfile(os.path.join(run_dir, MODEL_FILE)) and os.path.isfile(os.path.join(run_dir, METRICS_FILE))):
+        return "unfinished"
+    try:
+        with open(os.path.join(run_dir, "run.json"), encoding="utf-8") as f:
+            status = json.load(f).get("status", COMPLETE)  # run.json before "status" existed: written at the end
+    except (OSError, ValueError, AttributeError):
+        return TRAINED  # not written, or cut short: the end of the run is redone
+    return COMPLETE if status == COMPLETE else TRAINED
+
+
 def prepare(run_dir: str, cfg, *, resume: bool = False, overwrite: bool = False) -> bool:
     """Decide what to do with `run_dir` before a run; True when the run goes on from saved state.
+    Call it holding `lock(run_dir)`: it removes what dead runs left (temporary files, spilled caches).
 
     - no run there (no config.yaml): start; with resume=True that is an error;
-    - overwrite=True: remove the earlier run's files (only those tlkeras writes) and start;
+    - overwrite=True: remove the earlier run's files (only those tlkeras writes; the export
+      versions stay and the new model's version counts on) and start;
+    - a run that never finished an epoch: start afresh, whatever its config was;
     - a run with another config: refused, naming the differences and the ways out;
-    - a finished run (model.keras): refused, pointing to --overwrite and `tlkeras export`;
+    - a complete run: refused, pointing to --overwrite and `tlkeras export`;
+    - a run killed after training (TRAINED: `run_status`): go on, so that the report and the export
+      are done from its model.keras;
     - an unfinished run with the same config: go on from its last finished epoch (the same
       command resumes; resume=True says so explicitly).
     """
     if resume and overwrite:
         raise TlkerasError("resume and overwrite exclude each other: resume continues the run in output_dir, "
                            "overwrite replaces it. Choose one.")
-    _remove_stale_caches(run_dir)
-    has_run = os.path.isfile(os.path.join(run_dir, CONFIG_FILE))
+    _remove_leftovers(run_dir)
+    status = run_status(run_dir)
     if overwrite:
-        if has_run:
+        if status != "none":
             removed = remove_run(run_dir)
-            get_logger().info("overwrite: removed the earlier run's %s from %s", ", ".join(removed), run_dir)
+            versions = _versions(run_dir)
+            kept = (f"; kept {EXPORT_DIR}/ (version{'s' if len(versions) > 1 else ''} "
+                    f"{', '.join(map(str, versions))}): the new model becomes version {max(versions) + 1}"
+                    if versions else "")
+            get_logger().info("overwrite: removed the earlier run's %s from %s%s", ", ".join(removed), run_dir, kept)
         return False
-    if not has_run:
+    if status == "none":
         if resume:
             raise TlkerasError(f"resume: {run_dir!r} holds no tlkeras run (no {CONFIG_FILE}) to continue. "
                                "Check output_dir, or drop --resume to start a new run there.")
         return False
     differences = config_differences(saved_config(run_dir), cfg)
+    if status == "unfinished" and not has_state(run_dir) and not (resume and differences):
+        get_logger().info("output_dir %s holds an unfinished run with no finished epoch: starting it again%s", run_dir,
+                          " with this config" if differences else "")
+        return False
     if differences:
         listed = "; ".join(differences[:5]) + ("; ..." if len(differences) > 5 else "")
         if resume:
@@ -91,14 +167,14 @@ def prepare(run_dir: str, cfg, *, resume: bool = False, overwrite: bool = False)
             f"output_dir {run_dir!r} holds a run with a different config ({listed}). Add --resume to continue that "
             "run as it was configured, --overwrite to replace it, or choose another output_dir."
         )
-    if os.path.isfile(os.path.join(run_dir, MODEL_FILE)) and os.path.isfile(os.path.join(run_dir, METRICS_FILE)):
+    if status == COMPLETE:
         raise TlkerasError(
             f"output_dir {run_dir!r} holds a finished run ({MODEL_FILE}). Use --overwrite to train it again, "
-            f"another output_dir for a new run, or `tlkeras export {run_dir}` if its export is missing."
+            f"another output_dir for a new run, or `tlkeras export {run_dir}` to export it again."
         )
-    if not has_state(run_dir):
-        get_logger().info("output_dir %s holds an unfinished run with no finished epoch: starting it again", run_dir)
-        return False
+    if status == TRAINED:
+        get_logger().info("output_dir %s holds a trained run whose report or export was not finished: completing it "
+                          "from its %s", run_dir, MODEL_FILE)
     return True
 
 
@@ -127,11 +203,13 @@ def config_differences(saved, cfg) -> list[str]:
     return sorted(out)
 
 
-def remove_run(run_dir: str) -> list[str]:
-    """Remove the files and folders a run writes (ARTEFACTS) from run_dir; return their names."""
+def remove_run(run_dir: str, keep: tuple = (EXPORT_DIR,)) -> list[str]:
+    """Remove the files and folders a run writes (ARTEFACTS but `keep`) from run_dir; return their names."""
     removed = []
     for name in ARTEFACTS:
         path = os.path.join(run_dir, name)
+        if name in keep:
+            continue
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path)
         elif os.path.lexists(path):
@@ -142,10 +220,36 @@ def remove_run(run_dir: str) -> list[str]:
     return removed
 
 
-def _remove_stale_caches(run_dir: str) -> None:
-    """Feature caches spilled to disk by a run that was killed (tlkeras-cache-*)."""
+def _versions(run_dir: str) -> list[int]:
+    folder = os.path.join(run_dir, EXPORT_DIR)
+    return sorted(int(n) for n in os.listdir(folder) if n.isdigit()) if os.path.isdir(folder) else []
+
+
+def _remove_leftovers(run_dir: str) -> None:
+    """What killed runs left: feature caches spilled to disk (tlkeras-cache-*) and temporary files and
+    folders (".tmp-*") whose process is gone; a live export's temporary folder stays."""
+    from tlkeras.utils import is_stale_temp
+
+    removed = []
     for folder in glob.glob(os.path.join(glob.escape(run_dir), "tlkeras-cache-*")):
         shutil.rmtree(folder, ignore_errors=True)
+        removed.append(os.path.basename(folder))
+    for where in TEMP_FOLDERS:
+        folder = os.path.join(run_dir, where)
+        if not os.path.isdir(folder):
+            continue
+        for name in os.listdir(folder):
+            if not is_stale_temp(name):
+                continue
+            path = os.path.join(folder, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+            removed.append(os.path.join(where, name) if where else name)
+    if removed:
+        get_logger().info("removed what an interrupted run left in %s: %s", run_dir, ", ".join(sorted(removed)))
 
 
 def read_labels(path: str) -> list[str]:

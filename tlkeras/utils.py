@@ -9,12 +9,70 @@ import tempfile
 from typing import Any, Iterator
 
 
+TEMP_PREFIX = ".tmp-"  # every temporary file or folder tlkeras makes next to what it publishes
+
+
+def temp_prefix(kind: str = "") -> str:
+    """".tmp-[kind-]<pid>-": a temporary name that says which process made it, so a later run can
+    tell a dead run's leftovers (see `is_stale_temp`) from a live writer's (a concurrent export)."""
+    return f"{TEMP_PREFIX}{kind + '-' if kind else ''}{os.getpid()}-"
+
+
+def is_stale_temp(name: str) -> bool:
+    """Whether `name` is a temporary file or folder whose process is gone (or is this one).
+
+    >>> is_stale_temp(temp_prefix("export") + "abc"), is_stale_temp("model.keras")
+    (True, False)
+    >>> is_stale_temp(".tmp-export-999999999-abc"), is_stale_temp(".tmp-k2j3h4.png")
+    (True, True)
+    """
+    if not name.startswith(TEMP_PREFIX):
+        return False
+    pid = next((int(part) for part in name[len(TEMP_PREFIX):].split("-")[:2] if part.isdigit()), None)
+    return pid is None or pid == os.getpid() or not _process_alive(pid)
+
+
+def _process_alive(pid: int) -> bool:
+    if os.name != "posix":  # os.kill(pid, 0) would end the process on Windows: assume it lives
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file, or a folder's entries, to disk (best effort where the OS cannot)."""
+    flags = (os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)) if os.path.isdir(path) else os.O_RDONLY
+    try:
+        fd = os.open(path, flags)
+    except OSError:  # Windows cannot open a folder
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path: str | os.PathLike) -> None:
+    """`fsync_path` every file and folder under `path` (a SavedModel before it is published)."""
+    for folder, _, files in os.walk(path):
+        for name in files:
+            fsync_path(os.path.join(folder, name))
+        fsync_path(folder)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
-    """A temporary path next to `path` to write to; renamed over `path` when the block ends
-    without error, removed otherwise. A reader (or a run killed mid-write) sees the old file or
-    the new one, never half of one. `suffix` keeps writers that check extensions happy
-    (".keras", ".weights.h5", ".npz").
+    """A temporary path next to `path` to write to; synced to disk and renamed over `path` when the
+    block ends without error (and the folder synced), removed otherwise. A reader, a run killed
+    mid-write, or a power loss sees the old file or the new one, never half of one or an empty one.
+    `suffix` keeps writers that check extensions happy (".keras", ".weights.h5", ".npz").
 
     >>> import tempfile, os
     >>> target = os.path.join(tempfile.mkdtemp(), "a.txt")
@@ -26,13 +84,15 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(), suffix=suffix, dir=folder)
     os.close(fd)
     try:
         yield tmp
         # mkstemp makes the file 0600; what we publish follows the umask, as open() would
         os.chmod(tmp, 0o666 & ~_umask())
+        fsync_path(tmp)
         os.replace(tmp, path)
+        fsync_path(folder)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -45,11 +105,9 @@ def _umask() -> int:
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` through `atomic_path`, synced to disk before the rename."""
+    """Write `data` to `path` through `atomic_path` (synced to disk before the rename)."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def safe_filename(name: str, max_length: int = 80) -> str:

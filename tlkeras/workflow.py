@@ -140,6 +140,17 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
         run_dir = rundir.worker_dir(run_dir, task)
         log.info("%s is not the chief: its files go to %s (removed at the end)", task, run_dir)
     os.makedirs(run_dir, exist_ok=True)
+    with rundir.lock(run_dir):  # one run per directory; released however the process ends
+        return _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, started=started,
+                    resume=resume, overwrite=overwrite, verbose=verbose, callbacks=extra_callbacks)
+
+
+def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *, started, resume, overwrite, verbose,
+         callbacks) -> FinetuneResult:
+    """build_and_finetune from the run directory on, holding its lock."""
+    log = get_logger()
+    chief, task = worker_role(strategy)
+    extra_callbacks = callbacks
     # A worker's own folder without a resume state holds nothing worth keeping: start it afresh.
     stale_worker_dir = not chief and not resume and not rundir.has_state(run_dir)
     resuming = rundir.prepare(run_dir, cfg, resume=resume, overwrite=overwrite or stale_worker_dir)
@@ -223,6 +234,7 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
     timings["evaluate"] = time.time() - clock
     record = build_record(cfg=cfg, bundle=data_bundle, run_dir=run_dir, timings=timings, started=started,
                           plan=history.cache_plan, policy=keras.config.dtype_policy().name, strategy=strategy)
+    record["status"] = rundir.TRAINED  # the report and export are still to do: a rerun completes them
     write_json_atomic(os.path.join(run_dir, RUN_FILE), record)
     if cfg.report:
         _write_report(run_dir, history, metrics, probabilities, labels, class_names,
@@ -237,10 +249,11 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
             verify_images=samples, card=card_facts(record, metrics),
         )
         timings["export"] = time.time() - clock
+    record["seconds"] = {k: round(float(v), 3) for k, v in timings.items()}
     if export_dir:
-        record["seconds"] = {k: round(float(v), 3) for k, v in timings.items()}
         record["export_dir"] = export_dir
-        write_json_atomic(os.path.join(run_dir, RUN_FILE), record)
+    record["status"] = rundir.COMPLETE  # everything asked for is done
+    write_json_atomic(os.path.join(run_dir, RUN_FILE), record)
     if not chief:
         shutil.rmtree(run_dir, ignore_errors=True)
         run_dir, export_dir = chief_dir, None

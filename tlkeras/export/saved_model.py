@@ -32,6 +32,7 @@ import tensorflow as tf
 from tlkeras._logging import get_logger
 from tlkeras.errors import ExportError
 from tlkeras.model import inputs_of, model_info, predict_function, task_of, to_probabilities
+from tlkeras.utils import fsync_path, fsync_tree, temp_prefix
 
 from tlkeras.rundir import LABELS_FILE, MODEL_CARD_FILE  # noqa: E402  (file names are rundir's)
 # Float32 graphs of the same ops on the same device agree to rounding; 1e-5 is far above
@@ -113,7 +114,7 @@ def export_saved_model(
             f"the model predicts {max(n_out, 2)} classes but {len(class_names)} class names were given."
         )
     os.makedirs(export_dir, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".tmp-export-", dir=export_dir)
+    staging = tempfile.mkdtemp(prefix=temp_prefix("export"), dir=export_dir)
     try:
         labels_path = os.path.join(staging, LABELS_FILE)
         with open(labels_path, "w", encoding="utf-8") as f:
@@ -125,11 +126,13 @@ def export_saved_model(
             json.dump(model_card(model, class_names, top_k, card), f, indent=2, default=str)
         images = list(verify_images) if verify_images else inputs_of(model).synthetic_samples(model)
         verify_export(target, model, images)
+        fsync_tree(target)  # on disk before it is published: a power loss leaves no empty version
         while True:
             version = next_version(export_dir)
             final = os.path.join(export_dir, str(version))
             try:
                 os.rename(target, final)  # atomic; fails if another export took this version
+                fsync_path(export_dir)
                 break
             except OSError:
                 if not os.path.exists(final):
