@@ -39,6 +39,9 @@ STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu"
 # Pretrained classifiers take a few hundred pixels a side (EfficientNetB7: 600); 4096 leaves room and
 # refuses sizes whose first batch would exhaust memory minutes later.
 MAX_IMAGE_SIZE = 4096
+# Images declaring more pixels (height x width) are refused before decoding (decompression bombs):
+# Pillow's MAX_IMAGE_PIXELS default, ~89.5 megapixels. See tlkeras.data.images.decode_image.
+MAX_IMAGE_PIXELS = 89_478_485
 TASK_CHOICES = ("auto", "single_label", "multi_label")  # tlkeras.tasks.TASKS, plus auto
 THRESHOLDS = ("per_class", "global")  # or a number in (0, 1)
 
@@ -188,6 +191,7 @@ class FinetuneConfig:
     label_separator: str = " "
     threshold: Union[str, float] = "per_class"
     image_size: Union[int, list[int], None] = None
+    max_image_pixels: int = MAX_IMAGE_PIXELS
     batch_size: int = 32
     class_weight: Union[str, dict, None] = None
     label_smoothing: float = 0.0
@@ -523,7 +527,7 @@ def _check_choice(key: str, value: Any, choices, kind=None) -> None:
 
 
 def _validate_data(cfg: "FinetuneConfig") -> None:
-    """data, val_data, val_split, class_names, the table columns, the label separator."""
+    """data, val_data, val_split, class_names, the table columns, the label separator, max_image_pixels."""
     _check_number("val_split", cfg.val_split, 0.0, 1.0, low_open=False, high_open=True)
     if cfg.class_names is not None and (
         not isinstance(cfg.class_names, list)
@@ -537,6 +541,9 @@ def _validate_data(cfg: "FinetuneConfig") -> None:
     if not isinstance(cfg.label_separator, str) or not cfg.label_separator or "\n" in cfg.label_separator:
         raise ConfigError(f"label_separator: {cfg.label_separator!r} is not valid: use the character(s) between "
                           "the labels of one cell, e.g. ' ' or '|'.")
+    if not isinstance(cfg.max_image_pixels, int) or isinstance(cfg.max_image_pixels, bool) or cfg.max_image_pixels < 0:
+        raise ConfigError(f"max_image_pixels: {cfg.max_image_pixels!r} is not valid: use the largest height x width "
+                          f"an image may declare (default {MAX_IMAGE_PIXELS}), or 0 for no limit.")
 
 
 def _validate_model(cfg: "FinetuneConfig") -> None:

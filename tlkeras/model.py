@@ -58,6 +58,8 @@ class ModelInfo:
         class_names: the class names in output order.
         decision: what turns probabilities into answers, chosen on validation data (a multi-label
             model's per-class {"thresholds": [...]}), or None.
+        input_options: how its Inputs kind reads what clients send, in training and in serving (an
+            image model's {"max_image_pixels": ...}); {} for the defaults.
     """
 
     task: str = "single_label"
@@ -67,6 +69,7 @@ class ModelInfo:
     block_map: Optional[dict] = None
     class_names: Optional[list] = None
     decision: Optional[dict] = None
+    input_options: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -128,6 +131,7 @@ def build_model(
     backbone_options: dict | None = None,
     task: str = "single_label",
     class_names: Optional[list] = None,
+    input_options: Optional[dict] = None,
 ) -> keras.Model:
     """Build a transfer-learning classifier.
 
@@ -151,6 +155,8 @@ def build_model(
         task: "single_label" (softmax, or one sigmoid unit for 2 classes) or "multi_label" (one
             sigmoid per class); see `tlkeras.tasks`.
         class_names: the class names, kept in the model's metadata (`model_info`).
+        input_options: how the inputs are read in serving, kept in the metadata (an image model's
+            {"max_image_pixels": N}: larger images are refused before decoding).
 
     Example:
 
@@ -186,6 +192,7 @@ def build_model(
         task=role.name, inputs=kind.name, backbone=spec.name, source=spec.source,
         block_map=dataclasses.asdict(spec.block_map) if spec.block_map else None,
         class_names=[str(c) for c in class_names] if class_names is not None else None,
+        input_options=dict(input_options or {}),
     ))
     metadata.pop("extra")
     return Classifier(inputs, outputs, name=f"tlkeras_{spec.slug}", metadata=metadata)

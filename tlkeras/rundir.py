@@ -311,7 +311,7 @@ def run_examples(path: str, data, class_names: list[str], split: str = "val", in
     options = {"task": task}
     if cfg is not None:
         options.update(label_column=cfg.label_column, label_separator=cfg.label_separator,
-                       text_column=cfg.text_column, image_column=cfg.image_column)
+                       text_column=cfg.text_column, image_column=cfg.image_column, max_pixels=cfg.max_image_pixels)
     load = functools.partial(get_inputs(inputs).load_examples, **options)
     if data is not None:
         examples, _, skipped = load(data, "data", class_names)

@@ -58,7 +58,7 @@ def fingerprint_examples_paths(paths: list[str], sizes: list[int]) -> str:
     """sha256 over (relative path, size in bytes) of every file, in order."""
     h = hashlib.sha256()
     for path, size in zip(paths, sizes):
-        h.update(f"{path}\t{size}\n".encode("utf-8"))
+        h.update(f"{path}\t{size}\n".encode("utf-8", "surrogateescape"))  # names that are not UTF-8: their bytes
     return h.hexdigest()
 
 

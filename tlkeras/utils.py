@@ -125,8 +125,8 @@ def safe_filename(name: str, max_length: int = 80) -> str:
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """`write_bytes_atomic` of `text` in UTF-8."""
-    write_bytes_atomic(path, text.encode("utf-8"))
+    """`write_bytes_atomic` of `text` in UTF-8 (file names that are not UTF-8 keep their own bytes)."""
+    write_bytes_atomic(path, text.encode("utf-8", "surrogateescape"))
 
 
 def write_json_atomic(path: str | os.PathLike, value: Any) -> None:

@@ -183,6 +183,7 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
         model = build_model(
             spec, len(class_names), image_size=image_size, weights=cfg.weights,
             head=cfg.head, backbone_options=cfg.backbone_options, task=task.name, class_names=class_names,
+            input_options=kind.input_options(cfg),
         )
     timings["build"] = time.time() - clock
     callbacks = []

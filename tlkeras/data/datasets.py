@@ -51,6 +51,7 @@ class Examples:
     pixels: Optional[np.ndarray] = None  # already decoded and resized: float32 [N, h, w, 3]
     dataset: Optional[tf.data.Dataset] = None
     index: Optional[np.ndarray] = field(default=None)  # rows of `dataset` in this split
+    max_pixels: Optional[int] = None  # files: the largest image they are decoded up to (None: the default)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -60,7 +61,7 @@ class Examples:
         labels = self.labels[rows]
         if self.paths is not None:
             return Examples(labels, paths=[self.paths[i] for i in rows],
-                            pixels=self.pixels[rows] if self.pixels is not None else None)
+                            pixels=self.pixels[rows] if self.pixels is not None else None, max_pixels=self.max_pixels)
         if self.arrays is not None:
             return Examples(labels, arrays=self.arrays[rows])
         base = self.index if self.index is not None else np.arange(len(self.labels))
@@ -73,9 +74,9 @@ class Examples:
         if self.pixels is not None and tuple(self.pixels.shape[1:3]) == tuple(image_size):
             return tf.data.Dataset.from_tensor_slices((as_tensor(self.pixels), labels))
         if self.paths is not None:
-            ds = tf.data.Dataset.from_tensor_slices((self.paths, labels))
+            ds = tf.data.Dataset.from_tensor_slices((image_io.file_names(self.paths), labels))
             return ds.map(
-                lambda p, y: (image_io.load_image(p, image_size), y), num_parallel_calls=AUTOTUNE
+                lambda p, y: (image_io.load_image(p, image_size, self.max_pixels), y), num_parallel_calls=AUTOTUNE
             )
         if self.arrays is not None:
             ds = tf.data.Dataset.from_tensor_slices((as_tensor(self.arrays), labels))
@@ -104,7 +105,7 @@ class Examples:
         """The images of `rows` as encoded bytes: a file's own bytes, else PNG of the pixels."""
         rows = [int(r) for r in rows]
         if self.paths is not None:
-            return [tf.io.read_file(self.paths[i]).numpy() for i in rows]
+            return [tf.io.read_file(name).numpy() for name in image_io.file_names([self.paths[i] for i in rows])]
         if self.arrays is not None:
             return [_png(self.arrays[i]) for i in rows]
         wanted = set(rows)
@@ -198,7 +199,7 @@ def make_datasets(
     def load(source, key, names, task):
         return load_examples(source, key, names, image_size=image_size, budget_bytes=budget, task=task,
                              image_column=cfg.image_column, label_column=cfg.label_column,
-                             label_separator=cfg.label_separator)
+                             label_separator=cfg.label_separator, max_pixels=cfg.max_image_pixels)
 
     train, val, class_names, skipped, task = load_splits(load, cfg, data, val_data, "images")
 
@@ -288,7 +289,8 @@ def build_pipeline(
     if training and not cache and not in_memory and examples.paths is not None:
         # Shuffle file names, not decoded images: a full shuffle at no memory cost.
         order = np.random.default_rng(seed).permutation(n)
-        examples = Examples(examples.labels[order], paths=[examples.paths[i] for i in order])
+        examples = Examples(examples.labels[order], paths=[examples.paths[i] for i in order],
+                            max_pixels=examples.max_pixels)
     ds = examples.images(image_size)
     if cache and examples.pixels is None:
         ds = ds.cache()
@@ -338,17 +340,20 @@ def read_examples(
     image_column: str = "image",
     label_column: str = "label",
     label_separator: str = " ",
+    max_pixels: Optional[int] = None,
 ):
     """(Examples with raw labels, class names or None, skipped files): what a source holds, before a
-    Task encodes its labels (`tlkeras.tasks.labels`). Folders give class indices and their names."""
+    Task encodes its labels (`tlkeras.tasks.labels`). Folders give class indices and their names;
+    image files declaring more than `max_pixels` are skipped (see `tlkeras.data.images.decode_image`)."""
     if isinstance(source, str) and source.startswith("tfds:"):
         return _load_tfds(source, key, class_names)
     if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__"):
         path = os.fsdecode(source) if not isinstance(source, str) else source
         if path.lower().endswith(TABLE_EXTENSIONS):
             return _load_image_table(path, key, class_names, image_size, budget_bytes, task=task,
-                                     image_column=image_column, label_column=label_column, separator=label_separator)
-        return _load_folder(path, key, class_names, image_size, budget_bytes)
+                                     image_column=image_column, label_column=label_column, separator=label_separator,
+                                     max_pixels=max_pixels)
+        return _load_folder(path, key, class_names, image_size, budget_bytes, max_pixels)
     if isinstance(source, tf.data.Dataset):
         return _load_dataset(source, key, class_names)
     if isinstance(source, (tuple, list)) and len(source) == 2:
@@ -359,29 +364,31 @@ def read_examples(
     )
 
 
-def _load_folder(root: str, key: str, class_names, image_size=None, budget_bytes=0):
+def _load_folder(root: str, key: str, class_names, image_size=None, budget_bytes=0, max_pixels=None):
     if not (tf.io.gfile.exists(root) if "://" in root else os.path.exists(root)):  # gs://... through tf.io
         raise DataError(f"{key}: the path {root!r} does not exist.")
     folder = image_io.list_image_folder(root, class_names)
-    examples, bad = _scanned(folder.paths, np.asarray(folder.labels, dtype=np.int64), image_size, budget_bytes)
+    examples, bad = _scanned(folder.paths, np.asarray(folder.labels, dtype=np.int64), image_size, budget_bytes,
+                             max_pixels)
+    bad = folder.skipped + bad
     for c, name in enumerate(folder.class_names):
         if class_names is None and not np.any(examples.labels == c):
             raise DataError(f"{key}: no decodable images in the class folder {os.path.join(root, name)!r}.")
     return examples, folder.class_names, bad
 
 
-def _scanned(paths: list[str], labels, image_size, budget_bytes):
+def _scanned(paths: list[str], labels, image_size, budget_bytes, max_pixels=None):
     """Examples of the decodable files among `paths` (labels: an array, or a list of label sets)."""
     keep_pixels = image_size is not None and len(paths) * image_size[0] * image_size[1] * 12 <= budget_bytes
-    bad, pixels = image_io.scan_images(paths, image_size if keep_pixels else None)
+    bad, pixels = image_io.scan_images(paths, image_size if keep_pixels else None, max_pixels)
     bad_paths = {p for p, _ in bad}
     keep = [i for i, p in enumerate(paths) if p not in bad_paths]
     kept = [labels[i] for i in keep] if isinstance(labels, list) else labels[keep]
-    return Examples(kept, paths=[paths[i] for i in keep], pixels=pixels), bad
+    return Examples(kept, paths=[paths[i] for i in keep], pixels=pixels, max_pixels=max_pixels), bad
 
 
 def _load_image_table(path: str, key: str, class_names, image_size, budget_bytes, *, task: str, image_column: str,
-                      label_column: str, separator: str):
+                      label_column: str, separator: str, max_pixels=None):
     """A CSV/TSV with an image path column and a labels column (several labels in a cell separated
     by `separator` make a multi-label task); paths relative to the table's folder."""
     from tlkeras.data.tables import read_table
@@ -405,7 +412,7 @@ def _load_image_table(path: str, key: str, class_names, image_size, budget_bytes
     paths = [paths[i] for i in rows]
     if not paths:
         raise DataError(f"{key}: {path!r} holds no rows with an existing image file and a label.")
-    examples, bad = _scanned(paths, labels, image_size, budget_bytes)
+    examples, bad = _scanned(paths, labels, image_size, budget_bytes, max_pixels)
     return examples, class_names, skipped + bad
 
 

@@ -11,7 +11,7 @@ therefore not disagree about decoding, resizing or scale.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import tensorflow as tf
@@ -21,11 +21,63 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 IGNORED_FILES = {"thumbs.db", "desktop.ini"}
 
 
-def decode_image(image_bytes: tf.Tensor) -> tf.Tensor:
+# Images declaring more pixels (height x width) than MAX_IMAGE_PIXELS are refused before decoding: a
+# 100-kilobyte PNG can declare 20000 x 20000 and take 7 GB to decode. The config key
+# `max_image_pixels` changes it.
+from tlkeras.config import MAX_IMAGE_PIXELS  # noqa: E402
+
+
+def image_dimensions(image_bytes: tf.Tensor) -> tf.Tensor:
+    """int64 [height, width] an encoded JPEG, PNG, GIF or BMP declares in its header, read without
+    decoding the image; [-1, -1] for other bytes (the decoder then says what is wrong).
+
+    >>> png = tf.io.encode_png(tf.zeros([3, 5, 3], tf.uint8))
+    >>> image_dimensions(png).numpy().tolist(), image_dimensions(tf.constant(b"hello")).numpy().tolist()
+    ([3, 5], [-1, -1])
+    """
+    image_bytes = tf.convert_to_tensor(image_bytes, tf.string)
+    head = tf.strings.substr(tf.strings.join([tf.strings.substr(image_bytes, 0, 32), b"\0" * 32]), 0, 32)
+    b = tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64)
+
+    def big(at, n):
+        return sum(b[at + i] * (256 ** (n - 1 - i)) for i in range(n))
+
+    def little(at, n):
+        return sum(b[at + i] * (256 ** i) for i in range(n))
+
+    def signed32(value):  # BMP heights are negative for top-down rows
+        return tf.abs(tf.where(value >= 2**31, value - 2**32, value))
+
+    magic = tf.strings.substr(head, 0, 8)
+    is_png = tf.equal(magic, b"\x89PNG\r\n\x1a\n")
+    is_gif = tf.equal(tf.strings.substr(head, 0, 4), b"GIF8")
+    is_bmp = tf.equal(tf.strings.substr(head, 0, 2), b"BM")
+    is_jpeg = tf.equal(tf.strings.substr(head, 0, 2), b"\xff\xd8")
+    unknown = tf.constant([-1, -1], tf.int64)
+    return tf.case([
+        (is_png, lambda: tf.stack([big(20, 4), big(16, 4)])),
+        (is_gif, lambda: tf.stack([little(8, 2), little(6, 2)])),
+        (is_bmp, lambda: tf.stack([signed32(little(22, 4)), signed32(little(18, 4))])),
+        (is_jpeg, lambda: tf.cast(tf.io.extract_jpeg_shape(image_bytes)[:2], tf.int64)),
+    ], default=lambda: unknown, exclusive=True)
+
+
+def decode_image(image_bytes: tf.Tensor, max_pixels: int | None = None) -> tf.Tensor:
     """Decode JPEG, PNG, BMP or GIF (first frame) bytes to uint8 RGB [H, W, 3].
 
-    Grayscale gains three channels, RGBA loses its alpha, 16-bit PNG is scaled to 8 bits.
+    Grayscale gains three channels, RGBA loses its alpha, 16-bit PNG is scaled to 8 bits. An image
+    whose header declares more than `max_pixels` (default MAX_IMAGE_PIXELS; 0: no limit) is refused
+    with InvalidArgumentError before any pixel is decoded.
     """
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else int(max_pixels)
+    if limit:
+        size = image_dimensions(image_bytes)
+        check = tf.debugging.Assert(
+            size[0] * size[1] <= limit,
+            [tf.strings.format("image of {}x{} pixels is above max_image_pixels ({}): refused before decoding",
+                               (size[0], size[1], limit))])
+        with tf.control_dependencies([check]):
+            image_bytes = tf.identity(image_bytes)
     image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False, dtype=tf.uint8)
     image.set_shape([None, None, 3])
     return image
@@ -49,14 +101,15 @@ def prepare_image(image: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
     return tf.image.resize(image, image_size, method="bilinear", antialias=True)
 
 
-def decode_and_resize(image_bytes: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
-    """Encoded image bytes -> float32 RGB [h, w, 3] in [0, 255]: the training and serving input."""
-    return prepare_image(decode_image(image_bytes), image_size)
+def decode_and_resize(image_bytes: tf.Tensor, image_size: tuple[int, int], max_pixels: int | None = None) -> tf.Tensor:
+    """Encoded image bytes -> float32 RGB [h, w, 3] in [0, 255]: the training and serving input.
+    Images above `max_pixels` are refused (see `decode_image`)."""
+    return prepare_image(decode_image(image_bytes, max_pixels), image_size)
 
 
-def load_image(path: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
+def load_image(path: tf.Tensor, image_size: tuple[int, int], max_pixels: int | None = None) -> tf.Tensor:
     """Read a file (local or any tf.io filesystem, e.g. gs://) and `decode_and_resize` it."""
-    return decode_and_resize(tf.io.read_file(path), image_size)
+    return decode_and_resize(tf.io.read_file(path), image_size, max_pixels)
 
 
 # === Listing ===
@@ -76,6 +129,7 @@ class ImageFolder:
     paths: list[str]
     labels: list[int]
     class_names: list[str]
+    skipped: list = field(default_factory=list)  # (path, reason) of class folders that were not followed
 
 
 def list_image_folder(root: str, class_names: list[str] | None = None) -> ImageFolder:
@@ -89,7 +143,10 @@ def list_image_folder(root: str, class_names: list[str] | None = None) -> ImageF
     fs = _filesystem(root)
     if not fs.isdir(root):
         raise DataError(f"data: the folder {root!r} does not exist.")
-    found = sorted(name for name in fs.subfolders(root) if not name.startswith("."))
+    folders, skipped = fs.subfolders(root)
+    # names that are not UTF-8 are listed by their bytes and named with U+FFFD where text needs them
+    raw = {printable(name): name for name in sorted(folders) if not name.startswith(".")}
+    found = sorted(raw)
     if not found:
         raise DataError(
             f"data: {root!r} has no class subfolders; put the images of each class in its own folder, "
@@ -107,14 +164,15 @@ def list_image_folder(root: str, class_names: list[str] | None = None) -> ImageF
     paths, labels = [], []
     for name in found:
         label = class_names.index(name)
-        class_dir = os.path.join(root, name)
+        class_dir = os.path.join(root, raw[name])
         files = [path for path in fs.files(class_dir) if is_image_file(os.path.basename(path))]
         if not files:
-            raise DataError(f"data: the class folder {class_dir!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
+            raise DataError(f"data: the class folder {printable(class_dir)!r} holds no images "
+                            f"({', '.join(IMAGE_EXTENSIONS)}).")
         files.sort()
         paths.extend(files)
         labels.extend([label] * len(files))
-    return ImageFolder(paths, labels, list(class_names))
+    return ImageFolder(paths, labels, list(class_names), skipped)
 
 
 class _LocalFiles:
@@ -124,7 +182,24 @@ class _LocalFiles:
 
     @staticmethod
     def subfolders(root):
-        return [entry.name for entry in os.scandir(root) if entry.is_dir()]
+        """(names, skipped): the class folders of `root`, and (path, reason) of links not followed: a
+        link that leads back into the data folder would list its images twice under other labels."""
+        tree = os.path.realpath(root)
+        names, skipped = [], []
+        for entry in os.scandir(root):
+            try:
+                if not entry.is_dir():
+                    continue
+            except OSError as e:  # a link loop, a folder we may not read
+                skipped.append((entry.path, f"not followed: {e.strerror or e}"))
+                continue
+            if entry.is_symlink():
+                target = os.path.realpath(entry.path)
+                if target == tree or tree.startswith(target + os.sep) or target.startswith(tree + os.sep):
+                    skipped.append((entry.path, f"not followed: a link back into the data folder (to {target})"))
+                    continue
+            names.append(entry.name)
+        return names, skipped
 
     @staticmethod
     def files(folder):
@@ -148,7 +223,8 @@ class _TFFiles:
     def subfolders(root):
         import tensorflow as tf
 
-        return [name.rstrip("/") for name in tf.io.gfile.listdir(root) if tf.io.gfile.isdir(os.path.join(root, name))]
+        return [name.rstrip("/") for name in tf.io.gfile.listdir(root)
+                if tf.io.gfile.isdir(os.path.join(root, name))], []
 
     @staticmethod
     def files(folder):
@@ -169,8 +245,9 @@ def _filesystem(root: str):
 # === Scan ===
 
 
-def scan_images(paths: list[str], image_size: tuple[int, int] | None = None):
-    """Decode every file once, in parallel, with the training decoder.
+def scan_images(paths: list[str], image_size: tuple[int, int] | None = None, max_pixels: int | None = None):
+    """Decode every file once, in parallel, with the training decoder (images above `max_pixels`
+    are refused from their header, see `decode_image`).
 
     Returns (bad, pixels): `bad` lists (path, reason) of files that cannot be decoded (the
     reasons come from decoding those few again one by one); with `image_size`, `pixels` holds
@@ -179,11 +256,11 @@ def scan_images(paths: list[str], image_size: tuple[int, int] | None = None):
     """
     if not paths:
         return [], (np.zeros((0, *image_size, 3), np.float32) if image_size else None)
-    ds = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), paths))
+    ds = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), file_names(paths)))
     if image_size is None:
-        fn = lambda i, p: (i, tf.shape(decode_image(tf.io.read_file(p))))  # noqa: E731
+        fn = lambda i, p: (i, tf.shape(decode_image(tf.io.read_file(p), max_pixels)))  # noqa: E731
     else:
-        fn = lambda i, p: (i, load_image(p, image_size))  # noqa: E731
+        fn = lambda i, p: (i, load_image(p, image_size, max_pixels))  # noqa: E731
     ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False).ignore_errors()
     if image_size is None:
         ok = {int(i) for i, _ in ds.as_numpy_iterator()}
@@ -198,19 +275,64 @@ def scan_images(paths: list[str], image_size: tuple[int, int] | None = None):
             ok.update(i.tolist())
         if len(ok) < len(paths):
             pixels = pixels[sorted(ok)]
-    bad = [(path, _decode_error(path)) for index, path in enumerate(paths) if index not in ok]
+    bad = [(path, _decode_error(path, max_pixels)) for index, path in enumerate(paths) if index not in ok]
     return bad, pixels
 
 
-def find_undecodable(paths: list[str]) -> list[tuple[str, str]]:
+def find_undecodable(paths: list[str], max_pixels: int | None = None) -> list[tuple[str, str]]:
     """(path, reason) of the files the training decoder cannot decode."""
-    return scan_images(paths)[0]
+    return scan_images(paths, max_pixels=max_pixels)[0]
 
 
-def _decode_error(path: str) -> str:
+def file_names(paths: list[str]) -> list[bytes]:
+    """Paths as TensorFlow takes them: bytes, so that names that are not UTF-8 (which Python keeps as
+    surrogates) reach the file system unchanged instead of failing to convert."""
+    return [os.fsencode(p) if "://" not in p else p.encode("utf-8") for p in paths]
+
+
+def printable(name: str) -> str:
+    r"""A file or folder name fit for text (labels.txt, logs, JSON): bytes that are not UTF-8 become U+FFFD.
+
+    >>> printable("caf\udce9"), printable("café")
+    ('caf�', 'café')
+    """
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+_FORMATS = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP"))
+
+
+def image_problem(data: bytes, max_pixels: int | None = None) -> str | None:
+    r"""Why `data` is not an image the decoder takes, in words a user can act on; None when it is.
+
+    >>> image_problem(b""), image_problem(b"<html>")
+    ('an empty file', 'not an image: JPEG, PNG, BMP or GIF are read')
+    >>> image_problem(b"\x89PNG\r\n\x1a\n" + bytes(8))
+    'not a decodable PNG image (damaged or cut short)'
+    >>> image_problem(tf.io.encode_png(tf.zeros([300, 400, 3], tf.uint8)).numpy(), max_pixels=100_000)
+    'a PNG image of 400x300 pixels (0.12 megapixels), above max_image_pixels (0.1 megapixels): refused before decoding'
+    """
+    if not data:
+        return "an empty file"
+    kind = next((name for magic, name in _FORMATS if data.startswith(magic)), None)
+    if kind is None:
+        return "not an image: JPEG, PNG, BMP or GIF are read"
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else int(max_pixels)
     try:
-        decode_image(tf.io.read_file(path))
-    except (tf.errors.OpError, ValueError) as e:
-        message = getattr(e, "message", str(e)).strip().splitlines()
-        return message[0] if message else type(e).__name__
-    return "could not be decoded"
+        height, width = (int(v) for v in image_dimensions(data).numpy())
+        if limit and height * width > limit:
+            return (f"a {kind} image of {width}x{height} pixels ({height * width / 1e6:.3g} megapixels), above "
+                    f"max_image_pixels ({limit / 1e6:.3g} megapixels): refused before decoding")
+        decode_image(data, 0)
+    except (tf.errors.OpError, ValueError):
+        return f"not a decodable {kind} image (damaged or cut short)"
+    return None
+
+
+def _decode_error(path: str, max_pixels: int | None = None) -> str:
+    try:
+        with tf.io.gfile.GFile(path, "rb") if "://" in path else open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        return f"could not be read ({e.strerror or e})"
+    return image_problem(data, max_pixels) or "could not be decoded"

@@ -61,6 +61,9 @@ class ImageInputs(Inputs):
         options.pop("text_column", None)
         return load_examples(source, key, class_names, **options)
 
+    def input_options(self, cfg):
+        return {"max_image_pixels": cfg.max_image_pixels}
+
     def evaluation_pipeline(self, examples, model, batch_size):
         from tlkeras.data.datasets import build_pipeline
         return build_pipeline(examples, _size(model), batch_size, training=False, cache=False, seed=0)
@@ -69,7 +72,7 @@ class ImageInputs(Inputs):
         from tlkeras.data.images import decode_and_resize
 
         def images_of(rows):
-            return [np.asarray(decode_and_resize(blob, size)) for blob in examples.encoded(rows)]
+            return [np.asarray(decode_and_resize(blob, size, examples.max_pixels)) for blob in examples.encoded(rows)]
 
         return images_of
 
@@ -79,12 +82,14 @@ class ImageInputs(Inputs):
         import tensorflow as tf
 
         from tlkeras.data.images import decode_and_resize, prepare_image
-        size = _size(model)
+        size, limit = _size(model), _max_pixels(model)
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
         def serve_bytes(image_bytes):
+            # an image above max_image_pixels fails the request (INVALID_ARGUMENT, naming its size)
+            # from its header, before any pixel is decoded
             images = tf.map_fn(
-                lambda b: decode_and_resize(b, size),
+                lambda b: decode_and_resize(b, size, limit),
                 image_bytes,
                 fn_output_signature=tf.TensorSpec([size[0], size[1], 3], tf.float32),
             )
@@ -116,7 +121,7 @@ class ImageInputs(Inputs):
 
         from tlkeras.data.images import decode_and_resize
         size = _size(model)
-        return tf.stack([decode_and_resize(tf.constant(b), size) for b in samples])
+        return tf.stack([decode_and_resize(tf.constant(b), size, _max_pixels(model)) for b in samples])
 
     def card(self, model):
         from tlkeras.layers import PREPROCESS_LAYER
@@ -168,16 +173,37 @@ class ImageInputs(Inputs):
             return list(zip(blobs, probs)), skipped
         except tf.errors.InvalidArgumentError:
             pass
+        from tlkeras.data.images import image_problem
+
         served = []  # one file broke the batch: find it by serving the files one at a time
         for i, blob in blobs.items():
             try:
                 served.append((i, serve(image_bytes=tf.constant([blob]))["probabilities"].numpy()[0]))
             except tf.errors.InvalidArgumentError as e:
-                skipped.append((i, "not a decodable image: " + (e.message.strip().splitlines() or ["?"])[0]))
+                skipped.append((i, _served_error(blob, e.message, image_problem)))
         return served, sorted(skipped)
 
     def example_payloads(self, examples, rows):
         return examples.encoded(rows)
+
+
+def _served_error(blob: bytes, message: str, image_problem) -> str:
+    """What the serving graph refused, in words: the header's size where it says so."""
+    import re
+
+    found = re.search(r"image of (\d+)x(\d+) pixels is above max_image_pixels \((\d+)\)", message)
+    if found:
+        height, width, limit = (int(v) for v in found.groups())
+        return (f"an image of {width}x{height} pixels ({height * width / 1e6:.3g} megapixels), above the model's "
+                f"max_image_pixels ({limit / 1e6:.3g} megapixels): refused before decoding")
+    return image_problem(blob, 0) or "not a decodable image"
+
+
+def _max_pixels(model):
+    """The model's max_image_pixels (None: the default, `tlkeras.config.MAX_IMAGE_PIXELS`)."""
+    from tlkeras.model import model_info
+
+    return model_info(model).input_options.get("max_image_pixels")
 
 
 def _size(model) -> tuple[int, int]:

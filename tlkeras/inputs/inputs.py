@@ -34,6 +34,10 @@ class Inputs:
         """(keras.Input, features): the model's input and the backbone's output on it."""
         raise NotImplementedError
 
+    def input_options(self, cfg) -> dict:
+        """The config's settings of how inputs are read, kept with the model for serving (`ModelInfo`)."""
+        return {}
+
     def prediction_spec(self, model):
         """The tf.TensorSpec of a batch of the model's own inputs."""
         raise NotImplementedError

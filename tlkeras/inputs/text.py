@@ -47,6 +47,7 @@ class TextInputs(Inputs):
         from tlkeras.data.text import load_text_examples
 
         options.pop("image_column", None)
+        options.pop("max_pixels", None)
         return load_text_examples(source, key, class_names, **options)
 
     def evaluation_pipeline(self, examples, model, batch_size):
