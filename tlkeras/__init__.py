@@ -22,6 +22,7 @@ from tlkeras.config import FinetuneConfig, load_config
 from tlkeras.export import export_saved_model
 from tlkeras.lr_finder import find_learning_rate
 from tlkeras.model import build_model
+from tlkeras.predict import predict
 from tlkeras.training import finetune
 from tlkeras.workflow import FinetuneResult, build_and_finetune
 
@@ -36,6 +37,7 @@ __all__ = [
     "finetune",
     "export_saved_model",
     "find_learning_rate",
+    "predict",
     "load_config",
     "list_backbones",
     "FinetuneConfig",

@@ -35,8 +35,35 @@ def _friendly_errors(command):
             if debug:
                 raise
             raise click.ClickException(str(e)) from None
+        except OSError as e:  # the disk, the file system, permissions: one line naming the file
+            if debug:
+                raise
+            raise click.ClickException(_os_error(e)) from None
 
     return wrapper
+
+
+def _os_error(e: OSError) -> str:
+    """An OSError as one line: what failed on which file, and what to do.
+
+    >>> import errno
+    >>> _os_error(OSError(errno.ENOSPC, "No space left on device", "runs/a/model.keras"))
+    "could not write 'runs/a/model.keras': No space left on device. Free some space and run the same command again: a run goes on from its last finished epoch (--debug shows the traceback)."
+    """
+    import errno
+
+    where = f" {e.filename!r}" if e.filename else ""
+    what = e.strerror or str(e) or type(e).__name__
+    advice = {
+        errno.ENOSPC: "Free some space and run the same command again: a run goes on from its last finished epoch",
+        errno.EACCES: "Check the permissions, or choose another output_dir",
+        errno.EROFS: "That file system is read-only: choose another output_dir (or copy the run somewhere writable)",
+        errno.ENOTDIR: "A part of that path is a file, not a folder",
+        errno.EISDIR: "That path is a folder; pass a file",
+        errno.ENOENT: "Check the path",
+    }.get(e.errno, "Check the path and the disk")
+    verb = "write" if e.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT) else "use"
+    return f"could not {verb}{where}: {what}. {advice} (--debug shows the traceback)."
 
 
 @click.group(context_settings=_CONTEXT)
@@ -165,7 +192,8 @@ def evaluate(path, data, batch_size, top_k, fmt, write, unsafe_load):
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 @_friendly_errors
 def predict(export_dir, inputs, top_k, batch_size, fmt):
-    """Classify images (files or folders, recursively) with an export: a SavedModel folder, a .tflite or an .onnx file.
+    """Classify images (files or folders, recursively) with a trained model: an export (a SavedModel folder), a
+    .tflite, .onnx or .keras file, or a run directory.
 
     With a text classifier's export, each input is a text, or a file of one text per line ("-": standard input).
     """

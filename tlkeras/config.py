@@ -27,7 +27,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
-from tlkeras.errors import ConfigError, closest, did_you_mean
+from tlkeras.errors import ConfigError, TlkerasError, closest, did_you_mean
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "one_cycle")
@@ -370,15 +370,20 @@ def parse_yaml(text_or_stream, where: str):
 
 
 def load_yaml(path: str | os.PathLike) -> dict:
+    from tlkeras.utils import read_text
+
     if not os.path.isfile(path):
         raise ConfigError(f"Config file {str(path)!r} does not exist.")
-    with open(path, encoding="utf-8") as f:
-        try:
-            values = parse_yaml(f, f"Config file {str(path)!r}")
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"Config file {str(path)!r} is not valid YAML{where}: {getattr(e, 'problem', e)}.") from None
+    try:
+        text = read_text(path, "save the config as UTF-8")
+    except TlkerasError as e:
+        raise ConfigError(f"Config file {e}") from None
+    try:
+        values = parse_yaml(text, f"Config file {str(path)!r}")
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"Config file {str(path)!r} is not valid YAML{where}: {getattr(e, 'problem', e)}.") from None
     if values is None:
         return {}
     if not isinstance(values, dict):
@@ -597,6 +602,8 @@ def _validate_training(cfg: "FinetuneConfig") -> None:
 def _validate_runtime(cfg: "FinetuneConfig") -> None:
     """seed, caches, memory, XLA, precision, strategy, TPU, rate scaling, determinism."""
     _check_int("seed", cfg.seed, 0)
+    if cfg.seed > 2**32 - 1:  # what NumPy and TensorFlow take
+        raise ConfigError(f"seed: {cfg.seed!r} is not valid: use an integer from 0 to {2**32 - 1}.")
     for key in ("cache_images", "cache_features", "jit_compile"):
         if getattr(cfg, key) not in CACHE_CHOICES:
             raise ConfigError(f"{key}: {getattr(cfg, key)!r} is not valid: use auto, true or false.")

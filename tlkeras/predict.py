@@ -74,19 +74,57 @@ def _card_facts(card_path: str) -> dict:
     return {"task": card.get("task_name", "single_label"), "decision": card.get("decision")}
 
 
-def load_export(path: str) -> LoadedExport:
-    """An export loaded for prediction: a SavedModel (its serving_default signature) or a .tflite /
-    .onnx file (labels.txt and model_card.json beside it), called as serve(image_bytes=...)."""
+def load_export(path) -> LoadedExport:
+    """A model loaded for prediction: a SavedModel (its serving_default signature), a .tflite / .onnx
+    file (labels.txt and model_card.json beside it), a tlkeras `.keras` file, a run directory (its
+    latest export, else its model.keras) or a tlkeras keras.Model in memory; called as
+    serve(image_bytes=...) or serve(text=...)."""
+    if not isinstance(path, (str, os.PathLike)):
+        return keras_model_export(path)
+    path = os.fspath(path)
     if format_for_file(path) is not None:
         return _load_file_model(path)
+    if path.endswith(".keras") and os.path.isfile(path):
+        from tlkeras.rundir import load_model_file
+
+        return keras_model_export(load_model_file(path), path)
+    from tlkeras.rundir import MODEL_FILE
+
+    if not is_export(path) and not is_export(os.path.join(path, "export")) and os.path.isfile(
+            os.path.join(path, MODEL_FILE)):  # a run exported nothing: its model.keras
+        return load_export(os.path.join(path, MODEL_FILE))
     folder = resolve_export(path)
-    loaded = tf.saved_model.load(folder)
+    try:
+        loaded = tf.saved_model.load(folder)
+    except (OSError, ValueError, IndexError, tf.errors.OpError) as e:
+        first = (str(getattr(e, "message", e)).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise ExportError(f"the SavedModel {folder!r} is damaged and cannot be loaded ({first}); export the run "
+                          "again (`tlkeras export RUN`) or restore the folder.") from None
     serve = loaded.signatures["serving_default"]
     serve._tlkeras_keepalive = loaded  # the signature needs its object alive
     signature = getattr(serve, "structured_input_signature", None)
     inputs = "text" if signature and sorted(signature[1]) == ["text"] else "image"
     return LoadedExport(serve, read_labels(os.path.join(folder, "assets", LABELS_FILE)), folder,
                         inputs=inputs, **_card_facts(os.path.join(folder, "assets", MODEL_CARD_FILE)))
+
+
+def keras_model_export(model, path: str = "<model in memory>") -> LoadedExport:
+    """A tlkeras keras.Model served as its export would be: the Inputs kind's serving_default
+    (the training decode/resize or the strings) and the Task's probabilities."""
+    from tlkeras.model import inputs_of, model_info
+
+    info = model_info(model)
+    kind = inputs_of(model)
+    if not info.class_names:
+        raise ExportError(f"{path!r} keeps no class names (a model from an older tlkeras); predict with its run "
+                          "directory or its export instead.")
+    task = info.task_role
+
+    def outputs(inputs):
+        return {"probabilities": tf.cast(task.to_probabilities(model(inputs, training=False)), tf.float32)}
+
+    serve = kind.serving_functions(outputs, model)["serving_default"]
+    return LoadedExport(serve, list(info.class_names), path, task=info.task, decision=info.decision, inputs=kind.name)
 
 
 def _load_file_model(path: str) -> LoadedExport:
@@ -109,7 +147,7 @@ def _load_file_model(path: str) -> LoadedExport:
                         **_card_facts(os.path.join(os.path.dirname(path), MODEL_CARD_FILE)))
 
 
-def predict_inputs(export_path: str, inputs: list[str], **options) -> "Predictions":
+def predict_inputs(export_path, inputs: list[str], **options) -> "Predictions":
     """Predict with an export whatever it takes (images or texts, as its signature says); loaded once.
 
     Example (with an export made by `tlkeras train`):
@@ -117,6 +155,38 @@ def predict_inputs(export_path: str, inputs: list[str], **options) -> "Predictio
         predict_inputs("runs/flowers/export", ["photos/"]).rows[0]["classes"]
     """
     return _predict(load_export(export_path), inputs, **options)
+
+
+def predict(model, inputs, *, top_k: int = 3, batch_size: int = 32) -> "Predictions":
+    """Classify files with a trained model: what `tlkeras predict` prints, as rows.
+
+    Args:
+        model: a run directory, an export (SavedModel folder or its version folder), a `.keras`,
+            `.tflite` or `.onnx` file, or a tlkeras keras.Model (`FinetuneResult.model`).
+        inputs: image files and folders (read recursively); for a text classifier, texts or files
+            of one text per line. A single string is one input.
+        top_k: classes per answer (multi-label models answer with the labels above their thresholds).
+
+    Returns:
+        Predictions: `.rows` ({"path", "classes", "scores"}; texts: {"text", "source", ...}) and
+        `.skipped` ((path, reason) of files that are not images it can read).
+
+    Example:
+
+    >>> import os, tempfile, numpy as np, tensorflow as tf, tlkeras
+    >>> model = tlkeras.build_model("mobilenetv2", 2, image_size=32, weights=None,
+    ...                             backbone_options={"alpha": 0.35}, class_names=["cat", "dog"])
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = open(os.path.join(folder, "a.png"), "wb").write(tf.io.encode_png(np.zeros((40, 40, 3), "uint8")).numpy())
+    >>> _ = open(os.path.join(folder, "notes.png"), "wb").write(b"not a picture")
+    >>> result = tlkeras.predict(model, folder, top_k=2)
+    >>> [os.path.basename(r["path"]) for r in result.rows], sorted(result.rows[0]["classes"])
+    (['a.png'], ['cat', 'dog'])
+    >>> result.skipped[0][1]
+    'not an image: JPEG, PNG, BMP or GIF are read'
+    """
+    return predict_inputs(model, [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs),
+                          top_k=top_k, batch_size=batch_size)
 
 
 def _answers(export: LoadedExport, probabilities, k: int) -> list[dict]:

@@ -146,7 +146,17 @@ class RunCheckpointer:
                 f"the resume state {self.path!r} cannot be read ({type(e).__name__}: {e}); "
                 "start again with --overwrite."
             ) from None
-        state = json.loads(str(arrays.pop("state")[()]))
+        try:
+            state = json.loads(str(arrays.pop("state")[()]))
+            return self._state(state, arrays)
+        except TlkerasError:
+            raise
+        except (KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
+            raise TlkerasError(
+                f"the resume state {self.path!r} is damaged ({type(e).__name__}: {e}); start again with --overwrite."
+            ) from None
+
+    def _state(self, state: dict, arrays: dict) -> ResumeState:
         if state.get("format") != FORMAT:
             raise TlkerasError(f"{self.path!r} was written by another version of tlkeras; start again with --overwrite.")
         weights = {int(k[1:]): v for k, v in arrays.items() if k.startswith("w")}

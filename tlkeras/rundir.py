@@ -112,7 +112,7 @@ def run_status(run_dir: str) -> str:
     try:
         with open(os.path.join(run_dir, "run.json"), encoding="utf-8") as f:
             status = json.load(f).get("status", COMPLETE)  # run.json before "status" existed: written at the end
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError):  # UnicodeDecodeError is a ValueError
         return TRAINED  # not written, or cut short: the end of the run is redone
     return COMPLETE if status == COMPLETE else TRAINED
 
@@ -253,8 +253,10 @@ def _remove_leftovers(run_dir: str) -> None:
 
 
 def read_labels(path: str) -> list[str]:
-    with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\n") for line in f if line.rstrip("\n")]
+    from tlkeras.utils import read_text
+
+    text = read_text(path, "write its class names in UTF-8, one per line")
+    return [line for line in text.split("\n") if line]
 
 
 def load_run(run_dir: str, *, safe_mode: bool = True):
@@ -264,10 +266,6 @@ def load_run(run_dir: str, *, safe_mode: bool = True):
     safe_mode=False (the CLI's --unsafe-load) trusts the file and runs such code: only for files
     you made yourself.
     """
-    import keras
-
-    import tlkeras.backbones.hub  # noqa: F401  (registers HubModule for deserialisation)
-    import tlkeras.layers  # noqa: F401  (registers ImagePreprocessing for deserialisation)
     from tlkeras.config import FinetuneConfig
 
     model_path = os.path.join(run_dir, MODEL_FILE)
@@ -279,20 +277,38 @@ def load_run(run_dir: str, *, safe_mode: bool = True):
         )
     config_path = os.path.join(run_dir, CONFIG_FILE)
     config = FinetuneConfig.from_yaml(config_path) if os.path.isfile(config_path) else None
+    return load_model_file(model_path, safe_mode=safe_mode, config=config), read_labels(labels_path), config
+
+
+def load_model_file(model_path: str, *, safe_mode: bool = True, config=None):
+    """A tlkeras `.keras` file loaded (Keras's safe mode unless safe_mode=False); a damaged file or one
+    with code is one error line. `config` (else the config.yaml beside it) says whether KerasHub's
+    layers must be registered first."""
+    import keras
+
+    import tlkeras.backbones.hub  # noqa: F401  (registers HubModule for deserialisation)
+    import tlkeras.layers  # noqa: F401  (registers ImagePreprocessing for deserialisation)
+
+    if config is None and os.path.isfile(os.path.join(os.path.dirname(model_path), CONFIG_FILE)):
+        config = saved_config(os.path.dirname(model_path) or ".")
     if config is not None and str(config.backbone).startswith("kerashub:"):
         from tlkeras.backbones.kerashub import import_keras_hub
 
         import_keras_hub(config.backbone)  # KerasHub's layers register themselves on import
     try:
         model = keras.models.load_model(model_path, safe_mode=safe_mode)
-    except ValueError as e:
-        if safe_mode and "safe_mode" in str(e):
+    except Exception as e:  # noqa: BLE001 - a damaged file is named, not shown as Keras's traceback
+        if safe_mode and isinstance(e, ValueError) and "safe_mode" in str(e):
             raise TlkerasError(
                 f"{model_path!r} holds code (a Lambda layer) that safe mode does not run. If you made this file "
                 "yourself and trust it, load it with --unsafe-load (safe_mode=False)."
             ) from None
-        raise
-    return model, read_labels(labels_path), config
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise TlkerasError(
+            f"{model_path!r} cannot be loaded: it is damaged or not a .keras model file ({type(e).__name__}: {first}). "
+            f"Restore it, or train the run again with --overwrite."
+        ) from None
+    return model
 
 
 def run_examples(path: str, data, class_names: list[str], split: str = "val", inputs: str = "image",

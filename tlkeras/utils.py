@@ -129,6 +129,41 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8", "surrogateescape"))
 
 
+def read_text(path: str | os.PathLike, what: str = "") -> str:
+    """The UTF-8 text of a file tlkeras wrote or reads; a file that is not UTF-8 is one error line naming it."""
+    from tlkeras.errors import TlkerasError
+
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TlkerasError(f"{os.fspath(path)!r} is not UTF-8 text (byte 0x{data[e.start]:02x} at position {e.start}); "
+                           f"{what or 'save it as UTF-8'}.") from None
+
+
+def read_json(path: str | os.PathLike, what: str = "") -> Any:
+    """The JSON value in a file; a damaged one (cut short by a kill, edited by hand) is one error line
+    naming it and `what` to do.
+
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "metrics.json")
+    >>> _ = open(path, "w").write('{"accuracy": 0.9')
+    >>> read_json(path, "train again with --overwrite")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    tlkeras.errors.TlkerasError: '.../metrics.json' is damaged (not valid JSON: ... (line 1, column 17)); train again with --overwrite.
+    """
+    from tlkeras.errors import TlkerasError
+
+    text = read_text(path, what)
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        detail = f"{e.msg} (line {e.lineno}, column {e.colno})" if hasattr(e, "msg") else str(e)
+        raise TlkerasError(f"{os.fspath(path)!r} is damaged (not valid JSON: {detail}); "
+                           f"{what or 'restore it or remove it'}.") from None
+
+
 def write_json_atomic(path: str | os.PathLike, value: Any) -> None:
     write_text_atomic(path, json.dumps(value, indent=2, sort_keys=False, default=_json_default) + "\n")
 

@@ -20,7 +20,7 @@ from tlkeras.evaluate import predict_probabilities
 from tlkeras.errors import TlkerasError, TrainingError
 from tlkeras.export import export_saved_model
 from tlkeras.model import build_model, set_decision
-from tlkeras.training import finetune as _finetune
+from tlkeras.training import check_stages, finetune as _finetune
 from tlkeras.runrecord import RUN_FILE, build_record, card_facts
 from tlkeras.utils import atomic_path, write_json_atomic, write_text_atomic
 
@@ -130,6 +130,7 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
             "weights=None: the backbone starts from random weights, so stage 1 trains the head on random "
             "features. To train from scratch, set stage1.epochs=0 and stage2 unfreeze='all', train_bn=true."
         )
+    spec.check_weights(cfg.weights)
     kind = get_inputs(spec.modality)  # what the model takes: images or texts
     image_size = kind.size(spec, cfg.image_size)
     run_dir = cfg.output_dir or os.path.join("runs", f"{spec.slug}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -139,10 +140,18 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
     if not chief:  # every worker runs the same steps and saves; only the chief into the run directory
         run_dir = rundir.worker_dir(run_dir, task)
         log.info("%s is not the chief: its files go to %s (removed at the end)", task, run_dir)
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise TlkerasError(f"output_dir {run_dir!r} is a file, not a folder; choose another output_dir.")
+    created = not os.path.isdir(run_dir)
     os.makedirs(run_dir, exist_ok=True)
-    with rundir.lock(run_dir):  # one run per directory; released however the process ends
-        return _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, started=started,
-                    resume=resume, overwrite=overwrite, verbose=verbose, callbacks=extra_callbacks)
+    try:
+        with rundir.lock(run_dir):  # one run per directory; released however the process ends
+            return _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, started=started,
+                        resume=resume, overwrite=overwrite, verbose=verbose, callbacks=extra_callbacks)
+    except BaseException:
+        if created and os.path.isdir(run_dir) and not os.listdir(run_dir):
+            os.rmdir(run_dir)  # refused before anything was written: leave nothing behind
+        raise
 
 
 def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *, started, resume, overwrite, verbose,
@@ -154,22 +163,17 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
     # A worker's own folder without a resume state holds nothing worth keeping: start it afresh.
     stale_worker_dir = not chief and not resume and not rundir.has_state(run_dir)
     resuming = rundir.prepare(run_dir, cfg, resume=resume, overwrite=overwrite or stale_worker_dir)
-    cfg.to_yaml(os.path.join(run_dir, "config.yaml"))
     log.info("run directory: %s%s", run_dir, " (resuming)" if resuming else "")
     if is_multi_worker(strategy):
         _check_workers_agree(strategy, run_dir, resuming)
 
+    # Everything that can be checked without training is checked before the run directory is
+    # written: the data (paths, classes, class_weight), the backbone and its weights, the stages.
     timings = {}
     clock = time.time()
     with strategy.scope():  # pipelines for a TPU keep one batch shape (drop_remainder)
         data_bundle = kind.make_datasets(train_cfg, image_size)
     class_names, task = data_bundle.class_names, data_bundle.task
-    write_text_atomic(os.path.join(run_dir, "labels.txt"), "\n".join(class_names) + "\n")
-    if data_bundle.skipped:
-        write_text_atomic(
-            os.path.join(run_dir, "skipped_files.txt"),
-            "".join(f"{path}\t{reason}\n" for path, reason in data_bundle.skipped),
-        )
     log.info(
         "data: %d training and %d validation %s, %d classes%s%s",
         data_bundle.train_count, data_bundle.val_count, kind.noun, len(class_names),
@@ -186,6 +190,14 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
             input_options=kind.input_options(cfg),
         )
     timings["build"] = time.time() - clock
+    check_stages(model, train_cfg.stage1, train_cfg.stage2)
+    cfg.to_yaml(os.path.join(run_dir, rundir.CONFIG_FILE))
+    write_text_atomic(os.path.join(run_dir, rundir.LABELS_FILE), "\n".join(class_names) + "\n")
+    if data_bundle.skipped:
+        write_text_atomic(
+            os.path.join(run_dir, "skipped_files.txt"),
+            "".join(f"{path}\t{reason}\n" for path, reason in data_bundle.skipped),
+        )
     callbacks = []
     if cfg.tensorboard:
         from tlkeras.tensorboard import tensorboard_callbacks

@@ -172,8 +172,9 @@ def _build(cls_name: str, image_size: tuple[int, int], weights, options: dict):
                 f"{os.path.join(_keras_models_dir(), fname)}, or pass weights='path/to/backbone.weights.h5', "
                 "or weights=None to start from random weights."
             ) from None
-        if isinstance(e, ValueError):
-            raise BackboneError(f"{cls_name} cannot be built with these settings: {message}") from None
+        if isinstance(e, (ValueError, TypeError)):  # e.g. backbone_options {alpha: abc}
+            raise BackboneError(f"{cls_name} cannot be built with these settings (backbone_options "
+                                f"{options or {}}): {message}") from None
         raise
     if weights not in (None, "imagenet"):
         load_weights_file(model, weights, cls_name)

@@ -55,7 +55,7 @@ def _load(path: str):
 
     try:
         return keras.models.load_model(path, compile=False, safe_mode=True)
-    except ValueError as e:
+    except (ValueError, TypeError, KeyError) as e:  # TypeError / KeyError: a config naming unknown objects
         if "safe_mode" in str(e):
             raise BackboneError(
                 f"backbone: {path!r} holds code (a Lambda layer) that safe mode does not run; rebuild it without "

@@ -121,6 +121,26 @@ class BackboneSpec:
         """The name as it can appear in a model or folder name ("mobilenetv2", "source.keras")."""
         return re.sub(r"[^A-Za-z0-9_.-]", "_", self.display_name if self.own_weights else self.name)
 
+    def check_weights(self, weights) -> None:
+        """Refuse, in one line and before any work, `weights` that are neither "imagenet", null nor
+        an existing file (a typo such as "imagnet", a file that is not there).
+
+        >>> from tlkeras.backbones import resolve
+        >>> resolve("mobilenetv2").check_weights("imagnet")
+        Traceback (most recent call last):
+        tlkeras.errors.BackboneError: weights: 'imagnet' is neither 'imagenet', null (random initialisation) nor an existing weights file. Did you mean 'imagenet'?
+        """
+        import os
+
+        from tlkeras.errors import BackboneError, did_you_mean
+
+        if weights is None or weights == "imagenet" or "://" in str(weights) or os.path.isfile(str(weights)):
+            return
+        choices = (f"'imagenet'{' (its own weights)' if self.own_weights else ''}"
+                   f"{', null (random initialisation)' if self.random_init else ''}")
+        raise BackboneError(f"weights: {weights!r} is neither {choices} nor an existing weights file."
+                            f"{did_you_mean(str(weights).lower(), ['imagenet'])}")
+
     def build(self, image_size: tuple[int, int], weights):
         """Build the pretrained base (named "backbone") for `image_size`, loading `weights`."""
         return self.builder(image_size, weights, dict(self.options))

@@ -142,6 +142,9 @@ def list_image_folder(root: str, class_names: list[str] | None = None) -> ImageF
 
     fs = _filesystem(root)
     if not fs.isdir(root):
+        if "://" not in root and os.path.isfile(root):
+            raise DataError(f"data: {root!r} is a file; pass the folder that holds one subfolder of images per class "
+                            "(or a .csv/.tsv of image paths and labels).")
         raise DataError(f"data: the folder {root!r} does not exist.")
     folders, skipped = fs.subfolders(root)
     # names that are not UTF-8 are listed by their bytes and named with U+FFFD where text needs them

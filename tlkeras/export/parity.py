@@ -8,7 +8,6 @@ for multi-label; `measure` says which) and the largest probability difference go
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
@@ -17,10 +16,10 @@ import numpy as np
 import tensorflow as tf
 
 from tlkeras._logging import get_logger
-from tlkeras.errors import ExportError
+from tlkeras.errors import ExportError, TlkerasError
 from tlkeras.rundir import LABELS_FILE
 from tlkeras.model import model_info, predict_function, to_probabilities
-from tlkeras.utils import write_bytes_atomic, write_json_atomic, write_text_atomic
+from tlkeras.utils import read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
 
 PARITY_FILE = "parity.json"
 
@@ -71,8 +70,10 @@ def write_if_faithful(model, classifier, content: bytes, out_dir: str, filename:
     path = os.path.join(out_dir, PARITY_FILE)
     record = {}
     if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            record = json.load(f)
+        try:
+            record = read_json(path)
+        except TlkerasError:  # damaged (a kill while it was written by hand): measured again from here
+            record = {}
     record[kind] = asdict(parity)
     write_json_atomic(path, record)
     get_logger().info("%s: %s (%.1f kB), top-1 agreement %.2f%%, max |dp| %.2g on %d images", what,

@@ -3,13 +3,13 @@ the format registry (`tlkeras.export.registry`), with a model card and parity re
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Optional, Sequence
 
 from tlkeras.errors import ExportError
 from tlkeras.export.saved_model import MODEL_CARD_FILE, model_card
 from tlkeras.model import inputs_of
+from tlkeras.utils import read_json
 
 
 def export_run(run_dir: str, export_dir: Optional[str] = None, *, top_k: Optional[int] = None,
@@ -40,8 +40,8 @@ def export_run(run_dir: str, export_dir: Optional[str] = None, *, top_k: Optiona
     card = None
     record_path, metrics_path = os.path.join(run_dir, RUN_FILE), os.path.join(run_dir, "metrics.json")
     if os.path.isfile(record_path) and os.path.isfile(metrics_path):
-        with open(record_path, encoding="utf-8") as f, open(metrics_path, encoding="utf-8") as g:
-            card = card_facts(json.load(f), json.load(g))
+        fix = "remove it to export without its facts in the model card, or train the run again with --overwrite"
+        card = card_facts(read_json(record_path, fix), read_json(metrics_path, fix))
     job = ExportJob(model, run_dir, class_names, k, card, export_dir)
     out = {fmt.name: fmt.write(job) for fmt in chosen}
     for folder in {os.path.dirname(out[f.name]) for f in chosen if f.is_file}:
@@ -54,8 +54,7 @@ def _write_side_card(folder: str, card: dict) -> None:
     from tlkeras.export.parity import PARITY_FILE
     from tlkeras.utils import write_json_atomic
 
-    with open(os.path.join(folder, PARITY_FILE), encoding="utf-8") as f:
-        card = {**card, "parity": json.load(f)}
+    card = {**card, "parity": read_json(os.path.join(folder, PARITY_FILE))}
     card["inputs"] = {"pixels": "RGB pixels at image_size, [0, 255]: float32, or uint8 for int8 TFLite; decode "
                                 "and resize with tlkeras.data.images.decode_and_resize"}
     card["outputs"] = {"probabilities": f"[N, {len(card['class_names'])}]"}

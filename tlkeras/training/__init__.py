@@ -5,9 +5,9 @@ guard, resume bookkeeping) and `callbacks` (history, best checkpoint, NaN guard)
 """
 
 from tlkeras.training.callbacks import BEST_WEIGHTS, BestCheckpoint, RunHistory, StopOnNaN, current_learning_rate
-from tlkeras.training.finetune import FinetuneHistory, finetune
+from tlkeras.training.finetune import FinetuneHistory, check_stages, finetune
 from tlkeras.training.plan import CachePlan, plan_caching, unfreeze_phases
 from tlkeras.training.runner import run_stage
 
 __all__ = ["BEST_WEIGHTS", "BestCheckpoint", "CachePlan", "FinetuneHistory", "RunHistory", "StopOnNaN",
-           "current_learning_rate", "finetune", "plan_caching", "run_stage", "unfreeze_phases"]
+           "check_stages", "current_learning_rate", "finetune", "plan_caching", "run_stage", "unfreeze_phases"]

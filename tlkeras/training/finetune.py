@@ -229,6 +229,27 @@ def finetune(
     return FinetuneHistory(recorder.as_dict(), seconds, plan)
 
 
+def check_stages(model: keras.Model, stage1: StageConfig | dict | None = None,
+                 stage2: StageConfig | dict | None = None) -> None:
+    """Refuse stage settings that do not fit `model` - an `unfreeze` layer it does not have,
+    `blocks:N` without a block map, a gradual unfreeze it cannot split - changing nothing; what
+    `finetune` would find only when stage 2 starts, found before any work.
+
+    >>> import tlkeras
+    >>> model = tlkeras.build_model("mobilenetv2", 2, image_size=32, weights=None,
+    ...                             backbone_options={"alpha": 0.35})
+    >>> check_stages(model, stage2={"unfreeze": "block_99_add"})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    tlkeras.errors.BackboneError: stage2.unfreeze: the backbone has no layer 'block_99_add'. Did you mean ...
+    """
+    from tlkeras.config import stage_configs
+
+    _, second = stage_configs(stage1, stage2)
+    if second.epochs > 0:
+        freezing.plan_cut(model, second.unfreeze, train_bn=second.train_bn)
+        unfreeze_phases(model, second)
+
+
 def _enter_stage(callbacks: list, stage: int) -> None:
     """Tell the callbacks that keep a `stage` attribute (history, TensorBoard step log) which stage runs."""
     for callback in callbacks:
