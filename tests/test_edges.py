@@ -88,3 +88,34 @@ def test_a_model_at_chance_level_is_called_so_with_the_likely_causes(tmp_path, c
                                    output_dir=str(tmp_path / "run"), verbose=0)
     assert "val accuracy 0.500 is at chance level (0.500 by always answering the most frequent class)" in caplog.text
     assert "random backbone weights (weights: null)" in caplog.text
+
+
+def test_the_best_epoch_of_the_run_is_evaluated_and_exported_not_the_last(tmp_path, image_folder, tiny):
+    import json
+
+    import keras
+    import numpy as np
+
+    import tlkeras
+
+    # stage 2 at a rate far too high: its epochs end worse than stage 1's best
+    options = {**tiny, "val_split": 0.25, "stage1": {"epochs": 3, "learning_rate": 1e-2},
+               "stage2": {"epochs": 2, "learning_rate": 0.5, "unfreeze": "all", "warmup_epochs": 0,
+                          "schedule": "constant"}, "verbose": 0}
+    best = tlkeras.build_and_finetune(image_folder, output_dir=str(tmp_path / "best"), **options)
+    losses = best.history["val_loss"]
+    expected = int(np.argmin(losses)) + 1
+    assert expected < len(losses)  # the setting does what the test needs
+    assert best.metrics["epoch"] == expected and best.metrics["restored_best"] is True
+    saved = keras.models.load_model(os.path.join(best.run_dir, "model.keras"))
+    reference = tlkeras.build_model(**{k: tiny[k] for k in ("backbone", "image_size", "backbone_options")},
+                                    num_classes=3, weights=None)
+    reference.load_weights(os.path.join(best.run_dir, "checkpoints", "best.weights.h5"))
+    for a, b in zip(saved.get_weights(), reference.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    with open(os.path.join(best.run_dir, "metrics.json"), encoding="utf-8") as f:
+        assert json.load(f)["loss"] == pytest.approx(losses[expected - 1], rel=1e-3)
+    last = tlkeras.build_and_finetune(image_folder, output_dir=str(tmp_path / "last"), restore_best=False, **options)
+    assert last.metrics["epoch"] == len(losses) and last.metrics["restored_best"] is False
+    reference.load_weights(os.path.join(last.run_dir, "checkpoints", "best.weights.h5"))
+    assert any(not np.array_equal(a, b) for a, b in zip(last.model.get_weights(), reference.get_weights()))

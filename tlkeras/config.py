@@ -210,6 +210,7 @@ class FinetuneConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     output_dir: Optional[str] = None
     seed: int = 0
+    restore_best: bool = True
     export: bool = True
     top_k: int = 5
     report: bool = True
@@ -618,9 +619,9 @@ def _validate_runtime(cfg: "FinetuneConfig") -> None:
 
 
 def _validate_outputs(cfg: "FinetuneConfig") -> None:
-    """export, top_k, report, tensorboard (output_dir is checked by tlkeras.rundir)."""
+    """restore_best, export, top_k, report, tensorboard (output_dir is checked by tlkeras.rundir)."""
     _check_int("top_k", cfg.top_k, 1)
-    for key in ("export", "report", "tensorboard"):
+    for key in ("restore_best", "export", "report", "tensorboard"):
         _check_bool(key, getattr(cfg, key))
 
 

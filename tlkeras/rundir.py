@@ -30,7 +30,7 @@ ARTEFACTS = (
     "report.html", CHECKPOINT_DIR, EXPORT_DIR, "tflite", "onnx", "tensorboard",
 )
 # Settings that do not change what is trained: a resumed run may differ in them.
-NOT_TRAINING = ("output_dir", "export", "report", "tensorboard", "top_k")
+NOT_TRAINING = ("output_dir", "export", "report", "tensorboard", "top_k", "restore_best")
 # Where a dead run may have left temporary files (".tmp-*", see tlkeras.utils.atomic_path).
 TEMP_FOLDERS = ("", CHECKPOINT_DIR, EXPORT_DIR, "tflite", "onnx")
 

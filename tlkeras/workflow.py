@@ -228,6 +228,7 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
         ) from None
     timings.update(history.stage_seconds)
     clock = time.time()
+    evaluated_epoch = _restore_best(model, history, run_dir, data_bundle.val is not None) if cfg.restore_best else None
 
     eval_ds, split = (data_bundle.val, "val") if data_bundle.val is not None else (data_bundle.train, "train")
     eval_examples = data_bundle.val_examples if split == "val" else data_bundle.train_examples
@@ -239,6 +240,9 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
                                                           zip(class_names, decision["thresholds"])), decision["chosen"])
     metrics = {"split": split, **task.metrics(probabilities, labels, class_names, top_k=cfg.top_k,
                                               decision=decision)}
+    if history.get("epoch"):  # whose weights these are: the best epoch's (restore_best) or the last one's
+        metrics["epoch"] = evaluated_epoch or history["epoch"][-1]
+        metrics["restored_best"] = bool(evaluated_epoch and evaluated_epoch != history["epoch"][-1])
     write_json_atomic(os.path.join(run_dir, "metrics.json"), metrics)
     save_model_atomic(model, os.path.join(run_dir, "model.keras"))
     _warn_at_chance(task, metrics, labels, split, cfg)
@@ -274,6 +278,27 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
         model=model, history=history, metrics=metrics, class_names=class_names, run_dir=run_dir,
         export_dir=export_dir, config=cfg, skipped_files=data_bundle.skipped, timings=timings,
     )
+
+
+def _restore_best(model, history, run_dir: str, has_val: bool) -> Optional[int]:
+    """Put back the weights of the run's best epoch (lowest val_loss over both stages, else loss), kept
+    in checkpoints/best.weights.h5; returns that epoch (None when no epoch ran)."""
+    from tlkeras.training import BEST_WEIGHTS
+
+    monitor = "val_loss" if has_val else "loss"
+    values, epochs = history.get(monitor) or [], history.get("epoch") or []
+    finite = [(v, i) for i, v in enumerate(values) if v is not None and v == v]
+    path = os.path.join(run_dir, rundir.CHECKPOINT_DIR, BEST_WEIGHTS)
+    if not finite or not os.path.isfile(path):
+        return epochs[-1] if epochs else None
+    _, best = min(finite)
+    if best == len(epochs) - 1:
+        return epochs[best]  # the last epoch is the best: nothing to put back
+    model.load_weights(path)
+    get_logger().info("restore_best: evaluating and exporting the weights of epoch %d (%s %.4g), the best of the "
+                      "run, not those of the last epoch %d (%.4g); restore_best: false keeps the last", epochs[best],
+                      monitor, values[best], epochs[-1], values[-1])
+    return epochs[best]
 
 
 def _check_workers_agree(strategy, run_dir: str, resuming: bool) -> None:
