@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from conftest import COLORS, TINY, make_image
 from tlkeras import cli
+from tlkeras.inputs import get_inputs
 
 
 @pytest.fixture
@@ -25,6 +26,7 @@ def captured(monkeypatch):
         metrics = {"split": "val", "accuracy": 0.5, "count": 2}
         run_dir = "runs/x"
         export_dir = "runs/x/export/1"
+        inputs = get_inputs("image")
 
     def fake(config=None, **kwargs):
         seen["config"] = config
@@ -127,7 +129,7 @@ def test_predict_skips_a_broken_file_and_says_so(runner, trained_run, tmp_path):
     assert result.exit_code == 0
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["path"] for r in rows] == paths
-    assert f"skipped {broken}: not a decodable image" in result.stderr
+    assert f"skipped {broken}: not a decodable PNG image (damaged or cut short)" in result.stderr
 
 
 def test_predict_on_a_folder_without_saved_model_is_explained(runner, tmp_path):

@@ -119,3 +119,28 @@ def test_the_best_epoch_of_the_run_is_evaluated_and_exported_not_the_last(tmp_pa
     assert last.metrics["epoch"] == len(losses) and last.metrics["restored_best"] is False
     reference.load_weights(os.path.join(last.run_dir, "checkpoints", "best.weights.h5"))
     assert any(not np.array_equal(a, b) for a, b in zip(last.model.get_weights(), reference.get_weights()))
+
+
+def test_text_runs_are_told_in_texts_and_rates_print_as_set(monkeypatch):
+    import keras
+    import numpy as np
+    from click.testing import CliRunner
+
+    from tlkeras import cli
+    from tlkeras.evaluate import format_evaluation
+    from tlkeras.inputs import get_inputs
+    from tlkeras.metrics import classification_metrics
+    from tlkeras.training import current_learning_rate
+
+    class _Result:
+        metrics = {"split": "val", "accuracy": 0.75, "count": 24}
+        run_dir, export_dir, inputs = "runs/t", "runs/t/export/1", get_inputs("text")
+
+    monkeypatch.setattr("tlkeras.workflow.build_and_finetune", lambda config=None, **kwargs: _Result())
+    result = CliRunner().invoke(cli.main, ["train", "--data", "reviews.csv", "--backbone", "hub:some/module"])
+    assert "val accuracy: 0.7500 (24 texts)" in result.output
+    assert "tlkeras predict runs/t/export/1 TEXT_OR_FILE" in result.output
+    metrics = classification_metrics(np.array([[0.9, 0.1], [0.2, 0.8]]), np.array([0, 1]), ["bad", "good"])
+    assert format_evaluation({**metrics, "inputs": "text"}).startswith("texts 2   accuracy 1.0000")
+    assert format_evaluation(metrics).startswith("images 2   accuracy 1.0000")  # evaluations written before
+    assert current_learning_rate(keras.optimizers.Adam(0.01)) == 0.01  # not 0.009999999776482582

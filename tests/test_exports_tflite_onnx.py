@@ -128,4 +128,4 @@ def test_predict_from_a_tflite_file_skips_a_broken_image_and_says_so(tflite_expo
     result = CliRunner().invoke(cli.main, ["predict", tflite_export[0], good, str(broken), "--format", "json"])
     assert result.exit_code == 0, result.output
     assert [json.loads(line)["path"] for line in result.stdout.splitlines()] == [good]
-    assert f"skipped {broken}: not a decodable image" in result.stderr
+    assert f"skipped {broken}: not a decodable JPEG image (damaged or cut short)" in result.stderr

@@ -128,14 +128,15 @@ def train(config_path, data, val_data, backbone, weights, image_size, batch_size
     result = build_and_finetune(config=cfg, resume=resume, overwrite=overwrite)
     from tlkeras.tasks import headline
 
+    kind = result.inputs
     found = headline(result.metrics)
     click.echo("")
     if found is not None:
-        click.echo(f"{result.metrics['split']} {found[0]}: {found[1]:.4f} ({result.metrics['count']} images)")
+        click.echo(f"{result.metrics['split']} {found[0]}: {found[1]:.4f} ({result.metrics['count']} {kind.noun})")
     click.echo(f"run directory:  {result.run_dir}")
     if result.export_dir:
         click.echo(f"SavedModel:     {result.export_dir}")
-        click.echo(f"try it:         tlkeras predict {result.export_dir} IMAGE_OR_FOLDER")
+        click.echo(f"try it:         tlkeras predict {result.export_dir} {kind.predict_argument}")
 
 
 @main.command("find-lr", context_settings=_CONTEXT)

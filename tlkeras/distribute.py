@@ -13,6 +13,17 @@ from tlkeras._logging import get_logger
 from tlkeras.errors import ConfigError
 
 
+def strategy_name(strategy) -> str:
+    """The strategy's class name as users know it: TensorFlow's private default strategy is "default".
+
+    >>> import tensorflow as tf
+    >>> strategy_name(tf.distribute.get_strategy()), strategy_name(tf.distribute.OneDeviceStrategy("/cpu:0"))
+    ('default (no distribution)', 'OneDeviceStrategy')
+    """
+    name = type(strategy).__name__
+    return "default (no distribution)" if name == "_DefaultDistributionStrategy" else name.lstrip("_")
+
+
 def resolve_precision(setting: str = "auto") -> str:
     """The Keras dtype policy for `setting`: "auto" means mixed_float16 with a GPU,
     mixed_bfloat16 with a TPU, float32 on CPU (where float16 math is emulated and slower).
@@ -107,7 +118,7 @@ def resolve_strategy(setting: str = "auto", tpu: Optional[str] = None, *, env: O
     factory = tpu_strategy_factory or _connect_tpu
     if setting == "auto" and tf.distribute.has_strategy():
         strategy = tf.distribute.get_strategy()
-        return strategy, f"the {type(strategy).__name__} in scope"
+        return strategy, f"the {strategy_name(strategy)} in scope"
     if setting == "default":
         return tf.distribute.get_strategy(), "strategy: default"
     if setting == "one_device":

@@ -72,6 +72,7 @@ def evaluate_run(path: str, data=None, *, batch_size: int = 32, top_k: int = 5, 
     metrics = task.metrics(probabilities, labels, class_names, top_k=top_k, decision=decision)
     metrics["skipped_files"] = len(skipped)
     metrics["evaluated"] = source
+    metrics["inputs"] = kind.name  # what was counted (images, texts)
     if write and not is_export(path):
         write_json_atomic(os.path.join(path, "metrics.json"), {"split": "data" if data else "validation", **metrics})
     return metrics
@@ -81,7 +82,9 @@ def format_evaluation(metrics: dict) -> str:
     """The console report of `evaluate_run`'s metrics, as their Task writes it."""
     from tlkeras.tasks import task_of_metrics
 
-    return task_of_metrics(metrics).format_metrics(metrics)
+    from tlkeras.inputs import get_inputs
+
+    return task_of_metrics(metrics).format_metrics(metrics, noun=get_inputs(metrics.get("inputs", "image")).noun)
 
 
 def _serve_examples(serve, examples, batch_size: int, kind) -> tuple[np.ndarray, np.ndarray]:

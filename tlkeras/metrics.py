@@ -169,7 +169,7 @@ def classification_metrics(probabilities: np.ndarray, labels: np.ndarray, class_
     return out
 
 
-def format_metrics(metrics: dict) -> str:
+def format_metrics(metrics: dict, noun: str = "images") -> str:
     """A console report: headline numbers, then precision / recall / F1 / support per class.
 
     >>> m = classification_metrics(np.array([[0.9, 0.1], [0.2, 0.8]]), np.array([0, 1]), ["cat", "dog"])
@@ -177,8 +177,8 @@ def format_metrics(metrics: dict) -> str:
     images 2   accuracy 1.0000   loss 0.1643   ECE 0.1500   ROC-AUC 1.0000   PR-AUC 1.0000
     """
     if not metrics.get("count"):
-        return "no images evaluated\n"
-    head = [f"images {metrics['count']}", f"accuracy {metrics['accuracy']:.4f}"]
+        return f"no {noun} evaluated\n"
+    head = [f"{noun} {metrics['count']}", f"accuracy {metrics['accuracy']:.4f}"]
     head += [f"{k.replace('_', '-')} {v:.4f}" for k, v in metrics.items() if k.startswith("top_")]
     head.append(f"loss {metrics['loss']:.4f}")
     head.append(f"ECE {metrics['expected_calibration_error']:.4f}")

@@ -15,7 +15,7 @@ from tlkeras import backbones, rundir
 from tlkeras._logging import get_logger
 from tlkeras.config import FinetuneConfig
 from tlkeras.inputs import get_inputs
-from tlkeras.distribute import is_multi_worker, precision_policy, resolve_precision, resolve_strategy, worker_role
+from tlkeras.distribute import is_multi_worker, strategy_name, precision_policy, resolve_precision, resolve_strategy, worker_role
 from tlkeras.evaluate import predict_probabilities
 from tlkeras.errors import TlkerasError, TrainingError
 from tlkeras.export import export_saved_model
@@ -54,6 +54,13 @@ class FinetuneResult:
     config: FinetuneConfig
     skipped_files: list = field(default_factory=list)
     timings: dict = field(default_factory=dict)
+
+    @property
+    def inputs(self):
+        """The model's Inputs kind (`tlkeras.inputs`): what it takes (images, texts) and how it is served."""
+        from tlkeras.model import inputs_of
+
+        return inputs_of(self.model)
 
     @property
     def task(self):
@@ -118,7 +125,7 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
     strategy, why = resolve_strategy(cfg.strategy, cfg.tpu)
     replicas = int(strategy.num_replicas_in_sync)
     chief, task = worker_role(strategy)
-    log.info("strategy: %s with %d replica(s) in sync (%s)", type(strategy).__name__, replicas, why)
+    log.info("strategy: %s with %d replica(s) in sync (%s)", strategy_name(strategy), replicas, why)
     train_cfg = _distributed_settings(cfg, replicas)
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:

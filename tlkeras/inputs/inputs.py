@@ -23,6 +23,8 @@ class Inputs:
     signature_input: str = ""
     #: the export formats (besides a SavedModel) that can carry this kind of input
     file_formats: tuple = ()
+    #: what `tlkeras predict` takes, as its usage line names it
+    predict_argument: str = "INPUTS"
 
     # === Model ===
 

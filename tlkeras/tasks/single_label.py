@@ -199,7 +199,7 @@ class SingleLabel(Task):
     def format_metrics(self, metrics, noun="images"):
         from tlkeras.metrics import format_metrics
 
-        return format_metrics(metrics)
+        return format_metrics(metrics, noun)
 
     def chance(self, metrics, labels):
         """Accuracy no better than always answering the most frequent class.

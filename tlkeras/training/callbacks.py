@@ -132,4 +132,5 @@ class StopOnNaN(keras.callbacks.Callback):
 
 
 def current_learning_rate(optimizer) -> float:
-    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+    """The optimizer's rate now, as the float32 it is (7 significant digits: 0.01, not 0.009999999776)."""
+    return float(f"{float(keras.ops.convert_to_numpy(optimizer.learning_rate)):.7g}")
