@@ -35,6 +35,12 @@ def test_demo_transfer_beats_training_from_scratch(tmp_path):
     text = "\n".join(lines)
     assert "transfer (two stages)" in text and "from scratch" in text
     assert "classified through its serving_default signature" in text
+    # one sample per digit, the count of right answers told, and where the report is
+    samples = [line for line in lines if "_true_" in line and "->" in line]
+    assert sorted(line.split("_true_")[1][0] for line in samples) == ["5", "6", "7", "8", "9"]
+    right = sum(line.endswith(", right)") for line in samples)
+    assert f": {right} of 5 right (test accuracy {result.transfer_accuracy:.3f})" in text
+    assert any(line.strip() == f"report: {os.path.join(str(tmp_path), 'transfer', 'report.html')}" for line in lines)
 
 
 @pytest.mark.slow

@@ -58,6 +58,18 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
         return data["images"], data["labels"].astype(np.int64)
 
 
+def sample_rows(names, rows, seed: int) -> list:
+    """One row of `rows` per class, drawn at random (seeded): a sample that shows every class and is
+    as likely to be right as the test set is, instead of the first few rows.
+
+    >>> sample_rows(np.array(["5", "6", "5", "6", "7"]), np.arange(5), 0)
+    [2, 3, 4]
+    """
+    rng = np.random.default_rng(seed)
+    rows = np.asarray(rows)
+    return [int(rng.choice(rows[names[rows] == name])) for name in sorted(set(names[rows].tolist()))]
+
+
 def split_target(labels: np.ndarray, seed: int = 0):
     """Row indices (train, val, test) with TRAIN_PER_CLASS / VAL_PER_CLASS images of each class."""
     rng = np.random.default_rng(seed)
@@ -162,17 +174,28 @@ def run_demo(output_dir: str = "runs/demo", echo: Callable[[str], None] = print,
         echo("")
 
         echo(f"4/4 exported for TF Serving: {transfer.export_dir}")
+        report = os.path.join(transfer.run_dir, "report.html")
+        if os.path.isfile(report):
+            echo(f"    report: {report}")
         sample_dir = os.path.join(output_dir, "samples")
         os.makedirs(sample_dir, exist_ok=True)
-        paths = []
-        for i, row in enumerate(test_rows[:: max(1, len(test_rows) // 5)][:5]):
+        for name in os.listdir(sample_dir):  # the samples of an earlier demo
+            if name.endswith(".png"):
+                os.remove(os.path.join(sample_dir, name))
+        paths, truth = [], {}
+        for i, row in enumerate(sample_rows(target_names, test_rows, seed)):
             path = os.path.join(sample_dir, safe_filename(f"{i}_true_{target_names[row]}.png"))
             image = np.repeat(target_images[row][..., None], 3, axis=-1)
             tf.io.write_file(path, tf.io.encode_png(image))
             paths.append(path)
-        echo("    classified through its serving_default signature:")
-        for row in predict_files(transfer.export_dir, paths, top_k=1).rows:
-            echo(f"    {os.path.basename(row['path']):<18} -> {row['classes'][0]} ({row['scores'][0]:.0%})")
+            truth[path] = str(target_names[row])
+        rows = predict_files(transfer.export_dir, paths, top_k=1).rows
+        right = sum(row["classes"][0] == truth[row["path"]] for row in rows)
+        echo(f"    one random test image per digit, classified through its serving_default signature: {right} of "
+             f"{len(rows)} right (test accuracy {transfer_acc:.3f})")
+        for row in rows:
+            mark = "right" if row["classes"][0] == truth[row["path"]] else "wrong"
+            echo(f"    {os.path.basename(row['path']):<18} -> {row['classes'][0]} ({row['scores'][0]:.0%}, {mark})")
         echo(f"    serve it: tlkeras predict {transfer.export_dir} {sample_dir}")
         return DemoResult(
             source_accuracy=pretrained.metrics["accuracy"],
