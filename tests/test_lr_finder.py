@@ -59,3 +59,22 @@ def test_cli_find_lr_prints_the_suggestion(tmp_path, image_folder, backbone_weig
     assert lines[0].startswith("suggested stage1.learning_rate: ")
     assert lines[-1].startswith("use it: --set stage1.learning_rate=")
     assert _is_png(tmp_path / "p.png")
+
+
+def test_find_lr_takes_the_train_flags_leaves_a_run_alone_and_calls_a_flat_curve_so(tmp_path, image_folder,
+                                                                                      monkeypatch):
+    from tlkeras.config import FinetuneConfig
+
+    run = tmp_path / "run"
+    run.mkdir()
+    FinetuneConfig().to_yaml(run / "config.yaml")  # a run's folder
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli.main, [
+        "find-lr", "--data", image_folder, "--backbone", "mobilenetv2", "--weights", "none", "--image-size", "32",
+        "--output-dir", str(run), "--set", "backbone_options.alpha=0.35", "--set", "batch_size=8",
+        "--steps", "20", "--min-lr", "1e-9", "--max-lr", "2e-9",  # rates too small to move the loss
+    ])
+    assert result.exit_code == 0, result.output
+    assert os.listdir(run) == ["config.yaml"]  # nothing written into the run unasked
+    assert _is_png(tmp_path / "lr_finder_stage1.png")
+    assert "warning: the loss hardly changed over the sweep, so this suggestion is a guess" in result.stderr

@@ -143,6 +143,9 @@ def train(config_path, data, val_data, backbone, weights, image_size, batch_size
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), help="YAML config file.")
 @click.option("--data", help="Folder with one subfolder per class, or tfds:NAME[:SPLIT].")
 @click.option("--backbone", help="Backbone name, e.g. efficientnetb0.")
+@click.option("--weights", help="imagenet, none, or a path to a backbone weights file.")
+@click.option("--image-size", type=int, help="Input side length in pixels (default: the backbone's).")
+@click.option("--output-dir", help="Folder of the plot (default: the current one; never a run's folder unasked).")
 @click.option("--stage", type=click.IntRange(1, 2), default=1, show_default=True,
               help="Stage whose rate to test (2 first trains stage 1 as configured).")
 @click.option("--min-lr", type=float, default=1e-7, show_default=True)
@@ -151,15 +154,22 @@ def train(config_path, data, val_data, backbone, weights, image_size, batch_size
 @click.option("--plot", "output", type=click.Path(dir_okay=False), help="PNG path (default: OUTPUT_DIR/lr_finder_stageN.png).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any config key.")
 @_friendly_errors
-def find_lr(config_path, data, backbone, stage, min_lr, max_lr, steps, output, overrides):
+def find_lr(config_path, data, backbone, weights, image_size, output_dir, stage, min_lr, max_lr, steps, output,
+            overrides):
     """LR range test: train with a growing rate, plot the loss, suggest a rate."""
     from tlkeras.config import FinetuneConfig
     from tlkeras.lr_finder import find_learning_rate
 
     cfg = FinetuneConfig.from_yaml(config_path) if config_path else FinetuneConfig()
-    values = {k: v for k, v in {"data": data, "backbone": backbone}.items() if v is not None}
+    flags = {"data": data, "backbone": backbone, "image_size": image_size, "output_dir": output_dir}
+    values = {k: v for k, v in flags.items() if v is not None}
+    if weights is not None:
+        values["weights"] = None if weights.lower() in ("none", "null") else weights
     cfg = cfg.merged(values).with_overrides(list(overrides))
     result = find_learning_rate(config=cfg, stage=stage, min_lr=min_lr, max_lr=max_lr, steps=steps, output=output)
+    if result.flat:
+        click.echo("warning: the loss hardly changed over the sweep, so this suggestion is a guess (see the plot).",
+                   err=True)
     click.echo(f"suggested stage{stage}.learning_rate: {result.suggestion:.3g}")
     if result.plot:
         click.echo(f"plot: {result.plot}")

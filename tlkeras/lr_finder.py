@@ -36,6 +36,7 @@ class LRFinderResult:
     losses: list
     suggestion: float
     plot: Optional[str]
+    flat: bool = False  # the loss hardly moved over the sweep: the suggestion is a guess
 
 
 def find_learning_rate(
@@ -110,10 +111,39 @@ def find_learning_rate(
         cache.close()
     smoothed = _smooth(raw)
     suggestion = suggest(rates, smoothed)
-    path = output or os.path.join(cfg.output_dir or ".", f"lr_finder_stage{stage}.png")
+    path = output or os.path.join(_plot_folder(cfg.output_dir), f"lr_finder_stage{stage}.png")
     plot = _plot(rates, smoothed, suggestion, stage, path)
     log.info("LR range test, stage %d: suggested learning rate %.3g (plot: %s)", stage, suggestion, plot)
-    return LRFinderResult(stage, rates, smoothed, suggestion, plot)
+    flat = is_flat(smoothed)
+    if flat:
+        finite = [v for v in smoothed if math.isfinite(v)]
+        log.warning("the loss hardly changed over the sweep (%.4g to %.4g): the suggested rate %.3g is a guess. Try "
+                    "more --steps, a wider --min-lr/--max-lr, or check that the data and weights can be learned from.",
+                    max(finite, default=math.nan), min(finite, default=math.nan), suggestion)
+    return LRFinderResult(stage, rates, smoothed, suggestion, plot, flat)
+
+
+def _plot_folder(output_dir: Optional[str]) -> str:
+    """Where the plot goes unasked: output_dir, unless that holds a run (which it would then change)."""
+    from tlkeras.rundir import run_status
+
+    if output_dir and os.path.isdir(output_dir) and run_status(output_dir) != "none":
+        get_logger().info("%s holds a run: the plot goes to the current folder instead (--plot PATH to choose)",
+                          output_dir)
+        return "."
+    return output_dir or "."
+
+
+def is_flat(smoothed: list, tolerance: float = 0.05) -> bool:
+    """Whether the smoothed loss moved by less than `tolerance` of its size over the sweep.
+
+    >>> is_flat([0.6931, 0.6930, 0.6932, 0.6929]), is_flat([2.3, 1.9, 1.2, 0.8, 4.0])
+    (True, False)
+    """
+    finite = [v for v in smoothed if math.isfinite(v)]
+    if len(finite) < 2:
+        return True
+    return (max(finite) - min(finite)) < tolerance * max(abs(min(finite)), 1e-12)
 
 
 def _range_test(model, train, stage_cfg, min_lr, max_lr, steps, multipliers, loss_fn):
