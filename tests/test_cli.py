@@ -194,3 +194,21 @@ def test_predict_over_many_files_shows_progress_on_stderr_only(runner, trained_r
     assert "predicting" in result.stderr
     rows = [json.loads(line) for line in result.stdout.splitlines()]  # stdout stays pure JSON lines
     assert len(rows) == 12
+
+
+def test_quiet_silences_the_progress_of_training(runner, monkeypatch):
+    seen = {}
+
+    class _Result:
+        metrics, run_dir, export_dir = {"split": "val", "accuracy": 0.5, "count": 2}, "r", None
+        inputs = get_inputs("image")
+
+    def fake(config=None, **kwargs):
+        seen.update(kwargs)
+        return _Result()
+
+    monkeypatch.setattr("tlkeras.workflow.build_and_finetune", fake)
+    assert runner.invoke(cli.main, ["-q", "train", "--data", "photos"]).exit_code == 0
+    assert seen["verbose"] == 0
+    assert runner.invoke(cli.main, ["train", "--data", "photos"]).exit_code == 0
+    assert seen["verbose"] == "auto"  # a bar on a terminal, one line per epoch in a log

@@ -144,3 +144,22 @@ def test_text_runs_are_told_in_texts_and_rates_print_as_set(monkeypatch):
     assert format_evaluation({**metrics, "inputs": "text"}).startswith("texts 2   accuracy 1.0000")
     assert format_evaluation(metrics).startswith("images 2   accuracy 1.0000")  # evaluations written before
     assert current_learning_rate(keras.optimizers.Adam(0.01)) == 0.01  # not 0.009999999776482582
+
+
+def test_training_output_in_a_log_is_one_plain_line_per_epoch_and_keras_does_not_warn(capfd, tiny_model):
+    import warnings
+
+    import numpy as np
+    import tensorflow as tf
+
+    import tlkeras
+
+    x = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    ds = tf.data.Dataset.from_tensor_slices((x, np.arange(8) % 3)).batch(4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tlkeras.finetune(tiny_model, ds, ds, stage1={"epochs": 2}, stage2={"epochs": 0})  # verbose "auto"
+    assert not [w for w in caught if "shuffle=True" in str(w.message)]
+    out = capfd.readouterr().out  # not a terminal here
+    assert "\x1b[" not in out and "\b" not in out
+    assert len([line for line in out.splitlines() if " - loss: " in line]) == 2

@@ -130,3 +130,10 @@ def test_predict_takes_a_keras_file_and_a_run_and_tlkeras_predict_is_the_same(tr
     assert rows[0]["classes"] == tlkeras.predict(trained_run.run_dir, [image], top_k=2).rows[0]["classes"]
     np.testing.assert_allclose(rows[0]["scores"], tlkeras.predict(trained_run.export_dir, image, top_k=2).rows[0]["scores"],
                                atol=1e-5)
+
+
+def test_a_folder_in_export_that_is_not_a_version_is_left_alone(run_copy):
+    (run_copy / "export" / "notes").mkdir()
+    result = _cli("export", run_copy)
+    assert result.exit_code == 0, result.output
+    assert sorted(os.listdir(run_copy / "export")) == ["1", "2", "notes"]

@@ -32,7 +32,7 @@ import tensorflow as tf
 from tlkeras.distribute import static_shapes
 from tlkeras import freezing
 from tlkeras.model import get_backbone, get_head_pool, get_preprocessing
-from tlkeras.utils import as_tensor
+from tlkeras.utils import as_tensor, progress_verbosity
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -218,7 +218,7 @@ def compute_cache(
     batches = int(images.cardinality())
     if progress and batches > 0:
         print(progress, flush=True)
-        bar = keras.utils.Progbar(batches * views, unit_name="batch")
+        bar = keras.utils.Progbar(batches * views, unit_name="batch", verbose=progress_verbosity())
     for _ in range(views):
         for pixels, y in images:
             if bar is not None:

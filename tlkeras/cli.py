@@ -68,7 +68,7 @@ def _os_error(e: OSError) -> str:
 
 @click.group(context_settings=_CONTEXT)
 @click.option("--debug", is_flag=True, help="Show full tracebacks.")
-@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors from tlkeras.")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors: no progress bars or per-epoch lines.")
 @click.version_option(package_name="tlkeras")
 def main(debug: bool, quiet: bool) -> None:
     """Fine-tune pretrained Keras backbones on your images and export them for TF Serving."""
@@ -125,7 +125,8 @@ def train(config_path, data, val_data, backbone, weights, image_size, batch_size
     if weights is not None:
         values["weights"] = None if weights.lower() in ("none", "null") else weights
     cfg = cfg.merged(values).with_overrides(list(overrides))
-    result = build_and_finetune(config=cfg, resume=resume, overwrite=overwrite)
+    quiet = click.get_current_context().find_root().params.get("quiet", False)
+    result = build_and_finetune(config=cfg, resume=resume, overwrite=overwrite, verbose=0 if quiet else "auto")
     from tlkeras.tasks import headline
 
     kind = result.inputs

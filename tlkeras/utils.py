@@ -177,6 +177,14 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+def progress_verbosity() -> int:
+    """Keras's verbosity for progress: 1 (a live bar) on a terminal, 2 (one plain line per epoch, no
+    control characters) when output goes to a log, a pipe or a notebook's captured stream."""
+    import sys
+
+    return 1 if getattr(sys.stdout, "isatty", lambda: False)() else 2
+
+
 def as_tensor(array):
     """A tf.Tensor over a NumPy array's memory, without a copy where TensorFlow allows it.
 

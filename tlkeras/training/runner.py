@@ -24,6 +24,7 @@ from tlkeras.tasks import get_task
 from tlkeras.model import task_of
 from tlkeras.training.callbacks import BEST_WEIGHTS, StopOnNaN
 from tlkeras.training.parts import Part, count_steps
+from tlkeras.utils import progress_verbosity
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -163,9 +164,10 @@ def run_stage(
         stage_callbacks.append(stopper)
     if checkpointer is not None:
         stage_callbacks.append(checkpointer.callback(stopper))  # last: sees every other callback's epoch
-    fit = model.fit
-    if steploop.needs_own_loop(model):  # Keras's fit fails under multi-worker (steploop docs)
-        fit = functools.partial(steploop.fit_loop, model, task=task)
+    if verbose == "auto":  # a progress bar on a terminal; one plain line per epoch in a log or a pipe
+        verbose = progress_verbosity()
+    own_loop = steploop.needs_own_loop(model)  # Keras's fit fails under multi-worker (steploop docs)
+    fit = functools.partial(steploop.fit_loop, model, task=task) if own_loop else model.fit
     history = fit(
         train_ds,
         validation_data=val_ds,
@@ -175,6 +177,7 @@ def run_stage(
         callbacks=stage_callbacks,
         class_weight=task.fit_class_weight(class_weight),
         verbose=verbose,
-        **({} if fit is not model.fit else {"shuffle": False}),  # the tf.data pipeline shuffles
+        # the tf.data pipeline shuffles (Keras warns on every fit when shuffle=True reaches a Dataset)
+        **({} if own_loop else {"shuffle": False}),
     )
     return initial_epoch + len(history.epoch)
