@@ -129,3 +129,15 @@ def test_predict_from_a_tflite_file_skips_a_broken_image_and_says_so(tflite_expo
     assert result.exit_code == 0, result.output
     assert [json.loads(line)["path"] for line in result.stdout.splitlines()] == [good]
     assert f"skipped {broken}: not a decodable JPEG image (damaged or cut short)" in result.stderr
+
+
+def test_running_a_tflite_file_prints_no_deprecation_warning(tflite_export):
+    import warnings
+
+    from tlkeras.export.tflite import TFLiteClassifier
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        classifier = TFLiteClassifier(tflite_export[0])
+    assert not [w for w in caught if "deprecated" in str(w.message)]
+    assert classifier(np.zeros((1, *classifier.image_size, 3), np.float32)).shape == (1, 3)

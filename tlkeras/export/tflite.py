@@ -73,13 +73,29 @@ def convert(model, kind: str, representative: Optional[np.ndarray] = None) -> by
         return converter.convert()
 
 
+def _interpreter(**kwargs):
+    """LiteRT's interpreter (package ai-edge-litert) when it is installed, else tf.lite's - without the
+    deprecation warning TensorFlow 2.21 prints each time one is made (the same runtime, renamed)."""
+    import warnings
+
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        Interpreter = None
+    if Interpreter is not None:
+        return Interpreter(**kwargs)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*tf\.lite\.Interpreter is deprecated")
+        return tf.lite.Interpreter(**kwargs)
+
+
 class TFLiteClassifier:
     """Runs a .tflite classifier on pixels [N, H, W, 3] in [0, 255]; returns probabilities [N, C]."""
 
     def __init__(self, path_or_content):
         kwargs = {"model_path": path_or_content} if isinstance(path_or_content, str) else {
             "model_content": path_or_content}
-        self.interpreter = tf.lite.Interpreter(**kwargs)
+        self.interpreter = _interpreter(**kwargs)
         self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
