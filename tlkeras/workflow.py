@@ -171,6 +171,8 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
     stale_worker_dir = not chief and not resume and not rundir.has_state(run_dir)
     resuming = rundir.prepare(run_dir, cfg, resume=resume, overwrite=overwrite or stale_worker_dir)
     log.info("run directory: %s%s", run_dir, " (resuming)" if resuming else "")
+    if not chief:  # a worker's own temp folder: its config goes in at once, tying its saved state to this run
+        cfg.to_yaml(os.path.join(run_dir, rundir.CONFIG_FILE))
     if is_multi_worker(strategy):
         _check_workers_agree(strategy, run_dir, resuming)
 
