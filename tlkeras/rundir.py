@@ -140,7 +140,7 @@ def prepare(run_dir: str, cfg, *, resume: bool = False, overwrite: bool = False)
     if overwrite:
         if status != "none":
             removed = remove_run(run_dir)
-            versions = _versions(run_dir)
+            versions = export_versions(os.path.join(run_dir, EXPORT_DIR))
             kept = (f"; kept {EXPORT_DIR}/ (version{'s' if len(versions) > 1 else ''} "
                     f"{', '.join(map(str, versions))}): the new model becomes version {max(versions) + 1}"
                     if versions else "")
@@ -220,9 +220,9 @@ def remove_run(run_dir: str, keep: tuple = (EXPORT_DIR,)) -> list[str]:
     return removed
 
 
-def _versions(run_dir: str) -> list[int]:
-    folder = os.path.join(run_dir, EXPORT_DIR)
-    return sorted(int(n) for n in os.listdir(folder) if n.isdigit()) if os.path.isdir(folder) else []
+def export_versions(export_dir: str) -> list[int]:
+    """The SavedModel version numbers under `export_dir` (its integer folder names), sorted."""
+    return sorted(int(n) for n in os.listdir(export_dir) if n.isdigit()) if os.path.isdir(export_dir) else []
 
 
 def _remove_leftovers(run_dir: str) -> None:

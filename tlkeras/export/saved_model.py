@@ -34,7 +34,7 @@ from tlkeras.errors import ExportError
 from tlkeras.model import inputs_of, model_info, predict_function, task_of, to_probabilities
 from tlkeras.utils import fsync_path, fsync_tree, temp_prefix
 
-from tlkeras.rundir import LABELS_FILE, MODEL_CARD_FILE  # noqa: E402  (file names are rundir's)
+from tlkeras.rundir import LABELS_FILE, MODEL_CARD_FILE, export_versions  # noqa: E402  (file names are rundir's)
 # Float32 graphs of the same ops on the same device agree to rounding; 1e-5 is far above
 # that and far below any real train/serve difference (a resize or scale error moves
 # probabilities by 1e-2 or more).
@@ -67,10 +67,7 @@ class _ServingModule(tf.Module):
 
 def next_version(export_dir: str) -> int:
     """1 + the largest integer folder name under `export_dir` (1 when there is none)."""
-    if not os.path.isdir(export_dir):
-        return 1
-    versions = [int(n) for n in os.listdir(export_dir) if n.isdigit()]
-    return max(versions, default=0) + 1
+    return max(export_versions(export_dir), default=0) + 1
 
 
 def export_saved_model(

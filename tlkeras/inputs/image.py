@@ -174,23 +174,23 @@ class ImageInputs(Inputs):
             return list(zip(blobs, probs)), skipped
         except tf.errors.InvalidArgumentError:
             pass
-        from tlkeras.data.images import image_problem
-
         served = []  # one file broke the batch: find it by serving the files one at a time
         for i, blob in blobs.items():
             try:
                 served.append((i, serve(image_bytes=tf.constant([blob]))["probabilities"].numpy()[0]))
             except tf.errors.InvalidArgumentError as e:
-                skipped.append((i, _served_error(blob, e.message, image_problem)))
+                skipped.append((i, _served_error(blob, e.message)))
         return served, sorted(skipped)
 
     def example_payloads(self, examples, rows):
         return examples.encoded(rows)
 
 
-def _served_error(blob: bytes, message: str, image_problem) -> str:
+def _served_error(blob: bytes, message: str) -> str:
     """What the serving graph refused, in words: the header's size where it says so."""
     import re
+
+    from tlkeras.data.images import image_problem
 
     found = re.search(r"image of (\d+)x(\d+) pixels is above max_image_pixels \((\d+)\)", message)
     if found:
