@@ -18,9 +18,12 @@ def runner():
 
 
 @pytest.fixture
-def captured(monkeypatch):
-    """Replace the library call of `train` and keep the config that reached it."""
+def captured(monkeypatch, tmp_path):
+    """Replace the library call of `train` and keep the config that reached it (in a folder that
+    has the `photos` folder the tests name: paths are checked before the library is called)."""
     seen = {}
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "photos").mkdir()
 
     class _Result:
         metrics = {"split": "val", "accuracy": 0.5, "count": 2}
@@ -196,8 +199,10 @@ def test_predict_over_many_files_shows_progress_on_stderr_only(runner, trained_r
     assert len(rows) == 12
 
 
-def test_quiet_silences_the_progress_of_training(runner, monkeypatch):
+def test_quiet_silences_the_progress_of_training(runner, monkeypatch, tmp_path):
     seen = {}
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "photos").mkdir()
 
     class _Result:
         metrics, run_dir, export_dir = {"split": "val", "accuracy": 0.5, "count": 2}, "r", None

@@ -137,6 +137,7 @@ def test_text_runs_are_told_in_texts_and_rates_print_as_set(monkeypatch):
         run_dir, export_dir, inputs = "runs/t", "runs/t/export/1", get_inputs("text")
 
     monkeypatch.setattr("tlkeras.workflow.build_and_finetune", lambda config=None, **kwargs: _Result())
+    monkeypatch.setattr("tlkeras.preflight.check_run", lambda cfg, **kwargs: None)  # no such files here: only words
     result = CliRunner().invoke(cli.main, ["train", "--data", "reviews.csv", "--backbone", "hub:some/module"])
     assert "val accuracy: 0.7500 (24 texts)" in result.output
     assert "tlkeras predict runs/t/export/1 TEXT_OR_FILE" in result.output

@@ -12,7 +12,7 @@ import tlkeras
 import tlkeras.errors
 from conftest import CtrlC
 from tlkeras import backbones, distribute, freezing
-from tlkeras.backbones import hub
+from tlkeras.backbones import hub, hub_module
 from tlkeras.data.images import decode_and_resize
 from tlkeras.errors import BackboneError
 
@@ -26,7 +26,7 @@ def module_values(module_or_path) -> dict:
     """{variable name: value} of a module folder (as exported) or of a model's HubModule layer."""
     if isinstance(module_or_path, str):
         obj = tf.saved_model.load(module_or_path)
-        return {hub._variable_name(v): v.numpy() for v in obj.variables}
+        return {hub_module._variable_name(v): v.numpy() for v in obj.variables}
     return {name: weight.numpy() for name, weight, _ in module_or_path.named_variables()}
 
 

@@ -22,7 +22,8 @@ from tlkeras.config import FinetuneConfig
 from tlkeras.errors import DataError
 from tlkeras.model import model_info
 from tlkeras.tasks import get_task
-from tlkeras.tasks.multi_label import MultiLabelCrossentropy, best_f1_threshold, iterative_stratification
+from tlkeras.tasks.losses import MultiLabelCrossentropy
+from tlkeras.tasks.multi_label import best_f1_threshold, iterative_stratification
 
 NAMES = sorted(COLORS)  # blue, green, red
 

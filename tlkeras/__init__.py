@@ -16,15 +16,24 @@ _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from importlib.metadata import PackageNotFoundError as _NotFound
 from importlib.metadata import version as _version
 
-from tlkeras import data  # noqa: F401  (tlkeras.data.decode_and_resize, make_datasets, ...)
-from tlkeras.backbones import list_backbones
-from tlkeras.config import FinetuneConfig, load_config
-from tlkeras.export import export_saved_model
-from tlkeras.lr_finder import find_learning_rate
-from tlkeras.model import build_model
-from tlkeras.predict import predict
-from tlkeras.training import finetune
-from tlkeras.workflow import FinetuneResult, build_and_finetune
+from tlkeras._lazy import lazy_names as _lazy_names
+from tlkeras.predict import predict  # eager and TensorFlow-free: else the submodule tlkeras.predict shadows it
+
+# The public names, each imported on first use: `import tlkeras`, the CLI's help, config checks
+# and `tlkeras backbones` need no TensorFlow; the first name that does imports it.
+__getattr__, __dir__ = _lazy_names(__name__, {
+    "data": ("tlkeras.data", None),  # tlkeras.data.decode_and_resize, make_datasets, ...
+    "list_backbones": ("tlkeras.backbones", "list_backbones"),
+    "FinetuneConfig": ("tlkeras.config", "FinetuneConfig"),
+    "load_config": ("tlkeras.config", "load_config"),
+    "export_saved_model": ("tlkeras.export", "export_saved_model"),
+    "find_learning_rate": ("tlkeras.lr_finder", "find_learning_rate"),
+    "build_model": ("tlkeras.model", "build_model"),
+    "finetune": ("tlkeras.training", "finetune"),
+    "FinetuneResult": ("tlkeras.workflow", "FinetuneResult"),
+    "build_and_finetune": ("tlkeras.workflow", "build_and_finetune"),
+    "load_model": ("tlkeras.rundir", "load_model_file"),
+})
 
 try:
     __version__ = _version("tlkeras")
@@ -38,6 +47,7 @@ __all__ = [
     "export_saved_model",
     "find_learning_rate",
     "predict",
+    "load_model",
     "load_config",
     "list_backbones",
     "FinetuneConfig",

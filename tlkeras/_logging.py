@@ -9,8 +9,12 @@ an application that configures logging keeps full control.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import re
 import sys
+import tempfile
 
 _LOGGER_NAME = "tlkeras"
 
@@ -25,3 +29,47 @@ def get_logger() -> logging.Logger:
             logger.setLevel(logging.INFO)
         logger.propagate = False
     return logger
+
+
+# What TensorFlow's C++ side prints on import and on its first look at the devices, whatever
+# TF_CPP_MIN_LOG_LEVEL says (absl writes before its logging is initialised): hidden by the CLI
+# unless -v or --debug; any other line printed meanwhile is shown.
+_STARTUP_LINES = re.compile(
+    r"absl::InitializeLog\(\)|\] oneDNN custom operations are on|cudart_stub\.cc|cpu_feature_guard\.cc|"
+    r"^To enable the following instructions|failed call to cuInit|Unable to register cu(DNN|FFT|BLAS) factory|"
+    r"TF-TRT Warning|computation placer already registered|This TensorFlow binary is optimized"
+)
+
+
+@contextlib.contextmanager
+def tensorflow_startup_hidden():
+    """Run the block with stderr (file descriptor 2, where TensorFlow's C++ side writes) captured,
+    then write back every captured line that is not TensorFlow's start-up chatter, in order.
+    For short blocks that import TensorFlow: nothing reaches the terminal until the block ends."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no file descriptor 2 (some embedded interpreters): nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            lines = capture.read().decode("utf-8", "replace").splitlines()
+            kept = [line for line in lines if not _STARTUP_LINES.search(line)]
+            if kept:
+                sys.stderr.write("\n".join(kept) + "\n")
+                sys.stderr.flush()
+
+
+def start_tensorflow() -> None:
+    """Import TensorFlow and list its devices: where its start-up lines (cuInit's included) are printed."""
+    import tensorflow as tf
+
+    tf.config.list_physical_devices()

@@ -23,7 +23,7 @@ def _friendly_errors(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        debug = click.get_current_context().find_root().params.get("debug", False)
+        debug = _root_flag("debug")
         try:
             return command(*args, **kwargs)
         except Interrupted as e:
@@ -67,14 +67,33 @@ def _os_error(e: OSError) -> str:
 
 
 @click.group(context_settings=_CONTEXT)
-@click.option("--debug", is_flag=True, help="Show full tracebacks.")
+@click.option("--debug", is_flag=True, help="Show full tracebacks (and everything -v shows).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors: no progress bars or per-epoch lines.")
+@click.option("-v", "--verbose", is_flag=True, help="Also tlkeras's debug lines and TensorFlow's start-up messages.")
 @click.version_option(package_name="tlkeras")
-def main(debug: bool, quiet: bool) -> None:
+def main(debug: bool, quiet: bool, verbose: bool) -> None:
     """Fine-tune pretrained Keras backbones on your images and export them for TF Serving."""
     from tlkeras._logging import get_logger
 
-    get_logger().setLevel(logging.WARNING if quiet else logging.INFO)
+    get_logger().setLevel(logging.DEBUG if verbose or debug else logging.WARNING if quiet else logging.INFO)
+
+
+def _root_flag(name: str) -> bool:
+    return bool(click.get_current_context().find_root().params.get(name, False))
+
+
+def _start_tensorflow(*checks) -> None:
+    """Run `checks` (what needs no model), then import TensorFlow: only commands that work with a
+    model import it, and its C++ start-up lines are kept off stderr unless -v or --debug."""
+    import contextlib
+
+    from tlkeras._logging import start_tensorflow, tensorflow_startup_hidden
+
+    show = _root_flag("verbose") or _root_flag("debug")
+    with contextlib.nullcontext() if show else tensorflow_startup_hidden():
+        for check in checks:
+            check()  # may import TensorFlow itself (a backbone option's check reads Keras's constructor)
+        start_tensorflow()
 
 
 @main.command(context_settings=_CONTEXT)
@@ -105,8 +124,8 @@ def train(config_path, data, val_data, backbone, weights, image_size, batch_size
     without repeating the other options.
     """
     from tlkeras.config import FinetuneConfig
+    from tlkeras.preflight import check_run
     from tlkeras.rundir import saved_config
-    from tlkeras.workflow import build_and_finetune
 
     base = saved_config(output_dir) if resume and not config_path else None
     cfg = base or (FinetuneConfig.from_yaml(config_path) if config_path else FinetuneConfig())
@@ -125,7 +144,10 @@ def train(config_path, data, val_data, backbone, weights, image_size, batch_size
     if weights is not None:
         values["weights"] = None if weights.lower() in ("none", "null") else weights
     cfg = cfg.merged(values).with_overrides(list(overrides))
-    quiet = click.get_current_context().find_root().params.get("quiet", False)
+    _start_tensorflow(lambda: check_run(cfg, resume=resume))  # a typo: one line, before TensorFlow is imported
+    from tlkeras.workflow import build_and_finetune
+
+    quiet = _root_flag("quiet")
     result = build_and_finetune(config=cfg, resume=resume, overwrite=overwrite, verbose=0 if quiet else "auto")
     from tlkeras.tasks import headline
 
@@ -159,7 +181,7 @@ def find_lr(config_path, data, backbone, weights, image_size, output_dir, stage,
             overrides):
     """LR range test: train with a growing rate, plot the loss, suggest a rate."""
     from tlkeras.config import FinetuneConfig
-    from tlkeras.lr_finder import find_learning_rate
+    from tlkeras.preflight import check_run
 
     cfg = FinetuneConfig.from_yaml(config_path) if config_path else FinetuneConfig()
     flags = {"data": data, "backbone": backbone, "image_size": image_size, "output_dir": output_dir}
@@ -167,6 +189,9 @@ def find_lr(config_path, data, backbone, weights, image_size, output_dir, stage,
     if weights is not None:
         values["weights"] = None if weights.lower() in ("none", "null") else weights
     cfg = cfg.merged(values).with_overrides(list(overrides))
+    _start_tensorflow(lambda: check_run(cfg))
+    from tlkeras.lr_finder import find_learning_rate
+
     result = find_learning_rate(config=cfg, stage=stage, min_lr=min_lr, max_lr=max_lr, steps=steps, output=output)
     if result.flat:
         click.echo("warning: the loss hardly changed over the sweep, so this suggestion is a guess (see the plot).",
@@ -190,6 +215,7 @@ def evaluate(path, data, batch_size, top_k, fmt, write, unsafe_load):
     """Metrics of a run's model (RUN_DIR) or of an export (RUN_DIR/export[/N], served from image
     bytes as TF Serving would) on labelled images: accuracy, top-k, loss, per-class precision,
     recall and F1, confusion matrix, calibration, ROC-AUC and PR-AUC."""
+    _start_tensorflow()
     from tlkeras.evaluate import evaluate_run, format_evaluation
 
     metrics = evaluate_run(path, data, batch_size=batch_size, top_k=top_k, write=write, safe_mode=not unsafe_load)
@@ -209,6 +235,7 @@ def predict(export_dir, inputs, top_k, batch_size, fmt):
 
     With a text classifier's export, each input is a text, or a file of one text per line ("-": standard input).
     """
+    _start_tensorflow()
     from tlkeras.predict import format_predictions, predict_inputs
 
     bar = None
@@ -241,6 +268,7 @@ def predict(export_dir, inputs, top_k, batch_size, fmt):
 def export(run_dir, export_dir, top_k, formats, unsafe_load):
     """Export a finished run: the next TF Serving SavedModel version and/or TFLite files, each
     checked against the model before it is written; prints one path per format."""
+    _start_tensorflow()
     from tlkeras.export import export_run
 
     paths = export_run(run_dir, export_dir, top_k=top_k, formats=[f.strip() for f in formats.split(",") if f.strip()],
@@ -283,6 +311,7 @@ def backbones():
 @_friendly_errors
 def demo(output_dir):
     """Offline demo: pretrain on digits 0-4, transfer to 5-9, compare with training from scratch."""
+    _start_tensorflow()
     from tlkeras.demo import run_demo
 
     run_demo(output_dir, echo=click.echo)

@@ -195,7 +195,7 @@ class ModuleUnits:
 
 def trainable_units(model: keras.Model):
     """What `unfreeze` counts in this model's backbone: `ModuleUnits` when the backbone is a hub
-    module (`tlkeras.backbones.hub.HubModule`), else `LayerUnits`. Freezing, the stage-2 cut,
+    module (`tlkeras.backbones.hub_module.HubModule`), else `LayerUnits`. Freezing, the stage-2 cut,
     layer-wise rates and the LR finder ask it; none of them looks at the source."""
     module = hub_module(model)
     return ModuleUnits(model, module) if module is not None else LayerUnits(model)
@@ -203,7 +203,7 @@ def trainable_units(model: keras.Model):
 
 def hub_module(model: keras.Model):
     """The `HubModule` layer when the backbone is a TF Hub / SavedModel module, else None."""
-    from tlkeras.backbones.hub import hub_layer
+    from tlkeras.backbones.hub_module import hub_layer
 
     return hub_layer(get_backbone(model))
 

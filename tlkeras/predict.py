@@ -1,5 +1,6 @@
 """Batch prediction through an exported SavedModel's `serving_default` signature: image files, or
-for a text classifier, lines of text."""
+for a text classifier, lines of text. TensorFlow is imported when a model is loaded, not with this
+module (`tlkeras.predict` is imported with the package)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
-import tensorflow as tf
 
 from tlkeras.errors import ExportError
 from tlkeras.export.registry import file_classifier, format_for_file
@@ -93,6 +93,8 @@ def load_export(path) -> LoadedExport:
     if not is_export(path) and not is_export(os.path.join(path, "export")) and os.path.isfile(
             os.path.join(path, MODEL_FILE)):  # a run exported nothing: its model.keras
         return load_export(os.path.join(path, MODEL_FILE))
+    import tensorflow as tf
+
     folder = resolve_export(path)
     try:
         loaded = tf.saved_model.load(folder)
@@ -119,6 +121,7 @@ def keras_model_export(model, path: str = "<model in memory>") -> LoadedExport:
         raise ExportError(f"{path!r} keeps no class names (a model from an older tlkeras); predict with its run "
                           "directory or its export instead.")
     task = info.task_role
+    import tensorflow as tf
 
     def outputs(inputs):
         return {"probabilities": tf.cast(task.to_probabilities(model(inputs, training=False)), tf.float32)}
@@ -141,6 +144,8 @@ def _load_file_model(path: str) -> LoadedExport:
 
     def serve(image_bytes):
         pixels = np.stack([np.asarray(decode_and_resize(b, classifier.image_size)) for b in image_bytes])
+        import tensorflow as tf
+
         return {"probabilities": tf.constant(classifier(pixels))}
 
     return LoadedExport(serve, class_names, path,

@@ -283,11 +283,26 @@ def load_run(run_dir: str, *, safe_mode: bool = True):
 def load_model_file(model_path: str, *, safe_mode: bool = True, config=None):
     """A tlkeras `.keras` file loaded (Keras's safe mode unless safe_mode=False); a damaged file or one
     with code is one error line. `config` (else the config.yaml beside it) says whether KerasHub's
-    layers must be registered first."""
+    layers must be registered first. Public as `tlkeras.load_model`: `import tlkeras` alone does not
+    import Keras, so `keras.models.load_model` finds tlkeras's classes only once a module that
+    defines them is imported; this function imports them.
+
+    >>> import os, tempfile, tlkeras
+    >>> model = tlkeras.build_model("mobilenetv2", 2, image_size=32, weights=None,
+    ...                             backbone_options={"alpha": 0.35}, class_names=["cat", "dog"])
+    >>> path = os.path.join(tempfile.mkdtemp(), "model.keras")
+    >>> model.save(path)
+    >>> tlkeras.model.model_info(tlkeras.load_model(path)).class_names
+    ['cat', 'dog']
+    """
     import keras
 
-    import tlkeras.backbones.hub  # noqa: F401  (registers HubModule for deserialisation)
-    import tlkeras.layers  # noqa: F401  (registers ImagePreprocessing for deserialisation)
+    # tlkeras's Keras classes register themselves on import: the model, its layers, losses, optimizers
+    import tlkeras.backbones.hub_module  # noqa: F401
+    import tlkeras.layers  # noqa: F401
+    import tlkeras.model  # noqa: F401
+    import tlkeras.optimizers  # noqa: F401
+    import tlkeras.tasks.losses  # noqa: F401
 
     if config is None and os.path.isfile(os.path.join(os.path.dirname(model_path), CONFIG_FILE)):
         config = saved_config(os.path.dirname(model_path) or ".")

@@ -17,9 +17,10 @@ from tlkeras.config import FinetuneConfig
 from tlkeras.inputs import get_inputs
 from tlkeras.distribute import is_multi_worker, strategy_name, precision_policy, resolve_precision, resolve_strategy, worker_role
 from tlkeras.evaluate import predict_probabilities
-from tlkeras.errors import TlkerasError, TrainingError
+from tlkeras.errors import TrainingError
 from tlkeras.export import export_saved_model
 from tlkeras.model import build_model, set_decision
+from tlkeras.preflight import check_run
 from tlkeras.training import check_stages, finetune as _finetune
 from tlkeras.runrecord import RUN_FILE, build_record, card_facts
 from tlkeras.utils import atomic_path, write_json_atomic, write_text_atomic
@@ -120,6 +121,7 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
     if resume and config is None:
         config = rundir.saved_config(options.get("output_dir"))
     cfg = _resolve_config(data, config, options)
+    check_run(cfg, resume=resume)  # names and paths, before any TensorFlow work
     log = get_logger()
     # First TensorFlow work of the run: multi-worker collectives must be set up before anything else.
     strategy, why = resolve_strategy(cfg.strategy, cfg.tpu)
@@ -141,14 +143,10 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
     kind = get_inputs(spec.modality)  # what the model takes: images or texts
     image_size = kind.size(spec, cfg.image_size)
     run_dir = cfg.output_dir or os.path.join("runs", f"{spec.slug}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if resume and not cfg.output_dir:
-        raise TlkerasError("resume: name the run to continue with output_dir (--output-dir).")
     chief_dir = run_dir
     if not chief:  # every worker runs the same steps and saves; only the chief into the run directory
         run_dir = rundir.worker_dir(run_dir, task)
         log.info("%s is not the chief: its files go to %s (removed at the end)", task, run_dir)
-    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
-        raise TlkerasError(f"output_dir {run_dir!r} is a file, not a folder; choose another output_dir.")
     created = not os.path.isdir(run_dir)
     os.makedirs(run_dir, exist_ok=True)
     try:
@@ -303,7 +301,11 @@ def _restore_best(model, history, run_dir: str, has_val: bool) -> Optional[int]:
     _, best = min(finite)
     if best == len(epochs) - 1:
         return epochs[best]  # the last epoch is the best: nothing to put back
-    model.load_weights(path)
+    import warnings
+
+    with warnings.catch_warnings():  # only the model's weights matter here; the optimizer's are not used again
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        model.load_weights(path)
     get_logger().info("restore_best: evaluating and exporting the weights of epoch %d (%s %.4g), the best of the "
                       "run, not those of the last epoch %d (%.4g); restore_best: false keeps the last", epochs[best],
                       monitor, values[best], epochs[-1], values[-1])

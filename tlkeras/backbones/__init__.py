@@ -19,18 +19,20 @@ from tlkeras.backbones import applications, files, hub, kerashub
 from tlkeras.backbones.spec import BackboneSpec, BlockMap
 from tlkeras.errors import BackboneError
 
-__all__ = ["SOURCES", "BackboneSource", "BackboneSpec", "BlockMap", "resolve", "list_backbones", "block_map_for",
+__all__ = ["SOURCES", "BackboneSource", "BackboneSpec", "BlockMap", "resolve", "peek", "list_backbones", "block_map_for",
            "resolve_image_size"]
 
 
 @dataclass(frozen=True)
 class BackboneSource:
     """Where backbones come from: `matches(name)` says whether a name is one of its, `get_spec(name,
-    options)` resolves it."""
+    options)` resolves it, `peek(name, options)` checks the name without loading anything (no
+    TensorFlow work): the spec when it can be had that way, else None."""
 
     name: str
     matches: Callable[[str], bool]
     get_spec: Callable[..., BackboneSpec]
+    peek: Callable[..., Optional[BackboneSpec]] = lambda name, options=None: None
 
 
 def _saved_model_folder(name: str, options):  # a Keras (or any TF2) SavedModel folder: loaded as a module
@@ -39,11 +41,11 @@ def _saved_model_folder(name: str, options):  # a Keras (or any TF2) SavedModel 
 
 # Tried in order; a new source is one module plus its line here.
 SOURCES: tuple[BackboneSource, ...] = (
-    BackboneSource("tensorflow hub", hub.is_hub, hub.get_spec),
+    BackboneSource("tensorflow hub", hub.is_hub, hub.get_spec, hub.peek),
     BackboneSource("kerashub", kerashub.is_kerashub, kerashub.get_spec),
     BackboneSource("saved model folder", hub.is_saved_model_dir, _saved_model_folder),
-    BackboneSource("model file", files.is_model_file, files.get_spec),
-    BackboneSource("keras.applications", lambda name: True, applications.get_spec),  # any other name
+    BackboneSource("model file", files.is_model_file, files.get_spec, files.peek),
+    BackboneSource("keras.applications", lambda name: True, applications.get_spec, applications.get_spec),  # any other
 )
 
 
@@ -59,8 +61,24 @@ def resolve(name: str, options: dict | None = None) -> BackboneSpec:
     if not isinstance(name, str) or not name.strip():
         raise BackboneError(f"backbone: {name!r} is not a backbone name; run `tlkeras backbones` for the list.")
     name = name.strip()
-    source = next(source for source in SOURCES if source.matches(name))
-    return source.get_spec(name, options)
+    return next(source for source in SOURCES if source.matches(name)).get_spec(name, options)
+
+
+def peek(name: str, options: dict | None = None) -> Optional[BackboneSpec]:
+    """What `resolve` would say about `name` without loading a model, a module or TensorFlow:
+    a wrong name or a missing file is the same error; the spec when the source can give it so
+    (keras.applications names), else None.
+
+    >>> peek("MobileNetV2").name
+    'mobilenetv2'
+    >>> peek("hub:/no/such/module")
+    Traceback (most recent call last):
+    tlkeras.errors.BackboneError: backbone: hub:/no/such/module is neither a URL nor an existing folder; use a tfhub.dev / Kaggle Models URL or handle, or the folder of a SavedModel.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise BackboneError(f"backbone: {name!r} is not a backbone name; run `tlkeras backbones` for the list.")
+    name = name.strip()
+    return next(source for source in SOURCES if source.matches(name)).peek(name, options)
 
 
 def list_backbones() -> list[str]:

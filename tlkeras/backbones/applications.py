@@ -134,6 +134,8 @@ def _constructor(cls_name: str):
 
 
 def _check_options(cls_name: str, options: dict) -> None:
+    if not options:  # the constructor's signature needs Keras (and so TensorFlow) imported
+        return
     allowed = sorted(set(inspect.signature(_constructor(cls_name)).parameters) - _RESERVED)
     for key in options:
         if key not in allowed:

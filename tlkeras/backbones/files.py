@@ -26,12 +26,18 @@ def is_model_file(name: str) -> bool:
     return str(name).lower().endswith(".keras")
 
 
-def get_spec(path: str, options: dict | None = None) -> BackboneSpec:
-    """The spec of a `.keras` backbone file (read once here to learn its input and output)."""
-    options = check_options(options, ("preprocessing",), "a backbone file")
-    preprocessing = options.get("preprocessing", "none")
+def peek(path: str, options: dict | None = None) -> None:
+    """The options and that the file is there; reading it is for `get_spec`."""
+    check_options(options, ("preprocessing",), "a backbone file")
     if not os.path.isfile(path):
         raise BackboneError(f"backbone: the model file {path!r} does not exist.")
+
+
+def get_spec(path: str, options: dict | None = None) -> BackboneSpec:
+    """The spec of a `.keras` backbone file (read once here to learn its input and output)."""
+    peek(path, options)
+    options = check_options(options, ("preprocessing",), "a backbone file")
+    preprocessing = options.get("preprocessing", "none")
     model = _load(path)
     height, width = _input_size(model, path)
     fixed = height if height is not None and height == width else None

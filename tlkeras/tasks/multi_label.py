@@ -57,6 +57,8 @@ class MultiLabel(Task):
         positive = None
         if class_weight:
             positive = [float(class_weight.get(c, 1.0)) for c in range(units)]
+        from tlkeras.tasks.losses import MultiLabelCrossentropy
+
         return MultiLabelCrossentropy(positive_weights=positive, label_smoothing=label_smoothing)
 
     def fit_class_weight(self, class_weight):
@@ -300,39 +302,3 @@ def iterative_stratification(positive: np.ndarray, fraction: float, seed: int) -
         part[row] = j
         want_rows[j] -= 1
     return np.flatnonzero(part == 0).astype(np.int64), np.flatnonzero(part == 1).astype(np.int64)
-
-
-def _register():
-    import keras
-
-    @keras.saving.register_keras_serializable(package="tlkeras")
-    class MultiLabelCrossentropy(keras.losses.Loss):
-        """Binary cross-entropy of each label, averaged over the labels, with label smoothing and
-        optional weights on each label's positive term (`class_weight` of a multi-label task)."""
-
-        def __init__(self, positive_weights=None, label_smoothing: float = 0.0, name="multi_label_crossentropy",
-                     **kwargs):
-            super().__init__(name=name, **kwargs)
-            self.positive_weights = [float(w) for w in positive_weights] if positive_weights else None
-            self.label_smoothing = float(label_smoothing)
-
-        def call(self, y_true, y_pred):
-            from keras import ops
-
-            y_true = ops.cast(y_true, y_pred.dtype)
-            if self.label_smoothing:
-                y_true = y_true * (1.0 - self.label_smoothing) + 0.5 * self.label_smoothing
-            p = ops.clip(y_pred, keras.config.epsilon(), 1.0 - keras.config.epsilon())
-            positive = -y_true * ops.log(p)
-            if self.positive_weights:
-                positive = positive * ops.convert_to_tensor(self.positive_weights, dtype=p.dtype)
-            return ops.mean(positive - (1.0 - y_true) * ops.log(1.0 - p), axis=-1)
-
-        def get_config(self):
-            return {**super().get_config(), "positive_weights": self.positive_weights,
-                    "label_smoothing": self.label_smoothing}
-
-    return MultiLabelCrossentropy
-
-
-MultiLabelCrossentropy = _register()
