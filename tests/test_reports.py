@@ -101,7 +101,18 @@ def test_a_run_writes_every_picture_and_a_self_contained_report(trained_run):
     for name in trained_run.class_names:
         assert f"<th>{name}</th>" in page
     assert f"<td>{trained_run.metrics['accuracy']}</td>" in page
-    assert '"backbone": "mobilenetv2"' in page  # the config
+    # the config once, as a table of its keys; run.json's facts, classes and times as tables, no raw JSON
+    assert page.count("<th>backbone</th><td class='l'>mobilenetv2</td>") == 1
+    assert page.count("<th>stage2.unfreeze</th>") == 1
+    assert "<pre>" not in page and '"backbone":' not in page
+    with open(os.path.join(run, "run.json"), encoding="utf-8") as f:
+        record = json.load(f)
+    assert f"<th>versions.tensorflow</th><td class='l'>{record['versions']['tensorflow']}</td>" in page
+    assert f"<th>data.train.sha256</th><td class='l'>{record['data']['train']['sha256']}</td>" in page
+    name = trained_run.class_names[0]
+    counts = record["class_counts"]
+    assert f"<tr><th>{name}</th><td>{counts['train'][name]}</td><td>{counts['val'][name]}</td></tr>" in page
+    assert f"<tr><th>stage1</th><td>{record['seconds']['stage1']:.1f}</td></tr>" in page
 
 
 def test_mistakes_grid_shows_the_most_confident_errors_first():

@@ -76,7 +76,7 @@ def _assert_resumed_like_uninterrupted(options, tmp_path, kill_at, expect_state,
         np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-5)
     trainable = [(p / "stage2_trainable_layers.txt").read_text() for p in (tmp_path / "whole", tmp_path / "cut")]
     assert trainable[0] == trainable[1] and trainable[0]
-    return resumed
+    return resumed, state
 
 
 def test_kill_9_in_stage_1_resumes_from_the_last_finished_epoch(tmp_path, image_folder, tiny):
@@ -93,13 +93,21 @@ def test_kill_9_in_stage_2_resumes_in_the_right_phase(tmp_path, image_folder, ti
     # Gradual unfreezing: phases of 1, 1 and 2 epochs; killed in the first epoch of the third phase,
     # after the second finished. The resumed run skips stage 1 and two phases.
     options = _options(image_folder, tiny, unfreeze="blocks:3", gradual_unfreeze=1, epochs=3)
-    resumed = _assert_resumed_like_uninterrupted(
+    resumed, state = _assert_resumed_like_uninterrupted(
         options, tmp_path, kill_at=(2, 7),
         expect_state={"stage": 2, "phase": 1, "epochs_done": 6, "finished": True},
         expect_log="resuming: stage 2 phase 2 finished, 6 epoch(s) done",
     )
     assert "stage 1: finished before the interruption, skipped" in resumed.stderr
     assert "stage 2 phase 3/3" in resumed.stderr and "phase 1/3" not in resumed.stderr
+    # run.json's training seconds cover both processes: stage 1 ran only in the killed one, stage 2 in both
+    before = state["seconds"]
+    assert before["stage1"] > 0 and before["cache"] > 0 and before["stage2"] > 0
+    with open(tmp_path / "cut" / "run.json", encoding="utf-8") as f:
+        seconds = json.load(f)["seconds"]
+    assert seconds["stage1"] == pytest.approx(before["stage1"], abs=2e-3)
+    assert seconds["cache"] == pytest.approx(before["cache"], abs=2e-3)
+    assert seconds["stage2"] > before["stage2"]
 
 
 def test_kill_9_in_uncached_stage_2(tmp_path, image_folder, tiny):

@@ -184,7 +184,7 @@ def write_html(run_dir: str, *, metrics: dict, config: dict, record: Optional[di
         "<!doctype html><html><head><meta charset='utf-8'><title>tlkeras run report</title>",
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-        "th{background:#f3f3f3}img{max-width:100%}pre{background:#f6f6f6;padding:1em;overflow:auto}</style>",
+        "th{background:#f3f3f3}td.l,th{text-align:left}td.l{word-break:break-all}img{max-width:100%}</style>",
         "</head><body>",
         f"<h1>tlkeras run: {esc(os.path.basename(os.path.abspath(run_dir)))}</h1>",
         "<h2>Validation metrics</h2><table>",
@@ -210,12 +210,63 @@ def write_html(run_dir: str, *, metrics: dict, config: dict, record: Optional[di
             parts.append(f"<h2>{esc(os.path.splitext(os.path.basename(picture))[0].replace('_', ' '))}</h2>")
             parts.append(_embedded(picture))
     if record:
-        parts.append("<h2>Run record (run.json)</h2><pre>" + esc(json.dumps(record, indent=2), quote=False) + "</pre>")
-    parts.append("<h2>Config</h2><pre>" + esc(json.dumps(config, indent=2, default=str), quote=False) + "</pre>")
+        parts += _record_tables(record)
+    parts += ["<h2>Config</h2>", _key_table(_flatten(config))]
     parts.append("</body></html>")
     path = os.path.join(run_dir, REPORT_FILE)
     write_text_atomic(path, "\n".join(parts))
     return path
+
+
+def _flatten(value, prefix: str = "") -> list[tuple[str, object]]:
+    """(dotted key, value) of a nested dict, in its order; lists stay one value.
+
+    >>> _flatten({"stage1": {"epochs": 5, "unfreeze": None}, "seed": 0})
+    [('stage1.epochs', 5), ('stage1.unfreeze', None), ('seed', 0)]
+    """
+    if not isinstance(value, dict):
+        return [(prefix, value)]
+    if not value and prefix:
+        return [(prefix, {})]
+    rows = []
+    for key, item in value.items():
+        rows += _flatten(item, f"{prefix}.{key}" if prefix else str(key))
+    return rows
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return format(value, ".6g")
+    if isinstance(value, (list, tuple, dict)):
+        return html.escape(", ".join(map(str, value)) if isinstance(value, (list, tuple)) else json.dumps(value))
+    return html.escape(str(value))
+
+
+def _key_table(rows) -> str:
+    body = "".join(f"<tr><th>{html.escape(k)}</th><td class='l'>{_cell(v)}</td></tr>" for k, v in rows)
+    return f"<table>{body}</table>"
+
+
+def _record_tables(record: dict) -> list[str]:
+    """run.json as tables: the run's facts, the classes per split, the time of each step (its config
+    is the Config section's)."""
+    counts = record.get("class_counts") or {}
+    seconds = record.get("seconds") or {}
+    facts = {k: v for k, v in record.items() if k not in ("config", "class_counts", "seconds", "class_names")}
+    out = ["<h2>Run (run.json)</h2>", _key_table(_flatten(facts))]
+    names = list(record.get("class_names") or [])
+    if names:
+        splits = [split for split in ("train", "val") if counts.get(split)]
+        head = "".join(f"<th>{split}</th>" for split in splits)
+        rows = "".join(f"<tr><th>{html.escape(str(n))}</th>" + "".join(
+            f"<td>{_cell((counts[split] or {}).get(n))}</td>" for split in splits) + "</tr>" for n in names)
+        out += ["<h2>Classes</h2>", f"<table><tr><th>class</th>{head}</tr>{rows}</table>"]
+    if seconds:
+        rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{float(v):.1f}</td></tr>" for k, v in seconds.items())
+        out += ["<h2>Time</h2>", f"<table><tr><th>step</th><th>seconds</th></tr>{rows}</table>"]
+    return out
 
 
 def write_report(run_dir: str, *, history: dict, metrics: dict, probabilities: np.ndarray, labels: np.ndarray,

@@ -53,6 +53,7 @@ class ResumeState:
     weights: dict = field(default_factory=dict)  # index in model.weights -> array
     optimizer: list = field(default_factory=list)
     early_stopping_weights: Optional[dict] = None  # index in model.weights -> array
+    seconds: dict = field(default_factory=dict)  # wall seconds of each training step so far (`StageClock`)
 
     def after(self, stage: int, phase: int = 0) -> bool:
         """Whether (stage, phase) is already finished in this state."""
@@ -90,6 +91,7 @@ class RunCheckpointer:
         self.stage, self.phase, self.phase_start = 1, 0, 0  # what runs now, and its first epoch
         self.recorder = None  # RunHistory, whose records are saved
         self.best_checkpoint = None  # BestCheckpoint, whose written value is saved
+        self.clock = None  # StageClock, whose seconds so far are saved
 
     # --- Writing ---
 
@@ -117,6 +119,7 @@ class RunCheckpointer:
             "best": best if best is not None and math.isfinite(best) else None,
             "records": list(self.recorder.records) if self.recorder is not None else [],
             "paths": {str(self._index_of(w)): w.path for w in part.weights},
+            "seconds": {k: round(v, 3) for k, v in self.clock.totals().items()} if self.clock is not None else {},
         }
         arrays["state"] = np.array(json.dumps(state))
         with atomic_path(self.path, suffix=".npz") as tmp, open(tmp, "wb") as f:
@@ -174,6 +177,7 @@ class RunCheckpointer:
             early_stopping=state["early_stopping"], weights=weights,
             optimizer=[arrays[f"o{j}"] for j in range(state["optimizer_variables"])],
             early_stopping_weights=es_weights or None,
+            seconds={str(k): float(v) for k, v in (state.get("seconds") or {}).items()},  # states written before it had none
         )
 
     def restore_weights(self, state: ResumeState) -> None:

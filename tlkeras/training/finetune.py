@@ -13,6 +13,7 @@ at the unfreeze cut - whenever the training inputs are not randomly augmented.
 from __future__ import annotations
 
 
+import contextlib
 import os
 import time
 from typing import Optional
@@ -34,11 +35,45 @@ from tlkeras.training.plan import CachePlan, plan_caching, unfreeze_phases
 from tlkeras.training.runner import Runner, Stages
 
 
+class StageClock:
+    """Wall seconds of each step of training ("cache", "stage1", "stage2") over every process of a
+    run: what the earlier processes had spent by their last saved epoch (kept in the resume state),
+    plus this process's. Work an interruption threw away is not counted.
+
+    >>> clock = StageClock({"stage1": 2.0})
+    >>> with clock.timing("stage1"):
+    ...     pass
+    >>> 2.0 <= clock.totals()["stage1"] < 2.5
+    True
+    """
+
+    def __init__(self, earlier: Optional[dict] = None):
+        self._spent = {k: float(v) for k, v in (earlier or {}).items()}
+        self._running: dict = {}
+
+    @contextlib.contextmanager
+    def timing(self, key: str):
+        self._running[key] = time.time()
+        try:
+            yield
+        finally:
+            self._spent[key] = self._spent.get(key, 0.0) + time.time() - self._running.pop(key)
+
+    def totals(self) -> dict:
+        """Seconds so far, the steps still running included."""
+        now = time.time()
+        out = dict(self._spent)
+        for key, since in self._running.items():
+            out[key] = out.get(key, 0.0) + now - since
+        return out
+
+
 class FinetuneHistory(dict):
     """Column-form history {"epoch": [...], "stage": [...], "loss": [...], ...} of both stages.
 
-    `stage_seconds` holds the wall time of each stage that ran (feature caching included), e.g.
-    {"cache": 3.1, "stage1": 2.0, "stage2": 40.1}; `cache_plan` says what was cached and why.
+    `stage_seconds` holds the wall time of each stage (feature caching included in it, and also
+    given alone), e.g. {"cache": 3.1, "stage1": 5.1, "stage2": 40.1}, summed over the processes of
+    a resumed run (see `StageClock`); `cache_plan` says what was cached and why.
     """
 
     def __init__(self, columns: dict, stage_seconds: dict, cache_plan: Optional["CachePlan"] = None):
@@ -151,7 +186,9 @@ def finetune(
     plan = plan_caching(cache_features, train_ds, augmenter, cfg.stage1.epochs, cfg.stage2.epochs, cut, cache_views,
                         inputs_random)
     log.info("caching: %s", plan.reason)
-    seconds: dict = {}
+    clock = StageClock(state.seconds if state is not None else None)
+    if checkpointer is not None:
+        checkpointer.clock = clock  # each saved epoch keeps the seconds spent so far
     caches = Caches(model, train_ds, val_ds, int(memory_budget_mb * 2**20), run_dir,
                      progress=verbose not in (0, "0"))
     epochs_done = 0
@@ -164,58 +201,55 @@ def finetune(
         elif cfg.stage1.epochs > 0:
             log.info("stage 1: backbone frozen; training the head (%s)", _trainable_summary(model))
             _enter_stage(shared, 1)
-            start = time.time()
-            if plan.stage1:
-                part = caches.for_head(
-                    augmenter=augmenter if plan.views > 1 else None,
-                    views=plan.views,
-                    cut=cut if plan.stage2 else None,
-                )
-                seconds["cache"] = time.time() - start
+            with clock.timing("stage1"):
+                part = None
+                if plan.stage1:
+                    with clock.timing("cache"):
+                        part = caches.for_head(
+                            augmenter=augmenter if plan.views > 1 else None,
+                            views=plan.views,
+                            cut=cut if plan.stage2 else None,
+                        )
                 epochs_done = run.stage(cfg.stage1, cfg.stage1.learning_rate, 0, part, position=(1, 0), state=state)
-            else:
-                epochs_done = run.stage(cfg.stage1, cfg.stage1.learning_rate, 0, position=(1, 0), state=state)
-            seconds["stage1"] = time.time() - start
 
         # === Stage 2: unfreeze (the top of) the backbone, layer-wise rates ===
         phases = unfreeze_phases(model, cfg.stage2) if cfg.stage2.epochs > 0 else []
         if phases and not (state is not None and state.after(2, len(phases) - 1)):
-            start = time.time()
-            rate = cfg.stage2_learning_rate
-            multipliers = None
-            if cfg.stage2.layer_decay is not None and cfg.stage2.layer_decay < 1:
-                multipliers = freezing.layer_multipliers(model, cfg.stage2.layer_decay)
-            _enter_stage(shared, 2)
-            part = None
-            if plan.stage2:
-                names = [layer.name for layer in freezing.backbone_layers(model)]
-                part = caches.for_cut(names[cut] if cut < len(names) else None)  # the lowest cut of all phases
-            else:
-                caches.close()  # free memory before the full model trains
-            steps_done = 0
-            for index, (unfreeze, epochs) in enumerate(phases):
-                if state is not None and state.after(2, index):
+            with clock.timing("stage2"):
+                rate = cfg.stage2_learning_rate
+                multipliers = None
+                if cfg.stage2.layer_decay is not None and cfg.stage2.layer_decay < 1:
+                    multipliers = freezing.layer_multipliers(model, cfg.stage2.layer_decay)
+                _enter_stage(shared, 2)
+                part = None
+                if plan.stage2:
+                    names = [layer.name for layer in freezing.backbone_layers(model)]
+                    part = caches.for_cut(names[cut] if cut < len(names) else None)  # the lowest cut of all phases
+                else:
+                    caches.close()  # free memory before the full model trains
+                steps_done = 0
+                for index, (unfreeze, epochs) in enumerate(phases):
+                    if state is not None and state.after(2, index):
+                        steps_done += epochs * ((part.steps if part else run.steps) or 0)
+                        if (state.stage, state.phase) == (2, index):
+                            epochs_done = state.epochs_done
+                        continue
+                    layers = freezing.unfreeze(
+                        model, unfreeze, train_bn=cfg.stage2.train_bn,
+                        bn_momentum=cfg.stage2.bn_momentum if cfg.stage2.train_bn else None,
+                    )
+                    where = f" phase {index + 1}/{len(phases)} ({epochs} epochs)" if len(phases) > 1 else ""
+                    decay = f", layer_decay {cfg.stage2.layer_decay}" if multipliers else ""
+                    log.info("stage 2%s: unfreeze=%r at learning rate %g%s: %s", where, unfreeze, rate, decay,
+                             layers.describe())
+                    last = index == len(phases) - 1
+                    if last and run_dir:
+                        write_text_atomic(os.path.join(run_dir, "stage2_trainable_layers.txt"),
+                                          "".join(name + "\n" for name in layers.layers))
+                    epochs_done = run.stage(cfg.stage2, rate, epochs_done, part, name="stage2", epochs=epochs,
+                                            multipliers=multipliers, step_offset=steps_done, early_stopping=last,
+                                            position=(2, index), state=state)
                     steps_done += epochs * ((part.steps if part else run.steps) or 0)
-                    if (state.stage, state.phase) == (2, index):
-                        epochs_done = state.epochs_done
-                    continue
-                layers = freezing.unfreeze(
-                    model, unfreeze, train_bn=cfg.stage2.train_bn,
-                    bn_momentum=cfg.stage2.bn_momentum if cfg.stage2.train_bn else None,
-                )
-                where = f" phase {index + 1}/{len(phases)} ({epochs} epochs)" if len(phases) > 1 else ""
-                decay = f", layer_decay {cfg.stage2.layer_decay}" if multipliers else ""
-                log.info("stage 2%s: unfreeze=%r at learning rate %g%s: %s", where, unfreeze, rate, decay,
-                         layers.describe())
-                last = index == len(phases) - 1
-                if last and run_dir:
-                    write_text_atomic(os.path.join(run_dir, "stage2_trainable_layers.txt"),
-                                      "".join(name + "\n" for name in layers.layers))
-                epochs_done = run.stage(cfg.stage2, rate, epochs_done, part, name="stage2", epochs=epochs,
-                                        multipliers=multipliers, step_offset=steps_done, early_stopping=last,
-                                        position=(2, index), state=state)
-                steps_done += epochs * ((part.steps if part else run.steps) or 0)
-            seconds["stage2"] = time.time() - start
     except KeyboardInterrupt:
         if best is not None:
             best.flush()
@@ -226,7 +260,7 @@ def finetune(
         raise Interrupted(f"interrupted: {saved}.") from None
     finally:
         caches.close()
-    return FinetuneHistory(recorder.as_dict(), seconds, plan)
+    return FinetuneHistory(recorder.as_dict(), clock.totals(), plan)
 
 
 def check_stages(model: keras.Model, stage1: StageConfig | dict | None = None,
