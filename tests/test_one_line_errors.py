@@ -121,6 +121,43 @@ def test_disk_full_and_read_only_are_one_line(run_copy, monkeypatch):
     assert isinstance(result.exception, OSError)  # --debug keeps the traceback
 
 
+def test_a_full_disk_names_the_file_being_written(tmp_path):
+    # A full disk found by write() or close() raises OSError without a file name (a 3 MB disk filled
+    # by a run's resume.npz did): the message names the file being written, not a bare "could not write".
+    from tlkeras.utils import atomic_path
+
+    target = tmp_path / "checkpoints" / "resume.npz"
+    with pytest.raises(OSError) as caught:
+        with atomic_path(target, suffix=".npz") as tmp, open(tmp, "wb"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert caught.value.filename == str(target)
+    assert cli._os_error(caught.value).startswith(f"could not write '{target}': No space left on device. Free some")
+    assert os.listdir(target.parent) == []  # the temporary file is gone
+
+
+def test_a_disk_too_full_for_the_best_checkpoint_is_refused_before_hdf5_writes(tmp_path, tiny_model, monkeypatch):
+    # HDF5 does not survive a full disk: on a 1 MB tmpfs `tlkeras train` segfaulted in h5py while writing
+    # best.weights.h5, on a 2 MB one it ended in h5py's RuntimeError. The free space is checked first.
+    import shutil
+
+    from tlkeras.training.callbacks import BestCheckpoint
+
+    path = tmp_path / "checkpoints" / "best.weights.h5"
+    path.parent.mkdir()
+    best = BestCheckpoint(tiny_model, str(path), "loss", min_interval=0)
+    best.set_model(tiny_model)
+    free = 64 << 10
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(1 << 30, (1 << 30) - free, free))
+    with pytest.raises(OSError) as caught:
+        best.on_epoch_end(0, {"loss": 1.0})
+    assert caught.value.filename == str(path)
+    assert cli._os_error(caught.value).startswith(f"could not write '{path}': No space left on device (needs about")
+    assert os.listdir(path.parent) == []  # HDF5 never started
+    monkeypatch.undo()
+    best.on_epoch_end(1, {"loss": 0.5})  # with room, the same checkpoint is written
+    assert os.listdir(path.parent) == ["best.weights.h5"]
+
+
 def test_predict_takes_a_keras_file_and_a_run_and_tlkeras_predict_is_the_same(trained_run, image_folder):
     image = os.path.join(image_folder, "red", "000.png")
     from_keras = _cli("predict", os.path.join(trained_run.run_dir, "model.keras"), image, "--format", "json")

@@ -10,7 +10,7 @@ from typing import Optional
 import keras
 import numpy as np
 
-from tlkeras.utils import atomic_path, write_json_atomic
+from tlkeras.utils import check_free_space, atomic_path, write_json_atomic
 
 BEST_WEIGHTS = "best.weights.h5"
 
@@ -87,6 +87,11 @@ class BestCheckpoint(keras.callbacks.Callback):
         for w, value in zip(self.model.weights, self._pending):
             w.assign(value)
         try:
+            # HDF5 does not survive a full disk (a segfault, or a RuntimeError from h5py): refuse first
+            optimizer = getattr(self.target, "optimizer", None)  # save_weights writes its variables too
+            variables = list(self.target.weights) + list(getattr(optimizer, "variables", None) or [])
+            sizes = [int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables]
+            check_free_space(self.path, int(sum(sizes) * 1.1) + (512 << 10))
             with atomic_path(self.path, suffix=".weights.h5") as tmp:
                 self.target.save_weights(tmp)
         finally:
