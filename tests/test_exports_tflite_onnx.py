@@ -141,3 +141,33 @@ def test_running_a_tflite_file_prints_no_deprecation_warning(tflite_export):
         classifier = TFLiteClassifier(tflite_export[0])
     assert not [w for w in caught if "deprecated" in str(w.message)]
     assert classifier(np.zeros((1, *classifier.image_size, 3), np.float32)).shape == (1, 3)
+
+
+def test_ties_in_the_answer_are_not_counted_as_flips():
+    from tlkeras.tasks import get_task
+
+    single = get_task("single_label")
+    coin = np.array([[0.5 + 5e-5, 0.5 - 5e-5]] * 10)  # a model at chance: every answer a tie
+    assert single.agreement(coin, coin[:, ::-1], None) == 1.0  # counted as 0.0 before
+    assert single.ties(coin, None) == 10
+    sure = np.array([[0.9, 0.05, 0.05]] * 10)
+    assert single.agreement(sure, sure[:, ::-1], None) == 0.0 and single.ties(sure, None) == 0
+    assert single.agreement(sure, np.array([[0.05, 0.9, 0.05]] * 5 + [[0.9, 0.05, 0.05]] * 5), None) == 0.5
+    multi = get_task("multi_label")
+    decision = {"thresholds": [0.5, 0.3]}
+    expected = np.array([[0.5004, 0.9], [0.7, 0.1]])
+    got = np.array([[0.4997, 0.9], [0.2, 0.1]])  # label 0 of row 0: at its threshold; of row 1: a real flip
+    assert multi.agreement(expected, got, decision) == 0.75
+    assert multi.ties(expected, decision) == 1
+
+
+def test_a_refusal_says_when_the_model_itself_is_unsure(monkeypatch, tmp_path):
+    from tlkeras.export import parity
+
+    monkeypatch.setattr(parity, "measure", lambda *a, **k: parity.Parity("int8", 10, 0.6, 0.3, 0.97, ties=8))
+    with pytest.raises(ExportError) as caught:
+        parity.write_if_faithful(None, None, b"", str(tmp_path), "model_int8.tflite", np.zeros((10, 4, 4, 3)),
+                                 "int8 TFLite", "int8", 0.97, ["a", "b"])
+    assert "agrees with the Keras model on 60.0% of 10 validation images" in str(caught.value)
+    assert "The Keras model itself is unsure on 8 of these images (its answers tie)" in str(caught.value)
+    assert os.listdir(tmp_path) == []

@@ -32,6 +32,7 @@ class Parity:
     max_abs_diff: float
     threshold: float
     measure: str = "top-1 class"
+    ties: int = 0  # images whose answer is a tie in the Keras model itself (not counted as flips)
 
 
 def measure(model, classifier: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray, kind: str,
@@ -48,6 +49,7 @@ def measure(model, classifier: Callable[[np.ndarray], np.ndarray], pixels: np.nd
         max_abs_diff=round(float(np.max(np.abs(expected - got))), 6),
         threshold=threshold,
         measure=info.task_role.agreement_measure,
+        ties=info.task_role.ties(expected, info.decision),
     )
 
 
@@ -59,10 +61,12 @@ def write_if_faithful(model, classifier, content: bytes, out_dir: str, filename:
         raise ExportError(f"{what} parity needs validation images to check on; none were given.")
     parity = measure(model, classifier, pixels, kind, threshold)
     if parity.top1_agreement < threshold:
+        unsure = (f" The Keras model itself is unsure on {parity.ties} of these images (its answers tie), so it "
+                  "has hardly learned: train it longer before exporting." if parity.ties > parity.images // 2 else "")
         raise ExportError(
             f"the {what} model agrees with the Keras model on {parity.top1_agreement:.1%} of {parity.images} "
-            f"validation images (max |Δp| {parity.max_abs_diff:.3g}), below the {threshold:.1%} required; "
-            f"{filename} was not written."
+            f"validation images (max |Δp| {parity.max_abs_diff:.3g}; ties are not counted as flips), below the "
+            f"{threshold:.1%} required; {filename} was not written.{unsure}"
         )
     os.makedirs(out_dir, exist_ok=True)
     write_bytes_atomic(os.path.join(out_dir, filename), content)

@@ -197,8 +197,20 @@ class MultiLabel(Task):
                 "thresholds": [round(t, 6) for t in _thresholds(decision, c)]}
 
     def agreement(self, expected, got, decision):
-        thresholds = np.asarray(_thresholds(decision, np.asarray(expected).shape[1]))
-        return float(((np.asarray(expected) >= thresholds) == (np.asarray(got) >= thresholds)).mean())
+        """Each label's decision agrees; a probability within TIE of its threshold may fall either way."""
+        from tlkeras.tasks.task import TIE
+
+        expected, got = np.asarray(expected, np.float64), np.asarray(got, np.float64)
+        thresholds = np.asarray(_thresholds(decision, expected.shape[1]))
+        near = (np.abs(expected - thresholds) < TIE) | (np.abs(got - thresholds) < TIE)
+        return float((((expected >= thresholds) == (got >= thresholds)) | near).mean())
+
+    def ties(self, probabilities, decision):
+        from tlkeras.tasks.task import TIE
+
+        probabilities = np.asarray(probabilities, np.float64)
+        thresholds = np.asarray(_thresholds(decision, probabilities.shape[1]))
+        return int((np.abs(probabilities - thresholds) < TIE).any(axis=1).sum())
 
     # === Metrics ===
 

@@ -187,7 +187,25 @@ class SingleLabel(Task):
                 "classes": f"[N, {min(top_k, len(class_names))}] names, best first", "scores": "their probabilities"}
 
     def agreement(self, expected, got, decision):
-        return float((np.asarray(expected).argmax(1) == np.asarray(got).argmax(1)).mean())
+        """Top-1 agreement; where either model's top classes tie, naming any of them agrees.
+
+        >>> SingleLabel().agreement(np.array([[0.5, 0.5], [0.9, 0.1]]), np.array([[0.4999, 0.5001], [0.1, 0.9]]), None)
+        0.5
+        """
+        from tlkeras.tasks.task import TIE
+
+        expected, got = np.asarray(expected, np.float64), np.asarray(got, np.float64)
+        rows = np.arange(len(expected))
+        mine, theirs = expected.argmax(1), got.argmax(1)
+        same = (mine == theirs) | (expected[rows, theirs] >= expected.max(1) - TIE) | (
+            got[rows, mine] >= got.max(1) - TIE)
+        return float(same.mean()) if len(same) else 1.0
+
+    def ties(self, probabilities, decision):
+        from tlkeras.tasks.task import TIE
+
+        top2 = np.sort(np.asarray(probabilities, np.float64), axis=1)[:, -2:]
+        return int((top2[:, 1] - top2[:, 0] < TIE).sum()) if top2.shape[1] == 2 else 0
 
     # === Metrics ===
 

@@ -134,7 +134,13 @@ class Task:
         raise NotImplementedError
 
     def agreement(self, expected: np.ndarray, got: np.ndarray, decision: Optional[dict]) -> float:
-        """Share of answers two models (e.g. Keras and TFLite) agree on, for parity checks."""
+        """Share of answers two models (e.g. Keras and TFLite) agree on, for parity checks. An answer
+        that is a tie (probabilities within `TIE` of each other, or of a threshold) is not a flip:
+        a model unsure between two classes may name either."""
+        raise NotImplementedError
+
+    def ties(self, probabilities: np.ndarray, decision: Optional[dict]) -> int:
+        """How many answers of one model are ties (`agreement`): all of them when it is at chance."""
         raise NotImplementedError
 
     # === Metrics ===
@@ -156,3 +162,7 @@ class Task:
 
 # A model within this of what guessing scores has learned nothing worth serving.
 CHANCE_MARGIN = 0.02
+
+# Probabilities this close are a tie in parity checks: int8 outputs move in steps of 1/256, and a
+# float32 conversion's rounding (~1e-6) must not turn a model's coin toss into a "flip".
+TIE = 1e-3
