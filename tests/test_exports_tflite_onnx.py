@@ -171,3 +171,24 @@ def test_a_refusal_says_when_the_model_itself_is_unsure(monkeypatch, tmp_path):
     assert "agrees with the Keras model on 60.0% of 10 validation images" in str(caught.value)
     assert "The Keras model itself is unsure on 8 of these images (its answers tie)" in str(caught.value)
     assert os.listdir(tmp_path) == []
+
+
+def test_a_format_that_fails_does_not_stop_the_others(trained_run, tmp_path, monkeypatch):
+    import shutil
+
+    run = str(tmp_path / "run")
+    shutil.copytree(trained_run.run_dir, run)
+    monkeypatch.setitem(tflite.THRESHOLDS, "int8", 1.01)  # a bar no int8 model reaches
+    result = CliRunner().invoke(cli.main, ["export", run, "--format", "tflite-int8,tflite"])
+    assert result.exit_code == 1
+    assert result.stdout.split() == [os.path.join(run, "tflite", "model_float32.tflite")]  # the next one ran
+    assert "Error: tflite-int8: the int8 TFLite model agrees with the Keras model on" in result.stderr
+    assert "below the 101.0% required; model_int8.tflite was not written." in result.stderr
+    assert sorted(os.listdir(os.path.join(run, "tflite"))) == ["labels.txt", "model_card.json", "model_float32.tflite",
+                                                               "parity.json"]
+    from tlkeras.errors import SomeExportsFailed
+    from tlkeras.export import export_run
+
+    with pytest.raises(SomeExportsFailed) as caught:  # in Python too: nothing fails silently
+        export_run(run, formats=["tflite-int8", "tflite"])
+    assert list(caught.value.written) == ["tflite"] and list(caught.value.failed) == ["tflite-int8"]

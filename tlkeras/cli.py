@@ -269,10 +269,18 @@ def export(run_dir, export_dir, top_k, formats, unsafe_load):
     """Export a finished run: the next TF Serving SavedModel version and/or TFLite files, each
     checked against the model before it is written; prints one path per format."""
     _start_tensorflow()
+    from tlkeras.errors import SomeExportsFailed
     from tlkeras.export import export_run
 
-    paths = export_run(run_dir, export_dir, top_k=top_k, formats=[f.strip() for f in formats.split(",") if f.strip()],
-                       safe_mode=not unsafe_load)
+    try:
+        paths = export_run(run_dir, export_dir, top_k=top_k,
+                           formats=[f.strip() for f in formats.split(",") if f.strip()], safe_mode=not unsafe_load)
+    except SomeExportsFailed as e:  # the formats that worked are printed; each failure is one line
+        for path in e.written.values():
+            click.echo(path)
+        for name, reason in e.failed.items():
+            click.echo(f"Error: {name}: {reason}", err=True)
+        sys.exit(1)
     for path in paths.values():
         click.echo(path)
 

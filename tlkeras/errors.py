@@ -30,6 +30,16 @@ class ExportError(TlkerasError):
     """An export could not be written, read or verified."""
 
 
+class SomeExportsFailed(ExportError):
+    """Of several formats asked for, some could not be exported; the others were. `written` holds
+    {format: path} of those written, `failed` {format: reason} of the others."""
+
+    def __init__(self, written: dict, failed: dict):
+        self.written, self.failed = dict(written), dict(failed)
+        done = f"; written: {', '.join(self.written.values())}" if self.written else "; nothing was written"
+        super().__init__(" ".join(f"{name}: {reason}" for name, reason in self.failed.items()) + done + ".")
+
+
 def closest(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
     """Return up to `n` of `choices` closest to `name`, closest first.
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 from typing import Optional, Sequence
 
-from tlkeras.errors import ExportError
+from tlkeras._logging import get_logger
+from tlkeras.errors import ExportError, SomeExportsFailed
 from tlkeras.export.saved_model import MODEL_CARD_FILE, model_card
 from tlkeras.model import inputs_of
 from tlkeras.utils import read_json
@@ -22,6 +23,10 @@ def export_run(run_dir: str, export_dir: Optional[str] = None, *, top_k: Optiona
     on the run's validation images (int8 calibrated on its training images) - see
     `tlkeras.export.tflite`; the parity lands in RUN_DIR/tflite/parity.json.
     onnx: RUN_DIR/onnx/model.onnx through tf2onnx, checked with onnxruntime (`tlkeras.export.onnx`).
+
+    Each format is exported and checked on its own: one that fails (e.g. int8 below its parity bar)
+    does not stop the others, and `SomeExportsFailed` (an ExportError) then names each failure and
+    holds the paths that were written (`.written`).
     """
     from tlkeras.export.registry import FORMATS, ExportJob, get_format
     from tlkeras.rundir import load_run
@@ -43,9 +48,21 @@ def export_run(run_dir: str, export_dir: Optional[str] = None, *, top_k: Optiona
         fix = "remove it to export without its facts in the model card, or train the run again with --overwrite"
         card = card_facts(read_json(record_path, fix), read_json(metrics_path, fix))
     job = ExportJob(model, run_dir, class_names, k, card, export_dir)
-    out = {fmt.name: fmt.write(job) for fmt in chosen}
-    for folder in {os.path.dirname(out[f.name]) for f in chosen if f.is_file}:
+    out, failed = {}, {}
+    for fmt in chosen:
+        try:
+            out[fmt.name] = fmt.write(job)
+        except OSError:  # the disk or the file system: every other format would meet it too
+            raise
+        except Exception as e:  # noqa: BLE001 - reported with the others at the end; the next format still runs
+            reason = str(e) if isinstance(e, ExportError) else (
+                f"the converter failed ({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]})")
+            failed[fmt.name] = reason
+            get_logger().warning("%s: not exported: %s", fmt.name, reason)
+    for folder in {os.path.dirname(out[f.name]) for f in chosen if f.is_file and f.name in out}:
         _write_side_card(folder, model_card(model, class_names, k, card))
+    if failed:
+        raise SomeExportsFailed(out, failed)
     return out
 
 
