@@ -262,7 +262,7 @@ def predict(export_dir, inputs, top_k, batch_size, fmt):
 @click.option("--export-dir", help="Base folder of the versions (default: RUN_DIR/export).")
 @click.option("--top-k", type=int, help="Classes listed per image (default: the run's top_k).")
 @click.option("--format", "formats", default="saved_model", show_default=True,
-              help="Comma-separated: saved_model, tflite, tflite-int8, onnx.")
+              help="Comma-separated: saved_model, tflite, tflite-float16, tflite-int8, onnx.")
 @click.option("--unsafe-load", is_flag=True, help=_UNSAFE_HELP)
 @_friendly_errors
 def export(run_dir, export_dir, top_k, formats, unsafe_load):

@@ -4,7 +4,7 @@ formats, how `predict` and `evaluate` load the file. `tlkeras export --format` t
 A new format is one module (its converter and parity check) plus one `ExportFormat` line here.
 
 >>> sorted(FORMATS)
-['onnx', 'saved_model', 'tflite', 'tflite-int8']
+['onnx', 'saved_model', 'tflite', 'tflite-float16', 'tflite-int8']
 >>> format_for_file("run/tflite/model_int8.tflite").name
 'tflite'
 """
@@ -86,6 +86,8 @@ def _onnx(job: ExportJob) -> str:
 FORMATS: dict[str, ExportFormat] = {
     "saved_model": ExportFormat("saved_model", _saved_model),
     "tflite": ExportFormat("tflite", _tflite("float32"), ".tflite", "tlkeras.export.tflite:TFLiteClassifier"),
+    "tflite-float16": ExportFormat("tflite-float16", _tflite("float16"), ".tflite",
+                                   "tlkeras.export.tflite:TFLiteClassifier"),
     "tflite-int8": ExportFormat("tflite-int8", _tflite("int8"), ".tflite", "tlkeras.export.tflite:TFLiteClassifier"),
     "onnx": ExportFormat("onnx", _onnx, ".onnx", "tlkeras.export.onnx:ONNXClassifier"),
 }
