@@ -184,6 +184,7 @@ def test_a_format_that_fails_does_not_stop_the_others(trained_run, tmp_path, mon
     assert result.stdout.split() == [os.path.join(run, "tflite", "model_float32.tflite")]  # the next one ran
     assert "Error: tflite-int8: the int8 TFLite model agrees with the Keras model on" in result.stderr
     assert "below the 101.0% required; model_int8.tflite was not written." in result.stderr
+    assert "lower the bar with --int8-min-agreement (now 1.01; recorded in the model card)" in result.stderr
     assert sorted(os.listdir(os.path.join(run, "tflite"))) == ["labels.txt", "model_card.json", "model_float32.tflite",
                                                                "parity.json"]
     from tlkeras.errors import SomeExportsFailed
@@ -206,3 +207,20 @@ def test_float16_tflite_is_half_the_size_and_keeps_the_answers(tmp_path, tiny_mo
     assert classifier.input["dtype"] == np.float32  # float weights, float compute: inputs stay float32
     with open(tmp_path / "parity.json") as f:
         assert set(json.load(f)) == {"float32", "float16"}
+
+
+def test_int8_min_agreement_lowers_the_bar_and_is_recorded(trained_run, tmp_path, monkeypatch):
+    import shutil
+
+    run = str(tmp_path / "run")
+    shutil.copytree(trained_run.run_dir, run)
+    monkeypatch.setitem(tflite.THRESHOLDS, "int8", 1.01)  # the default bar: unreachable here
+    bad = CliRunner().invoke(cli.main, ["export", run, "--format", "tflite-int8", "--int8-min-agreement", "97"])
+    assert bad.exit_code == 1 and "int8_min_agreement: 97.0 is not a fraction in (0, 1]" in bad.output
+    result = CliRunner().invoke(cli.main, ["export", run, "--format", "tflite-int8", "--int8-min-agreement", "0.5"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.split() == [os.path.join(run, "tflite", "model_int8.tflite")]
+    with open(os.path.join(run, "tflite", "parity.json")) as f:
+        assert json.load(f)["int8"]["threshold"] == 0.5
+    with open(os.path.join(run, "tflite", "model_card.json")) as f:
+        assert json.load(f)["int8_min_agreement"] == 0.5

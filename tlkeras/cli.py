@@ -263,9 +263,12 @@ def predict(export_dir, inputs, top_k, batch_size, fmt):
 @click.option("--top-k", type=int, help="Classes listed per image (default: the run's top_k).")
 @click.option("--format", "formats", default="saved_model", show_default=True,
               help="Comma-separated: saved_model, tflite, tflite-float16, tflite-int8, onnx.")
+@click.option("--int8-min-agreement", type=float, metavar="FRACTION",
+              help="Accept an int8 TFLite model that keeps this share of the answers (default 0.97; recorded in the "
+                   "model card).")
 @click.option("--unsafe-load", is_flag=True, help=_UNSAFE_HELP)
 @_friendly_errors
-def export(run_dir, export_dir, top_k, formats, unsafe_load):
+def export(run_dir, export_dir, top_k, formats, int8_min_agreement, unsafe_load):
     """Export a finished run: the next TF Serving SavedModel version and/or TFLite files, each
     checked against the model before it is written; prints one path per format."""
     _start_tensorflow()
@@ -274,7 +277,8 @@ def export(run_dir, export_dir, top_k, formats, unsafe_load):
 
     try:
         paths = export_run(run_dir, export_dir, top_k=top_k,
-                           formats=[f.strip() for f in formats.split(",") if f.strip()], safe_mode=not unsafe_load)
+                           formats=[f.strip() for f in formats.split(",") if f.strip()], safe_mode=not unsafe_load,
+                           int8_min_agreement=int8_min_agreement)
     except SomeExportsFailed as e:  # the formats that worked are printed; each failure is one line
         for path in e.written.values():
             click.echo(path)

@@ -30,6 +30,7 @@ class ExportJob:
     top_k: int
     card: Optional[dict]
     export_dir: Optional[str] = None
+    thresholds: dict = field(default_factory=dict)  # a kind's parity bar when not its default (--int8-min-agreement)
     _pixels: dict = field(default_factory=dict)
 
     def pixels(self, split: str, limit: Optional[int] = None) -> np.ndarray:
@@ -69,7 +70,7 @@ def _tflite(kind: str):
         folder = os.path.join(job.run_dir, "tflite")
         representative = job.pixels("train", 100) if kind == "int8" else None
         export_tflite(job.model, folder, job.class_names, kinds=[kind], check_pixels=job.pixels("val"),
-                      representative=representative)
+                      representative=representative, thresholds=job.thresholds)
         return os.path.join(folder, FILES[kind])
 
     return write

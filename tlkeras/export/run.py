@@ -14,7 +14,8 @@ from tlkeras.utils import read_json
 
 
 def export_run(run_dir: str, export_dir: Optional[str] = None, *, top_k: Optional[int] = None,
-               formats: Sequence[str] = ("saved_model",), safe_mode: bool = True) -> dict:
+               formats: Sequence[str] = ("saved_model",), safe_mode: bool = True,
+               int8_min_agreement: Optional[float] = None) -> dict:
     """Export a finished run's model.keras in each of `formats` (`tlkeras.export.registry.FORMATS`);
     returns {format: path}.
 
@@ -23,6 +24,9 @@ def export_run(run_dir: str, export_dir: Optional[str] = None, *, top_k: Optiona
     on the run's validation images (int8 calibrated on its training images) - see
     `tlkeras.export.tflite`; the parity lands in RUN_DIR/tflite/parity.json.
     onnx: RUN_DIR/onnx/model.onnx through tf2onnx, checked with onnxruntime (`tlkeras.export.onnx`).
+
+    `int8_min_agreement` replaces int8's parity bar (0.97 of the answers; a fraction in (0, 1]),
+    recorded in parity.json and the model card.
 
     Each format is exported and checked on its own: one that fails (e.g. int8 below its parity bar)
     does not stop the others, and `SomeExportsFailed` (an ExportError) then names each failure and
@@ -35,6 +39,9 @@ def export_run(run_dir: str, export_dir: Optional[str] = None, *, top_k: Optiona
     if not formats:
         raise ExportError(f"format (none) is not one of {', '.join(FORMATS)} (e.g. --format saved_model,tflite).")
     chosen = [get_format(f) for f in formats]
+    if int8_min_agreement is not None and not 0 < float(int8_min_agreement) <= 1:
+        raise ExportError(f"int8_min_agreement: {int8_min_agreement!r} is not a fraction in (0, 1]; e.g. 0.95 "
+                          "accepts an int8 model that keeps 95 % of the answers.")
     model, class_names, cfg = load_run(run_dir, safe_mode=safe_mode)
     kind = inputs_of(model)
     others = [f.name for f in chosen if f.is_file and f.name not in kind.file_formats]
@@ -47,7 +54,8 @@ def export_run(run_dir: str, export_dir: Optional[str] = None, *, top_k: Optiona
     if os.path.isfile(record_path) and os.path.isfile(metrics_path):
         fix = "remove it to export without its facts in the model card, or train the run again with --overwrite"
         card = card_facts(read_json(record_path, fix), read_json(metrics_path, fix))
-    job = ExportJob(model, run_dir, class_names, k, card, export_dir)
+    thresholds = {"int8": float(int8_min_agreement)} if int8_min_agreement is not None else {}
+    job = ExportJob(model, run_dir, class_names, k, card, export_dir, thresholds)
     out, failed = {}, {}
     for fmt in chosen:
         try:
@@ -60,7 +68,10 @@ def export_run(run_dir: str, export_dir: Optional[str] = None, *, top_k: Optiona
             failed[fmt.name] = reason
             get_logger().warning("%s: not exported: %s", fmt.name, reason)
     for folder in {os.path.dirname(out[f.name]) for f in chosen if f.is_file and f.name in out}:
-        _write_side_card(folder, model_card(model, class_names, k, card))
+        side = model_card(model, class_names, k, card)
+        if thresholds:
+            side["int8_min_agreement"] = thresholds["int8"]  # a bar the user chose, not the default
+        _write_side_card(folder, side)
     if failed:
         raise SomeExportsFailed(out, failed)
     return out
