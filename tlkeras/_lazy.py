@@ -9,16 +9,20 @@ import sys
 
 def lazy_names(package: str, names: dict[str, tuple[str, str | None]]):
     """`__getattr__` and `__dir__` for `package` whose `names` map to (module, attribute or None for
-    the module itself).
+    the module itself); any other name that is a submodule of `package` is imported as it is asked
+    for (`tlkeras.model.model_info` works without importing `tlkeras.model` first).
 
     >>> getattr_, _ = lazy_names("tlkeras", {"errors": ("tlkeras.errors", None)})
-    >>> getattr_("errors").__name__
-    'tlkeras.errors'
+    >>> getattr_("errors").__name__, getattr_("metrics").__name__
+    ('tlkeras.errors', 'tlkeras.metrics')
     """
+    import importlib.util
 
     def __getattr__(name):
         if name not in names:
-            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+            if name.startswith("_") or importlib.util.find_spec(f"{package}.{name}") is None:
+                raise AttributeError(f"module {package!r} has no attribute {name!r}")
+            return importlib.import_module(f"{package}.{name}")  # the import machinery sets the attribute
         module, attribute = names[name]
         value = importlib.import_module(module)
         value = value if attribute is None else getattr(value, attribute)
