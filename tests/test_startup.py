@@ -123,3 +123,22 @@ def test_an_import_failure_still_shows_its_lines():
         "    pass\n"
     )
     assert hidden.splitlines() == ["the real reason"]
+
+
+def test_the_cli_hides_tensorflow_startup_lines_and_v_shows_them(tmp_path):
+    # predict on an empty folder: TensorFlow is started, then the command stops with one line
+    (tmp_path / "empty").mkdir()
+
+    def run(*flags):
+        done = subprocess.run([sys.executable, "-m", "tlkeras.cli", *flags, "predict", str(tmp_path / "empty"), "x.png"],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1, done.stderr[-2000:]
+        return done.stderr
+
+    shown = run("-v")
+    if not any(marker in shown for marker in _MARKERS):
+        pytest.skip("this TensorFlow prints no start-up lines here: nothing to hide")
+    quiet = run()
+    assert not [marker for marker in _MARKERS if marker in quiet], quiet
+    assert quiet.strip().splitlines()[-1].startswith("Error: ")  # the command's own line is still there
+    assert len(quiet.strip().splitlines()) == 1, quiet
