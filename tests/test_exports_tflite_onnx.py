@@ -224,3 +224,23 @@ def test_int8_min_agreement_lowers_the_bar_and_is_recorded(trained_run, tmp_path
         assert json.load(f)["int8"]["threshold"] == 0.5
     with open(os.path.join(run, "tflite", "model_card.json")) as f:
         assert json.load(f)["int8_min_agreement"] == 0.5
+
+
+def test_a_tflite_model_with_int8_inputs_is_fed_in_its_own_range(tmp_path):
+    # int8 inputs hold -128..127 (uint8 ones 0..255): clipping to 0..255 sent every dark pixel to the zero point
+    import tensorflow as tf
+
+    model = _colour_model()
+    folder = tflite._saved_model_for_conversion(model, str(tmp_path / "sm"))
+    converter = tf.lite.TFLiteConverter.from_saved_model(folder, signature_keys=["serve"])
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([np.asarray(p, np.float32)[None]] for p in _colour_pixels(30, 0))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = converter.inference_output_type = tf.int8
+    classifier = tflite.TFLiteClassifier(converter.convert())
+    assert classifier.input["dtype"] == np.int8
+    pixels = _colour_pixels(9, 5)
+    got = classifier(pixels)
+    expected = model.predict(pixels, verbose=0)
+    assert got.argmax(axis=1).tolist() == [0, 1, 2] * 3
+    assert np.max(np.abs(got - expected)) < 0.05

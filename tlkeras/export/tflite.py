@@ -113,7 +113,8 @@ class TFLiteClassifier:
             x = image[None]
             if self.input["dtype"] != np.float32:
                 scale, zero = self.input["quantization"]
-                x = np.clip(np.round(x / scale + zero), 0, 255).astype(self.input["dtype"])
+                bounds = np.iinfo(self.input["dtype"])  # uint8 0..255, int8 -128..127
+                x = np.clip(np.round(x / scale + zero), bounds.min, bounds.max).astype(self.input["dtype"])
             self.interpreter.set_tensor(self.input["index"], x)
             self.interpreter.invoke()
             y = self.interpreter.get_tensor(self.output["index"])[0]
