@@ -221,7 +221,10 @@ def test_cli_resume_uses_the_saved_config(tmp_path, monkeypatch):
     assert calls[0]["config"].stage1.epochs == 7 and calls[0]["config"].backbone == "mobilenetv2"
 
 
-def test_cli_ctrl_c_exits_130_with_the_resume_hint(monkeypatch):
+def test_cli_ctrl_c_exits_130_with_the_resume_hint(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x").mkdir()  # the data folder must exist: paths are checked before the library is called
+
     def interrupted(**kw):
         raise Interrupted("interrupted: 3 finished epoch(s) are saved in runs/x/checkpoints; run the same command again")
 
