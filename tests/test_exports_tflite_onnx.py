@@ -173,7 +173,8 @@ def test_a_refusal_says_when_the_model_itself_is_unsure(monkeypatch, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_a_format_that_fails_does_not_stop_the_others(trained_run, tmp_path, monkeypatch):
+def test_a_format_that_fails_does_not_stop_the_others_and_int8_min_agreement_lowers_the_bar(
+        trained_run, tmp_path, monkeypatch):
     import shutil
 
     run = str(tmp_path / "run")
@@ -187,34 +188,7 @@ def test_a_format_that_fails_does_not_stop_the_others(trained_run, tmp_path, mon
     assert "lower the bar with --int8-min-agreement (now 1.01; recorded in the model card)" in result.stderr
     assert sorted(os.listdir(os.path.join(run, "tflite"))) == ["labels.txt", "model_card.json", "model_float32.tflite",
                                                                "parity.json"]
-    from tlkeras.errors import SomeExportsFailed
-    from tlkeras.export import export_run
-
-    with pytest.raises(SomeExportsFailed) as caught:  # in Python too: nothing fails silently
-        export_run(run, formats=["tflite-int8", "tflite"])
-    assert list(caught.value.written) == ["tflite"] and list(caught.value.failed) == ["tflite-int8"]
-
-
-def test_float16_tflite_is_half_the_size_and_keeps_the_answers(tmp_path, tiny_model):
-    pixels = np.random.default_rng(0).uniform(0, 255, (24, 32, 32, 3)).astype("float32")
-    out = tflite.export_tflite(tiny_model, str(tmp_path), ["red", "green", "blue"], kinds=["float32", "float16"],
-                               check_pixels=pixels)
-    # rounded, not equal: 0.037 measured on this MobileNetV2 (alpha 0.35, 32 px) on noise images
-    assert out["float16"].top1_agreement >= 0.99 and 1e-5 < out["float16"].max_abs_diff < 0.1
-    sizes = {kind: os.path.getsize(tmp_path / tflite.FILES[kind]) for kind in ("float32", "float16")}
-    assert 0.4 < sizes["float16"] / sizes["float32"] < 0.6, sizes
-    classifier = tflite.TFLiteClassifier(str(tmp_path / "model_float16.tflite"))
-    assert classifier.input["dtype"] == np.float32  # float weights, float compute: inputs stay float32
-    with open(tmp_path / "parity.json") as f:
-        assert set(json.load(f)) == {"float32", "float16"}
-
-
-def test_int8_min_agreement_lowers_the_bar_and_is_recorded(trained_run, tmp_path, monkeypatch):
-    import shutil
-
-    run = str(tmp_path / "run")
-    shutil.copytree(trained_run.run_dir, run)
-    monkeypatch.setitem(tflite.THRESHOLDS, "int8", 1.01)  # the default bar: unreachable here
+    # the option: checked before any work, then the bar it names, recorded
     bad = CliRunner().invoke(cli.main, ["export", run, "--format", "tflite-int8", "--int8-min-agreement", "97"])
     assert bad.exit_code == 1 and "int8_min_agreement: 97.0 is not a fraction in (0, 1]" in bad.output
     result = CliRunner().invoke(cli.main, ["export", run, "--format", "tflite-int8", "--int8-min-agreement", "0.5"])
@@ -224,6 +198,42 @@ def test_int8_min_agreement_lowers_the_bar_and_is_recorded(trained_run, tmp_path
         assert json.load(f)["int8"]["threshold"] == 0.5
     with open(os.path.join(run, "tflite", "model_card.json")) as f:
         assert json.load(f)["int8_min_agreement"] == 0.5
+
+
+def test_export_run_raises_after_trying_every_format(trained_run, monkeypatch):
+    from tlkeras.errors import ExportError, SomeExportsFailed
+    from tlkeras.export import export_run, registry
+
+    def failing(job):
+        raise ExportError("below the bar")
+
+    def crashing(job):
+        raise RuntimeError("converter blew up\nmore")
+
+    written = []
+    monkeypatch.setitem(registry.FORMATS, "tflite-int8", registry.ExportFormat("tflite-int8", failing, ".tflite"))
+    monkeypatch.setitem(registry.FORMATS, "onnx", registry.ExportFormat("onnx", crashing, ".onnx"))
+    monkeypatch.setitem(registry.FORMATS, "saved_model", registry.ExportFormat(
+        "saved_model", lambda job: written.append(job.run_dir) or "somewhere/export/9"))
+    with pytest.raises(SomeExportsFailed) as caught:  # in Python too: nothing fails silently
+        export_run(trained_run.run_dir, formats=["tflite-int8", "onnx", "saved_model"])
+    assert caught.value.written == {"saved_model": "somewhere/export/9"} and written  # the last one still ran
+    assert caught.value.failed == {"tflite-int8": "below the bar",
+                                   "onnx": "the converter failed (RuntimeError: converter blew up)"}
+
+
+def test_float16_tflite_is_half_the_size_and_keeps_the_answers(tmp_path, tiny_model):
+    pixels = np.random.default_rng(0).uniform(0, 255, (24, 32, 32, 3)).astype("float32")
+    out = tflite.export_tflite(tiny_model, str(tmp_path), ["red", "green", "blue"], kinds=["float16"],
+                               check_pixels=pixels)
+    # rounded, not equal: 0.037 measured on this MobileNetV2 (alpha 0.35, 32 px) on noise images
+    assert out["float16"].top1_agreement >= 0.99 and 1e-5 < out["float16"].max_abs_diff < 0.1
+    float32_bytes = 4 * tiny_model.count_params()  # what the float32 file holds of weights (the float32 test's file)
+    assert 0.45 < os.path.getsize(tmp_path / tflite.FILES["float16"]) / float32_bytes < 0.6
+    classifier = tflite.TFLiteClassifier(str(tmp_path / "model_float16.tflite"))
+    assert classifier.input["dtype"] == np.float32  # float weights, float compute: inputs stay float32
+    with open(tmp_path / "parity.json") as f:
+        assert set(json.load(f)) == {"float16"}
 
 
 def test_a_tflite_model_with_int8_inputs_is_fed_in_its_own_range(tmp_path):
