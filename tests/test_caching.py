@@ -189,3 +189,21 @@ def test_the_cache_pass_shows_a_progress_bar(capsys):
     out = capsys.readouterr().out
     assert "caching training features" in out and "3/3" in out
     assert cache.arrays[0].shape == (6, 4)
+
+
+def test_spilled_token_ids_and_masks_stay_exact_while_floats_go_float16(tmp_path):
+    """A text encoder's cut carries token ids and a padding mask: float16 would round id 30001 to 30000."""
+    x = np.arange(6, dtype=np.float32).reshape(6, 1) + 0.1
+    ds = tf.data.Dataset.from_tensor_slices((x, np.arange(6) % 2)).batch(2)
+    cache = caching.compute_cache(
+        lambda p: (p * 2.0, tf.cast(p, tf.int32) + 30001, p > 2.5), ds, 1, str(tmp_path))
+    floats, ids, mask = cache.arrays
+    assert cache.folder and (floats.dtype, ids.dtype, mask.dtype) == (np.float16, np.int32, np.bool_)
+    np.testing.assert_array_equal(ids[:, 0], np.arange(6) + 30001)
+    np.testing.assert_array_equal(mask[:, 0], x[:, 0] > 2.5)
+    np.testing.assert_allclose(np.asarray(floats, np.float32), x * 2.0, rtol=1e-3)
+    (f, i, m), y = next(iter(caching.cached_dataset(cache, 6, shuffle=False)))
+    assert (f.dtype, i.dtype, m.dtype) == (tf.float32, tf.int32, tf.bool)  # only float16 is widened
+    np.testing.assert_array_equal(i.numpy()[:, 0], np.arange(6) + 30001)
+    np.testing.assert_array_equal(y.numpy(), np.arange(6) % 2)
+    cache.close()

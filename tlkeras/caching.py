@@ -111,17 +111,38 @@ def crossing_tensors(model: keras.Model, cut_layer: str) -> list:
     names = [layer.name for layer in layers]
     top = set(names[names.index(cut_layer):])
     seen, crossing = set(), []
+
+    def cross(tensor):
+        producer = tensor._keras_history.operation
+        if isinstance(producer, keras.layers.Layer):
+            if producer.name not in top and id(tensor) not in seen:
+                seen.add(id(tensor))
+                crossing.append(tensor)
+        else:  # an op that is no layer (x[:, 0], a cast): it runs above the cut, on what it is given
+            for t in keras.tree.flatten(producer._inbound_nodes[tensor._keras_history.node_index].input_tensors):
+                cross(t)
+
     for layer in layers:
         if layer.name not in top:
             continue
         for tensor in keras.tree.flatten(layer.input):
-            producer = tensor._keras_history.operation
-            if producer.name not in top and id(tensor) not in seen:
-                seen.add(id(tensor))
-                crossing.append(tensor)
+            cross(tensor)
     if not crossing:  # the cut is the first layer after the input
         crossing = list(keras.tree.flatten(backbone.input))
     return crossing
+
+
+def _submodel(inputs: list, outputs, name: str) -> keras.Model:
+    """keras.Model from intermediate tensors. Keras clones the graph between them, and an input of the
+    original graph among them (a text encoder's padding mask, which every transformer layer takes)
+    has its history re-pointed at the clone, after which the full model no longer saves ("could not
+    find node key"): their history is put back."""
+    histories = [(t, t._keras_history) for t in inputs]
+    try:
+        return keras.Model(inputs, outputs, name=name)
+    finally:
+        for tensor, history in histories:
+            tensor._keras_history = history
 
 
 def split_at_cut(model: keras.Model, cut_layer: str) -> tuple[Callable, keras.Model, list]:
@@ -129,7 +150,7 @@ def split_at_cut(model: keras.Model, cut_layer: str) -> tuple[Callable, keras.Mo
     backbone = get_backbone(model)
     crossing = crossing_tensors(model, cut_layer)
     bottom = keras.Model(backbone.input, crossing, name="frozen_bottom")
-    top_backbone = keras.Model(crossing, backbone.output, name="backbone_top")
+    top_backbone = _submodel(crossing, backbone.output, "backbone_top")
     head = keras.Model(_backbone_output(model), model.output, name="head")
     inputs = [keras.Input(t.shape[1:], dtype=t.dtype, name=f"cached_{i}") for i, t in enumerate(crossing)]
     outputs = head(top_backbone(inputs if len(inputs) > 1 else inputs[0]))
@@ -169,7 +190,8 @@ class Cache:
 
 
 class _Spill:
-    """Append-only float16 files, one per output, memory-mapped once complete."""
+    """Append-only files, one per output (float16; integer and boolean arrays as they are), memory-mapped
+    once complete."""
 
     def __init__(self, spill_dir: Optional[str], count: int):
         if spill_dir:
@@ -177,12 +199,14 @@ class _Spill:
         self.folder = tempfile.mkdtemp(prefix="tlkeras-cache-", dir=spill_dir)
         self.files = [open(os.path.join(self.folder, f"{i}.bin"), "wb") for i in range(count)]
         self.shapes: list = [None] * count
+        self.dtypes: list = [None] * count
         self.rows = 0
 
     def write(self, values: list) -> None:
         for i, (f, v) in enumerate(zip(self.files, values)):
-            v = np.ascontiguousarray(v, dtype=np.float16)
+            v = np.ascontiguousarray(v, dtype=np.float16 if v.dtype.kind == "f" else v.dtype)  # ids stay exact
             self.shapes[i] = v.shape[1:]
+            self.dtypes[i] = v.dtype
             f.write(v.tobytes())
         self.rows += len(values[0])
 
@@ -190,8 +214,8 @@ class _Spill:
         for f in self.files:
             f.close()
         return [
-            np.memmap(f.name, dtype=np.float16, mode="r", shape=(self.rows, *shape))
-            for f, shape in zip(self.files, self.shapes)
+            np.memmap(f.name, dtype=dtype, mode="r", shape=(self.rows, *shape))
+            for f, shape, dtype in zip(self.files, self.shapes, self.dtypes)
         ]
 
 
@@ -261,8 +285,9 @@ def cached_dataset(
             ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     else:
         ds = _memmap_dataset(cache, shuffle, seed)
-    if cache.arrays[0].dtype == np.float16:
-        ds = ds.map(lambda x, y: (keras.tree.map_structure(lambda t: tf.cast(t, tf.float32), x), y))
+    if any(a.dtype == np.float16 for a in cache.arrays):
+        ds = ds.map(lambda x, y: (keras.tree.map_structure(
+            lambda t: tf.cast(t, tf.float32) if t.dtype == tf.float16 else t, x), y))
     if epoch_rows is not None and epoch_rows < n:
         ds = ds.repeat()
     return ds.batch(batch_size, drop_remainder=shuffle and static_shapes()).prefetch(AUTOTUNE)  # TPU: one shape
@@ -280,7 +305,7 @@ def _memmap_dataset(cache: Cache, shuffle: bool, seed: Optional[int]) -> tf.data
             x = tuple(np.asarray(a[i]) for a in arrays)
             yield (x[0] if single else x), labels[i]
 
-    specs = tuple(tf.TensorSpec(a.shape[1:], tf.float16) for a in cache.arrays)
+    specs = tuple(tf.TensorSpec(a.shape[1:], tf.as_dtype(a.dtype)) for a in cache.arrays)
     signature = (specs[0] if single else specs, tf.TensorSpec(cache.labels.shape[1:], tf.as_dtype(cache.labels.dtype)))
     ds = tf.data.Dataset.from_generator(rows, output_signature=signature)
     return ds.apply(tf.data.experimental.assert_cardinality(n))
