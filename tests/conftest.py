@@ -177,6 +177,25 @@ def kerashub_preset(tmp_path_factory) -> str:
     return folder
 
 
+BERT_WORDS = sorted({w for words in TEXT_WORDS.values() for w in words} | {"and", "the", "rest", "nothing"})
+
+
+@pytest.fixture(scope="session")
+def bert_preset(tmp_path_factory) -> str:
+    """A KerasHub preset folder of a tiny BERT (2 transformer layers, hidden 16, max 32 tokens) and its
+    WordPiece tokenizer over the words of `text_rows` (a few dozen entries), as save_to_preset writes it."""
+    import keras_hub
+
+    keras.utils.set_random_seed(3)
+    vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *BERT_WORDS]
+    backbone = keras_hub.models.BertBackbone(vocabulary_size=len(vocabulary), num_layers=2, num_heads=2,
+                                             hidden_dim=16, intermediate_dim=32, max_sequence_length=32)
+    folder = str(tmp_path_factory.mktemp("kerashub") / "tiny_bert")
+    backbone.save_to_preset(folder)
+    keras_hub.models.BertTokenizer(vocabulary=vocabulary, lowercase=True).save_to_preset(folder)
+    return folder
+
+
 class CtrlC(keras.callbacks.Callback):
     """Presses Ctrl-C (raises KeyboardInterrupt, as Python does on SIGINT) as epoch `at` = (stage, epoch) begins."""
 

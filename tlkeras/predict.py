@@ -74,6 +74,27 @@ def _card_facts(card_path: str) -> dict:
     return {"task": card.get("task_name", "single_label"), "decision": card.get("decision")}
 
 
+def _card_imports(card_path: str) -> list:
+    """The modules a model card says the export's graph needs ("serving_imports")."""
+    try:
+        with open(card_path, encoding="utf-8") as f:
+            return list(json.load(f).get("serving_imports") or [])
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
+def import_serving_ops(modules, folder: str) -> None:
+    """Import the modules whose ops an export uses (TensorFlow Text's tokenizers) before it is loaded;
+    a missing one is one line naming the extra to install."""
+    for module in modules:
+        try:
+            __import__(module)
+        except ImportError:
+            package = module.replace("_", "-")
+            raise ExportError(f"the SavedModel {folder!r} tokenises text with {package} ops, which are not installed: "
+                              f'pip install "tlkeras[text]" (TF Serving\'s model server links them already).') from None
+
+
 def load_export(path) -> LoadedExport:
     """A model loaded for prediction: a SavedModel (its serving_default signature), a .tflite / .onnx
     file (labels.txt and model_card.json beside it), a tlkeras `.keras` file, a run directory (its
@@ -96,6 +117,8 @@ def load_export(path) -> LoadedExport:
     import tensorflow as tf
 
     folder = resolve_export(path)
+    card = os.path.join(folder, "assets", MODEL_CARD_FILE)
+    import_serving_ops(_card_imports(card), folder)
     try:
         loaded = tf.saved_model.load(folder)
     except (OSError, ValueError, IndexError, tf.errors.OpError) as e:

@@ -303,11 +303,12 @@ def load_model_file(model_path: str, *, safe_mode: bool = True, config=None):
     import tlkeras.model  # noqa: F401
     import tlkeras.optimizers  # noqa: F401
     import tlkeras.tasks.losses  # noqa: F401
+    import tlkeras.text_layers  # noqa: F401
 
     if config is None and os.path.isfile(os.path.join(os.path.dirname(model_path), CONFIG_FILE)):
         config = saved_config(os.path.dirname(model_path) or ".")
     if config is not None and str(config.backbone).startswith("kerashub:"):
-        from tlkeras.backbones.kerashub import import_keras_hub
+        from tlkeras.backbones.kerashub_presets import import_keras_hub
 
         import_keras_hub(config.backbone)  # KerasHub's layers register themselves on import
     try:

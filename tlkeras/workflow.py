@@ -198,6 +198,11 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
         )
     timings["build"] = time.time() - clock
     check_stages(model, train_cfg.stage1, train_cfg.stage2)
+    input_facts = kind.data_facts(model, data_bundle)
+    if input_facts.get("truncated_train_texts"):
+        log.info("data: %d of %d training texts are longer than %d tokens and are cut (backbone_options."
+                 "sequence_length)", input_facts["truncated_train_texts"], input_facts["train_texts"],
+                 input_facts["sequence_length"])
     cfg.to_yaml(os.path.join(run_dir, rundir.CONFIG_FILE))
     write_text_atomic(os.path.join(run_dir, rundir.LABELS_FILE), "\n".join(class_names) + "\n")
     if data_bundle.skipped:
@@ -258,6 +263,8 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
     timings["evaluate"] = time.time() - clock
     record = build_record(cfg=cfg, bundle=data_bundle, run_dir=run_dir, timings=timings, started=started,
                           plan=history.cache_plan, policy=keras.config.dtype_policy().name, strategy=strategy)
+    if input_facts:
+        record["inputs"] = input_facts
     record["status"] = rundir.TRAINED  # the report and export are still to do: a rerun completes them
     write_json_atomic(os.path.join(run_dir, RUN_FILE), record)
     if cfg.report:

@@ -6,7 +6,8 @@ KerasHub is where Keras 3 pretrained models now live. A preset is a name KerasHu
 or a local folder written by `save_to_preset` - which is how to use one offline: save it once on a
 machine with network, copy the folder.
 
-The preset's image backbone is the pretrained base (its own layers, so `unfreeze` counts, fractions
+A text preset (BERT, DistilBERT, RoBERTa, DeBERTaV3, ... with its tokenizer) is a text encoder: see
+`tlkeras.backbones.kerashub_text`. The preset's image backbone is the pretrained base (its own layers, so `unfreeze` counts, fractions
 and layer names work as for keras.applications; ResNet, DenseNet and VGG presets have a block map
 for `blocks:N` and `layer_decay` by block, others are split into 8 bands of layers for the
 decay and refuse `blocks:N`), and the preset's own `ImageConverter` says how pixels
@@ -18,15 +19,13 @@ initialised, a weights file is loaded on top.
 
 from __future__ import annotations
 
-import os
-
+from tlkeras.backbones.kerashub_presets import import_keras_hub, load_preset, load_weights
 from tlkeras.backbones.spec import BACKBONE_LAYER, PREPROCESSING_MODES, BackboneSpec, BlockMap, check_options
 from tlkeras.errors import BackboneError
 
 SCHEME = "kerashub:"
 OPTIONS = ("preprocessing",)
 MIN_SIZE = 32
-_INSTALL = 'pip install "tlkeras[kerashub]"'
 
 # KerasHub backbone class -> how its layers group into blocks (layer names as KerasHub builds them).
 BLOCK_MAPS = {
@@ -38,30 +37,6 @@ BLOCK_MAPS = {
 
 def is_kerashub(name: str) -> bool:
     return str(name).startswith(SCHEME)
-
-
-def import_keras_hub(preset: str):
-    try:
-        import keras_hub
-    except ImportError:
-        raise BackboneError(f"backbone: kerashub:{preset} needs keras-hub: {_INSTALL}.") from None
-    return keras_hub
-
-
-def _load(what, preset: str, **kwargs):
-    """`what.from_preset(preset)` with the errors a user meets turned into what to do."""
-    try:
-        return what.from_preset(preset, **kwargs)
-    except Exception as e:  # KerasHub/kagglehub raise many kinds (ValueError, FileNotFoundError, HTTP errors...)
-        message = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        local = os.path.isdir(preset)
-        hint = ("check that the folder was written by save_to_preset (config.json, metadata.json, model.weights.h5)"
-                if local else
-                "without network, save the preset on a machine that has it (keras_hub.models.Backbone.from_preset("
-                f"{preset!r}).save_to_preset('folder'), and the image converter likewise) and pass "
-                "kerashub:/path/to/folder; names KerasHub knows are listed by keras_hub.models.Backbone.presets")
-        raise BackboneError(f"backbone: could not load the KerasHub preset {preset!r} ({type(e).__name__}: "
-                            f"{message}); {hint}.") from None
 
 
 def _converter(keras_hub, preset: str):
@@ -85,9 +60,13 @@ def get_spec(name: str, options: dict | None = None) -> BackboneSpec:
     if not preset:
         raise BackboneError("backbone: 'kerashub:' needs a preset, e.g. kerashub:resnet_50_imagenet or "
                             "kerashub:path/to/preset_folder.")
-    options = check_options(options, OPTIONS, "a KerasHub preset (preprocessing replaces its image converter)")
     keras_hub = import_keras_hub(preset)
-    backbone = _load(keras_hub.models.Backbone, preset, load_weights=False)  # reads the config only
+    backbone = load_preset(keras_hub.models.Backbone, preset, load_weights=False)  # reads the config only
+    from tlkeras.backbones import kerashub_text
+
+    if kerashub_text.is_text_backbone(backbone):  # a BERT-class encoder: the model tokenises its strings
+        return kerashub_text.get_spec(preset, backbone, options, SCHEME)
+    options = check_options(options, OPTIONS, "a KerasHub preset (preprocessing replaces its image converter)")
     _check_image_backbone(backbone, preset)
     converter = _converter(keras_hub, preset)
     params: dict = {}
@@ -128,8 +107,8 @@ def _check_image_backbone(backbone, preset: str) -> None:
         found = ", ".join(f"{getattr(t, 'name', '?')} {tuple(t.shape)}" for t in inputs)
         raise BackboneError(
             f"backbone: the KerasHub preset {preset!r} is a {type(backbone).__name__} taking {found}; tlkeras "
-            "fine-tunes KerasHub image backbones (one image input [batch, height, width, 3]). For text, use a "
-            "hub: text-embedding module that takes raw strings."
+            "fine-tunes KerasHub image backbones (one image input [batch, height, width, 3]) and text encoders "
+            "that take token ids (BERT-class presets with a tokenizer)."
         )
     if len(backbone.outputs) != 1 or len(backbone.outputs[0].shape) not in (2, 3, 4):
         raise BackboneError(f"backbone: the KerasHub preset {preset!r} has outputs "
@@ -140,19 +119,14 @@ def _check_image_backbone(backbone, preset: str) -> None:
 def _build(preset: str, image_size, weights):
     import keras
 
-    from tlkeras.backbones.applications import load_weights_file
 
     keras_hub = import_keras_hub(preset)
-    loaded = _load(keras_hub.models.Backbone, preset, load_weights=weights is not None)
+    loaded = load_preset(keras_hub.models.Backbone, preset, load_weights=weights is not None)
     size = tuple(loaded.inputs[0].shape[1:3])
     if (size[0] is not None and size[0] != image_size[0]) or (size[1] is not None and size[1] != image_size[1]):
         raise BackboneError(f"image_size: {list(image_size)} does not match the input of the KerasHub preset "
                             f"{preset!r} ({size[0]}x{size[1]}); use image_size {size[0]}.")
     # Its own layers as a functional model named "backbone" (what tlkeras looks for).
     backbone = keras.Model(loaded.inputs[0], loaded.outputs[0], name=BACKBONE_LAYER)
-    if weights not in (None, "imagenet"):
-        if not os.path.isfile(str(weights)):
-            raise BackboneError(f"weights: {weights!r} is neither 'imagenet' (the preset's weights), null (random "
-                                "initialisation) nor an existing weights file.")
-        load_weights_file(backbone, weights, f"kerashub:{preset}")
+    load_weights(backbone, preset, weights)
     return backbone

@@ -94,12 +94,15 @@ class BackboneSpec:
         block_map: how its layers group into blocks, for `unfreeze: "blocks:N"`.
         builder: `builder(image_size, weights, options) -> keras.Model` (include_top=False).
         options: backbone constructor options (e.g. {"alpha": 0.35}).
-        modality: what the backbone takes: "image" (RGB pixels) or "text" (a batch of strings).
+        modality: the Inputs kind it takes: "image" (RGB pixels), "text" (a batch of strings the
+            module tokenises itself) or "tokens" (strings tokenised by `tokenizer` in the model).
         preprocessing_params: parameters of the preprocessing mode ("affine": scale, offset).
         own_weights: the source brings its own weights (a hub module, a preset, a file): the
             model is named after its display name.
         random_init: whether `weights: null` means random initialisation (a model file's null
             means its own weights).
+        tokenizer: for a text encoder that takes token ids ("tokens"), `tokenizer() -> layer`
+            turning strings into the backbone's inputs (the preset's tokenizer and packer).
     """
 
     name: str
@@ -115,6 +118,7 @@ class BackboneSpec:
     preprocessing_params: dict = field(default_factory=dict, compare=False)
     own_weights: bool = False
     random_init: bool = True
+    tokenizer: Optional[Callable] = field(default=None, repr=False, compare=False)
 
     @property
     def slug(self) -> str:

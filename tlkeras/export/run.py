@@ -46,7 +46,7 @@ def export_run(run_dir: str, export_dir: Optional[str] = None, *, top_k: Optiona
     kind = inputs_of(model)
     others = [f.name for f in chosen if f.is_file and f.name not in kind.file_formats]
     if others:
-        raise ExportError(f"format {', '.join(others)}: a {kind.name} classifier exports as a SavedModel only (TFLite "
+        raise ExportError(f"format {', '.join(others)}: a {kind.classifier} classifier exports as a SavedModel only (TFLite "
                           "and ONNX files take image pixels here); use --format saved_model.")
     k = top_k or (cfg.top_k if cfg is not None else 5)
     card = None

@@ -10,10 +10,12 @@ from tlkeras.errors import did_you_mean
 from tlkeras.inputs.image import ImageInputs
 from tlkeras.inputs.inputs import Inputs
 from tlkeras.inputs.text import TextInputs
+from tlkeras.inputs.tokens import TokenizedTextInputs
 
 INPUTS: dict[str, Inputs] = {
     "image": ImageInputs(),
     "text": TextInputs(),
+    "tokens": TokenizedTextInputs(),
 }
 
 

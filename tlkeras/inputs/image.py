@@ -20,6 +20,7 @@ class ImageInputs(Inputs):
 
     name = "image"
     noun = "images"
+    classifier = "image"
     signature_input = "image_bytes"
     predict_argument = "IMAGE_OR_FOLDER"
     file_formats = ("tflite", "tflite-int8", "onnx")

@@ -19,6 +19,10 @@ class Inputs:
     name: str = ""
     #: what the logs call a batch of them
     noun: str = "examples"
+    #: what a classifier of these inputs is called in messages ("an image classifier")
+    classifier: str = ""
+    #: modules whose ops the export's graph uses, imported before a SavedModel of it is loaded
+    serving_imports: tuple = ()
     #: the name of serving_default's input (TF Serving's REST API decodes "*_bytes" inputs from base64)
     signature_input: str = ""
     #: the export formats (besides a SavedModel) that can carry this kind of input
@@ -38,6 +42,11 @@ class Inputs:
 
     def input_options(self, cfg) -> dict:
         """The config's settings of how inputs are read, kept with the model for serving (`ModelInfo`)."""
+        return {}
+
+    def data_facts(self, model, bundle) -> dict:
+        """Facts about the training data as this model reads it, logged and kept in run.json (e.g. how
+        many texts are longer than the sequence length); {} when there is nothing to say."""
         return {}
 
     def prediction_spec(self, model):

@@ -19,6 +19,7 @@ class TextInputs(Inputs):
 
     name = "text"
     noun = "texts"
+    classifier = "text"
     signature_input = "text"
     predict_argument = "TEXT_OR_FILE"
     file_formats = ()  # a text module's string ops have no TFLite/ONNX form here

@@ -1,0 +1,61 @@
+"""Tokenised text inputs: raw strings that the model's own "preprocess" layer (the preset's tokenizer
+and packer, `tlkeras.text_layers.TextPacker`) turns into a text encoder's token ids inside the graph.
+
+Everything a client sees is as for `TextInputs` (strings in, `text` in the export); what differs is
+the model's first layers, the TensorFlow Text ops its export needs when loaded, and the count of
+texts longer than the sequence length.
+"""
+
+from __future__ import annotations
+
+from tlkeras.inputs.text import TextInputs
+
+TEXT_OPS_MODULE = "tensorflow_text"
+
+
+class TokenizedTextInputs(TextInputs):
+    """Strings [N] tokenised in the model (a KerasHub BERT-class encoder).
+
+    >>> kind = TokenizedTextInputs()
+    >>> kind.signature_input, kind.serving_imports, kind.classifier
+    ('text', ('tensorflow_text',), 'text')
+    """
+
+    name = "tokens"
+    #: modules whose ops the export's graph uses: imported before a SavedModel of it is loaded
+    serving_imports = (TEXT_OPS_MODULE,)
+
+    # === Model ===
+
+    def build(self, spec, size, weights):
+        import keras
+
+        inputs = keras.Input((), dtype="string", name="text")
+        packer = spec.tokenizer()
+        base = spec.build(None, weights)
+        return inputs, base(packer(inputs))
+
+    def data_facts(self, model, bundle) -> dict:
+        """How many training texts the packer cuts (longer than the sequence length)."""
+        from tlkeras.model import get_preprocessing
+
+        packer = get_preprocessing(model)
+        texts = bundle.train_examples.texts
+        return {"sequence_length": packer.sequence_length, "truncated_train_texts": packer.truncated(texts),
+                "train_texts": len(texts)}
+
+    def card(self, model):
+        from tlkeras.model import get_preprocessing
+
+        packer = get_preprocessing(model)
+        tokenizer = type(packer.tokenizer).__name__
+        return {
+            "task": "text classification",
+            "inputs": {"serving_default": "text: tf.string [N], raw UTF-8 strings; the model tokenises them inside "
+                                          "the graph"},
+            "preprocessing": f"inside the model: the preset's {tokenizer} and packer (start, end and padding tokens), "
+                             f"{packer.sequence_length} tokens per text (longer texts are cut)",
+            "serving_imports": list(self.serving_imports),
+            "serving_note": "the tokenizer runs TensorFlow Text ops: TF Serving's model server links them; a Python "
+                            "client runs `import tensorflow_text` before tf.saved_model.load",
+        }

@@ -1,0 +1,136 @@
+"""Keras layers of a tlkeras model on a tokenised text encoder (a KerasHub BERT-class preset).
+
+`TextPacker` is the model's "preprocess" layer: it holds the preset's own tokenizer and packer,
+so raw strings go into the model, training feeds it the same strings that TF Serving clients
+send, and the export carries the tokenizer (TensorFlow Text ops: TF Serving's model server links
+them; a Python client runs `import tensorflow_text` before `tf.saved_model.load`).
+`TokenPooling` turns the encoder's token sequence into one vector (the first token, or the mean
+over the real tokens). Both are registered, so `.keras` files reload in safe mode.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+POOLINGS = ("pooled", "first", "mean")
+
+
+def import_keras_hub():
+    try:
+        import keras_hub
+    except ImportError:
+        from tlkeras.errors import BackboneError
+
+        raise BackboneError('this model tokenises its text with KerasHub, which is not installed: '
+                            'pip install "tlkeras[text]".') from None
+    return keras_hub
+
+
+@keras.saving.register_keras_serializable(package="tlkeras")
+class TextPacker(keras.layers.Layer):
+    """Strings [N] -> the encoder's inputs ({"token_ids", "padding_mask", ...} of [N, sequence_length]).
+
+    Args:
+        preprocessor: a KerasHub `TextClassifierPreprocessor` (the preset's tokenizer and packer:
+            start, end and pad tokens, segment ids, truncation).
+
+    Example (a WordPiece vocabulary of a few words):
+
+    >>> import keras_hub, tensorflow as tf
+    >>> vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "film"]
+    >>> packer = TextPacker(keras_hub.models.BertTextClassifierPreprocessor(
+    ...     keras_hub.models.BertTokenizer(vocabulary=vocab), sequence_length=6))
+    >>> packer(tf.constant(["good film", "film film film film film"]))["token_ids"].numpy().tolist()
+    [[2, 5, 6, 3, 0, 0], [2, 6, 6, 6, 6, 3]]
+    >>> packer.truncated(["good film", "film film film film film"])
+    1
+    """
+
+    def __init__(self, preprocessor, output_dtypes: dict | None = None, **kwargs):
+        kwargs.setdefault("trainable", False)
+        super().__init__(**kwargs)
+        self.preprocessor = preprocessor
+        if output_dtypes is None:  # what this preset's packer gives (BERT: segment ids too), found by trying it
+            import tensorflow as tf
+
+            probe = preprocessor(tf.constant([""]))
+            output_dtypes = {key: value.dtype.name for key, value in dict(probe).items()}
+        # Kept in the config: a model being reloaded is rebuilt before the tokenizer's vocabulary is.
+        self.output_dtypes = dict(output_dtypes)
+
+    @property
+    def sequence_length(self) -> int:
+        return int(self.preprocessor.sequence_length)
+
+    @property
+    def tokenizer(self):
+        return self.preprocessor.tokenizer
+
+    def build(self, input_shape=None):
+        self.built = True  # the preprocessor builds its packer on its first call, once its vocabulary is loaded
+
+    def call(self, text):
+        return dict(self.preprocessor(text))
+
+    def compute_output_spec(self, text):
+        shape = (text.shape[0], self.sequence_length)
+        return {key: keras.KerasTensor(shape, dtype) for key, dtype in self.output_dtypes.items()}
+
+    def truncated(self, texts, batch_size: int = 512) -> int:
+        """How many of `texts` have more tokens than fit (the sequence length less the start and end
+        tokens): the packer cuts them."""
+        import numpy as np
+        import tensorflow as tf
+
+        capacity = self.sequence_length - 2
+        count = 0
+        for start in range(0, len(texts), batch_size):
+            tokens = self.tokenizer(tf.constant(list(texts[start:start + batch_size]), dtype=tf.string))
+            if hasattr(tokens, "row_lengths"):  # a tf.RaggedTensor
+                lengths = np.asarray(tokens.row_lengths())
+            else:  # lists of ids (KerasHub's eager workflow)
+                lengths = np.asarray([len(ids) for ids in tokens])
+            count += int(np.sum(lengths > capacity))
+        return count
+
+    def get_config(self):
+        return {**super().get_config(), "preprocessor": keras.saving.serialize_keras_object(self.preprocessor),
+                "output_dtypes": dict(self.output_dtypes)}
+
+    @classmethod
+    def from_config(cls, config):
+        import_keras_hub()  # registers KerasHub's classes
+        config = dict(config)
+        config["preprocessor"] = keras.saving.deserialize_keras_object(config["preprocessor"])
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="tlkeras")
+class TokenPooling(keras.layers.Layer):
+    """[N, T, H] token states and their [N, T] padding mask -> [N, H]: the first token ("first", the
+    [CLS] position) or the mean over real tokens ("mean").
+
+    >>> import numpy as np
+    >>> x = np.array([[[1.0], [3.0], [100.0]]], "float32"); mask = np.array([[1, 1, 0]])
+    >>> float(TokenPooling("mean")(x, mask)[0, 0]), float(TokenPooling("first")(x, mask)[0, 0])
+    (2.0, 1.0)
+    """
+
+    def __init__(self, mode: str = "mean", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ("first", "mean"):
+            raise ValueError(f"mode {mode!r} is not 'first' or 'mean'")
+        self.mode = mode
+
+    def call(self, sequence, padding_mask):
+        if self.mode == "first":
+            return sequence[:, 0, :]
+        mask = ops.expand_dims(ops.cast(padding_mask, sequence.dtype), -1)
+        return ops.sum(sequence * mask, axis=1) / ops.maximum(ops.sum(mask, axis=1), 1.0)
+
+    def compute_output_shape(self, sequence_shape, padding_mask_shape=None):
+        return (sequence_shape[0], sequence_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
