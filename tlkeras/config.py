@@ -31,6 +31,10 @@ from tlkeras.errors import ConfigError, TlkerasError, closest, did_you_mean
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "one_cycle")
+METHODS = ("full", "lora")  # stage 2: train the backbone (what unfreeze says), or LoRA adapters on it
+# LoRA's default targets: KerasHub's attention projections, "query"/"value" (BERT-class encoders, ViT)
+# or "query_dense"/"value_dense" (other families), as its own Backbone.enable_lora picks them.
+LORA_TARGETS = ("query", "value", "query_dense", "value_dense")
 POOLINGS = ("avg", "max")
 FLIPS = ("horizontal", "vertical", "horizontal_and_vertical")
 CACHE_CHOICES = ("auto", True, False)
@@ -106,6 +110,11 @@ class StageConfig:
         bn_momentum: momentum of BatchNormalization layers that do train. keras.applications
             MobileNets use 0.999, which leaves the moving statistics near their initial
             values after a few hundred steps; 0.9 (the PyTorch default) tracks them.
+        method: stage 2 only. "full" trains what `unfreeze` says; "lora" trains low-rank adapters
+            on the `lora_targets` layers and the head, nothing else (see `tlkeras.lora`).
+        lora_rank / lora_alpha: the adapters' rank and scale (alpha / rank; alpha null = the rank).
+        lora_targets: layer names or paths in the backbone, wildcards allowed (null: the attention
+            query and value projections).
     """
 
     epochs: int = 5
@@ -121,9 +130,20 @@ class StageConfig:
     gradual_unfreeze: int = 0
     train_bn: bool = False
     bn_momentum: float = 0.9
+    method: str = "full"
+    lora_rank: int = 8
+    lora_alpha: Optional[float] = None
+    lora_targets: Union[str, list, None] = None
 
     def validate(self, name: str = "stage") -> None:
         _validate_stage(name, self)
+
+    @property
+    def lora_patterns(self) -> tuple:
+        """The LoRA target patterns (the defaults when `lora_targets` is null)."""
+        if self.lora_targets is None:
+            return LORA_TARGETS
+        return (self.lora_targets,) if isinstance(self.lora_targets, str) else tuple(self.lora_targets)
 
 
 @dataclass
@@ -636,6 +656,12 @@ def validate_stages(stage1: "StageConfig", stage2: "StageConfig") -> None:
             )
     if stage1.gradual_unfreeze:
         raise ConfigError("stage1.gradual_unfreeze: stage 1 trains the head only; set stage2.gradual_unfreeze.")
+    if stage1.method != "full":
+        raise ConfigError(f"stage1.method: {stage1.method!r} does not apply: stage 1 trains the head only; set "
+                          "stage2.method for the backbone.")
+    if stage2.method == "lora" and stage2.gradual_unfreeze:
+        raise ConfigError("stage2.gradual_unfreeze: does not apply with stage2.method: lora (the adapters train "
+                          "from the first epoch of stage 2); set it to 0, or use method: full.")
     if stage1.learning_rate is None:
         raise ConfigError("stage1.learning_rate: must be a positive number, e.g. 0.001.")
 
@@ -671,6 +697,17 @@ def _validate_stage(name: str, s: StageConfig) -> None:
     if not isinstance(s.train_bn, bool):
         raise ConfigError(f"{name}.train_bn: {s.train_bn!r} is not valid: use true or false.")
     _check_number(f"{name}.bn_momentum", s.bn_momentum, 0.0, 1.0, low_open=False, high_open=True)
+    _check_choice(f"{name}.method", s.method, METHODS)
+    _check_int(f"{name}.lora_rank", s.lora_rank, 1)
+    if s.lora_alpha is not None:
+        _check_number(f"{name}.lora_alpha", s.lora_alpha, 0.0, math.inf)
+    targets = s.lora_targets
+    if targets is not None and (
+        not isinstance(targets, (str, list)) or not targets
+        or any(not isinstance(t, str) or not t.strip() for t in ([targets] if isinstance(targets, str) else targets))
+    ):
+        raise ConfigError(f"{name}.lora_targets: {targets!r} is not valid: use layer names or paths (wildcards allowed), "
+                          "e.g. [query, value], or null for the attention query/value projections.")
     u = s.unfreeze
     if u is None:
         return

@@ -15,6 +15,7 @@ MODEL_FILE = "model.keras"
 LABELS_FILE = "labels.txt"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
+LORA_FILE = "lora_adapters.npz"  # stage2.method: lora: the adapters and the head alone (tlkeras.lora)
 MODEL_CARD_FILE = "model_card.json"  # in an export's assets/, and beside TFLite/ONNX files
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "resume.npz"  # in CHECKPOINT_DIR: see tlkeras.resume
@@ -25,7 +26,7 @@ STATE_PATH = os.path.join(CHECKPOINT_DIR, STATE_FILE)
 EXPORT_DIR = "export"
 ARTEFACTS = (
     CONFIG_FILE, LABELS_FILE, MODEL_FILE, METRICS_FILE, "run.json", "history.json", "skipped_files.txt",
-    "stage2_trainable_layers.txt", "training_curves.png", "confusion_matrix.png", "confident_mistakes.png",
+    "stage2_trainable_layers.txt", LORA_FILE, "training_curves.png", "confusion_matrix.png", "confident_mistakes.png",
     "precision_recall_curves.png",
     "report.html", CHECKPOINT_DIR, EXPORT_DIR, "tflite", "onnx", "tensorboard",
 )

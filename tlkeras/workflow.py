@@ -19,6 +19,7 @@ from tlkeras.distribute import is_multi_worker, strategy_name, precision_policy,
 from tlkeras.evaluate import predict_probabilities
 from tlkeras.errors import TrainingError
 from tlkeras.export import export_saved_model
+from tlkeras.lora import merge_lora
 from tlkeras.model import build_model, set_decision
 from tlkeras.preflight import check_run
 from tlkeras.training import check_stages, finetune as _finetune
@@ -241,6 +242,10 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
     timings.update(history.stage_seconds)
     clock = time.time()
     evaluated_epoch = _restore_best(model, history, run_dir, data_bundle.val is not None) if cfg.restore_best else None
+    adapters = merge_lora(model, os.path.join(run_dir, rundir.LORA_FILE))  # model.keras and exports: plain kernels
+    if adapters is not None:
+        log.info("LoRA: adapters folded into the kernels; the adapters and the head alone: %s",
+                 os.path.join(run_dir, rundir.LORA_FILE))
 
     eval_ds, split = (data_bundle.val, "val") if data_bundle.val is not None else (data_bundle.train, "train")
     eval_examples = data_bundle.val_examples if split == "val" else data_bundle.train_examples
@@ -265,6 +270,8 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
                           plan=history.cache_plan, policy=keras.config.dtype_policy().name, strategy=strategy)
     if input_facts:
         record["inputs"] = input_facts
+    if adapters is not None:
+        record["lora"] = {**adapters.as_record(), "file": rundir.LORA_FILE}
     record["status"] = rundir.TRAINED  # the report and export are still to do: a rerun completes them
     write_json_atomic(os.path.join(run_dir, RUN_FILE), record)
     if cfg.report:

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tlkeras import freezing
+from tlkeras import freezing, lora
 from tlkeras._logging import get_logger
 from tlkeras.errors import Interrupted, TrainingError
 from tlkeras.config import StageConfig
@@ -112,7 +112,10 @@ def finetune(
         train_ds / val_ds: batched tf.data of (pixels in [0, 255], integer label).
         stage1 / stage2: `StageConfig` or dicts of its fields, over the defaults (stage 1: Adam
             at 3e-3; stage 2: everything unfrozen, layer_decay 0.7, cosine with 1 warm-up epoch,
-            peak rate stage 1's / 3). epochs=0 skips a stage.
+            peak rate stage 1's / 3). epochs=0 skips a stage. stage2 `method: "lora"` trains
+            adapters on the `lora_targets` layers and the head only (`tlkeras.lora`); the model then
+            comes back with its adapters on, and `tlkeras.lora.merge_lora(model, path)` folds them into
+            the kernels (build_and_finetune does, after putting the best epoch back).
         run_dir: where the best checkpoint and history.json go (nothing is written if None).
         class_weight: Keras class weights {class index: weight}.
         callbacks: extra Keras callbacks, used in both stages (their `model` is the part that fits;
@@ -153,6 +156,9 @@ def finetune(
 
     cfg = Stages(*stage_configs(stage1, stage2))
     log = get_logger()
+    use_lora = cfg.stage2.method == "lora" and cfg.stage2.epochs > 0
+    if use_lora:  # before the checkpointer indexes the weights: the adapters are weights of the run
+        lora.enable_lora(model, cfg.stage2.lora_rank, cfg.stage2.lora_alpha, cfg.stage2.lora_patterns)
     recorder = RunHistory(os.path.join(run_dir, "history.json") if run_dir else None)
     nan_guard = StopOnNaN()
     shared = [recorder, nan_guard, *(callbacks or [])]
@@ -181,7 +187,9 @@ def finetune(
             best.best = best.written_best = state.best
         log.info("resuming: %s; finished epochs are kept", state.describe())
     cut = None
-    if cfg.stage2.epochs > 0:
+    if use_lora:  # below the lowest adapted layer nothing trains
+        cut = lora.cut_index(model)
+    elif cfg.stage2.epochs > 0:
         cut, _ = freezing.plan_cut(model, cfg.stage2.unfreeze, train_bn=cfg.stage2.train_bn)
     plan = plan_caching(cache_features, train_ds, augmenter, cfg.stage1.epochs, cfg.stage2.epochs, cut, cache_views,
                         inputs_random)
@@ -213,12 +221,13 @@ def finetune(
                 epochs_done = run.stage(cfg.stage1, cfg.stage1.learning_rate, 0, part, position=(1, 0), state=state)
 
         # === Stage 2: unfreeze (the top of) the backbone, layer-wise rates ===
-        phases = unfreeze_phases(model, cfg.stage2) if cfg.stage2.epochs > 0 else []
+        phases = [] if cfg.stage2.epochs == 0 else [(None, cfg.stage2.epochs)] if use_lora else unfreeze_phases(
+            model, cfg.stage2)
         if phases and not (state is not None and state.after(2, len(phases) - 1)):
             with clock.timing("stage2"):
                 rate = cfg.stage2_learning_rate
                 multipliers = None
-                if cfg.stage2.layer_decay is not None and cfg.stage2.layer_decay < 1:
+                if cfg.stage2.layer_decay is not None and cfg.stage2.layer_decay < 1 and not use_lora:
                     multipliers = freezing.layer_multipliers(model, cfg.stage2.layer_decay)
                 _enter_stage(shared, 2)
                 part = None
@@ -234,18 +243,25 @@ def finetune(
                         if (state.stage, state.phase) == (2, index):
                             epochs_done = state.epochs_done
                         continue
-                    layers = freezing.unfreeze(
-                        model, unfreeze, train_bn=cfg.stage2.train_bn,
-                        bn_momentum=cfg.stage2.bn_momentum if cfg.stage2.train_bn else None,
-                    )
-                    where = f" phase {index + 1}/{len(phases)} ({epochs} epochs)" if len(phases) > 1 else ""
-                    decay = f", layer_decay {cfg.stage2.layer_decay}" if multipliers else ""
-                    log.info("stage 2%s: unfreeze=%r at learning rate %g%s: %s", where, unfreeze, rate, decay,
-                             layers.describe())
+                    if use_lora:
+                        adapters = lora.train_adapters(model)
+                        trained = [f"{path} (LoRA adapters)" for path in adapters.targets]
+                        log.info("stage 2: %s, at learning rate %g (one rate: layer_decay does not apply)",
+                                 adapters.describe(), rate)
+                    else:
+                        layers = freezing.unfreeze(
+                            model, unfreeze, train_bn=cfg.stage2.train_bn,
+                            bn_momentum=cfg.stage2.bn_momentum if cfg.stage2.train_bn else None,
+                        )
+                        trained = layers.layers
+                        where = f" phase {index + 1}/{len(phases)} ({epochs} epochs)" if len(phases) > 1 else ""
+                        decay = f", layer_decay {cfg.stage2.layer_decay}" if multipliers else ""
+                        log.info("stage 2%s: unfreeze=%r at learning rate %g%s: %s", where, unfreeze, rate, decay,
+                                 layers.describe())
                     last = index == len(phases) - 1
                     if last and run_dir:
                         write_text_atomic(os.path.join(run_dir, "stage2_trainable_layers.txt"),
-                                          "".join(name + "\n" for name in layers.layers))
+                                          "".join(name + "\n" for name in trained))
                     epochs_done = run.stage(cfg.stage2, rate, epochs_done, part, name="stage2", epochs=epochs,
                                             multipliers=multipliers, step_offset=steps_done, early_stopping=last,
                                             position=(2, index), state=state)
@@ -279,7 +295,9 @@ def check_stages(model: keras.Model, stage1: StageConfig | dict | None = None,
     from tlkeras.config import stage_configs
 
     _, second = stage_configs(stage1, stage2)
-    if second.epochs > 0:
+    if second.epochs > 0 and second.method == "lora":
+        lora.find_targets(model, second.lora_patterns)
+    elif second.epochs > 0:
         freezing.plan_cut(model, second.unfreeze, train_bn=second.train_bn)
         unfreeze_phases(model, second)
 
