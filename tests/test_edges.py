@@ -90,6 +90,7 @@ def test_a_model_at_chance_level_is_called_so_with_the_likely_causes(tmp_path, c
     assert "random backbone weights (weights: null)" in caplog.text
 
 
+@pytest.mark.slow
 def test_the_best_epoch_of_the_run_is_evaluated_and_exported_not_the_last(tmp_path, image_folder, tiny):
     import json
 

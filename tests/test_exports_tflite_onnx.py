@@ -173,6 +173,7 @@ def test_a_refusal_says_when_the_model_itself_is_unsure(monkeypatch, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_a_format_that_fails_does_not_stop_the_others_and_int8_min_agreement_lowers_the_bar(
         trained_run, tmp_path, monkeypatch):
     import shutil

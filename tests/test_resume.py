@@ -79,6 +79,7 @@ def _assert_resumed_like_uninterrupted(options, tmp_path, kill_at, expect_state,
     return resumed, state
 
 
+@pytest.mark.slow
 def test_kill_9_in_stage_1_resumes_from_the_last_finished_epoch(tmp_path, image_folder, tiny):
     # Stage 1 on cached features, stage 2 on cached activations above the cut.
     options = _options(image_folder, tiny, unfreeze="blocks:2")
@@ -89,6 +90,7 @@ def test_kill_9_in_stage_1_resumes_from_the_last_finished_epoch(tmp_path, image_
     )
 
 
+@pytest.mark.slow
 def test_kill_9_in_stage_2_resumes_in_the_right_phase(tmp_path, image_folder, tiny):
     # Gradual unfreezing: phases of 1, 1 and 2 epochs; killed in the first epoch of the third phase,
     # after the second finished. The resumed run skips stage 1 and two phases.
@@ -110,6 +112,7 @@ def test_kill_9_in_stage_2_resumes_in_the_right_phase(tmp_path, image_folder, ti
     assert seconds["stage2"] > before["stage2"]
 
 
+@pytest.mark.slow
 def test_kill_9_in_uncached_stage_2(tmp_path, image_folder, tiny):
     # unfreeze: all trains the whole model on the input pipeline: the state holds all of it.
     options = _options(image_folder, tiny, unfreeze="all")
