@@ -123,7 +123,9 @@ def test_lora_on_a_text_encoder_changes_only_the_query_and_value_kernels(lora_ru
                      if not np.array_equal(w.numpy(), original[w.path]))
     assert changed == [f"transformer_layer_{i}/self_attention_layer/{p}/kernel" for i in (0, 1) for p in ("query", "value")]
     with open(os.path.join(lora_run.run_dir, "run.json"), encoding="utf-8") as f:
-        record = json.load(f)["lora"]
+        run = json.load(f)
+    record = run["lora"]
+    assert "stage 2 trains only above the unfreeze cut on cached activations" in run["caching"]  # the embeddings
     adapters = 2 * 2 * (16 * 2 * 2 + 2 * 8)  # 2 layers x (query, value) x (A: hidden x heads x rank, B: rank x head_dim)
     assert (record["rank"], record["adapter_params"], record["file"]) == (2, adapters, "lora_adapters.npz")
     assert record["trainable_params"] == adapters + record["head_params"] and 0 < record["trainable_share"] < 0.1
