@@ -107,7 +107,12 @@ def test_stage_1_leaves_the_encoder_bit_identical_and_pairs_with_multi_label(tmp
     assert served["labels"].shape == (5, 2)
 
 
-def test_texts_longer_than_the_sequence_length_are_counted(encoder_run, reviews):
+def test_texts_longer_than_the_sequence_length_are_counted(encoder_run, reviews, caplog):
+    import logging
+    from types import SimpleNamespace
+
+    from tlkeras.inputs.tokens import TokenizedTextInputs
+
     texts = [row[0] for row in review_rows(40)]
     # every word is one WordPiece token; [CLS] and [SEP] take 2 of the 8 places
     expected = sum(len(text.split()) > 6 for text in texts)
@@ -115,6 +120,12 @@ def test_texts_longer_than_the_sequence_length_are_counted(encoder_run, reviews)
     with open(os.path.join(encoder_run.run_dir, "run.json"), encoding="utf-8") as f:
         facts = json.load(f)["inputs"]
     assert facts == {"sequence_length": 8, "truncated_train_texts": expected, "train_texts": 40}
+    logging.getLogger("tlkeras").propagate = True
+    with caplog.at_level(logging.INFO, logger="tlkeras"):
+        again = TokenizedTextInputs().data_facts(encoder_run.model, SimpleNamespace(train_examples=SimpleNamespace(
+            texts=texts)))
+    assert again == facts
+    assert f"data: {expected} of 40 training texts are longer than 8 tokens and are cut" in caplog.text
 
 
 def test_the_export_carries_the_tokenizer_and_says_what_loading_it_needs(encoder_run, uninstalled):

@@ -34,6 +34,7 @@ import numpy as np
 from tlkeras.config import LORA_TARGETS as DEFAULT_TARGETS
 from tlkeras.errors import BackboneError
 from tlkeras.model import get_backbone
+from tlkeras.utils import atomic_path
 
 DEFAULT_RANK = 8
 ADAPTER_KINDS = "Dense, EinsumDense, Embedding or Conv"
@@ -134,21 +135,15 @@ def enable_lora(model: keras.Model, rank: int = DEFAULT_RANK, alpha: Optional[fl
         layers[path] = layer
         for variable in (layer.lora_kernel_a, layer.lora_kernel_b):
             variable.trainable = False  # frozen until stage 2 (train_adapters)
+    adapter_params = sum(_count(v) for l in layers.values() for v in (l.lora_kernel_a, l.lora_kernel_b))
     plan = LoraPlan(
         rank=int(rank), alpha=float(alpha if alpha is not None else rank), targets=list(layers),
-        adapter_params=sum(int(np.prod(v.shape)) for l in layers.values() for v in (l.lora_kernel_a, l.lora_kernel_b)),
-        backbone_params=sum(int(np.prod(w.shape)) for w in backbone.weights) - sum(
-            int(np.prod(v.shape)) for l in layers.values() for v in (l.lora_kernel_a, l.lora_kernel_b)),
-        head_params=_head_params(model),
+        adapter_params=adapter_params,
+        backbone_params=sum(_count(w) for w in backbone.weights) - adapter_params,  # without the adapters
+        head_params=sum(_count(w) for _, w in _head_weights(model)),
     )
     _STATES[model] = _State(plan, layers, base)
     return plan
-
-
-def lora_plan(model: keras.Model) -> Optional[LoraPlan]:
-    """The model's LoRA plan, or None when it has no adapters."""
-    state = _STATES.get(model)
-    return state.plan if state is not None else None
 
 
 def train_adapters(model: keras.Model) -> LoraPlan:
@@ -176,11 +171,10 @@ def cut_index(model: keras.Model) -> int:
     from tlkeras.freezing import backbone_layers
 
     state = _STATES.get(model)
-    names = [layer.name for layer in backbone_layers(model)]
-    if state is None or not names:
+    if state is None:
         return 0
-    tops = [path.split("/", 1)[0] for path in state.layers]
-    return min(names.index(top) for top in tops if top in names) if any(t in names for t in tops) else 0
+    names = [layer.name for layer in backbone_layers(model)]
+    return min(names.index(path.split("/", 1)[0]) for path in state.layers)  # paths start at a backbone layer
 
 
 def merge_lora(model: keras.Model, adapters_path: Optional[str] = None) -> Optional[LoraPlan]:
@@ -203,12 +197,11 @@ def merge_lora(model: keras.Model, adapters_path: Optional[str] = None) -> Optio
         if getattr(model, name, None) is not None:
             setattr(model, name, None)
     if adapters_path:
-        for index, weight in _head_weights(model):
+        head = _head_weights(model)
+        for index, weight in head:
             arrays[f"head/{index}"] = weight.numpy()
-        meta = {**state.plan.as_record(), "head_paths": {str(i): w.path for i, w in _head_weights(model)}}
+        meta = {**state.plan.as_record(), "head_paths": {str(i): w.path for i, w in head}}
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-        from tlkeras.utils import atomic_path
-
         with atomic_path(adapters_path, suffix=".npz") as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
@@ -298,5 +291,5 @@ def _head_weights(model: keras.Model) -> list:
     return [(i, w) for i, w in enumerate([w for w in model.weights if id(w) not in inside])]
 
 
-def _head_params(model: keras.Model) -> int:
-    return sum(int(np.prod(w.shape)) for _, w in _head_weights(model))
+def _count(variable) -> int:
+    return int(np.prod(variable.shape))

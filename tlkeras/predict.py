@@ -62,25 +62,20 @@ class LoadedExport:
     inputs: str = "image"
 
 
-def _card_facts(card_path: str) -> dict:
-    """{"task", "decision"} from a model card (exports written before the card held them: single-label)."""
-    if not os.path.isfile(card_path):
-        return {}
+def _read_card(card_path: str) -> dict:
+    """A model card's fields; {} when there is none or it cannot be read."""
     try:
         with open(card_path, encoding="utf-8") as f:
             card = json.load(f)
     except (OSError, ValueError):
         return {}
-    return {"task": card.get("task_name", "single_label"), "decision": card.get("decision")}
+    return card if isinstance(card, dict) else {}
 
 
-def _card_imports(card_path: str) -> list:
-    """The modules a model card says the export's graph needs ("serving_imports")."""
-    try:
-        with open(card_path, encoding="utf-8") as f:
-            return list(json.load(f).get("serving_imports") or [])
-    except (OSError, ValueError, AttributeError):
-        return []
+def _card_facts(card_path: str) -> dict:
+    """{"task", "decision"} from a model card (exports written before the card held them: single-label)."""
+    card = _read_card(card_path)
+    return {"task": card.get("task_name", "single_label"), "decision": card.get("decision")} if card else {}
 
 
 def import_serving_ops(modules, folder: str) -> None:
@@ -118,7 +113,7 @@ def load_export(path) -> LoadedExport:
 
     folder = resolve_export(path)
     card = os.path.join(folder, "assets", MODEL_CARD_FILE)
-    import_serving_ops(_card_imports(card), folder)
+    import_serving_ops(_read_card(card).get("serving_imports") or [], folder)
     try:
         loaded = tf.saved_model.load(folder)
     except (OSError, ValueError, IndexError, tf.errors.OpError) as e:
@@ -130,7 +125,7 @@ def load_export(path) -> LoadedExport:
     signature = getattr(serve, "structured_input_signature", None)
     inputs = "text" if signature and sorted(signature[1]) == ["text"] else "image"
     return LoadedExport(serve, read_labels(os.path.join(folder, "assets", LABELS_FILE)), folder,
-                        inputs=inputs, **_card_facts(os.path.join(folder, "assets", MODEL_CARD_FILE)))
+                        inputs=inputs, **_card_facts(card))
 
 
 def keras_model_export(model, path: str = "<model in memory>") -> LoadedExport:

@@ -199,11 +199,7 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
         )
     timings["build"] = time.time() - clock
     check_stages(model, train_cfg.stage1, train_cfg.stage2)
-    input_facts = kind.data_facts(model, data_bundle)
-    if input_facts.get("truncated_train_texts"):
-        log.info("data: %d of %d training texts are longer than %d tokens and are cut (backbone_options."
-                 "sequence_length)", input_facts["truncated_train_texts"], input_facts["train_texts"],
-                 input_facts["sequence_length"])
+    input_facts = kind.data_facts(model, data_bundle)  # logged by the kind, kept in run.json
     cfg.to_yaml(os.path.join(run_dir, rundir.CONFIG_FILE))
     write_text_atomic(os.path.join(run_dir, rundir.LABELS_FILE), "\n".join(class_names) + "\n")
     if data_bundle.skipped:

@@ -45,8 +45,8 @@ class Inputs:
         return {}
 
     def data_facts(self, model, bundle) -> dict:
-        """Facts about the training data as this model reads it, logged and kept in run.json (e.g. how
-        many texts are longer than the sequence length); {} when there is nothing to say."""
+        """Facts about the training data as this model reads it, for run.json (e.g. how many texts are
+        longer than the sequence length; the kind logs what a user should know); {} when there is nothing."""
         return {}
 
     def prediction_spec(self, model):

@@ -36,13 +36,19 @@ class TokenizedTextInputs(TextInputs):
         return inputs, base(packer(inputs))
 
     def data_facts(self, model, bundle) -> dict:
-        """How many training texts the packer cuts (longer than the sequence length)."""
+        """How many training texts the packer cuts (longer than the sequence length), logged when any is."""
+        from tlkeras._logging import get_logger
         from tlkeras.model import get_preprocessing
 
         packer = get_preprocessing(model)
         texts = bundle.train_examples.texts
-        return {"sequence_length": packer.sequence_length, "truncated_train_texts": packer.truncated(texts),
-                "train_texts": len(texts)}
+        facts = {"sequence_length": packer.sequence_length, "truncated_train_texts": packer.truncated(texts),
+                 "train_texts": len(texts)}
+        if facts["truncated_train_texts"]:
+            get_logger().info("data: %d of %d training texts are longer than %d tokens and are cut "
+                              "(backbone_options.sequence_length)", facts["truncated_train_texts"], len(texts),
+                              packer.sequence_length)
+        return facts
 
     def card(self, model):
         from tlkeras.model import get_preprocessing
