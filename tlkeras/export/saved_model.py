@@ -57,8 +57,12 @@ class _ServingModule(tf.Module):
         self._task, self._decision = info.task_role, info.decision
         # a closure (not an attribute), so tf.Module does not track the Keras model itself
         self._call_model = lambda inputs: model(inputs, training=False)
+        # The model and its outputs as one function of the model's inputs, traced once and called by every
+        # signature (an image model's two signatures would each trace and store the whole network).
+        specs = [tf.TensorSpec(t.shape, t.dtype) for t in model.inputs]
+        outputs = tf.function(self._outputs, input_signature=[specs[0] if len(specs) == 1 else specs])
         # What clients send -> the model's inputs: the Inputs kind's signatures (the training decode/resize)
-        self.endpoints = inputs_of(model).serving_functions(self._outputs, model)
+        self.endpoints = inputs_of(model).serving_functions(outputs, model)
 
     def _outputs(self, inputs):
         probabilities = tf.cast(self._task.to_probabilities(self._call_model(inputs)), tf.float32)
