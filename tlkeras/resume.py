@@ -192,11 +192,8 @@ class RunCheckpointer:
             variable.assign(value)
 
     def restore_optimizer(self, part: keras.Model, state: ResumeState) -> None:
-        """Build `part`'s (compiled) optimizer on its trainable variables and load the saved ones."""
-        optimizer = part.optimizer
-        if not optimizer.built:
-            optimizer.build(part.trainable_variables)
-        variables = list(optimizer.variables)
+        """Load the saved optimizer variables into `part`'s compiled and built optimizer (`run_stage` builds it)."""
+        variables = list(part.optimizer.variables)
         if len(variables) != len(state.optimizer):
             get_logger().warning(
                 "the saved optimizer state has %d variables, this stage's optimizer %d: its moments start afresh",

@@ -151,7 +151,7 @@ def run_stage(
         steps_per_execution=steps_per_execution,
     )
     # Built here, eagerly: left to Keras, the optimizer creates its slot variables while the train step is
-    # traced, about ten times slower (measured: 5.2 s against 0.5 s for MobileNetV2's 158 variables).
+    # traced, many times slower (benchmarks/fixed_costs.py). A resumed stage loads its saved moments into these.
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
     stage_callbacks = list(callbacks)
