@@ -87,7 +87,7 @@ def test_backbones_lists_every_family(runner):
     rows = [line.split() for line in lines[1 : lines.index("")]]  # the table ends at the first blank line
     assert len(rows) == 40
     schemes = [line.split()[0] for line in lines[lines.index("Other backbones, by scheme:") + 1:]]
-    assert schemes == ["hub:<handle>", "kerashub:<preset>", "path/to/model.keras", "path/to/saved_model/"]
+    assert schemes == ["hub:<handle>", "kerashub:<preset>", "path/to/model.keras", "path/to/saved_model/", "auto:A,B,..."]
     assert 'pip install "tlkeras[hub]"' in result.output and 'pip install "tlkeras[kerashub]"' in result.output
     assert ["mobilenetv2", "keras.applications", "224", "32", "tf"] in rows
     assert ["inceptionv3", "keras.applications", "299", "75", "tf"] in rows

@@ -28,7 +28,7 @@ def _probe(*args, cwd=None) -> dict:
 
 
 @pytest.mark.parametrize("args", [["--help"], ["backbones"], ["train", "--help"], ["predict", "--help"],
-                                  ["export", "--help"], ["--version"]])
+                                  ["export", "--help"], ["rank", "--help"], ["--version"]])
 def test_help_and_listings_do_not_import_tensorflow(args):
     found = _probe(*args)
     assert found["code"] == 0, found["output"]
@@ -49,6 +49,9 @@ def test_help_and_listings_do_not_import_tensorflow(args):
     (["train", "--data", ".", "--backbone", "hub:no/such/module/folder"], "is neither a URL nor an existing folder"),
     (["train", "--resume"], "resume: name the run to continue with output_dir"),
     (["find-lr", "--data", "no/such/folder"], "data: the path 'no/such/folder' does not exist."),
+    (["rank", "--data", "no/such/folder", "--backbones", "mobilenetv2"], "data: the path 'no/such/folder' does not exist."),
+    (["rank", "--data", ".", "--backbones", " , "], "backbone candidates: ' , ' names no backbone"),
+    (["train", "--data", ".", "--backbone", "auto:a,a"], "backbone candidates: a listed twice"),
 ])
 def test_config_and_path_errors_are_one_line_without_tensorflow(tmp_path, args, message):
     found = _probe(*args, cwd=tmp_path)

@@ -23,11 +23,13 @@ from tlkeras.predict import predict  # eager and TensorFlow-free: else the submo
 # and `tlkeras backbones` need no TensorFlow; the first name that does imports it.
 __getattr__, __dir__ = _lazy_names(__name__, {
     "data": ("tlkeras.data", None),  # tlkeras.data.decode_and_resize, make_datasets, ...
+    "ranking": ("tlkeras.ranking", None),  # tlkeras.ranking.logme, Ranking, ...
     "list_backbones": ("tlkeras.backbones", "list_backbones"),
     "FinetuneConfig": ("tlkeras.config", "FinetuneConfig"),
     "load_config": ("tlkeras.config", "load_config"),
     "export_saved_model": ("tlkeras.export", "export_saved_model"),
     "find_learning_rate": ("tlkeras.lr_finder", "find_learning_rate"),
+    "rank_backbones": ("tlkeras.ranking", "rank_backbones"),
     "build_model": ("tlkeras.model", "build_model"),
     "finetune": ("tlkeras.training", "finetune"),
     "FinetuneResult": ("tlkeras.workflow", "FinetuneResult"),
@@ -46,6 +48,7 @@ __all__ = [
     "finetune",
     "export_saved_model",
     "find_learning_rate",
+    "rank_backbones",
     "predict",
     "load_model",
     "load_config",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 
 import click
@@ -101,7 +102,8 @@ def _start_tensorflow(*checks) -> None:
 @click.option("--data", help="Folder with one subfolder per class, or tfds:NAME[:SPLIT]; for a text backbone a "
                              "CSV/TSV of texts and labels or a folder of class subfolders of .txt files.")
 @click.option("--val-data", help="Validation folder or file (default: a stratified split of --data).")
-@click.option("--backbone", help="Backbone name, e.g. efficientnetb0 (see `tlkeras backbones`).")
+@click.option("--backbone", help="Backbone name, e.g. efficientnetb0 (see `tlkeras backbones`), or auto:A,B,... to "
+                                 "rank those candidates first and train the best (see `tlkeras rank`).")
 @click.option("--weights", help="imagenet, none, or a path to a backbone weights file.")
 @click.option("--image-size", type=int, help="Input side length in pixels (default: the backbone's).")
 @click.option("--batch-size", type=int)
@@ -203,6 +205,55 @@ def find_lr(config_path, data, backbone, weights, image_size, output_dir, stage,
 
 
 @main.command(context_settings=_CONTEXT)
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
+              help="YAML config file (data, image_size, stage1, ... shared by the candidates).")
+@click.option("--data", help="Folder with one subfolder per class, a CSV, or tfds:NAME[:SPLIT].")
+@click.option("--val-data", help="Validation folder or file (default: a stratified split of --data).")
+@click.option("--backbones", "candidates", required=True, metavar="A,B,...",
+              help="Comma-separated candidates as --backbone takes them: names, hub:..., kerashub:..., model files.")
+@click.option("--weights", help="imagenet, none, or a path to a weights file (for every candidate).")
+@click.option("--image-size", type=int, help="Input side length in pixels (default: each backbone's own).")
+@click.option("--batch-size", type=int)
+@click.option("--output-dir", help="Folder of ranking.json and ranking.png (default: runs/ranking-<time>).")
+@click.option("--by", type=click.Choice(["logme", "probe"]), help="The score to sort and recommend by "
+              "(default: logme, see benchmarks/RESULTS.md).")
+@click.option("--no-probe", is_flag=True, help="LogME only: skip training the linear probe.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any config key, e.g. --set val_split=0.3.")
+@_friendly_errors
+def rank(config_path, data, val_data, candidates, weights, image_size, batch_size, output_dir, by, no_probe,
+         overrides):
+    """Rank candidate backbones on your data before fine-tuning: one frozen pass each, then LogME and a
+    linear probe (the head trained on the cached features with the stage-1 settings)."""
+    import time
+
+    from tlkeras.config import FinetuneConfig
+    from tlkeras.preflight import check_run
+    from tlkeras.ranking import parse_candidates
+
+    cfg = FinetuneConfig.from_yaml(config_path) if config_path else FinetuneConfig()
+    flags = {"data": data, "val_data": val_data, "image_size": image_size, "batch_size": batch_size}
+    values = {k: v for k, v in flags.items() if v is not None}
+    if weights is not None:
+        values["weights"] = None if weights.lower() in ("none", "null") else weights
+    cfg = cfg.merged(values).with_overrides(list(overrides))
+    chosen = parse_candidates(candidates)
+    folder = output_dir or os.path.join("runs", f"ranking-{time.strftime('%Y%m%d-%H%M%S')}")
+    _start_tensorflow(lambda: check_run(cfg.merged({"backbone": "auto:" + candidates})))
+    from tlkeras.ranking import rank_backbones
+    from tlkeras.ranking.result import DEFAULT_SCORE
+
+    result = rank_backbones(config=cfg, candidates=chosen, by=by or DEFAULT_SCORE, output_dir=folder,
+                            probe=not no_probe)
+    click.echo(result.table())
+    if result.recommended is None:
+        raise TlkerasError("no candidate could be ranked; see the reasons above.")
+    click.echo(f"recommended:    {result.recommended['backbone']} ({result.describe(result.recommended)})")
+    click.echo(f"ranking:        {os.path.join(folder, 'ranking.json')}")
+    click.echo(f"train it:       tlkeras train --data {cfg.data if isinstance(cfg.data, str) else 'DATA'} "
+               f"--backbone {result.recommended['backbone']}")
+
+
+@main.command(context_settings=_CONTEXT)
 @click.argument("path", metavar="RUN_DIR_OR_EXPORT", type=click.Path(exists=True, file_okay=False))
 @click.option("--data", help="Folder of class subfolders (default: the run's own validation split).")
 @click.option("--batch-size", type=int, default=32, show_default=True)
@@ -298,6 +349,8 @@ BACKBONE_SCHEMES = (
     ("path/to/model.keras", "your own backbone (output a feature map or vector); say what its input expects with "
                             "--set backbone_options.preprocessing=none|unit|tf|torch|caffe"),
     ("path/to/saved_model/", "your own backbone as a SavedModel folder (e.g. Keras's model.export()); same option"),
+    ("auto:A,B,...", "rank these candidates on the data first (LogME and a linear probe, `tlkeras rank`) and "
+                     "train the best"),
 )
 
 

@@ -24,7 +24,12 @@ from tlkeras.inputs import get_inputs
 def check_run(cfg, *, resume: bool = False) -> None:
     """Refuse, in one line, a config whose backbone, weights, image size, data paths or output
     directory are wrong, without TensorFlow work (a multi-worker cluster is not yet set up)."""
-    spec = backbones.peek(cfg.backbone, cfg.backbone_options)
+    from tlkeras.ranking import is_auto, parse_candidates
+
+    # backbone auto:a,b,c: each candidate is checked when it is ranked, and one that cannot run is listed
+    spec = None if is_auto(cfg.backbone) else backbones.peek(cfg.backbone, cfg.backbone_options)
+    if is_auto(cfg.backbone):
+        parse_candidates(cfg.backbone)
     if spec is not None:
         spec.check_weights(cfg.weights)
         get_inputs(spec.modality).size(spec, cfg.image_size)  # below the backbone's minimum

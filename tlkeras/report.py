@@ -254,8 +254,11 @@ def _record_tables(record: dict) -> list[str]:
     is the Config section's)."""
     counts = record.get("class_counts") or {}
     seconds = record.get("seconds") or {}
-    facts = {k: v for k, v in record.items() if k not in ("config", "class_counts", "seconds", "class_names")}
+    facts = {k: v for k, v in record.items()
+             if k not in ("config", "class_counts", "seconds", "class_names", "ranking")}
     out = ["<h2>Run (run.json)</h2>", _key_table(_flatten(facts))]
+    if record.get("ranking"):
+        out += _ranking_table(record["ranking"])
     names = list(record.get("class_names") or [])
     if names:
         splits = [split for split in ("train", "val") if counts.get(split)]
@@ -267,6 +270,15 @@ def _record_tables(record: dict) -> list[str]:
         rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{float(v):.1f}</td></tr>" for k, v in seconds.items())
         out += ["<h2>Time</h2>", f"<table><tr><th>step</th><th>seconds</th></tr>{rows}</table>"]
     return out
+
+
+def _ranking_table(ranking: list) -> list[str]:
+    """The candidates the backbone was chosen from (backbone: auto), best first."""
+    columns = ("rank", "backbone", "logme", "probe_accuracy", "seconds", "error")
+    head = "".join(f"<th>{c.replace('_', ' ')}</th>" for c in columns)
+    rows = "".join("<tr>" + "".join(f"<td class='l'>{_cell(entry.get(c))}</td>" if c in ("backbone", "error") else
+                                    f"<td>{_cell(entry.get(c))}</td>" for c in columns) + "</tr>" for entry in ranking)
+    return ["<h2>Backbone ranking (ranking.json)</h2>", f"<table><tr>{head}</tr>{rows}</table>"]
 
 
 def write_report(run_dir: str, *, history: dict, metrics: dict, probabilities: np.ndarray, labels: np.ndarray,

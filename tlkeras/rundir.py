@@ -27,7 +27,7 @@ EXPORT_DIR = "export"
 ARTEFACTS = (
     CONFIG_FILE, LABELS_FILE, MODEL_FILE, METRICS_FILE, "run.json", "history.json", "skipped_files.txt",
     "stage2_trainable_layers.txt", LORA_FILE, "training_curves.png", "confusion_matrix.png", "confident_mistakes.png",
-    "precision_recall_curves.png",
+    "precision_recall_curves.png", "ranking.json", "ranking.png",
     "report.html", CHECKPOINT_DIR, EXPORT_DIR, "tflite", "onnx", "tensorboard",
 )
 # Settings that do not change what is trained: a resumed run may differ in them.

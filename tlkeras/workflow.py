@@ -22,6 +22,8 @@ from tlkeras.export import export_saved_model
 from tlkeras.lora import merge_lora
 from tlkeras.model import build_model, set_decision
 from tlkeras.preflight import check_run
+from tlkeras.ranking import is_auto
+from tlkeras.ranking.choose import choose_backbone, load_ranking
 from tlkeras.training import check_stages, finetune as _finetune
 from tlkeras.runrecord import RUN_FILE, build_record, card_facts
 from tlkeras.utils import atomic_path, write_json_atomic, write_text_atomic
@@ -124,6 +126,9 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
     cfg = _resolve_config(data, config, options)
     check_run(cfg, resume=resume)  # names and paths, before any TensorFlow work
     log = get_logger()
+    ranking = None
+    if is_auto(cfg.backbone):  # candidates: rank them on the data, train the winner
+        cfg, ranking = choose_backbone(cfg, overwrite=overwrite)
     # First TensorFlow work of the run: multi-worker collectives must be set up before anything else.
     strategy, why = resolve_strategy(cfg.strategy, cfg.tpu)
     replicas = int(strategy.num_replicas_in_sync)
@@ -153,7 +158,8 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
     try:
         with rundir.lock(run_dir):  # one run per directory; released however the process ends
             return _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, started=started,
-                        resume=resume, overwrite=overwrite, verbose=verbose, callbacks=extra_callbacks)
+                        resume=resume, overwrite=overwrite, verbose=verbose, callbacks=extra_callbacks,
+                        ranking=ranking)
     except BaseException:
         if created and os.path.isdir(run_dir) and not os.listdir(run_dir):
             os.rmdir(run_dir)  # refused before anything was written: leave nothing behind
@@ -161,7 +167,7 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
 
 
 def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *, started, resume, overwrite, verbose,
-         callbacks) -> FinetuneResult:
+         callbacks, ranking=None) -> FinetuneResult:
     """build_and_finetune from the run directory on, holding its lock."""
     log = get_logger()
     chief, task = worker_role(strategy)
@@ -170,6 +176,11 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
     stale_worker_dir = not chief and not resume and not rundir.has_state(run_dir)
     resuming = rundir.prepare(run_dir, cfg, resume=resume, overwrite=overwrite or stale_worker_dir)
     log.info("run directory: %s%s", run_dir, " (resuming)" if resuming else "")
+    if ranking is not None:
+        ranking.write(run_dir)
+    else:  # a resumed run keeps the ranking its backbone was chosen by
+        saved = load_ranking(run_dir)
+        ranking = saved if saved and (saved.recommended or {}).get("backbone") == cfg.backbone else None
     if not chief:  # a worker's own temp folder: its config goes in at once, tying its saved state to this run
         cfg.to_yaml(os.path.join(run_dir, rundir.CONFIG_FILE))
     if is_multi_worker(strategy):
@@ -266,6 +277,8 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
                           plan=history.cache_plan, policy=keras.config.dtype_policy().name, strategy=strategy)
     if input_facts:
         record["inputs"] = input_facts
+    if ranking is not None:
+        record["ranking"] = ranking.as_list()
     if adapters is not None:
         record["lora"] = {**adapters.as_record(), "file": rundir.LORA_FILE}
     record["status"] = rundir.TRAINED  # the report and export are still to do: a rerun completes them

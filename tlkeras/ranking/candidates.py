@@ -1,0 +1,57 @@
+"""The candidates of a ranking, as users write them: "auto:a,b", "a,b", or a list of names or dicts."""
+
+from __future__ import annotations
+
+from tlkeras.errors import ConfigError
+
+AUTO = "auto:"
+
+
+def is_auto(backbone) -> bool:
+    """Whether a `backbone` value asks to rank candidates first ("auto:a,b" or a list).
+
+    >>> is_auto("auto:mobilenetv2,efficientnetb0"), is_auto("mobilenetv2")
+    (True, False)
+    """
+    return isinstance(backbone, (list, tuple)) or (isinstance(backbone, str) and backbone.strip().startswith(AUTO))
+
+
+def parse_candidates(value) -> list[dict]:
+    """A list of {"backbone": ..., other config keys} from the ways candidates are written.
+
+    >>> parse_candidates("auto:mobilenetv2, hub:/models/enc")
+    [{'backbone': 'mobilenetv2'}, {'backbone': 'hub:/models/enc'}]
+    >>> parse_candidates([{"backbone": "mobilenetv2", "weights": None}])
+    [{'backbone': 'mobilenetv2', 'weights': None}]
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        text = text[len(AUTO):] if text.startswith(AUTO) else text
+        items: list = [part.strip() for part in text.split(",") if part.strip()]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        items = []
+    out = []
+    for item in items:
+        if isinstance(item, str) and item.strip():
+            out.append({"backbone": item.strip()})
+        elif isinstance(item, dict) and isinstance(item.get("backbone"), str) and item["backbone"].strip():
+            out.append(dict(item))
+        else:
+            raise ConfigError(f"backbone candidates: {item!r} is not a backbone name (e.g. "
+                              "auto:mobilenetv2,efficientnetb0, or a list of names).")
+    if len(out) < 1:
+        raise ConfigError(f"backbone candidates: {value!r} names no backbone; list them, e.g. "
+                          "auto:mobilenetv2,efficientnetb0.")
+    labels = [candidate_label(c) for c in out]
+    repeated = sorted({n for n in labels if labels.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"backbone candidates: {', '.join(repeated)} listed twice; give each candidate once (a "
+                          "dict candidate's 'name' tells two settings of one backbone apart).")
+    return out
+
+
+def candidate_label(candidate: dict) -> str:
+    """The name a candidate is shown and recorded under: its "name", else its backbone."""
+    return str(candidate.get("name") or candidate["backbone"])
