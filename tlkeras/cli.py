@@ -83,6 +83,17 @@ def _root_flag(name: str) -> bool:
     return bool(click.get_current_context().find_root().params.get(name, False))
 
 
+def _cli_config(config_path, flags: dict, weights, overrides, base=None):
+    """The config of a command: `base` (or --config's YAML, or the defaults) < named flags < --set."""
+    from tlkeras.config import FinetuneConfig
+
+    cfg = base or (FinetuneConfig.from_yaml(config_path) if config_path else FinetuneConfig())
+    values = {k: v for k, v in flags.items() if v is not None}
+    if weights is not None:
+        values["weights"] = None if weights.lower() in ("none", "null") else weights
+    return cfg.merged(values).with_overrides(list(overrides))
+
+
 def _start_tensorflow(*checks) -> None:
     """Run `checks` (what needs no model), then import TensorFlow: only commands that work with a
     model import it, and its C++ start-up lines are kept off stderr unless -v or --debug."""
@@ -125,12 +136,10 @@ def train(config_path, data, val_data, backbone, weights, image_size, batch_size
     from its last finished epoch; `tlkeras train --resume --output-dir RUN_DIR` does the same
     without repeating the other options.
     """
-    from tlkeras.config import FinetuneConfig
     from tlkeras.preflight import check_run
     from tlkeras.rundir import saved_config
 
     base = saved_config(output_dir) if resume and not config_path else None
-    cfg = base or (FinetuneConfig.from_yaml(config_path) if config_path else FinetuneConfig())
     flags = {
         "data": data,
         "val_data": val_data,
@@ -142,10 +151,7 @@ def train(config_path, data, val_data, backbone, weights, image_size, batch_size
         "export": export,
         "strategy": strategy,
     }
-    values = {k: v for k, v in flags.items() if v is not None}
-    if weights is not None:
-        values["weights"] = None if weights.lower() in ("none", "null") else weights
-    cfg = cfg.merged(values).with_overrides(list(overrides))
+    cfg = _cli_config(config_path, flags, weights, overrides, base)
     _start_tensorflow(lambda: check_run(cfg, resume=resume))  # a typo: one line, before TensorFlow is imported
     from tlkeras.workflow import build_and_finetune
 
@@ -182,15 +188,10 @@ def train(config_path, data, val_data, backbone, weights, image_size, batch_size
 def find_lr(config_path, data, backbone, weights, image_size, output_dir, stage, min_lr, max_lr, steps, output,
             overrides):
     """LR range test: train with a growing rate, plot the loss, suggest a rate."""
-    from tlkeras.config import FinetuneConfig
     from tlkeras.preflight import check_run
 
-    cfg = FinetuneConfig.from_yaml(config_path) if config_path else FinetuneConfig()
     flags = {"data": data, "backbone": backbone, "image_size": image_size, "output_dir": output_dir}
-    values = {k: v for k, v in flags.items() if v is not None}
-    if weights is not None:
-        values["weights"] = None if weights.lower() in ("none", "null") else weights
-    cfg = cfg.merged(values).with_overrides(list(overrides))
+    cfg = _cli_config(config_path, flags, weights, overrides)
     _start_tensorflow(lambda: check_run(cfg))
     from tlkeras.lr_finder import find_learning_rate
 
@@ -226,16 +227,11 @@ def rank(config_path, data, val_data, candidates, weights, image_size, batch_siz
     linear probe (the head trained on the cached features with the stage-1 settings)."""
     import time
 
-    from tlkeras.config import FinetuneConfig
     from tlkeras.preflight import check_run
     from tlkeras.ranking import parse_candidates
 
-    cfg = FinetuneConfig.from_yaml(config_path) if config_path else FinetuneConfig()
     flags = {"data": data, "val_data": val_data, "image_size": image_size, "batch_size": batch_size}
-    values = {k: v for k, v in flags.items() if v is not None}
-    if weights is not None:
-        values["weights"] = None if weights.lower() in ("none", "null") else weights
-    cfg = cfg.merged(values).with_overrides(list(overrides))
+    cfg = _cli_config(config_path, flags, weights, overrides)
     chosen = parse_candidates(candidates)
     folder = output_dir or os.path.join("runs", f"ranking-{time.strftime('%Y%m%d-%H%M%S')}")
     _start_tensorflow(lambda: check_run(cfg.merged({"backbone": "auto:" + candidates})))

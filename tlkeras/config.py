@@ -357,6 +357,26 @@ def load_config(path: str | os.PathLike) -> FinetuneConfig:
     return FinetuneConfig.from_yaml(path)
 
 
+def resolve_config(config: "FinetuneConfig | str | os.PathLike | None" = None, data: Any = None,
+                   options: Optional[dict] = None) -> FinetuneConfig:
+    """The config a library call runs with: `config` (a FinetuneConfig, a YAML path, or None for the
+    defaults), then `data` and the call's keyword `options` on top, validated.
+
+    >>> resolve_config(None, "photos/", {"batch_size": 8}).batch_size
+    8
+    """
+    if config is None:
+        cfg = FinetuneConfig()
+    elif isinstance(config, FinetuneConfig):
+        cfg = config
+    else:
+        cfg = FinetuneConfig.from_yaml(config)
+    options = dict(options or {})
+    if data is not None:
+        options["data"] = data
+    return cfg.merged(options)
+
+
 class _AliasError(yaml.YAMLError):
     def __init__(self, anchor: str, line: int):
         super().__init__(anchor)

@@ -68,9 +68,9 @@ def find_learning_rate(
         raise ConfigError(f"min_lr {min_lr} and max_lr {max_lr}: need 0 < min_lr < max_lr.")
     if steps < 10:
         raise ConfigError(f"steps: {steps} is too few for a range test; use at least 10 (100 is typical).")
-    from tlkeras.workflow import _resolve_config
+    from tlkeras.config import resolve_config
 
-    cfg = _resolve_config(data, config, dict(options))
+    cfg = resolve_config(config, data, options)
     log = get_logger()
     keras.utils.set_random_seed(cfg.seed)
     spec = backbones.resolve(cfg.backbone, cfg.backbone_options)

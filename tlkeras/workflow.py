@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from tlkeras import backbones, rundir
 from tlkeras._logging import get_logger
-from tlkeras.config import FinetuneConfig
+from tlkeras.config import FinetuneConfig, resolve_config
 from tlkeras.inputs import get_inputs
 from tlkeras.distribute import is_multi_worker, strategy_name, precision_policy, resolve_precision, resolve_strategy, worker_role
 from tlkeras.evaluate import predict_probabilities
@@ -123,7 +123,7 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
     started = time.time()
     if resume and config is None:
         config = rundir.saved_config(options.get("output_dir"))
-    cfg = _resolve_config(data, config, options)
+    cfg = resolve_config(config, data, options)
     check_run(cfg, resume=resume)  # names and paths, before any TensorFlow work
     log = get_logger()
     ranking = None
@@ -367,18 +367,6 @@ def _distributed_settings(cfg: FinetuneConfig, replicas: int) -> FinetuneConfig:
         log.info("scale_learning_rate: rates x %d (stage 1 %g, stage 2 %g)", replicas, rate1,
                  values["stage2"]["learning_rate"])
     return cfg.merged(values)
-
-
-def _resolve_config(data, config, options) -> FinetuneConfig:
-    if config is None:
-        cfg = FinetuneConfig()
-    elif isinstance(config, FinetuneConfig):
-        cfg = config
-    else:
-        cfg = FinetuneConfig.from_yaml(config)
-    if data is not None:
-        options["data"] = data
-    return cfg.merged(options)
 
 
 def save_model_atomic(model: keras.Model, path: str) -> None:

@@ -59,22 +59,14 @@ def rank_backbones(data: Any = None, candidates=None, *, config=None, by: str = 
     >>> [entry["backbone"] for entry in result.entries], result.failed[0]["backbone"]
     (['mobilenetv2'], 'no_such_net')
     """
-    from tlkeras.config import FinetuneConfig
+    from tlkeras.config import resolve_config
 
     if by not in SCORES:
         raise TlkerasError(f"by: {by!r} is not a score here; use one of {', '.join(SCORES)}.")
     if not probe and by == "probe":
         raise TlkerasError("by='probe' needs the probe; set probe=True or rank by 'logme'.")
-    if config is None:
-        base = FinetuneConfig()
-    elif isinstance(config, FinetuneConfig):
-        base = config
-    else:
-        base = FinetuneConfig.from_yaml(config)
-    if data is not None:
-        options["data"] = data
     options.pop("backbone", None)  # the candidates say it
-    base = base.merged(options)
+    base = resolve_config(config, data, options)
     chosen = parse_candidates(candidates)
     log = get_logger()
     log.info("ranking %d candidate backbones by %s on %s", len(chosen), SCORES[by],
