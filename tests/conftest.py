@@ -196,6 +196,21 @@ def bert_preset(tmp_path_factory) -> str:
     return folder
 
 
+@pytest.fixture(scope="session")
+def distilbert_preset(tmp_path_factory) -> str:
+    """A tiny DistilBERT preset (2 layers, hidden 16; no segment ids, no pooler) and its tokenizer."""
+    import keras_hub
+
+    keras.utils.set_random_seed(4)
+    vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *BERT_WORDS]
+    backbone = keras_hub.models.DistilBertBackbone(vocabulary_size=len(vocabulary), num_layers=2, num_heads=2,
+                                                   hidden_dim=16, intermediate_dim=32, max_sequence_length=32)
+    folder = str(tmp_path_factory.mktemp("kerashub") / "tiny_distilbert")
+    backbone.save_to_preset(folder)
+    keras_hub.models.DistilBertTokenizer(vocabulary=vocabulary, lowercase=True).save_to_preset(folder)
+    return folder
+
+
 class CtrlC(keras.callbacks.Callback):
     """Presses Ctrl-C (raises KeyboardInterrupt, as Python does on SIGINT) as epoch `at` = (stage, epoch) begins."""
 

@@ -113,7 +113,7 @@ def test_candidates_are_parsed_and_bad_lists_refused():
 def test_ranking_orders_by_the_chosen_score_and_round_trips():
     entries = [{"backbone": "a", "logme": -0.9, "probe_accuracy": 0.9, "seconds": 1.0},
                {"backbone": "b", "logme": -0.5, "probe_accuracy": 0.6, "seconds": 1.0}]
-    by_logme, by_probe = Ranking(entries, [{"backbone": "c", "reason": "no"}]), Ranking(entries, by="probe")
+    by_logme, by_probe = Ranking(entries, [{"backbone": "c", "reason": "no"}], by="logme"), Ranking(entries)
     assert [e["backbone"] for e in by_logme.entries] == ["b", "a"]
     assert [e["backbone"] for e in by_probe.entries] == ["a", "b"]
     again = Ranking.from_list(by_logme.as_list())
@@ -195,7 +195,7 @@ def test_cli_rank_prints_the_table_and_the_recommendation(tmp_path, candidates, 
     out = tmp_path / "ranked"
     result = CliRunner().invoke(cli.main, [
         "rank", "--data", colour_folder, "--backbones", f"{constant},{informative},efficientnetb9",
-        "--image-size", "32", "--output-dir", str(out), "--by", "probe", "--set", "stage1.epochs=15",
+        "--image-size", "32", "--output-dir", str(out), "--by", "logme", "--set", "stage1.epochs=15",
         "--set", "stage1.learning_rate=0.05"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
@@ -203,9 +203,9 @@ def test_cli_rank_prints_the_table_and_the_recommendation(tmp_path, candidates, 
     assert lines[header + 1].split()[:3] == ["1", informative, "*"]
     assert lines[header + 2].split()[:2] == ["2", constant]
     assert any(line.startswith("not ranked: efficientnetb9: Unknown backbone 'efficientnetb9'. Did you mean") for line in lines)
-    assert f"recommended:    {informative} (best by the linear probe's validation score" in result.output
+    assert f"recommended:    {informative} (best by LogME: LogME " in result.output
     assert f"train it:       tlkeras train --data {colour_folder} --backbone {informative}" in result.output
-    assert json.loads((out / "ranking.json").read_text())[0]["ranked_by"] == "probe"
+    assert json.loads((out / "ranking.json").read_text())[0]["ranked_by"] == "logme"
 
 
 def test_cli_rank_errors_are_one_line(tmp_path, candidates):
@@ -242,7 +242,8 @@ def test_train_with_auto_backbone_trains_the_winner_and_records_the_ranking(tmp_
 def test_auto_uses_the_ranking_already_in_output_dir(tmp_path, monkeypatch):
     """Started again after a kill, an auto run does not rank again: it trains the backbone it chose."""
     Ranking([{"backbone": "resnet50", "logme": -0.2, "probe_accuracy": 0.8, "seconds": 1.0},
-             {"backbone": "mobilenetv2", "logme": -0.6, "probe_accuracy": 0.9, "seconds": 1.0}]).write(str(tmp_path))
+             {"backbone": "mobilenetv2", "logme": -0.6, "probe_accuracy": 0.9, "seconds": 1.0}],
+            by="logme").write(str(tmp_path))  # by LogME: resnet50, though the default would pick mobilenetv2
 
     def no_ranking(*args, **kwargs):
         raise AssertionError("ranked again")

@@ -93,6 +93,29 @@ def test_a_text_encoder_run_keeps_the_contract(encoder_run, bert_preset, reviews
     contract.check_export_answers_as_the_model(encoder_run, {"text": tf.constant(STRINGS)}, tf.constant(STRINGS))
 
 
+def test_a_distilbert_run_keeps_the_contract(tmp_path, distilbert_preset, reviews):
+    """DistilBERT: no segment ids and no pooler; stage 2 trains exactly its top transformer layer (mean pooling,
+    as the BERT run: a random tiny encoder's first token carries too little), the export takes raw strings."""
+    train, val = reviews
+    options = {"sequence_length": 8, "pooling": "mean"}
+    keras.utils.set_random_seed(0)
+    initial = contract.backbone_arrays(tlkeras.build_model(f"kerashub:{distilbert_preset}", 2,
+                                                           backbone_options=options))
+    result = tlkeras.build_and_finetune(
+        train, val_data=val, backbone=f"kerashub:{distilbert_preset}", **RUN, backbone_options=options,
+        stage1={"epochs": 10, "learning_rate": 0.05}, stage2={"epochs": 1, "unfreeze": "blocks:1"},
+        restore_best=False, output_dir=str(tmp_path / "run"))
+    packed = result.model.get_layer("preprocess")(tf.constant(["red fire"]))
+    assert sorted(packed) == ["padding_mask", "token_ids"]  # what DistilBERT takes
+    with open(os.path.join(result.run_dir, "stage2_trainable_layers.txt"), encoding="utf-8") as f:
+        assert f.read().split() == ["transformer_layer_1"]
+    moved = contract.changed_weights(initial, contract.backbone_arrays(result.model))
+    units = contract.trainable_units(result.model)
+    assert {units[path] for path in moved} == {"transformer_layer_1"}
+    assert result.metrics["accuracy"] >= 0.75, result.metrics
+    contract.check_export_answers_as_the_model(result, {"text": tf.constant(STRINGS)}, tf.constant(STRINGS))
+
+
 def test_stage_1_leaves_the_encoder_bit_identical_and_pairs_with_multi_label(tmp_path, bert_preset):
     path = write_reviews(tmp_path / "tags.csv", review_rows(36, multi_label=True))
     keras.utils.set_random_seed(0)

@@ -216,9 +216,9 @@ def find_lr(config_path, data, backbone, weights, image_size, output_dir, stage,
 @click.option("--image-size", type=int, help="Input side length in pixels (default: each backbone's own).")
 @click.option("--batch-size", type=int)
 @click.option("--output-dir", help="Folder of ranking.json and ranking.png (default: runs/ranking-<time>).")
-@click.option("--by", type=click.Choice(["logme", "probe"]), help="The score to sort and recommend by "
-              "(default: logme, see benchmarks/RESULTS.md).")
-@click.option("--no-probe", is_flag=True, help="LogME only: skip training the linear probe.")
+@click.option("--by", type=click.Choice(["probe", "logme"]), help="The score to sort and recommend by "
+              "(default: probe, the better predictor over full and few-shot data in benchmarks/RESULTS.md).")
+@click.option("--no-probe", is_flag=True, help="LogME only: skip training the linear probe (sorts by LogME).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any config key, e.g. --set val_split=0.3.")
 @_friendly_errors
 def rank(config_path, data, val_data, candidates, weights, image_size, batch_size, output_dir, by, no_probe,
@@ -238,8 +238,8 @@ def rank(config_path, data, val_data, candidates, weights, image_size, batch_siz
     from tlkeras.ranking import rank_backbones
     from tlkeras.ranking.result import DEFAULT_SCORE
 
-    result = rank_backbones(config=cfg, candidates=chosen, by=by or DEFAULT_SCORE, output_dir=folder,
-                            probe=not no_probe)
+    result = rank_backbones(config=cfg, candidates=chosen, by=by or ("logme" if no_probe else DEFAULT_SCORE),
+                            output_dir=folder, probe=not no_probe)
     click.echo(result.table())
     if result.recommended is None:
         raise TlkerasError("no candidate could be ranked; see the reasons above.")

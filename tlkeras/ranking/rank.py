@@ -15,7 +15,6 @@ its minimum) is listed with the reason; the others are still ranked.
 from __future__ import annotations
 
 import gc
-import os
 import time
 from typing import Any, Optional
 
@@ -39,9 +38,11 @@ def rank_backbones(data: Any = None, candidates=None, *, config=None, by: str = 
             "weights": "digits.weights.h5", "image_size": 64, "name": "digits-pretrained"}).
         config: a FinetuneConfig or YAML path giving the shared settings (data, image_size,
             batch_size, val_split, stage1, memory_budget_mb, seed, ...); `options` override it.
-        by: the score the ranking is sorted by and the recommendation made on: "logme" or "probe".
+        by: the score the ranking is sorted by and the recommendation made on: "probe" (the default: it
+            predicted fine-tuned accuracy best over full and few-shot data, benchmarks/RESULTS.md) or "logme"
+            (no training; best here with plenty of training data, poor with 20 images per class).
         output_dir: where ranking.json and ranking.png go (None: nothing is written).
-        probe: also train the linear probe (False: LogME only, faster still).
+        probe: also train the linear probe (False: LogME only, with by="logme").
 
     Returns:
         Ranking: .entries (best first; each with backbone, logme, probe_accuracy, seconds, ...),
@@ -72,10 +73,11 @@ def rank_backbones(data: Any = None, candidates=None, *, config=None, by: str = 
     log.info("ranking %d candidate backbones by %s on %s", len(chosen), SCORES[by],
              base.data if isinstance(base.data, str) else type(base.data).__name__)
     entries, failed = [], []
+    bundles: dict = {}  # the data, decoded once for every candidate of the same input size
     for candidate in chosen:
         label = candidate_label(candidate)
         try:
-            entries.append(_score(base, candidate, label, probe))
+            entries.append(_score(base, candidate, label, probe, bundles))
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as e:  # noqa: BLE001 - one candidate failing must not stop the others
@@ -93,7 +95,11 @@ def rank_backbones(data: Any = None, candidates=None, *, config=None, by: str = 
     return ranking
 
 
-def _score(base, candidate: dict, label: str, probe: bool) -> dict:
+# What a candidate may set that does not change its data: the data of candidates differing only in these is shared.
+_MODEL_KEYS = ("name", "backbone", "weights", "backbone_options", "head")
+
+
+def _score(base, candidate: dict, label: str, probe: bool, bundles: dict) -> dict:
     """One candidate: its frozen features once, then LogME and the probe."""
     import keras
     import numpy as np
@@ -117,12 +123,16 @@ def _score(base, candidate: dict, label: str, probe: bool) -> dict:
         spec.check_weights(cfg.weights)
         kind = get_inputs(spec.modality)
         size = kind.size(spec, cfg.image_size)
-        bundle = kind.make_datasets(cfg, size)
+        key = (kind.name, size, repr(sorted((k, v) for k, v in candidate.items() if k not in _MODEL_KEYS)))
+        if key not in bundles:
+            bundles[key] = kind.make_datasets(cfg, size)
+        bundle = bundles[key]
         model = build_model(spec, len(bundle.class_names), image_size=size, weights=cfg.weights, head=cfg.head,
                             backbone_options=cfg.backbone_options, task=bundle.task.name,
                             class_names=bundle.class_names, input_options=kind.input_options(cfg))
         freezing.freeze_backbone(model)
-        caches = Caches(model, bundle.train, bundle.val, int(cfg.memory_budget_mb * 2**20), None)
+        # LogME needs the training features only; the probe is scored on the validation split's.
+        caches = Caches(model, bundle.train, bundle.val if probe else None, int(cfg.memory_budget_mb * 2**20), None)
         try:
             clock = time.time()
             part = caches.for_head()
@@ -144,7 +154,7 @@ def _score(base, candidate: dict, label: str, probe: bool) -> dict:
                 "seconds_features": round(features_seconds, 3),
                 "seconds_logme": round(logme_seconds, 3),
             }
-            if probe and caches.val is None:
+            if probe and bundle.val is None:
                 log.warning("%s: no validation split (val_split 0 and no val_data): no probe accuracy", label)
             elif probe:
                 clock = time.time()
