@@ -74,26 +74,13 @@ def unfreeze_value(text: str):
 
 def prepare_task(args) -> dict:
     """Write the target folders and pretrain the source backbone (both cached)."""
-    import numpy as np
-    import tensorflow as tf
-
-    from tlkeras.data import prepare_image
     from tlkeras.demo import load_digits
 
     size = args.image_size
     options = hashlib.sha1(args.backbone_options.encode()).hexdigest()[:8]
     tag = f"{args.backbone}-{size}-{options}-s{args.seed}"
-    root = os.path.join(CACHE, f"digits-{size}")
+    train, val = target_folders(size, getattr(args, "task", "full"))
     images, labels = load_digits()
-    if not os.path.isdir(os.path.join(root, "train")):
-        rng = np.random.default_rng(0)
-        target = np.flatnonzero(labels >= 5)
-        for row in target:
-            split = "val" if rng.random() < 0.2 else "train"
-            folder = os.path.join(root, split, str(labels[row]))
-            os.makedirs(folder, exist_ok=True)
-            big = prepare_image(images[row][..., None], (size, size)).numpy().round().astype("uint8")
-            tf.io.write_file(os.path.join(folder, f"{row:04d}.png"), tf.io.encode_png(big))
     weights = os.path.join(CACHE, f"source-{tag}.weights.h5")
     if not os.path.isfile(weights):
         import tlkeras
@@ -109,10 +96,32 @@ def prepare_task(args) -> dict:
         )
         result.model.get_layer("backbone").save_weights(weights)
         print(f"pretrained source backbone: val accuracy {result.metrics['accuracy']:.3f}", file=sys.stderr)
+    return {"train": train, "val": val, "weights": weights}
+
+
+def target_folders(size: int, task: str = "full") -> tuple[str, str]:
+    """(train, val) folders of digits 5-9 at `size` px, written once (the val split: 20 %, seeded);
+    task "fewshot" keeps 20 training images per class."""
+    import numpy as np
+    import tensorflow as tf
+
+    from tlkeras.data import prepare_image
+    from tlkeras.demo import load_digits
+
+    root = os.path.join(CACHE, f"digits-{size}")
+    if not os.path.isdir(os.path.join(root, "train")):
+        images, labels = load_digits()
+        rng = np.random.default_rng(0)
+        for row in np.flatnonzero(labels >= 5):
+            split = "val" if rng.random() < 0.2 else "train"
+            folder = os.path.join(root, split, str(labels[row]))
+            os.makedirs(folder, exist_ok=True)
+            big = prepare_image(images[row][..., None], (size, size)).numpy().round().astype("uint8")
+            tf.io.write_file(os.path.join(folder, f"{row:04d}.png"), tf.io.encode_png(big))
     train = os.path.join(root, "train")
-    if getattr(args, "task", "full") == "fewshot":
+    if task == "fewshot":
         train = fewshot_folder(train)
-    return {"train": train, "val": os.path.join(root, "val"), "weights": weights}
+    return train, os.path.join(root, "val")
 
 
 def fewshot_folder(train: str, per_class: int = 20) -> str:

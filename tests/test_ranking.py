@@ -208,6 +208,17 @@ def test_cli_rank_prints_the_table_and_the_recommendation(tmp_path, candidates, 
     assert json.loads((out / "ranking.json").read_text())[0]["ranked_by"] == "logme"
 
 
+def test_cli_rank_without_the_probe_sorts_by_logme(tmp_path, candidates, colour_folder):
+    informative, constant = candidates
+    result = CliRunner().invoke(cli.main, ["rank", "--data", colour_folder, "--backbones", f"{constant},{informative}",
+                                           "--image-size", "32", "--no-probe", "--output-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "ranking.json").read_text())
+    assert [e["backbone"] for e in saved] == [informative, constant]
+    assert [e["probe_accuracy"] for e in saved] == [None, None] and saved[0]["ranked_by"] == "logme"
+    assert "seconds_probe" not in saved[0]
+
+
 def test_cli_rank_errors_are_one_line(tmp_path, candidates):
     result = CliRunner().invoke(cli.main, ["rank", "--data", str(tmp_path / "nope"), "--backbones", "mobilenetv2"])
     assert result.exit_code == 1 and result.output.strip().splitlines() == [

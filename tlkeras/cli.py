@@ -236,10 +236,8 @@ def rank(config_path, data, val_data, candidates, weights, image_size, batch_siz
     folder = output_dir or os.path.join("runs", f"ranking-{time.strftime('%Y%m%d-%H%M%S')}")
     _start_tensorflow(lambda: check_run(cfg.merged({"backbone": "auto:" + candidates})))
     from tlkeras.ranking import rank_backbones
-    from tlkeras.ranking.result import DEFAULT_SCORE
 
-    result = rank_backbones(config=cfg, candidates=chosen, by=by or ("logme" if no_probe else DEFAULT_SCORE),
-                            output_dir=folder, probe=not no_probe)
+    result = rank_backbones(config=cfg, candidates=chosen, by=by, output_dir=folder, probe=not no_probe)
     click.echo(result.table())
     if result.recommended is None:
         raise TlkerasError("no candidate could be ranked; see the reasons above.")

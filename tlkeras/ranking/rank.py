@@ -25,7 +25,7 @@ from tlkeras.ranking.memory import PeakMemory
 from tlkeras.ranking.result import DEFAULT_SCORE, SCORES, Ranking
 
 
-def rank_backbones(data: Any = None, candidates=None, *, config=None, by: str = DEFAULT_SCORE,
+def rank_backbones(data: Any = None, candidates=None, *, config=None, by: Optional[str] = None,
                    output_dir: Optional[str] = None, probe: bool = True, **options) -> Ranking:
     """Rank candidate backbones on your data by LogME and a linear probe, one frozen pass each.
 
@@ -40,7 +40,8 @@ def rank_backbones(data: Any = None, candidates=None, *, config=None, by: str = 
             batch_size, val_split, stage1, memory_budget_mb, seed, ...); `options` override it.
         by: the score the ranking is sorted by and the recommendation made on: "probe" (the default: it
             predicted fine-tuned accuracy best over full and few-shot data, benchmarks/RESULTS.md) or "logme"
-            (no training; best here with plenty of training data, poor with 20 images per class).
+            (no training; best here with plenty of training data, poor with 20 images per class; the
+            default when probe=False).
         output_dir: where ranking.json and ranking.png go (None: nothing is written).
         probe: also train the linear probe (False: LogME only, with by="logme").
 
@@ -62,6 +63,7 @@ def rank_backbones(data: Any = None, candidates=None, *, config=None, by: str = 
     """
     from tlkeras.config import resolve_config
 
+    by = by or (DEFAULT_SCORE if probe else "logme")
     if by not in SCORES:
         raise TlkerasError(f"by: {by!r} is not a score here; use one of {', '.join(SCORES)}.")
     if not probe and by == "probe":
