@@ -42,7 +42,9 @@ CANDIDATES = {
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", default="full,fewshot", help="comma-separated: full, fewshot")
+    p.add_argument("--task", default="full,fewshot",
+                   help="comma-separated: full, fewshot, or xN (the full training images and N-1 jittered copies "
+                        "of each, e.g. x5: 3610 images; the same validation images)")
     p.add_argument("--candidates", default=",".join(CANDIDATES), help="comma-separated names of CANDIDATES")
     p.add_argument("--seed", type=int, default=0, help="seed of the pretraining and the ranking")
     p.add_argument("--finetune-seeds", default="0,1",
@@ -84,6 +86,29 @@ def pretrain(name: str, seed: int, image_size: int = 32) -> dict:
     return {**candidate, "weights": path}
 
 
+def jittered_folder(train: str, copies: int) -> str:
+    """The training folder with `copies - 1` jittered versions of each image beside it (shifted by up to 2 px,
+    brightness x0.8-1.2, pixel noise): more images of the same task, written once."""
+    import numpy as np
+    import tensorflow as tf
+
+    root = f"{train}-x{copies}"
+    if os.path.isdir(root):
+        return root
+    rng = np.random.default_rng(0)
+    for name in sorted(os.listdir(train)):
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+        for f in sorted(os.listdir(os.path.join(train, name))):
+            image = tf.io.decode_png(tf.io.read_file(os.path.join(train, name, f))).numpy().astype(np.float32)
+            tf.io.write_file(os.path.join(root, name, f), tf.io.encode_png(image.astype(np.uint8)))
+            for copy in range(1, copies):
+                shifted = np.roll(image, tuple(rng.integers(-2, 3, 2)), axis=(0, 1))
+                varied = np.clip(shifted * rng.uniform(0.8, 1.2) + rng.normal(0, 8, image.shape), 0, 255)
+                tf.io.write_file(os.path.join(root, name, f"{f[:-4]}-{copy}.png"),
+                                 tf.io.encode_png(varied.astype(np.uint8)))
+    return root
+
+
 def kendall_tau(x: list, y: list) -> float:
     """Kendall's tau-b (ties in either list counted as neither concordant nor discordant)."""
     concordant = discordant = ties_x = ties_y = 0
@@ -112,7 +137,9 @@ def run_task(task: str, candidates: list[dict], seed: int, image_size: int = 32,
 
     from recipe_vs_tlkeras import target_folders
 
-    train, val = target_folders(image_size, task)
+    train, val = target_folders(image_size, "fewshot" if task == "fewshot" else "full")
+    if task.startswith("x"):
+        train = jittered_folder(train, int(task[1:]))
     clock = time.time()
     ranking = rank_backbones(train, candidates, val_data=val, seed=seed, batch_size=32, by="logme")
     rank_seconds = time.time() - clock
