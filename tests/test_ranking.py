@@ -166,6 +166,9 @@ def test_rank_backbones_puts_the_informative_candidate_first_and_lists_the_ones_
     assert best["logme"] > worst["logme"] + 0.1
     assert best["probe_accuracy"] >= 0.85 and worst["probe_accuracy"] <= 0.5  # 3 balanced classes: chance is 1/3
     assert best["feature_dims"] == 4 and best["train_count"] + best["val_count"] == 36
+    # by auto: under 50 training images per class, the probe decides (LogME was unreliable on few images)
+    assert result.by == "probe" and f"only {best['smallest_class']} training examples" in result.why
+    assert best["smallest_class"] == best["train_count"] // 3  # three balanced classes
     assert best["seconds"] >= best["seconds_features"] > 0 and best["peak_rss_mb"] > 100
     reasons = {f["backbone"]: f["reason"] for f in result.failed}
     assert "Did you mean 'mobilenetv2'" in reasons["mobilenetv2x"]

@@ -216,8 +216,9 @@ def find_lr(config_path, data, backbone, weights, image_size, output_dir, stage,
 @click.option("--image-size", type=int, help="Input side length in pixels (default: each backbone's own).")
 @click.option("--batch-size", type=int)
 @click.option("--output-dir", help="Folder of ranking.json and ranking.png (default: runs/ranking-<time>).")
-@click.option("--by", type=click.Choice(["probe", "logme"]), help="The score to sort and recommend by "
-              "(default: probe, the better predictor over full and few-shot data in benchmarks/RESULTS.md).")
+@click.option("--by", type=click.Choice(["auto", "logme", "probe"]), help="The score to sort and recommend by "
+              "(default auto: LogME when every class has 50 or more training images, else the probe; measured in "
+              "benchmarks/RESULTS.md).")
 @click.option("--no-probe", is_flag=True, help="LogME only: skip training the linear probe (sorts by LogME).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any config key, e.g. --set val_split=0.3.")
 @_friendly_errors

@@ -22,7 +22,7 @@ from tlkeras._logging import get_logger
 from tlkeras.errors import TlkerasError
 from tlkeras.ranking.candidates import candidate_label, parse_candidates
 from tlkeras.ranking.memory import PeakMemory
-from tlkeras.ranking.result import DEFAULT_SCORE, SCORES, Ranking
+from tlkeras.ranking.result import DEFAULT_SCORE, SCORES, Ranking, choose_score
 
 
 def rank_backbones(data: Any = None, candidates=None, *, config=None, by: Optional[str] = None,
@@ -38,12 +38,11 @@ def rank_backbones(data: Any = None, candidates=None, *, config=None, by: Option
             "weights": "digits.weights.h5", "image_size": 64, "name": "digits-pretrained"}).
         config: a FinetuneConfig or YAML path giving the shared settings (data, image_size,
             batch_size, val_split, stage1, memory_budget_mb, seed, ...); `options` override it.
-        by: the score the ranking is sorted by and the recommendation made on: "probe" (the default: it
-            predicted fine-tuned accuracy best over full and few-shot data, benchmarks/RESULTS.md) or "logme"
-            (no training; best here with plenty of training data, poor with 20 images per class; the
-            default when probe=False).
+        by: the score the ranking is sorted by and the recommendation made on: "auto" (the default: LogME
+            when every class has at least `LOGME_MIN_PER_CLASS` (50) training examples, else the probe - what
+            predicted fine-tuned accuracy best in benchmarks/RESULTS.md), "logme" or "probe".
         output_dir: where ranking.json and ranking.png go (None: nothing is written).
-        probe: also train the linear probe (False: LogME only, with by="logme").
+        probe: also train the linear probe (False: LogME only, sorted by it).
 
     Returns:
         Ranking: .entries (best first; each with backbone, logme, probe_accuracy, seconds, ...),
@@ -63,16 +62,16 @@ def rank_backbones(data: Any = None, candidates=None, *, config=None, by: Option
     """
     from tlkeras.config import resolve_config
 
-    by = by or (DEFAULT_SCORE if probe else "logme")
-    if by not in SCORES:
-        raise TlkerasError(f"by: {by!r} is not a score here; use one of {', '.join(SCORES)}.")
+    by = by or DEFAULT_SCORE
+    if by not in (*SCORES, "auto"):
+        raise TlkerasError(f"by: {by!r} is not a score here; use one of auto, {', '.join(SCORES)}.")
     if not probe and by == "probe":
         raise TlkerasError("by='probe' needs the probe; set probe=True or rank by 'logme'.")
     options.pop("backbone", None)  # the candidates say it
     base = resolve_config(config, data, options)
     chosen = parse_candidates(candidates)
     log = get_logger()
-    log.info("ranking %d candidate backbones by %s on %s", len(chosen), SCORES[by],
+    log.info("ranking %d candidate backbones by %s on %s", len(chosen), SCORES.get(by, "LogME or the probe"),
              base.data if isinstance(base.data, str) else type(base.data).__name__)
     entries, failed = [], []
     bundles: dict = {}  # the data, decoded once for every candidate of the same input size
@@ -89,7 +88,9 @@ def rank_backbones(data: Any = None, candidates=None, *, config=None, by: Option
             failed.append({"backbone": label, "reason": reason})
         finally:
             _free_memory()
-    ranking = Ranking(entries, failed, by=by)
+    smallest = min((e["smallest_class"] for e in entries), default=0)
+    by, why = choose_score(by, smallest, probe)
+    ranking = Ranking(entries, failed, by=by, why=why)
     if output_dir:
         ranking.write(output_dir)
     if ranking.recommended is not None:
@@ -151,6 +152,7 @@ def _score(base, candidate: dict, label: str, probe: bool, bundles: dict) -> dic
                 "probe_metric": bundle.task.headline_name,
                 "feature_dims": int(features.shape[1]),
                 "train_count": bundle.train_count,
+                "smallest_class": int(min(bundle.class_counts("train").values(), default=0)),
                 "val_count": bundle.val_count,
                 "image_size": list(size) if size else None,
                 "seconds_features": round(features_seconds, 3),

@@ -12,15 +12,34 @@ RANKING_FILE = "ranking.json"
 CHART_FILE = "ranking.png"
 # The scores a ranking can be sorted by, and how they are shown.
 SCORES = {"logme": "LogME", "probe": "the linear probe's validation score"}
-# What rank_backbones and backbone: auto sort by. Measured (benchmarks/RESULTS.md, issue 19): Kendall's tau with
-# the fine-tuned accuracy of 7 candidates was 0.59-0.69 (722 or 3610 images) and 0.85 (20 per class) for the probe,
-# 0.90-1.00 and 0.10 for LogME: LogME is better with plenty of data, the probe never fails badly.
-DEFAULT_SCORE = "probe"
+# What rank_backbones and backbone: auto sort by: "auto" = LogME when every class (every label) has at least
+# LOGME_MIN_PER_CLASS training examples, else the probe. Measured (benchmarks/RESULTS.md, issue 19), Kendall's tau with
+# the fine-tuned accuracy of 7 candidates: LogME 0.90-1.00 with 144 or more images per class but 0.10 with 20; the
+# probe 0.59-0.69 and 0.85. The threshold lies between those two measured points; 50 is not pinned down further.
+DEFAULT_SCORE = "auto"
+LOGME_MIN_PER_CLASS = 50
+
+
+def choose_score(by: str, smallest_class: int, probe: bool) -> tuple[str, str]:
+    """(the score to sort by, why) for a `by` of "auto", "logme" or "probe".
+
+    >>> choose_score("auto", 144, True)[0], choose_score("auto", 20, True)[0], choose_score("auto", 20, False)[0]
+    ('logme', 'probe', 'logme')
+    """
+    if by != "auto":
+        return by, "as asked"
+    if not probe:
+        return "logme", "the probe is off"
+    if smallest_class >= LOGME_MIN_PER_CLASS:
+        return "logme", (f"every class has at least {LOGME_MIN_PER_CLASS} training examples (the smallest "
+                         f"{smallest_class}): LogME predicted fine-tuned accuracy best there")
+    return "probe", (f"a class has only {smallest_class} training examples (under {LOGME_MIN_PER_CLASS}, LogME "
+                     "was unreliable): the probe")
 
 
 class Ranking:
-    """Entries best first by `by` ("probe": the probe's score, ties by LogME; or "logme"); `failed` lists
-    {backbone, reason}.
+    """Entries best first by `by` ("probe": the probe's score, ties by LogME; or "logme"; `why`: the reason it
+    was chosen); `failed` lists {backbone, reason}.
 
     >>> r = Ranking([{"backbone": "a", "logme": -0.9, "probe_accuracy": 0.8, "seconds": 3.0},
     ...              {"backbone": "b", "logme": -0.4, "probe_accuracy": 0.7, "seconds": 4.0}],
@@ -31,8 +50,8 @@ class Ranking:
     ['b', 'a']
     """
 
-    def __init__(self, entries: list, failed: Optional[list] = None, *, by: str = DEFAULT_SCORE):
-        self.by = by
+    def __init__(self, entries: list, failed: Optional[list] = None, *, by: str = "probe", why: str = ""):
+        self.by, self.why = by, why
         self.entries = sorted((dict(e) for e in entries), key=self._key)
         for rank, entry in enumerate(self.entries, 1):
             entry["rank"] = rank
@@ -44,7 +63,7 @@ class Ranking:
         """A Ranking from ranking.json's list (`as_list`)."""
         entries = [{k: v for k, v in item.items() if k != "ranked_by"} for item in items if item.get("rank")]
         failed = [{"backbone": item["backbone"], "reason": item["error"]} for item in items if not item.get("rank")]
-        by = next((item["ranked_by"] for item in items if item.get("ranked_by")), DEFAULT_SCORE)
+        by = next((item["ranked_by"] for item in items if item.get("ranked_by")), "probe")
         return cls(entries, failed, by=by)
 
     def _key(self, entry: dict):
@@ -84,8 +103,8 @@ class Ranking:
                  for r in rows]
         if self.entries:
             probe_metric = self.entries[0].get("probe_metric", "accuracy")
-            lines.append(f"sorted by {SCORES[self.by]}; probe: validation {probe_metric} of the head trained on "
-                         "the frozen features; * recommended")
+            lines.append(f"sorted by {SCORES[self.by]}{f' ({self.why})' if self.why and self.why != 'as asked' else ''}; "
+                         f"probe: validation {probe_metric} of the head trained on the frozen features; * recommended")
         else:
             lines.append("no candidate could be ranked")
         lines += [f"not ranked: {f['backbone']}: {f['reason']}" for f in self.failed]
