@@ -180,35 +180,31 @@ def kerashub_preset(tmp_path_factory) -> str:
 BERT_WORDS = sorted({w for words in TEXT_WORDS.values() for w in words} | {"and", "the", "rest", "nothing"})
 
 
-@pytest.fixture(scope="session")
-def bert_preset(tmp_path_factory) -> str:
-    """A KerasHub preset folder of a tiny BERT (2 transformer layers, hidden 16, max 32 tokens) and its
-    WordPiece tokenizer over the words of `text_rows` (a few dozen entries), as save_to_preset writes it."""
+def save_text_preset(folder: str, family: str, seed: int) -> str:
+    """A tiny KerasHub text preset of `family` ("Bert", "DistilBert": 2 transformer layers, hidden 16, max 32 tokens)
+    and its WordPiece tokenizer over the words of `text_rows` (a few dozen entries), as save_to_preset writes it."""
     import keras_hub
 
-    keras.utils.set_random_seed(3)
+    keras.utils.set_random_seed(seed)
     vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *BERT_WORDS]
-    backbone = keras_hub.models.BertBackbone(vocabulary_size=len(vocabulary), num_layers=2, num_heads=2,
-                                             hidden_dim=16, intermediate_dim=32, max_sequence_length=32)
-    folder = str(tmp_path_factory.mktemp("kerashub") / "tiny_bert")
+    backbone = getattr(keras_hub.models, f"{family}Backbone")(
+        vocabulary_size=len(vocabulary), num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32,
+        max_sequence_length=32)
     backbone.save_to_preset(folder)
-    keras_hub.models.BertTokenizer(vocabulary=vocabulary, lowercase=True).save_to_preset(folder)
+    getattr(keras_hub.models, f"{family}Tokenizer")(vocabulary=vocabulary, lowercase=True).save_to_preset(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def bert_preset(tmp_path_factory) -> str:
+    """A tiny BERT preset folder (see `save_text_preset`)."""
+    return save_text_preset(str(tmp_path_factory.mktemp("kerashub") / "tiny_bert"), "Bert", 3)
 
 
 @pytest.fixture(scope="session")
 def distilbert_preset(tmp_path_factory) -> str:
-    """A tiny DistilBERT preset (2 layers, hidden 16; no segment ids, no pooler) and its tokenizer."""
-    import keras_hub
-
-    keras.utils.set_random_seed(4)
-    vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *BERT_WORDS]
-    backbone = keras_hub.models.DistilBertBackbone(vocabulary_size=len(vocabulary), num_layers=2, num_heads=2,
-                                                   hidden_dim=16, intermediate_dim=32, max_sequence_length=32)
-    folder = str(tmp_path_factory.mktemp("kerashub") / "tiny_distilbert")
-    backbone.save_to_preset(folder)
-    keras_hub.models.DistilBertTokenizer(vocabulary=vocabulary, lowercase=True).save_to_preset(folder)
-    return folder
+    """A tiny DistilBERT preset folder: no segment ids, no pooler (see `save_text_preset`)."""
+    return save_text_preset(str(tmp_path_factory.mktemp("kerashub") / "tiny_distilbert"), "DistilBert", 4)
 
 
 class CtrlC(keras.callbacks.Callback):
