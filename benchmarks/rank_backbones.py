@@ -133,7 +133,7 @@ def run_task(task: str, candidates: list[dict], seed: int, image_size: int = 32,
     import keras
 
     import tlkeras
-    from tlkeras.ranking import rank_backbones
+    from tlkeras.ranking import Ranking, rank_backbones
 
     from recipe_vs_tlkeras import target_folders
 
@@ -168,7 +168,7 @@ def run_task(task: str, candidates: list[dict], seed: int, image_size: int = 32,
     names = [e["backbone"] for e in ranking.entries]
     accuracy = [rows[n]["finetuned_accuracy"] for n in names]
     best = max(names, key=lambda n: rows[n]["finetuned_accuracy"])
-    by_probe = max(names, key=lambda n: (rows[n]["probe_accuracy"], rows[n]["logme"]))
+    by_probe = Ranking(ranking.entries, by="probe").recommended["backbone"]  # what tlkeras would pick by the probe
     return {
         "task": task, "rows": [rows[n] for n in names],
         "tau_logme": kendall_tau([rows[n]["logme"] for n in names], accuracy),

@@ -26,10 +26,11 @@ def check_run(cfg, *, resume: bool = False) -> None:
     directory are wrong, without TensorFlow work (a multi-worker cluster is not yet set up)."""
     from tlkeras.ranking import is_auto, parse_candidates
 
-    # backbone auto:a,b,c: each candidate is checked when it is ranked, and one that cannot run is listed
-    spec = None if is_auto(cfg.backbone) else backbones.peek(cfg.backbone, cfg.backbone_options)
-    if is_auto(cfg.backbone):
+    if is_auto(cfg.backbone):  # each candidate is checked when it is ranked; one that cannot run is listed
         parse_candidates(cfg.backbone)
+        spec = None
+    else:
+        spec = backbones.peek(cfg.backbone, cfg.backbone_options)
     if spec is not None:
         spec.check_weights(cfg.weights)
         get_inputs(spec.modality).size(spec, cfg.image_size)  # below the backbone's minimum

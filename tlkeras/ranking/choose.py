@@ -9,10 +9,10 @@ from typing import Optional
 from tlkeras._logging import get_logger
 from tlkeras.errors import TlkerasError
 from tlkeras.ranking.candidates import candidate_label, parse_candidates
-from tlkeras.ranking.result import DEFAULT_SCORE, RANKING_FILE, Ranking
+from tlkeras.ranking.result import RANKING_FILE, Ranking
 
 
-def choose_backbone(cfg, *, overwrite: bool = False, by: str = DEFAULT_SCORE):
+def choose_backbone(cfg, *, overwrite: bool = False):
     """(the config with the winner as its backbone, the Ranking). A ranking already in output_dir for the
     same candidates (a run killed after ranking, started again) is used again rather than redone."""
     from tlkeras.ranking.rank import rank_backbones
@@ -27,7 +27,7 @@ def choose_backbone(cfg, *, overwrite: bool = False, by: str = DEFAULT_SCORE):
                  os.path.join(cfg.output_dir, RANKING_FILE))
         ranking = saved
     else:
-        ranking = rank_backbones(config=cfg, candidates=candidates, by=by)
+        ranking = rank_backbones(config=cfg, candidates=candidates)  # by its default score
         for line in ranking.table().splitlines():
             log.info("%s", line)
     if ranking.recommended is None:
@@ -52,12 +52,9 @@ def load_ranking(folder: Optional[str]) -> Optional[Ranking]:
 
 
 def _refuse_multi_worker(cfg) -> None:
-    cluster = {}
-    try:
-        cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster") or {}
-    except (ValueError, AttributeError):
-        pass
-    machines = sum(len(v) for v in cluster.values() if isinstance(v, list))
+    from tlkeras.distribute import cluster_workers
+
+    machines = cluster_workers(os.environ.get("TF_CONFIG"))
     if cfg.strategy == "multi_worker" or (cfg.strategy == "auto" and machines > 1):
         raise TlkerasError(
             "backbone auto: ranking runs in one process, not across the workers of a cluster (each would rank on "
