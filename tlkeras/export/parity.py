@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -33,6 +33,7 @@ class Parity:
     threshold: float
     measure: str = "top-1 class"
     ties: int = 0  # images whose answer is a tie in the Keras model itself (not counted as flips)
+    selective: Optional[dict] = None  # int8 with some layers kept in float (tlkeras.export.selective_int8)
 
 
 def measure(model, classifier: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray, kind: str,
@@ -53,21 +54,34 @@ def measure(model, classifier: Callable[[np.ndarray], np.ndarray], pixels: np.nd
     )
 
 
+def require_images(pixels: np.ndarray, what: str) -> None:
+    if not len(pixels):
+        raise ExportError(f"{what} parity needs validation images to check on; none were given.")
+
+
+def refusal(parity: Parity, what: str, filename: str) -> str:
+    """The one-line reason a converted model below its bar is not written."""
+    unsure = (f" The Keras model itself is unsure on {parity.ties} of these images (its answers tie), so it "
+              "has hardly learned: train it longer before exporting." if parity.ties > parity.images // 2 else "")
+    return (f"the {what} model agrees with the Keras model on {parity.top1_agreement:.1%} of {parity.images} "
+            f"validation images (max |Δp| {parity.max_abs_diff:.3g}; ties are not counted as flips), below the "
+            f"{parity.threshold:.1%} required; {filename} was not written.{unsure}")
+
+
 def write_if_faithful(model, classifier, content: bytes, out_dir: str, filename: str, pixels: np.ndarray,
                       what: str, kind: str, threshold: float, class_names: Sequence[str]) -> Parity:
     """Measure `classifier` (the converted `content`) against `model`; write `filename`, labels.txt
     and the parity record when top-1 agreement reaches `threshold`, else raise ExportError."""
-    if not len(pixels):
-        raise ExportError(f"{what} parity needs validation images to check on; none were given.")
+    require_images(pixels, what)
     parity = measure(model, classifier, pixels, kind, threshold)
     if parity.top1_agreement < threshold:
-        unsure = (f" The Keras model itself is unsure on {parity.ties} of these images (its answers tie), so it "
-                  "has hardly learned: train it longer before exporting." if parity.ties > parity.images // 2 else "")
-        raise ExportError(
-            f"the {what} model agrees with the Keras model on {parity.top1_agreement:.1%} of {parity.images} "
-            f"validation images (max |Δp| {parity.max_abs_diff:.3g}; ties are not counted as flips), below the "
-            f"{threshold:.1%} required; {filename} was not written.{unsure}"
-        )
+        raise ExportError(refusal(parity, what, filename))
+    return write_measured(parity, content, out_dir, filename, class_names, what)
+
+
+def write_measured(parity: Parity, content: bytes, out_dir: str, filename: str, class_names: Sequence[str],
+                   what: str) -> Parity:
+    """Write a converted model that reached its bar: the file, labels.txt and its record in parity.json."""
     os.makedirs(out_dir, exist_ok=True)
     write_bytes_atomic(os.path.join(out_dir, filename), content)
     write_text_atomic(os.path.join(out_dir, LABELS_FILE), "\n".join(class_names) + "\n")
@@ -78,7 +92,7 @@ def write_if_faithful(model, classifier, content: bytes, out_dir: str, filename:
             record = read_json(path)
         except TlkerasError:  # damaged (a kill while it was written by hand): measured again from here
             record = {}
-    record[kind] = asdict(parity)
+    record[parity.kind] = asdict(parity)
     write_json_atomic(path, record)
     get_logger().info("%s: %s (%.1f kB), top-1 agreement %.2f%%, max |dp| %.2g on %d images", what,
                       os.path.join(out_dir, filename), len(content) / 1024, 100 * parity.top1_agreement,

@@ -19,6 +19,8 @@ import numpy as np
 
 from tlkeras.errors import ExportError
 
+CALIBRATION_IMAGES = 100  # int8's calibration sample of the training images (class-balanced)
+
 
 @dataclass
 class ExportJob:
@@ -34,7 +36,8 @@ class ExportJob:
     _pixels: dict = field(default_factory=dict)
 
     def pixels(self, split: str, limit: Optional[int] = None) -> np.ndarray:
-        """Decoded, resized pixels of the run's own split (a seeded sample when limited), read once."""
+        """Decoded, resized pixels of the run's own split (a seeded, class-balanced sample when limited), read
+        once."""
         key = (split, limit)
         if key not in self._pixels:
             self._pixels[key] = _run_pixels(self, split, limit)
@@ -68,7 +71,7 @@ def _tflite(kind: str):
         from tlkeras.export.tflite import FILES, export_tflite
 
         folder = os.path.join(job.run_dir, "tflite")
-        representative = job.pixels("train", 100) if kind == "int8" else None
+        representative = job.pixels("train", CALIBRATION_IMAGES) if kind == "int8" else None
         export_tflite(job.model, folder, job.class_names, kinds=[kind], check_pixels=job.pixels("val"),
                       representative=representative, thresholds=job.thresholds)
         return os.path.join(folder, FILES[kind])
@@ -92,6 +95,28 @@ FORMATS: dict[str, ExportFormat] = {
     "tflite-int8": ExportFormat("tflite-int8", _tflite("int8"), ".tflite", "tlkeras.export.tflite:TFLiteClassifier"),
     "onnx": ExportFormat("onnx", _onnx, ".onnx", "tlkeras.export.onnx:ONNXClassifier"),
 }
+
+
+def balanced_sample(labels: np.ndarray, limit: int, seed: int = 0) -> np.ndarray:
+    """`limit` row numbers, as many of each class as it has to give (seeded): a calibration set where a rare
+    class is not left out. Multi-hot labels [N, C] count each row under its rarest label.
+
+    >>> labels = np.array([0] * 90 + [1] * 10)
+    >>> np.bincount(labels[balanced_sample(labels, 20)]).tolist()
+    [10, 10]
+    """
+    labels = np.asarray(labels)
+    if labels.ndim == 2:  # multi-label: the row's rarest label (rows without any label count as their own class)
+        counts = labels.sum(axis=0)
+        labels = np.where(labels.any(axis=1), np.argmin(np.where(labels > 0, counts, np.inf), axis=1), -1)
+    limit, rng = min(int(limit), len(labels)), np.random.default_rng(seed)
+    pools = [rng.permutation(np.flatnonzero(labels == c)).tolist() for c in np.unique(labels)]
+    picked: list = []
+    while len(picked) < limit:  # round robin over the classes, each in a seeded order
+        for pool in pools:
+            if pool and len(picked) < limit:
+                picked.append(pool.pop())
+    return np.sort(np.asarray(picked, int))
 
 
 def get_format(name: str) -> ExportFormat:
@@ -130,6 +155,6 @@ def _run_pixels(job: ExportJob, split: str, limit: Optional[int]) -> np.ndarray:
     examples, _ = run_examples(job.run_dir, None, job.class_names, split=split, inputs=info.inputs, task=info.task)
     rows = np.arange(len(examples.labels))
     if limit is not None and len(rows) > limit:
-        rows = np.random.default_rng(0).choice(rows, limit, replace=False)
+        rows = balanced_sample(np.asarray(examples.labels), limit)
     size = image_size_of(job.model)
     return np.stack([np.asarray(decode_and_resize(tf.constant(b), size)) for b in examples.encoded(rows)])

@@ -15,7 +15,7 @@ class ImageInputs(Inputs):
     (float pixels of any size) for its export.
 
     >>> ImageInputs().signature_input, ImageInputs().file_formats
-    ('image_bytes', ('tflite', 'tflite-int8', 'onnx'))
+    ('image_bytes', ('tflite', 'tflite-float16', 'tflite-int8', 'onnx'))
     """
 
     name = "image"
@@ -23,7 +23,7 @@ class ImageInputs(Inputs):
     classifier = "image"
     signature_input = "image_bytes"
     predict_argument = "IMAGE_OR_FOLDER"
-    file_formats = ("tflite", "tflite-int8", "onnx")
+    file_formats = ("tflite", "tflite-float16", "tflite-int8", "onnx")
 
     # === Model ===
 
