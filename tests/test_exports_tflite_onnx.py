@@ -259,3 +259,22 @@ def test_a_tflite_model_with_int8_inputs_is_fed_in_its_own_range(tmp_path):
     expected = model.predict(pixels, verbose=0)
     assert got.argmax(axis=1).tolist() == [0, 1, 2] * 3
     assert np.max(np.abs(got - expected)) < 0.05
+
+
+@pytest.mark.slow
+def test_onnx_export_of_an_efficientnet_takes_only_its_pixels(tmp_path):
+    """keras.applications EfficientNet keeps its Normalization mean and variance as captured tensors, which
+    unfrozen conversion made into inputs nobody feeds ("Required inputs ... are missing")."""
+    pytest.importorskip("tf2onnx")
+    import tlkeras
+    from tlkeras.export import onnx
+    from tlkeras.model import predict_function, to_probabilities
+
+    model = tlkeras.build_model("efficientnetb0", 3, image_size=32, weights=None)
+    pixels = np.random.default_rng(0).uniform(0, 255, (6, 32, 32, 3)).astype("float32")
+    parity = onnx.export_onnx(model, str(tmp_path), ["a", "b", "c"], check_pixels=pixels)
+    classifier = onnx.ONNXClassifier(str(tmp_path / onnx.FILE))
+    assert [i.name for i in classifier.session.get_inputs()] == ["pixels"]  # nothing else
+    expected = np.asarray(to_probabilities(predict_function(model)(pixels)))
+    np.testing.assert_allclose(classifier(pixels), expected, atol=1e-4)
+    assert parity.top1_agreement == 1.0

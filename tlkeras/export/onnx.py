@@ -38,8 +38,27 @@ def convert(model) -> bytes:
     spec = (tf.TensorSpec([None, height, width, 3], tf.float32, name="pixels"),)
     task = task_of(model)  # asked here, not inside the traced function
     fn = tf.function(lambda pixels: task.to_probabilities(model(pixels, training=False)), input_signature=spec)
-    proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=OPSET)
+    # Frozen first: tf2onnx.convert.from_function (and Keras's own ONNX export) turn captured tensors that are not
+    # variables - keras.applications EfficientNet's Normalization mean and variance - into extra graph inputs,
+    # which no caller feeds (benchmarks/RESULTS.md, issue 18).
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    frozen = convert_variables_to_constants_v2(fn.get_concrete_function())
+    proto, _ = tf2onnx.convert.from_graph_def(
+        frozen.graph.as_graph_def(), input_names=[t.name for t in frozen.inputs],
+        output_names=[t.name for t in frozen.outputs], opset=OPSET)
+    _rename_input(proto, frozen.inputs[0].name, "pixels")  # "pixels:0" from a graph, "pixels" as before
     return proto.SerializeToString()
+
+
+def _rename_input(proto, old: str, new: str) -> None:
+    for graph_input in proto.graph.input:
+        if graph_input.name == old:
+            graph_input.name = new
+    for node in proto.graph.node:
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = new
 
 
 class ONNXClassifier:
