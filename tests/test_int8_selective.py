@@ -24,8 +24,8 @@ def _fake_search(monkeypatch, agreement_of_count, bar=0.97, layers=10, failing=(
         return tuple(float_layers)
 
     monkeypatch.setattr(selective_int8, "quantize", quantize)
-    return selective_int8.search(None, None, None,
-                                 lambda content: Parity("int8", 100, agreement_of_count(len(content)), 0.1, bar), bar)
+    return selective_int8.search(None, lambda content: Parity("int8", 100, agreement_of_count(len(content)), 0.1, bar),
+                                 bar)
 
 
 def test_the_search_finds_the_fewest_worst_layers_that_reach_the_bar(monkeypatch):

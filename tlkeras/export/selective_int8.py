@@ -17,7 +17,6 @@ import csv
 import io
 import re
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -38,15 +37,17 @@ class Selective:
     layers: int = 0  # quantized layers the debugger measured
 
 
-def layer_errors(converter, representative: np.ndarray, images_of: Callable) -> tuple[list, bytes]:
-    """([(tensor name, sqrt(MSE) / scale)] of each quantized layer on `representative`, worst first; the
-    calibrated model, which `quantize` turns into int8 models with some layers in float)."""
+def layer_errors(converter) -> tuple[list, bytes]:
+    """([(tensor name, RMS error / RMS signal)] of each quantized layer on the converter's representative dataset,
+    worst first; the calibrated model, which `quantize` turns into int8 models with some layers in float)."""
+    from tlkeras.export.tflite import without_interpreter_warning
+
     options = tf.lite.experimental.QuantizationDebugOptions(
         layer_direct_compare_metrics={"noise_to_signal": _noise_to_signal})
-    with warnings.catch_warnings():  # the debugger makes tf.lite interpreters, which warn that they are deprecated
-        warnings.filterwarnings("ignore", message=r".*tf\.lite\.Interpreter is deprecated")
-        debugger = tf.lite.experimental.QuantizationDebugger(
-            converter=converter, debug_dataset=images_of(representative), debug_options=options)
+    images = converter.representative_dataset  # the generator function, read before the debugger's conversion wraps it
+    with without_interpreter_warning():  # the debugger makes tf.lite interpreters
+        debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=images,
+                                                             debug_options=options)
         debugger.run()
     dump = io.StringIO()
     debugger.layer_statistics_dump(dump)
@@ -88,12 +89,11 @@ def quantize(calibrated: bytes, float_layers: list) -> bytes:
     return util.modify_model_io_type(quantized, tf.uint8, tf.uint8)  # int8 -> uint8, as the converter itself does
 
 
-def search(converter, representative: np.ndarray, images_of: Callable, score: Callable,
-           bar: float) -> Optional[Selective]:
+def search(converter, score: Callable, bar: float) -> Optional[Selective]:
     """The int8 model with the fewest float layers whose `score(content)` (a Parity) reaches `bar`, or None when
     no count does (`converter`: an int8 TFLiteConverter with its representative dataset)."""
     log = get_logger()
-    errors, calibrated = layer_errors(converter, representative, images_of)
+    errors, calibrated = layer_errors(converter)
     names = [name for name, _ in errors]
     if not names:
         return None

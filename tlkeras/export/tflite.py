@@ -23,7 +23,9 @@ Thresholds (top-1 agreement with the Keras model on the validation images):
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
+import warnings
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
@@ -93,19 +95,24 @@ def convert(model, kind: str, representative: Optional[np.ndarray] = None) -> by
         return _converter(model, kind, representative, folder).convert()
 
 
-def _interpreter(**kwargs):
-    """LiteRT's interpreter (package ai-edge-litert) when it is installed, else tf.lite's - without the
-    deprecation warning TensorFlow 2.21 prints each time one is made (the same runtime, renamed)."""
-    import warnings
+@contextlib.contextmanager
+def without_interpreter_warning():
+    """Silences the deprecation warning TensorFlow 2.21 prints each time a tf.lite.Interpreter is made (LiteRT's
+    is the same runtime, renamed) - ours, and those TFLite's own tools make."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*tf\.lite\.Interpreter is deprecated")
+        yield
 
+
+def _interpreter(**kwargs):
+    """LiteRT's interpreter (package ai-edge-litert) when it is installed, else tf.lite's, quietly."""
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
         Interpreter = None
     if Interpreter is not None:
         return Interpreter(**kwargs)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*tf\.lite\.Interpreter is deprecated")
+    with without_interpreter_warning():
         return tf.lite.Interpreter(**kwargs)
 
 
@@ -190,7 +197,7 @@ def _selective_int8(model, plain: bytes, plain_parity, representative, check_pix
 
     with tempfile.TemporaryDirectory(prefix="tlkeras-int8-") as folder:
         converter = _converter(model, "int8", representative, folder, integer_io=False)
-        found = selective_int8.search(converter, representative, _images_of, score, bar)
+        found = selective_int8.search(converter, score, bar)
     plain_text = f"plain int8 agreed on {plain_parity.top1_agreement:.1%}"
     if found is None:
         return None, (f" Keeping the layers quantization hurts most in float did not reach the bar either ({plain_text}; "
