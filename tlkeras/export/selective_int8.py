@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from tlkeras._logging import get_logger
+from tlkeras.export.litert import without_interpreter_warning
 
 
 @dataclass
@@ -40,8 +41,6 @@ class Selective:
 def layer_errors(converter) -> tuple[list, bytes]:
     """([(tensor name, RMS error / RMS signal)] of each quantized layer on the converter's representative dataset,
     worst first; the calibrated model, which `quantize` turns into int8 models with some layers in float)."""
-    from tlkeras.export.tflite import without_interpreter_warning
-
     options = tf.lite.experimental.QuantizationDebugOptions(
         layer_direct_compare_metrics={"noise_to_signal": _noise_to_signal})
     images = converter.representative_dataset  # the generator function, read before the debugger's conversion wraps it

@@ -23,9 +23,7 @@ Thresholds (top-1 agreement with the Keras model on the validation images):
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
-import warnings
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
@@ -33,6 +31,7 @@ import tensorflow as tf
 
 from tlkeras._logging import get_logger
 from tlkeras.errors import ExportError
+from tlkeras.export.litert import interpreter
 from tlkeras.export.parity import measure, refusal, require_images, write_if_faithful, write_measured
 from tlkeras.model import image_size_of, task_of
 
@@ -95,34 +94,13 @@ def convert(model, kind: str, representative: Optional[np.ndarray] = None) -> by
         return _converter(model, kind, representative, folder).convert()
 
 
-@contextlib.contextmanager
-def without_interpreter_warning():
-    """Silences the deprecation warning TensorFlow 2.21 prints each time a tf.lite.Interpreter is made (LiteRT's
-    is the same runtime, renamed) - ours, and those TFLite's own tools make."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*tf\.lite\.Interpreter is deprecated")
-        yield
-
-
-def _interpreter(**kwargs):
-    """LiteRT's interpreter (package ai-edge-litert) when it is installed, else tf.lite's, quietly."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        Interpreter = None
-    if Interpreter is not None:
-        return Interpreter(**kwargs)
-    with without_interpreter_warning():
-        return tf.lite.Interpreter(**kwargs)
-
-
 class TFLiteClassifier:
     """Runs a .tflite classifier on pixels [N, H, W, 3] in [0, 255]; returns probabilities [N, C]."""
 
     def __init__(self, path_or_content):
         kwargs = {"model_path": path_or_content} if isinstance(path_or_content, str) else {
             "model_content": path_or_content}
-        self.interpreter = _interpreter(**kwargs)
+        self.interpreter = interpreter(**kwargs)
         self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
