@@ -208,3 +208,45 @@ def test_a_nan_loss_stops_with_a_clear_error_and_keeps_finite_weights(tiny_model
         finetune(tiny_model, ds, stage1={"epochs": 3, "learning_rate": 1e38}, stage2={"epochs": 0},
                  run_dir=str(tmp_path), verbose=0)
     np.testing.assert_array_equal(tiny_model.get_layer("predictions").kernel.numpy(), good)
+
+
+def test_best_checkpoint_writes_once_at_the_end_and_puts_back_the_best_epoch(tmp_path):
+    # Epochs of a cached stage take milliseconds: the best epoch is kept in memory and written when the run
+    # ends, not at every improvement. The part that fits (the head) is a part of the whole model; after the
+    # stage the copy holds the whole model, so a later stage that changes the rest is undone by put_back too.
+    from tlkeras.training import BestCheckpoint
+
+    inputs = keras.Input((3,))
+    body = keras.layers.Dense(4, name="body")
+    head = keras.layers.Dense(2, name="head")
+    whole = keras.Model(inputs, head(body(inputs)))
+    features = keras.Input((4,))
+    part = keras.Model(features, head(features))
+    path = tmp_path / "best.weights.h5"
+    best = BestCheckpoint(whole, str(path), "val_loss")  # the default interval: a minute
+    best.set_model(part)
+
+    def set_head(value):
+        head.kernel.assign(np.full((4, 2), value, "float32"))
+
+    for epoch, (value, loss) in enumerate([(1.0, 0.9), (2.0, 0.5), (3.0, 0.7)]):
+        set_head(value)
+        best.on_epoch_end(epoch, {"val_loss": loss})
+    best.on_train_end()
+    assert not path.exists() and best.pending and best.epoch == 2  # 1-based: the second epoch
+    stage_end_body = body.kernel.numpy().copy()
+    body.kernel.assign(np.zeros((3, 4), "float32"))  # a later stage trains the body, for the worse
+    set_head(4.0)
+    best.on_epoch_end(3, {"val_loss": 0.8})
+    best.flush()
+    assert path.exists() and not best.pending
+    written = path.stat().st_mtime_ns
+    best.flush()  # nothing new: not written again
+    assert path.stat().st_mtime_ns == written
+    best.put_back()
+    np.testing.assert_array_equal(head.kernel.numpy(), np.full((4, 2), 2.0))
+    np.testing.assert_array_equal(body.kernel.numpy(), stage_end_body)
+    whole.set_weights([np.zeros_like(w) for w in whole.get_weights()])
+    whole.load_weights(str(path))  # the file holds the same epoch
+    np.testing.assert_array_equal(head.kernel.numpy(), np.full((4, 2), 2.0))
+    np.testing.assert_array_equal(body.kernel.numpy(), stage_end_body)

@@ -7,7 +7,8 @@ mid-write leaves the previous one whole). It holds
   features, the top of the model on cached activations, or the whole model): what does not train
   is the pretrained backbone, which is rebuilt the same way on resume;
 - the optimizer's variables (step count, moments), so the schedule and Adam's state go on;
-- early stopping's state (wait, best value, best weights) and the best checkpoint's value;
+- early stopping's state (wait, best value, best weights) and the best checkpoint's: its value and epoch, and the
+  best epoch's weights while `best.weights.h5` does not hold them yet (`BestCheckpoint` writes that file rarely);
 - the history so far, the stage, the gradual-unfreeze phase and whether it finished.
 
 No pickle: arrays, and one JSON string stored as a NumPy unicode scalar (`np.load(...,
@@ -48,7 +49,9 @@ class ResumeState:
     epochs_done: int
     finished: bool
     records: list
-    best: Optional[float] = None
+    best: Optional[float] = None  # the value of the epoch in best.weights.h5
+    best_checkpoint: Optional[dict] = None  # BestCheckpoint's best, epoch, written_epoch
+    best_weights: Optional[dict] = None  # index in model.weights -> the best epoch's value, if the file lacks it
     early_stopping: Optional[dict] = None
     weights: dict = field(default_factory=dict)  # index in model.weights -> array
     optimizer: list = field(default_factory=list)
@@ -111,12 +114,20 @@ class RunCheckpointer:
             if early_stopping.best_weights is not None:
                 for w, value in zip(part.weights, early_stopping.best_weights):
                     arrays[f"e{self._index_of(w)}"] = np.asarray(value)
-        best = self.best_checkpoint.written_best if self.best_checkpoint is not None else None
+        checkpoint, best, kept = self.best_checkpoint, None, None
+        if checkpoint is not None:
+            best = checkpoint.written_best
+            kept = {"best": checkpoint.best if math.isfinite(checkpoint.best) else None, "epoch": checkpoint.epoch,
+                    "written_epoch": checkpoint.written_epoch}
+            if checkpoint.pending and checkpoint.values is not None:  # the file does not hold them yet
+                for index, value in checkpoint.values.items():
+                    arrays[f"b{index}"] = value
         state = {
             "format": FORMAT, "stage": self.stage, "phase": self.phase, "phase_start": self.phase_start,
             "epochs_done": int(epochs_done),
             "finished": bool(finished), "optimizer_variables": len(variables), "early_stopping": es,
             "best": best if best is not None and math.isfinite(best) else None,
+            "best_checkpoint": kept,
             "records": list(self.recorder.records) if self.recorder is not None else [],
             "paths": {str(self._index_of(w)): w.path for w in part.weights},
             "seconds": {k: round(v, 3) for k, v in self.clock.totals().items()} if self.clock is not None else {},
@@ -164,6 +175,7 @@ class RunCheckpointer:
             raise TlkerasError(f"{self.path!r} was written by another version of tlkeras; start again with --overwrite.")
         weights = {int(k[1:]): v for k, v in arrays.items() if k.startswith("w")}
         es_weights = {int(k[1:]): v for k, v in arrays.items() if k.startswith("e")}
+        best_weights = {int(k[1:]): v for k, v in arrays.items() if k.startswith("b")}
         for index, path in state["paths"].items():
             index = int(index)
             if index >= len(self.model.weights) or self.model.weights[index].path != path:
@@ -174,6 +186,7 @@ class RunCheckpointer:
         return ResumeState(
             stage=state["stage"], phase=state["phase"], phase_start=state["phase_start"], epochs_done=state["epochs_done"],
             finished=state["finished"], records=state["records"], best=state["best"],
+            best_checkpoint=state.get("best_checkpoint"), best_weights=best_weights or None,  # states before: none
             early_stopping=state["early_stopping"], weights=weights,
             optimizer=[arrays[f"o{j}"] for j in range(state["optimizer_variables"])],
             early_stopping_weights=es_weights or None,

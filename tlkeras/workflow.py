@@ -312,27 +312,42 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
 
 def _restore_best(model, history, run_dir: str, has_val: bool) -> Optional[int]:
     """Put back the weights of the run's best epoch (lowest val_loss over both stages, else loss), kept
-    in checkpoints/best.weights.h5; returns that epoch (None when no epoch ran)."""
-    from tlkeras.training import BEST_WEIGHTS
-
+    by the run's `BestCheckpoint` (in memory, and in checkpoints/best.weights.h5); returns that epoch
+    (None when no epoch ran)."""
     monitor = "val_loss" if has_val else "loss"
     values, epochs = history.get(monitor) or [], history.get("epoch") or []
+    if not epochs:
+        return None
+    checkpoint = getattr(history, "best", None)
+    best = checkpoint.epoch if checkpoint is not None else None
+    if best is None:  # no finite epoch (or a state written before the checkpoint kept its epoch): the file's
+        best = _best_epoch_from_file(model, values, epochs, run_dir)
+        if best is None:
+            return epochs[-1]
+    elif best == epochs[-1]:
+        return best  # the last epoch is the best: nothing to put back
+    else:
+        checkpoint.put_back()
+    get_logger().info("restore_best: evaluating and exporting the weights of epoch %d (%s %.4g), the best of the "
+                      "run, not those of the last epoch %d (%.4g); restore_best: false keeps the last", best,
+                      monitor, values[epochs.index(best)], epochs[-1], values[-1])
+    return best
+
+
+def _best_epoch_from_file(model, values: list, epochs: list, run_dir: str) -> Optional[int]:
+    """The best epoch by the history, its weights loaded from best.weights.h5; None when there is nothing to load."""
+    from tlkeras.training import BEST_WEIGHTS
+
     finite = [(v, i) for i, v in enumerate(values) if v is not None and v == v]
     path = os.path.join(run_dir, rundir.CHECKPOINT_DIR, BEST_WEIGHTS)
-    if not finite or not os.path.isfile(path):
-        return epochs[-1] if epochs else None
-    _, best = min(finite)
-    if best == len(epochs) - 1:
-        return epochs[best]  # the last epoch is the best: nothing to put back
+    if not finite or not os.path.isfile(path) or min(finite)[1] == len(epochs) - 1:
+        return None
     import warnings
 
     with warnings.catch_warnings():  # only the model's weights matter here; the optimizer's are not used again
         warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
         model.load_weights(path)
-    get_logger().info("restore_best: evaluating and exporting the weights of epoch %d (%s %.4g), the best of the "
-                      "run, not those of the last epoch %d (%.4g); restore_best: false keeps the last", epochs[best],
-                      monitor, values[best], epochs[-1], values[-1])
-    return epochs[best]
+    return epochs[min(finite)[1]]
 
 
 def _check_workers_agree(strategy, run_dir: str, resuming: bool) -> None:

@@ -49,43 +49,90 @@ class BestCheckpoint(keras.callbacks.Callback):
     """Keep the weights of the best epoch (by `monitor`) of the whole run in `path`.
 
     The model that fits may be a part of `model` (the head, the top of the backbone); the file
-    always holds the whole model. The best weights are copied in memory when they improve and
-    written at most every `min_interval` seconds and at the end of each stage, so a cached stage
-    whose epochs take milliseconds does not spend its time writing files. Written aside and
-    renamed, so never half-written.
+    always holds the whole model. The best weights are copied in memory when they improve (those
+    of the part that fits: the rest of the model does not change while it fits) and written when
+    `min_interval` seconds have passed since the last write (or since the run began), when the run
+    ends (`flush`) and when it is interrupted - not after every stage: a short run writes the file
+    once. `RunCheckpointer` keeps the copy in `resume.npz` after every epoch, so a killed run loses
+    no best epoch either. Written aside and renamed, so never half-written.
+
+    At the end of a stage the copy is completed with the rest of the model (the next stage changes
+    weights this one did not), up to `in_memory_bytes`; a model larger than that is written then.
+    `put_back` returns the model to the best epoch without reading the file.
     """
 
-    def __init__(self, model: keras.Model, path: str, monitor: str = "val_loss", min_interval: float = 60.0):
+    def __init__(self, model: keras.Model, path: str, monitor: str = "val_loss", min_interval: float = 60.0,
+                 in_memory_bytes: int = 256 << 20):
         super().__init__()
         self.target, self.path, self.monitor, self.min_interval = model, path, monitor, min_interval
+        self.in_memory_bytes = in_memory_bytes
+        self._index = {id(w): i for i, w in enumerate(model.weights)}
         self.best = math.inf
+        self.epoch: Optional[int] = None  # 1-based epoch of the run the best weights are from
+        # index in model.weights -> the best epoch's value (every weight that changed since); None: in the file only
+        self.values: Optional[dict] = {}
         self.written_best = math.inf  # the value of the epoch in the file
-        self._pending: Optional[list] = None
-        self._pending_best = math.inf
-        self._last_write = -math.inf
+        self.written_epoch: Optional[int] = None
+        self._last_write = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
         if value is None or not value < self.best:
             return
-        self.best = self._pending_best = float(value)
-        self._pending = [w.numpy().copy() for w in self.model.weights]
+        self.best, self.epoch = float(value), epoch + 1
+        self.values = {self._index[id(w)]: w.numpy().copy() for w in self.model.weights}
         if time.monotonic() - self._last_write >= self.min_interval:
             self._flush()
 
     def on_train_end(self, logs=None):
-        self._flush()
+        if self.epoch is None or self.values is None:
+            return
+        rest = [i for i in range(len(self.target.weights)) if i not in self.values]
+        size = sum(int(np.prod(self.target.weights[i].shape)) * np.dtype(self.target.weights[i].dtype).itemsize
+                   for i in rest)
+        if size > self.in_memory_bytes:
+            self.flush()
+            self.values = None  # from now on in the file only
+        else:
+            self.values.update({i: self.target.weights[i].numpy().copy() for i in rest})
+
+    @property
+    def pending(self) -> bool:
+        """Whether the best epoch's weights are newer than the file."""
+        return self.epoch is not None and self.epoch != self.written_epoch
+
+    def restore(self, best: Optional[float], epoch: Optional[int], values: Optional[dict],
+                written_best: Optional[float], written_epoch: Optional[int]) -> None:
+        """Go on from a saved state (`RunCheckpointer`): the best so far, its epoch and weights (None: the file's)."""
+        self.best = math.inf if best is None else float(best)
+        self.epoch, self.values = epoch, None if values is None else dict(values)
+        self.written_best = math.inf if written_best is None else float(written_best)
+        self.written_epoch = written_epoch
 
     def flush(self):
-        """Write the pending best weights now (also called when a run is interrupted)."""
-        self._flush()
+        """Write the best weights now if the file does not hold them yet (at the end of a run, when it
+        is interrupted)."""
+        if self.pending:
+            self._flush()
+
+    def put_back(self) -> None:
+        """Return the model to the best epoch's weights: the copy in memory, or the file when the model was too
+        large to keep one."""
+        if self.values is None:
+            import warnings
+
+            with warnings.catch_warnings():  # only the model's weights matter; the optimizer's are not used again
+                warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+                self.target.load_weights(self.path)
+            return
+        for index, value in self.values.items():
+            self.target.weights[index].assign(value)
 
     def _flush(self):
-        if self._pending is None:
+        if self.epoch is None or self.values is None:
             return
-        current = [w.numpy() for w in self.model.weights]
-        for w, value in zip(self.model.weights, self._pending):
-            w.assign(value)
+        current = {i: self.target.weights[i].numpy() for i in self.values}
+        self.put_back()
         try:
             # HDF5 does not survive a full disk (a segfault, or a RuntimeError from h5py): refuse first
             optimizer = getattr(self.target, "optimizer", None)  # save_weights writes its variables too
@@ -95,10 +142,9 @@ class BestCheckpoint(keras.callbacks.Callback):
             with atomic_path(self.path, suffix=".weights.h5") as tmp:
                 self.target.save_weights(tmp)
         finally:
-            for w, value in zip(self.model.weights, current):
-                w.assign(value)
-        self._pending = None
-        self.written_best = self._pending_best
+            for i, value in current.items():
+                self.target.weights[i].assign(value)
+        self.written_best, self.written_epoch = self.best, self.epoch
         self._last_write = time.monotonic()
 
 

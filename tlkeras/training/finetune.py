@@ -73,13 +73,16 @@ class FinetuneHistory(dict):
 
     `stage_seconds` holds the wall time of each stage (feature caching included in it, and also
     given alone), e.g. {"cache": 3.1, "stage1": 5.1, "stage2": 40.1}, summed over the processes of
-    a resumed run (see `StageClock`); `cache_plan` says what was cached and why.
+    a resumed run (see `StageClock`); `cache_plan` says what was cached and why; `best` keeps the
+    weights of the run's best epoch.
     """
 
-    def __init__(self, columns: dict, stage_seconds: dict, cache_plan: Optional["CachePlan"] = None):
+    def __init__(self, columns: dict, stage_seconds: dict, cache_plan: Optional["CachePlan"] = None,
+                 best: Optional[BestCheckpoint] = None):
         super().__init__(columns)
         self.stage_seconds = dict(stage_seconds)
         self.cache_plan = cache_plan
+        self.best = best  # the run's best epoch (`BestCheckpoint.epoch`, `.put_back()`); None without a run_dir
 
 
 # === Finetune ===
@@ -183,8 +186,12 @@ def finetune(
     if state is not None:
         checkpointer.restore_weights(state)
         recorder.records = list(state.records)
-        if state.best is not None:
-            best.best = best.written_best = state.best
+        kept = state.best_checkpoint or {}
+        written = kept.get("written_epoch")
+        if state.best_weights is not None:  # the best epoch's weights were newer than the file
+            best.restore(kept.get("best"), kept.get("epoch"), state.best_weights, state.best, written)
+        elif state.best is not None:  # the file holds the best epoch
+            best.restore(state.best, kept.get("epoch", written), None, state.best, written)
         log.info("resuming: %s; finished epochs are kept", state.describe())
     cut = None
     if use_lora:  # below the lowest adapted layer nothing trains
@@ -276,7 +283,9 @@ def finetune(
         raise Interrupted(f"interrupted: {saved}.") from None
     finally:
         caches.close()
-    return FinetuneHistory(recorder.as_dict(), clock.totals(), plan)
+    if best is not None:
+        best.flush()  # the run's best epoch, written once at its end
+    return FinetuneHistory(recorder.as_dict(), clock.totals(), plan, best)
 
 
 def check_stages(model: keras.Model, stage1: StageConfig | dict | None = None,

@@ -86,6 +86,8 @@ class Runner:
         )
         if self.nan_guard is not None and self.nan_guard.tripped is not None:
             epoch, lr = self.nan_guard.tripped
+            if self.checkpointer is not None and self.checkpointer.best_checkpoint is not None:
+                self.checkpointer.best_checkpoint.flush()  # the best epoch so far, for the message to point to
             best = os.path.join(self.run_dir, CHECKPOINT_DIR, BEST_WEIGHTS) if self.run_dir else None
             kept = f"; the best epoch so far is in {best}" if best and os.path.isfile(best) else ""
             raise TrainingError(
