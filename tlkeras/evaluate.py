@@ -93,7 +93,8 @@ def _serve_examples(serve, examples, batch_size: int, kind) -> tuple[np.ndarray,
     rows = np.arange(len(examples.labels))
     for start in range(0, len(rows), batch_size):
         payloads = kind.example_payloads(examples, rows[start : start + batch_size])
-        probs.append(serve(**{kind.signature_input: tf.constant(payloads)})["probabilities"].numpy())
+        request = kind.request(payloads)
+        probs.append(serve(**{name: tf.constant(values) for name, values in request.items()})["probabilities"].numpy())
     if not probs:
         return np.zeros((0, 0), np.float32), np.zeros((0,), np.int64)
     return np.concatenate(probs), _as_labels(np.asarray(examples.labels))

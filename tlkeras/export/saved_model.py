@@ -174,9 +174,9 @@ def verify_export(path: str, model, images: Sequence, tolerance: float = VERIFY_
     loaded = tf.saved_model.load(path)
     serve = loaded.signatures["serving_default"]
     kind = inputs_of(model)
-    input_name = kind.signature_input
+    request = kind.request(images)  # {input name: values}, as a client sends them
     inputs = kind.model_batch(images, model)
-    served = serve(**{input_name: tf.constant(list(images))})
+    served = serve(**{name: tf.constant(values) for name, values in request.items()})
     expected = np.asarray(to_probabilities(predict_function(model)(inputs), model))
     diff = float(np.max(np.abs(served["probabilities"].numpy() - expected)))
     if not diff <= tolerance:
@@ -188,11 +188,11 @@ def verify_export(path: str, model, images: Sequence, tolerance: float = VERIFY_
     from tlkeras.export import serving_client
 
     clients = ["rest"]
-    body = serving_client.rest_body(images, input_name)
+    body = serving_client.rest_body(request)
     rest = serving_client.rest_predict(path, body, serve)["predictions"]
     serving_client.compare("rest", np.asarray([row["probabilities"] for row in rest]), expected, tolerance)
     if serving_client.have_client_library():
-        _, response = serving_client.grpc_predict(path, images, serve=serve, input_name=input_name)
+        _, response = serving_client.grpc_predict(path, request, serve=serve)
         serving_client.compare("grpc", tf.make_ndarray(response.outputs["probabilities"]), expected, tolerance)
         clients.append("grpc")
     else:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -58,11 +57,16 @@ def _check_input(sig, key: str, tensor_proto) -> None:
         raise ExportError(f"input {key!r}: the request's shape {got} does not fit the signature's {want}.")
 
 
-def grpc_predict(path: str, images: Sequence, model_name: str = "classifier", serve=None,
+def _columns(inputs, input_name: str) -> dict:
+    """{input name: values}: `inputs` as it is, or a sequence of values of the one input `input_name`."""
+    return {k: list(v) for k, v in inputs.items()} if isinstance(inputs, dict) else {input_name: list(inputs)}
+
+
+def grpc_predict(path: str, images, model_name: str = "classifier", serve=None,
                  input_name: str = "image_bytes"):
-    """Build a PredictRequest for `images` (encoded images, or texts for input_name="text") with
-    tensorflow-serving-api, check it against the SignatureDef, run it, and return (request,
-    response) as TF Serving would exchange them."""
+    """Build a PredictRequest for `images` (encoded images, or texts for input_name="text"; or a dict
+    {input name: values} of every input, as `Inputs.request` gives) with tensorflow-serving-api, check it
+    against the SignatureDef, run it, and return (request, response) as TF Serving would exchange them."""
     try:
         from tensorflow_serving.apis import predict_pb2
     except ImportError as e:  # pragma: no cover - a test extra
@@ -72,7 +76,8 @@ def grpc_predict(path: str, images: Sequence, model_name: str = "classifier", se
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model_name
     request.model_spec.signature_name = SIGNATURE
-    request.inputs[input_name].CopyFrom(tf.make_tensor_proto(list(images), dtype=tf.string))
+    for name, values in _columns(images, input_name).items():
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(values, dtype=tf.string))
     for key, proto in request.inputs.items():
         _check_input(sig, key, proto)
     # The server side: the request as bytes on the wire, parsed, and every input made a tensor.
@@ -85,13 +90,21 @@ def grpc_predict(path: str, images: Sequence, model_name: str = "classifier", se
     return request, predict_pb2.PredictResponse.FromString(response.SerializeToString())
 
 
-def rest_body(images: Sequence, input_name: str = "image_bytes") -> str:
-    """The REST request body TF Serving documents: binary inputs (names ending in "_bytes") as
-    {"b64": ...}, text as JSON strings."""
-    if input_name.endswith("_bytes"):
-        rows = [{input_name: {"b64": base64.b64encode(b).decode("ascii")}} for b in images]
-    else:
-        rows = [{input_name: str(t)} for t in images]
+def rest_body(images, input_name: str = "image_bytes") -> str:
+    """The REST request body TF Serving documents (row format): binary inputs (names ending in
+    "_bytes") as {"b64": ...}, text as JSON strings. `images` is the values of `input_name`, or a dict
+    {input name: values} of every input (as `Inputs.request` gives).
+
+    >>> rest_body({"text_a": ["a cat"], "text_b": ["a dog"]})
+    '{"instances": [{"text_a": "a cat", "text_b": "a dog"}]}'
+    """
+    columns = _columns(images, input_name)
+
+    def cell(name, value):
+        return {"b64": base64.b64encode(value).decode("ascii")} if name.endswith("_bytes") else str(value)
+
+    count = len(next(iter(columns.values()), []))
+    rows = [{name: cell(name, values[i]) for name, values in columns.items()} for i in range(count)]
     return json.dumps({"instances": rows})
 
 

@@ -30,6 +30,16 @@ class Inputs:
     #: what `tlkeras predict` takes, as its usage line names it
     predict_argument: str = "INPUTS"
 
+    @property
+    def signature_names(self) -> tuple:
+        """The names of serving_default's inputs, in the model's input order."""
+        return (self.signature_input,)
+
+    def for_columns(self, columns) -> "Inputs":
+        """The kind that reads `columns` (the config's text_column: one name, or a list of two for
+        sentence pairs): this kind, or its pair twin; a ConfigError when it has none."""
+        return self
+
     # === Model ===
 
     def size(self, spec, image_size):
@@ -102,6 +112,11 @@ class Inputs:
         """(rows served as [(index, probabilities)], skipped [(index, reason)]) of one batch of
         `collect`'s payloads."""
         raise NotImplementedError
+
+    def request(self, payloads) -> dict:
+        """{serving_default input name: list of values} of a batch of client payloads (what a TF Serving
+        request carries; one entry per name of `signature_names`)."""
+        return {self.signature_input: list(payloads)}
 
     def example_payloads(self, examples, rows) -> list:
         """Client payloads of labelled examples (for evaluating an export as TF Serving would)."""
