@@ -205,7 +205,7 @@ class FinetuneConfig:
     val_split: float = 0.2
     class_names: Optional[list[str]] = None
     task: str = "auto"
-    text_column: str = "text"
+    text_column: Union[str, list[str]] = "text"  # two columns: sentence pairs
     image_column: str = "image"
     label_column: str = "label"
     label_separator: str = " "
@@ -583,9 +583,18 @@ def _validate_data(cfg: "FinetuneConfig") -> None:
         or len(set(cfg.class_names)) != len(cfg.class_names)
     ):
         raise ConfigError(f"class_names: {cfg.class_names!r} is not valid: use a list of distinct, non-empty names.")
-    for key in ("text_column", "image_column", "label_column"):
+    for key in ("image_column", "label_column"):
         if not isinstance(getattr(cfg, key), str) or not getattr(cfg, key):
             raise ConfigError(f"{key}: {getattr(cfg, key)!r} is not valid: use the name of a column of the CSV.")
+    column = cfg.text_column
+    if isinstance(column, (list, tuple)):
+        if len(column) != 2 or not all(isinstance(c, str) and c for c in column) or column[0] == column[1]:
+            raise ConfigError(f"text_column: {column!r} is not valid: use the name of a column of the CSV, or a list "
+                              "of two different columns for sentence pairs, e.g. [question1, question2].")
+        cfg.text_column = list(column)
+    elif not isinstance(column, str) or not column:
+        raise ConfigError(f"text_column: {column!r} is not valid: use the name of a column of the CSV (or a list of "
+                          "two for sentence pairs).")
     if not isinstance(cfg.label_separator, str) or not cfg.label_separator or "\n" in cfg.label_separator:
         raise ConfigError(f"label_separator: {cfg.label_separator!r} is not valid: use the character(s) between "
                           "the labels of one cell, e.g. ' ' or '|'.")

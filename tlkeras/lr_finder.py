@@ -21,7 +21,7 @@ import tensorflow as tf
 from tlkeras import backbones, caching, freezing
 from tlkeras._logging import get_logger
 from tlkeras.config import FinetuneConfig
-from tlkeras.inputs import get_inputs
+from tlkeras.inputs import inputs_for
 from tlkeras.errors import ConfigError
 from tlkeras.model import build_model
 from tlkeras.optimizers import make_optimizer
@@ -74,12 +74,12 @@ def find_learning_rate(
     log = get_logger()
     keras.utils.set_random_seed(cfg.seed)
     spec = backbones.resolve(cfg.backbone, cfg.backbone_options)
-    kind = get_inputs(spec.modality)
+    kind = inputs_for(spec, cfg)
     image_size = kind.size(spec, cfg.image_size)
     bundle = kind.make_datasets(cfg, image_size)
     model = build_model(spec, len(bundle.class_names), image_size=image_size, weights=cfg.weights,
                         head=cfg.head, backbone_options=cfg.backbone_options, task=bundle.task.name,
-                        class_names=bundle.class_names)
+                        class_names=bundle.class_names, inputs=kind.name)
     loss_fn = bundle.task.loss(int(model.output_shape[-1]), cfg.label_smoothing, bundle.class_weight)
     stage_cfg = cfg.stage1 if stage == 1 else cfg.stage2
     multipliers = None

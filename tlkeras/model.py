@@ -132,6 +132,7 @@ def build_model(
     task: str = "single_label",
     class_names: Optional[list] = None,
     input_options: Optional[dict] = None,
+    inputs: Optional[str] = None,
 ) -> keras.Model:
     """Build a transfer-learning classifier.
 
@@ -157,6 +158,8 @@ def build_model(
         class_names: the class names, kept in the model's metadata (`model_info`).
         input_options: how the inputs are read in serving, kept in the metadata (an image model's
             {"max_image_pixels": N}: larger images are refused before decoding).
+        inputs: the Inputs kind (`tlkeras.inputs`) when it is not the backbone's own, e.g.
+            "token_pairs": a text encoder reading sentence pairs (two string inputs).
 
     Example:
 
@@ -175,7 +178,7 @@ def build_model(
         raise ValueError(f"class_names: {len(class_names)} names for {num_classes} classes.")
     head_cfg = head_config(head)
     spec = backbone if isinstance(backbone, backbones.BackboneSpec) else backbones.resolve(backbone, backbone_options)
-    kind = get_inputs(spec.modality)
+    kind = get_inputs(inputs or spec.modality)
     # === Functional Model ===
     inputs, features = kind.build(spec, kind.size(spec, image_size), weights)
     outputs = build_head(

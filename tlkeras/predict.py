@@ -16,7 +16,7 @@ import numpy as np
 from tlkeras.errors import ExportError
 from tlkeras.export.registry import file_classifier, format_for_file
 from tlkeras.rundir import LABELS_FILE, MODEL_CARD_FILE, read_labels
-from tlkeras.inputs import get_inputs
+from tlkeras.inputs import get_inputs, inputs_of_signature
 from tlkeras.tasks import get_task
 
 FORMATS = ("table", "json", "csv")
@@ -123,7 +123,7 @@ def load_export(path) -> LoadedExport:
     serve = loaded.signatures["serving_default"]
     serve._tlkeras_keepalive = loaded  # the signature needs its object alive
     signature = getattr(serve, "structured_input_signature", None)
-    inputs = "text" if signature and sorted(signature[1]) == ["text"] else "image"
+    inputs = inputs_of_signature(signature[1]) if signature else "image"
     return LoadedExport(serve, read_labels(os.path.join(folder, "assets", LABELS_FILE)), folder,
                         inputs=inputs, **_card_facts(card))
 
@@ -333,5 +333,5 @@ def _format_labels(rows: list[dict], fmt: str, key: str) -> str:
 
 
 def _short(text: str, width: int = 60) -> str:
-    text = " ".join(text.split())
+    text = " ".join(text.replace("\t", " | ").split())  # a pair's two texts: "first | second"
     return text if len(text) <= width else text[: width - 3] + "..."

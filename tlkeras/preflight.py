@@ -18,7 +18,7 @@ import os
 
 from tlkeras import backbones
 from tlkeras.errors import DataError, TlkerasError
-from tlkeras.inputs import get_inputs
+from tlkeras.inputs import inputs_for
 
 
 def check_run(cfg, *, resume: bool = False) -> None:
@@ -33,7 +33,7 @@ def check_run(cfg, *, resume: bool = False) -> None:
         spec = backbones.peek(cfg.backbone, cfg.backbone_options)
     if spec is not None:
         spec.check_weights(cfg.weights)
-        get_inputs(spec.modality).size(spec, cfg.image_size)  # below the backbone's minimum
+        inputs_for(spec, cfg).size(spec, cfg.image_size)  # below the backbone's minimum; pairs it cannot read
     for key in ("data", "val_data"):
         _check_path(key, getattr(cfg, key))
     if resume and not cfg.output_dir:

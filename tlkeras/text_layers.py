@@ -71,26 +71,30 @@ class TextPacker(keras.layers.Layer):
         self.built = True  # the preprocessor builds its packer on its first call, once its vocabulary is loaded
 
     def call(self, text):
-        return dict(self.preprocessor(text))
+        # a sentence pair is a tuple of two string batches, which the packer joins as the encoder expects;
+        # passed as x=: KerasHub's preprocessors read a positional tuple as (x, y)
+        return dict(self.preprocessor(x=tuple(text) if isinstance(text, (list, tuple)) else text))
 
     def compute_output_spec(self, text):
-        shape = (text.shape[0], self.sequence_length)
+        first = text[0] if isinstance(text, (list, tuple)) else text
+        shape = (first.shape[0], self.sequence_length)
         return {key: keras.KerasTensor(shape, dtype) for key, dtype in self.output_dtypes.items()}
 
     def truncated(self, texts, batch_size: int = 512) -> int:
-        """How many of `texts` have more tokens than fit (the sequence length less the start and end
-        tokens): the packer cuts them."""
+        """How many of `texts` (strings, or (first, second) pairs) have more tokens than fit (the
+        sequence length less the packer's own start, separator and end tokens): the packer cuts them."""
         import numpy as np
         import tensorflow as tf
 
-        capacity = self.sequence_length - 2
+        pairs = bool(len(texts)) and isinstance(texts[0], (list, tuple))
+        empty = (tf.constant([""]), tf.constant([""])) if pairs else tf.constant([""])
+        mask = dict(self.preprocessor(x=empty))["padding_mask"]
+        capacity = self.sequence_length - int(np.sum(np.asarray(mask)))  # what the special tokens leave
         count = 0
         for start in range(0, len(texts), batch_size):
-            tokens = self.tokenizer(tf.constant(list(texts[start:start + batch_size]), dtype=tf.string))
-            if hasattr(tokens, "row_lengths"):  # a tf.RaggedTensor
-                lengths = np.asarray(tokens.row_lengths())
-            else:  # lists of ids (KerasHub's eager workflow)
-                lengths = np.asarray([len(ids) for ids in tokens])
+            batch = list(texts[start:start + batch_size])
+            segments = [[pair[i] for pair in batch] for i in range(2)] if pairs else [batch]
+            lengths = sum(_lengths(self.tokenizer(tf.constant(s, dtype=tf.string))) for s in segments)
             count += int(np.sum(lengths > capacity))
         return count
 
@@ -104,6 +108,14 @@ class TextPacker(keras.layers.Layer):
         config = dict(config)
         config["preprocessor"] = keras.saving.deserialize_keras_object(config["preprocessor"])
         return cls(**config)
+
+
+def _lengths(tokens):
+    import numpy as np
+
+    if hasattr(tokens, "row_lengths"):  # a tf.RaggedTensor
+        return np.asarray(tokens.row_lengths())
+    return np.asarray([len(ids) for ids in tokens])  # lists of ids (KerasHub's eager workflow)
 
 
 @keras.saving.register_keras_serializable(package="tlkeras")

@@ -14,7 +14,7 @@ import tensorflow as tf
 from tlkeras import backbones, rundir
 from tlkeras._logging import get_logger
 from tlkeras.config import FinetuneConfig, resolve_config
-from tlkeras.inputs import get_inputs
+from tlkeras.inputs import inputs_for
 from tlkeras.distribute import is_multi_worker, strategy_name, precision_policy, resolve_precision, resolve_strategy, worker_role
 from tlkeras.evaluate import predict_probabilities
 from tlkeras.errors import TrainingError
@@ -146,7 +146,7 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
             "features. To train from scratch, set stage1.epochs=0 and stage2 unfreeze='all', train_bn=true."
         )
     spec.check_weights(cfg.weights)
-    kind = get_inputs(spec.modality)  # what the model takes: images or texts
+    kind = inputs_for(spec, cfg)  # what the model takes: images, texts or text pairs
     image_size = kind.size(spec, cfg.image_size)
     run_dir = cfg.output_dir or os.path.join("runs", f"{spec.slug}-{time.strftime('%Y%m%d-%H%M%S')}")
     chief_dir = run_dir
@@ -206,7 +206,7 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
         model = build_model(
             spec, len(class_names), image_size=image_size, weights=cfg.weights,
             head=cfg.head, backbone_options=cfg.backbone_options, task=task.name, class_names=class_names,
-            input_options=kind.input_options(cfg),
+            input_options=kind.input_options(cfg), inputs=kind.name,
         )
     timings["build"] = time.time() - clock
     check_stages(model, train_cfg.stage1, train_cfg.stage2)

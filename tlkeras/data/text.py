@@ -34,7 +34,7 @@ AUTOTUNE = tf.data.AUTOTUNE
 
 @dataclass
 class TextExamples:
-    """Labelled texts of one split."""
+    """Labelled texts of one split (strings, or (first, second) tuples of sentence pairs)."""
 
     labels: np.ndarray
     texts: list[str]
@@ -54,8 +54,18 @@ class TextExamples:
         h = hashlib.sha256()
         for text, label in zip(self.texts, self.labels):
             code = int(label) if np.ndim(label) == 0 else "".join(str(int(v)) for v in np.asarray(label))
+            text = "\t".join(text) if isinstance(text, tuple) else text
             h.update(f"{code}\t{text}\n".encode("utf-8"))
         return {"kind": "texts", "texts": len(self.texts), "sha256": h.hexdigest()}
+
+
+def text_columns(text_column) -> list[str]:
+    """The config's text_column as a list: one column, or the two of a sentence pair.
+
+    >>> text_columns("review"), text_columns(["question1", "question2"])
+    (['review'], ['question1', 'question2'])
+    """
+    return list(text_column) if isinstance(text_column, (list, tuple)) else [text_column]
 
 
 def is_text_table(path: Any) -> bool:
@@ -63,10 +73,12 @@ def is_text_table(path: Any) -> bool:
 
 
 def load_text_examples(source: Any, key: str, class_names: Optional[list[str]] = None, *,
-                       text_column: str = "text", label_column: str = "label", task: str = "single_label",
+                       text_column="text", label_column: str = "label", task: str = "single_label",
                        label_separator: str = " "):
     """(TextExamples, class_names, skipped) from a CSV/TSV file, a folder of class subfolders of
-    .txt files, or a (texts, labels) pair; the labels encoded for `task` (see `tlkeras.tasks`)."""
+    .txt files, or a (texts, labels) pair; the labels encoded for `task` (see `tlkeras.tasks`).
+    With two text columns (`text_column=["question1", "question2"]`) each example is a pair: from a
+    table's two columns, or from (an [N, 2] array of strings, labels)."""
     from tlkeras.tasks.labels import encode_examples
 
     examples, names, skipped = read_text_examples(source, key, class_names, text_column=text_column,
@@ -77,41 +89,55 @@ def load_text_examples(source: Any, key: str, class_names: Optional[list[str]] =
 
 
 def read_text_examples(source: Any, key: str, class_names: Optional[list[str]] = None, *,
-                       text_column: str = "text", label_column: str = "label", task: str = "auto",
+                       text_column="text", label_column: str = "label", task: str = "auto",
                        label_separator: str = " "):
     """(TextExamples with raw labels, class names or None, skipped): what a source holds, before a
     Task encodes its labels."""
     from tlkeras.tasks import labels as raw_labels
 
+    columns = text_columns(text_column)
     if isinstance(source, (tuple, list)) and len(source) == 2:
-        texts = [str(t) for t in np.asarray(source[0]).reshape(-1)]
+        if len(columns) == 2:
+            pairs = np.asarray(source[0], dtype=object)
+            if pairs.ndim != 2 or pairs.shape[1] != 2:
+                raise DataError(f"{key}: sentence pairs ({' and '.join(map(repr, columns))}) need an [N, 2] array "
+                                f"of texts (first, second); got shape {list(pairs.shape)}.")
+            texts = [(str(a), str(b)) for a, b in pairs]
+        else:
+            texts = [str(t) for t in np.asarray(source[0]).reshape(-1)]
         labels = source[1] if raw_labels.is_label_sets(source[1]) else np.asarray(source[1])
         if len(texts) != len(labels):
             raise DataError(f"{key}: {len(texts)} texts but {len(labels)} labels.")
         return TextExamples(labels, texts), class_names, []
     if not isinstance(source, str):
         raise DataError(f"{key}: {type(source).__name__} is not a text source; pass a .csv/.tsv file with "
-                        f"{text_column!r} and {label_column!r} columns, a folder of class subfolders of .txt files, "
-                        "or a (texts, labels) pair.")
+                        f"{' and '.join(map(repr, columns + [label_column]))} columns, a folder of class subfolders "
+                        "of .txt files, or a (texts, labels) pair.")
     if not os.path.exists(source):
         raise DataError(f"{key}: the path {source!r} does not exist.")
     if os.path.isdir(source):
+        if len(columns) == 2:
+            raise DataError(f"{key}: {source!r} is a folder of single texts, but text_column names two columns "
+                            "(sentence pairs); pass a .csv/.tsv file with both columns.")
         return _load_folder(source, key, class_names)
     if is_text_table(source):
-        return _load_table(source, key, class_names, text_column, label_column, task, label_separator)
+        return _load_table(source, key, class_names, columns, label_column, task, label_separator)
     raise DataError(f"{key}: {source!r} is neither a .csv/.tsv file nor a folder of class subfolders of .txt files.")
 
 
-def _load_table(path: str, key: str, class_names, text_column: str, label_column: str, task: str,
+def _load_table(path: str, key: str, class_names, columns: list[str], label_column: str, task: str,
                 separator: str):
     from tlkeras.data.tables import read_table
     from tlkeras.tasks.labels import read_label_cells
 
-    rows = read_table(path, key, {text_column: "text_column", label_column: "label_column"})
+    rows = read_table(path, key, {**{c: "text_column" for c in columns}, label_column: "label_column"})
     cells = [(row.get(label_column) or "") for _, row in rows]
     labels, kept = read_label_cells(cells, task, separator)
     skipped = [(f"{path}:{rows[i][0]}", f"empty {label_column!r}") for i in sorted(set(range(len(rows))) - set(kept))]
-    texts = [rows[i][1].get(text_column) or "" for i in kept]
+    if len(columns) == 2:  # a sentence pair per row
+        texts = [tuple(rows[i][1].get(c) or "" for c in columns) for i in kept]
+    else:
+        texts = [rows[i][1].get(columns[0]) or "" for i in kept]
     if not texts:
         raise DataError(f"{key}: {path!r} holds no labelled rows.")
     return TextExamples(labels, texts), class_names, skipped
@@ -151,13 +177,17 @@ def _load_folder(root: str, key: str, class_names):
 
 
 def text_pipeline(examples: TextExamples, batch_size: int, *, training: bool, seed: int) -> tf.data.Dataset:
-    """Batched (tf.string [N], int32 label [N]): shuffled each epoch when training."""
+    """Batched (tf.string [N], int32 label [N]) - of sentence pairs ((tf.string [N], tf.string [N]), label) -
+    shuffled each epoch when training."""
     from tlkeras.distribute import static_shapes
 
     from tlkeras.tasks.labels import pipeline_labels
 
-    ds = tf.data.Dataset.from_tensor_slices((tf.constant(examples.texts, dtype=tf.string),
-                                             pipeline_labels(examples.labels)))
+    if examples.texts and isinstance(examples.texts[0], tuple):
+        texts = tuple(tf.constant([pair[i] for pair in examples.texts], dtype=tf.string) for i in range(2))
+    else:
+        texts = tf.constant(examples.texts, dtype=tf.string)
+    ds = tf.data.Dataset.from_tensor_slices((texts, pipeline_labels(examples.labels)))
     if training:
         ds = ds.shuffle(len(examples), seed=seed, reshuffle_each_iteration=True)
     return ds.batch(batch_size, drop_remainder=training and static_shapes()).prefetch(AUTOTUNE)

@@ -10,12 +10,14 @@ from tlkeras.errors import did_you_mean
 from tlkeras.inputs.image import ImageInputs
 from tlkeras.inputs.inputs import Inputs
 from tlkeras.inputs.text import TextInputs
+from tlkeras.inputs.token_pairs import TokenPairInputs
 from tlkeras.inputs.tokens import TokenizedTextInputs
 
 INPUTS: dict[str, Inputs] = {
     "image": ImageInputs(),
     "text": TextInputs(),
     "tokens": TokenizedTextInputs(),
+    "token_pairs": TokenPairInputs(),
 }
 
 
@@ -28,4 +30,20 @@ def get_inputs(name: "str | Inputs") -> Inputs:
     return INPUTS[name]
 
 
-__all__ = ["INPUTS", "Inputs", "get_inputs"]
+def inputs_for(spec, cfg) -> Inputs:
+    """The Inputs kind of a run: what its backbone takes (`spec.modality`), read from the config's
+    columns (two text columns: the kind's sentence-pair twin, or a ConfigError naming why not)."""
+    return get_inputs(spec.modality).for_columns(cfg.text_column)
+
+
+def inputs_of_signature(names) -> str:
+    """The kind whose export's serving_default takes the inputs `names` ("image" when none does).
+
+    >>> inputs_of_signature(["text_b", "text_a"]), inputs_of_signature(["text"])
+    ('token_pairs', 'text')
+    """
+    found = [name for name, kind in INPUTS.items() if sorted(kind.signature_names) == sorted(names)]
+    return found[0] if found else "image"
+
+
+__all__ = ["INPUTS", "Inputs", "get_inputs", "inputs_for", "inputs_of_signature"]

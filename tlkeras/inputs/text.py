@@ -24,6 +24,15 @@ class TextInputs(Inputs):
     predict_argument = "TEXT_OR_FILE"
     file_formats = ()  # a text module's string ops have no TFLite/ONNX form here
 
+    def for_columns(self, columns):
+        if isinstance(columns, (list, tuple)):
+            from tlkeras.errors import ConfigError
+
+            raise ConfigError(f"text_column: {list(columns)!r} names two columns (sentence pairs), but a "
+                              "text-embedding module reads one text; pairs need an encoder that packs them: a KerasHub BERT-class "
+                              "preset (backbone: kerashub:<preset>).")
+        return self
+
     # === Model ===
 
     def build(self, spec, size, weights):

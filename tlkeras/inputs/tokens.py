@@ -25,6 +25,13 @@ class TokenizedTextInputs(TextInputs):
     #: modules whose ops the export's graph uses: imported before a SavedModel of it is loaded
     serving_imports = (TEXT_OPS_MODULE,)
 
+    def for_columns(self, columns):
+        if isinstance(columns, (list, tuple)):
+            from tlkeras.inputs import get_inputs
+
+            return get_inputs("token_pairs")  # packed as the encoder packs two segments
+        return self
+
     # === Model ===
 
     def build(self, spec, size, weights):
@@ -45,9 +52,9 @@ class TokenizedTextInputs(TextInputs):
         facts = {"sequence_length": packer.sequence_length, "truncated_train_texts": packer.truncated(texts),
                  "train_texts": len(texts)}
         if facts["truncated_train_texts"]:
-            get_logger().info("data: %d of %d training texts are longer than %d tokens and are cut "
+            get_logger().info("data: %d of %d training %s are longer than %d tokens and are cut "
                               "(backbone_options.sequence_length)", facts["truncated_train_texts"], len(texts),
-                              packer.sequence_length)
+                              self.noun, packer.sequence_length)
         return facts
 
     def card(self, model):

@@ -108,7 +108,7 @@ def _score(base, candidate: dict, label: str, probe: bool, bundles: dict) -> dic
     import numpy as np
 
     from tlkeras import backbones
-    from tlkeras.inputs import get_inputs
+    from tlkeras.inputs import inputs_for
     from tlkeras.model import build_model
     from tlkeras.preflight import check_run
     from tlkeras.ranking.logme import logme
@@ -124,7 +124,7 @@ def _score(base, candidate: dict, label: str, probe: bool, bundles: dict) -> dic
         keras.utils.set_random_seed(cfg.seed)
         spec = backbones.resolve(cfg.backbone, cfg.backbone_options)
         spec.check_weights(cfg.weights)
-        kind = get_inputs(spec.modality)
+        kind = inputs_for(spec, cfg)
         size = kind.size(spec, cfg.image_size)
         key = (kind.name, size, repr(sorted((k, v) for k, v in candidate.items() if k not in _MODEL_KEYS)))
         if key not in bundles:
@@ -132,7 +132,8 @@ def _score(base, candidate: dict, label: str, probe: bool, bundles: dict) -> dic
         bundle = bundles[key]
         model = build_model(spec, len(bundle.class_names), image_size=size, weights=cfg.weights, head=cfg.head,
                             backbone_options=cfg.backbone_options, task=bundle.task.name,
-                            class_names=bundle.class_names, input_options=kind.input_options(cfg))
+                            class_names=bundle.class_names, input_options=kind.input_options(cfg),
+                            inputs=kind.name)
         freezing.freeze_backbone(model)
         # LogME needs the training features only; the probe is scored on the validation split's.
         caches = Caches(model, bundle.train, bundle.val if probe else None, int(cfg.memory_budget_mb * 2**20), None)

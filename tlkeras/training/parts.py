@@ -42,9 +42,10 @@ class Caches:
 
     def _compute(self, fn, augmenter=None, views=1):
         log = get_logger()
-        spec = keras.tree.flatten(self.train_ds.element_spec)[0]
+        inputs = self.train_ds.element_spec[0]  # a tensor, or a tuple of them (a sentence pair's two texts)
         # One trace for every batch size and both splits: tracing a backbone takes seconds.
-        fn = tf.function(fn, input_signature=[tf.TensorSpec([None, *spec.shape[1:]], spec.dtype)])
+        fn = tf.function(fn, input_signature=[keras.tree.map_structure(
+            lambda spec: tf.TensorSpec([None, *spec.shape[1:]], spec.dtype), inputs)])
         # The passes run at the training batch size: batches of 128 run ~15 % faster on CPU but
         # hold 4x the activations (+480 MB at 128 px, see benchmarks/RESULTS.md); memory counts.
         self.train = caching.compute_cache(fn, self.train_ds, self.budget, self.spill_dir, views, augmenter,
