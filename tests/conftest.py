@@ -180,16 +180,17 @@ def kerashub_preset(tmp_path_factory) -> str:
 BERT_WORDS = sorted({w for words in TEXT_WORDS.values() for w in words} | {"and", "the", "rest", "nothing"})
 
 
-def save_text_preset(folder: str, family: str, seed: int) -> str:
-    """A tiny KerasHub text preset of `family` ("Bert", "DistilBert": 2 transformer layers, hidden 16, max 32 tokens)
-    and its WordPiece tokenizer over the words of `text_rows` (a few dozen entries), as save_to_preset writes it."""
+def save_text_preset(folder: str, family: str, seed: int, **options) -> str:
+    """A tiny KerasHub text preset of `family` ("Bert", "DistilBert": 2 transformer layers, hidden 16, max 32 tokens;
+    `options` for the backbone, e.g. dropout=0.0) and its WordPiece tokenizer over the words of `text_rows` (a few
+    dozen entries), as save_to_preset writes it."""
     import keras_hub
 
     keras.utils.set_random_seed(seed)
     vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *BERT_WORDS]
     backbone = getattr(keras_hub.models, f"{family}Backbone")(
         vocabulary_size=len(vocabulary), num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32,
-        max_sequence_length=32)
+        max_sequence_length=32, **options)
     backbone.save_to_preset(folder)
     getattr(keras_hub.models, f"{family}Tokenizer")(vocabulary=vocabulary, lowercase=True).save_to_preset(folder)
     return folder
@@ -199,6 +200,14 @@ def save_text_preset(folder: str, family: str, seed: int) -> str:
 def bert_preset(tmp_path_factory) -> str:
     """A tiny BERT preset folder (see `save_text_preset`)."""
     return save_text_preset(str(tmp_path_factory.mktemp("kerashub") / "tiny_bert"), "Bert", 3)
+
+
+@pytest.fixture(scope="session")
+def still_bert(tmp_path_factory) -> str:
+    """The tiny BERT of `bert_preset` without dropout: two runs that should match (resumed and uninterrupted,
+    on one device and on two replicas) then can, exactly (dropout's draws are not part of the resume state, and
+    differ between replicas)."""
+    return save_text_preset(str(tmp_path_factory.mktemp("kerashub") / "still_bert"), "Bert", 3, dropout=0.0)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 import contract
 import tlkeras
-from conftest import BERT_WORDS, TINY, CtrlC
+from conftest import TINY, CtrlC
 from test_text_encoders import review_rows, write_reviews
 from tlkeras import lora
 from tlkeras.errors import BackboneError
@@ -80,21 +80,6 @@ def test_a_backbone_without_the_target_layers_is_refused_naming_the_layers_it_ha
     assert [path for path, _ in lora.find_targets(tiny_model, ["Conv_*"])] == ["Conv_1"]
     with pytest.raises(tlkeras.errors.ConfigError, match="stage1.method: 'lora' does not apply"):
         tlkeras.config.stage_configs({"method": "lora"}, None)
-
-
-@pytest.fixture(scope="module")
-def still_bert(tmp_path_factory) -> str:
-    """The tiny BERT of `bert_preset` without dropout: a resumed run can then match an uninterrupted one
-    exactly (the order of batches and dropout's draws are not part of the resume state)."""
-    import keras_hub
-
-    keras.utils.set_random_seed(3)
-    vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *BERT_WORDS]
-    folder = str(tmp_path_factory.mktemp("kerashub") / "still_bert")
-    keras_hub.models.BertBackbone(vocabulary_size=len(vocabulary), num_layers=2, num_heads=2, hidden_dim=16,
-                                  intermediate_dim=32, max_sequence_length=32, dropout=0.0).save_to_preset(folder)
-    keras_hub.models.BertTokenizer(vocabulary=vocabulary, lowercase=True).save_to_preset(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -189,3 +189,47 @@ def test_text_encoder_errors_say_what_to_do(tmp_path, bert_preset):
     with pytest.raises(BackboneError, match=r"is a BertBackbone \(a text encoder\) but its tokenizer could not be "
                                             r"loaded .*save it to the same folder"):
         backbones.resolve(f"kerashub:{tmp_path / 'bare'}")
+
+
+# === The rest of the pipeline works for text encoders as for images ===
+
+
+def test_a_text_encoder_trains_on_two_replicas_as_on_one_device(tmp_path, still_bert, reviews):
+    """The own tf.distribute loop (2 logical CPUs) with raw strings in the pipeline and stage 2 on the top
+    transformer layer at layer-wise rates: the same global batch (one batch per epoch) as on one device, the
+    same run (no dropout, whose draws differ between replicas)."""
+    train, val = reviews
+    options = {**RUN, "data": train, "val_data": val, "backbone": f"kerashub:{still_bert}", "export": False,
+               "backbone_options": {"sequence_length": 8, "pooling": "mean"}, "head": {"dropout": 0.0},
+               "stage1": {"epochs": 2, "learning_rate": 0.05}, "stage2": {"epochs": 2, "unfreeze": "blocks:1"}}
+    one = tlkeras.build_and_finetune(**{**options, "batch_size": 40}, strategy="default", output_dir=str(tmp_path / "a"))
+    two = tlkeras.build_and_finetune(**{**options, "batch_size": 20}, strategy="mirrored",
+                                     output_dir=str(tmp_path / "b"))
+    with open(os.path.join(two.run_dir, "run.json"), encoding="utf-8") as f:
+        assert json.load(f)["devices"]["replicas"] == 2
+    assert two.history["epoch"] == [1, 2, 3, 4] and two.history["stage"] == [1, 1, 2, 2]
+    np.testing.assert_allclose(two.history["val_loss"], one.history["val_loss"], rtol=1e-4)
+    for x, y in zip(one.model.get_weights(), two.model.get_weights()):
+        np.testing.assert_allclose(y, x, atol=1e-4)
+
+
+def test_mixed_precision_the_report_and_the_lr_finder_on_a_text_encoder(tmp_path, bert_preset, reviews):
+    train, val = reviews
+    options = {"backbone": f"kerashub:{bert_preset}", "backbone_options": {"sequence_length": 8, "pooling": "mean"}}
+    result = tlkeras.build_and_finetune(
+        train, val_data=val, **options, **{**RUN, "report": True}, mixed_precision="mixed_bfloat16",
+        stage1={"epochs": 2, "learning_rate": 0.05}, stage2={"epochs": 1, "unfreeze": "blocks:1"},
+        output_dir=str(tmp_path / "mp"))
+    encoder = result.model.get_layer("backbone")
+    assert encoder.get_layer("transformer_layer_1").compute_dtype == "bfloat16"
+    assert result.model.get_layer("predictions").compute_dtype == "float32"
+    assert np.isfinite(result.history["loss"]).all() and result.history["stage"] == [1, 1, 2]
+    contract.check_export_answers_as_the_model(result, {"text": tf.constant(STRINGS)}, tf.constant(STRINGS))
+    for name in ("training_curves.png", "confusion_matrix.png", "report.html"):
+        assert os.path.getsize(os.path.join(result.run_dir, name)) > 1000, name
+    with open(os.path.join(result.run_dir, "report.html"), encoding="utf-8") as f:
+        assert "truncated_train_texts" in f.read()  # the encoder's input facts are in the report
+    found = tlkeras.find_learning_rate(train, **options, batch_size=8, stage=1, steps=20, min_lr=1e-5, max_lr=1.0,
+                                       output=str(tmp_path / "lr.png"))
+    assert 1e-5 <= found.suggestion <= 1.0 and os.path.isfile(found.plot)
+    assert np.isfinite(found.losses).all() and max(found.losses) - min(found.losses) > 0.01, found.losses
