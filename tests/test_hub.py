@@ -96,7 +96,7 @@ def test_partial_unfreezing_counts_the_module_variables(hub_image_module):
     assert freezing.plan_cut(model, "all") == (0, 1) and freezing.plan_cut(model, None) == (1, 1)
     with pytest.raises(BackboneError, match=r"no variable 'conv3'\. Did you mean 'conv2'"):
         freezing.unfreeze(model, "conv3")
-    with pytest.raises(BackboneError, match=r"'blocks:2' needs a block map, and a hub module has none"):
+    with pytest.raises(BackboneError, match=r"'blocks:2' needs a block map, and this hub module has none"):
         freezing.unfreeze(model, "blocks:2")
     # layer-wise rates: 8 bands over the trainable variables, the last (top) at decay^1
     factors = freezing.layer_multipliers(model, 0.5)

@@ -159,6 +159,21 @@ class LayerUnits:
     def unfreeze(self, unfreeze: Unfreeze, train_bn: bool, bn_momentum) -> UnfreezePlan:
         return _unfreeze_layers(self.model, unfreeze, train_bn, bn_momentum)
 
+    def gradual(self, unfreeze: Unfreeze, train_bn: bool) -> list:
+        """The `unfreeze` values of a gradual stage 2, one block more each, from the top block down to
+        what `unfreeze` allows (its extent last); [] when nothing trains."""
+        cut, n = self.cut(unfreeze, train_bn)
+        if cut >= n:
+            return []
+        names = [layer.name for layer in backbone_layers(self.model)]
+        starts = [names.index(block[0]) for block in list_blocks(self.model)]
+        cuts = []
+        for first in reversed(starts):
+            cuts.append(max(cut, first))
+            if cuts[-1] <= cut:
+                break
+        return [names[c] for c in cuts]
+
     def groups(self) -> list[list]:
         """The weights of the units, grouped bottom to top (blocks, else 8 bands of layers)."""
         layers = backbone_layers(self.model)
@@ -173,22 +188,55 @@ class LayerUnits:
 
 
 class ModuleUnits:
-    """A TF Hub / SavedModel module: one layer whose variables are the units (counted from the last)."""
+    """A TF Hub / SavedModel module: one layer whose variables are the units (counted from the last).
+    A module with a block map (a Transformer encoder's layers, by variable name) groups them into blocks."""
 
     kind = "hub module variable"
 
     def __init__(self, model, module):
         self.model, self.module = model, module
 
+    def blocks(self) -> Optional[list[list[str]]]:
+        """The module's trainable variable names grouped into blocks, bottom to top; None without a block map."""
+        block_map = block_map_of(self.model)
+        return block_map.split(self.module.trainable_candidates()) if block_map is not None else None
+
+    def count(self, unfreeze: Unfreeze) -> int:
+        """How many of the module's trainable variables (counted from the last) `unfreeze` trains."""
+        return _module_count(self.module, unfreeze, self.blocks())
+
     def cut(self, unfreeze: Unfreeze, train_bn: bool) -> tuple[int, int]:
-        return (0 if _module_count(self.module, unfreeze) else 1), 1  # the one layer trains, or not
+        return (0 if self.count(unfreeze) else 1), 1  # the one layer trains, or not
 
     def unfreeze(self, unfreeze: Unfreeze, train_bn: bool, bn_momentum) -> UnfreezePlan:
-        return _unfreeze_module(self.model, self.module, unfreeze, train_bn, bn_momentum)
+        return _unfreeze_module(self.model, self.module, self.count(unfreeze), train_bn, bn_momentum)
+
+    def gradual(self, unfreeze: Unfreeze, train_bn: bool) -> list[int]:
+        """Variable counts of a gradual stage 2: the top block's, then one block more each, down to
+        what `unfreeze` allows."""
+        count, blocks = self.count(unfreeze), self.blocks()
+        if count == 0:
+            return []
+        if blocks is None:
+            raise BackboneError(f"stage2.gradual_unfreeze: backbone {backbone_name(self.model)!r} has no block map "
+                                "(its module's variables are not grouped into layers); remove gradual_unfreeze.")
+        steps, total = [], 0
+        for block in reversed(blocks):
+            if total >= count:
+                break
+            total = min(count, total + len(block))
+            steps.append(total)
+        return steps
 
     def groups(self) -> list[list]:
-        """8 bands of the module's variables, in their order (the last ones are the top)."""
-        weights = [w for _, w, in_module in self.module.named_variables() if in_module]
+        """The module's variables by block, bottom to top; without a block map, 8 bands in their order
+        (the last ones are the top)."""
+        named = [(name, w) for name, w, in_module in self.module.named_variables() if in_module]
+        blocks = self.blocks()
+        if blocks is not None:
+            by_name = dict(named)
+            return [[by_name[name] for name in block] for block in blocks]
+        weights = [w for _, w in named]
         size = max(1, -(-len(weights) // 8))
         return [weights[i : i + size] for i in range(0, len(weights), size)]
 
@@ -208,17 +256,20 @@ def hub_module(model: keras.Model):
     return hub_layer(get_backbone(model))
 
 
-def _module_count(module, unfreeze: Unfreeze) -> int:
-    """How many of a hub module's trainable variables (counted from the last) `unfreeze` trains."""
+def _module_count(module, unfreeze: Unfreeze, blocks: Optional[list[list[str]]] = None) -> int:
+    """How many of a hub module's trainable variables (counted from the last) `unfreeze` trains;
+    `blocks`: its variable names by block (bottom to top), for "blocks:N"."""
     names = module.trainable_candidates()
     count = _top_count(unfreeze, len(names))
     if count is not None:
         return count
     if unfreeze.startswith("blocks:"):
-        raise BackboneError(
-            f"stage2.unfreeze: {unfreeze!r} needs a block map, and a hub module has none; use a count or a fraction "
-            "of its trainable variables, or a variable name."
-        )
+        if blocks is None:
+            raise BackboneError(
+                f"stage2.unfreeze: {unfreeze!r} needs a block map, and this hub module has none; use a count or a "
+                "fraction of its trainable variables, or a variable name."
+            )
+        return sum(len(block) for block in blocks[len(blocks) - min(_block_count(unfreeze), len(blocks)):])
     for i, name in enumerate(names):
         if name == unfreeze or name.startswith(unfreeze.rstrip("/") + "/"):
             return len(names) - i
@@ -229,8 +280,7 @@ def _module_count(module, unfreeze: Unfreeze) -> int:
     )
 
 
-def _unfreeze_module(model, module, unfreeze: Unfreeze, train_bn: bool, bn_momentum) -> UnfreezePlan:
-    count = _module_count(module, unfreeze)
+def _unfreeze_module(model, module, count: int, train_bn: bool, bn_momentum) -> UnfreezePlan:
     for layer in model.layers:
         layer.trainable = True
     module.trainable = count > 0
@@ -299,13 +349,19 @@ def _cut_index(model, layers, unfreeze: Unfreeze, train_bn: bool) -> int:
     return names.index(unfreeze)
 
 
-def _block_cut(model, layers, unfreeze: str) -> int:
+def _block_count(unfreeze: str) -> int:
+    """N of "blocks:N" (N >= 1)."""
     try:
         count = int(unfreeze.split(":", 1)[1])
     except ValueError:
         count = 0
     if count < 1:
         raise BackboneError(f"stage2.unfreeze: {unfreeze!r} is not valid: use 'blocks:N' with N >= 1.")
+    return count
+
+
+def _block_cut(model, layers, unfreeze: str) -> int:
+    count = _block_count(unfreeze)
     if block_map_of(model) is None:
         raise BackboneError(
             f"stage2.unfreeze: {unfreeze!r} needs a block map, and backbone {backbone_name(model)!r} has none; "

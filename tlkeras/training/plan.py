@@ -76,18 +76,12 @@ def unfreeze_phases(model: keras.Model, stage: StageConfig) -> list[tuple]:
     the full extent and takes the remaining epochs."""
     if not stage.gradual_unfreeze:
         return [(stage.unfreeze, stage.epochs)]
-    cut, n = freezing.plan_cut(model, stage.unfreeze, train_bn=stage.train_bn)
-    if cut >= n:
+    # what each phase unfreezes, from the top block down (the backbone's own units: layers or module variables)
+    steps = freezing.trainable_units(model).gradual(stage.unfreeze, stage.train_bn)
+    if not steps:
         return [(stage.unfreeze, stage.epochs)]
-    names = [layer.name for layer in freezing.backbone_layers(model)]
-    starts = [names.index(block[0]) for block in freezing.list_blocks(model)]
-    cuts = []
-    for first in reversed(starts):
-        cuts.append(max(cut, first))
-        if cuts[-1] <= cut:
-            break
-    count = min(len(cuts), max(1, math.ceil(stage.epochs / stage.gradual_unfreeze)))
-    cuts = cuts[: count - 1] + [cut]
+    count = min(len(steps), max(1, math.ceil(stage.epochs / stage.gradual_unfreeze)))
+    steps = steps[: count - 1] + [steps[-1]]
     epochs = [stage.gradual_unfreeze] * (count - 1)
     epochs.append(stage.epochs - sum(epochs))
-    return [(names[c], e) for c, e in zip(cuts, epochs)]
+    return list(zip(steps, epochs))
