@@ -27,8 +27,48 @@ def import_keras_hub():
     return keras_hub
 
 
+class Packer(keras.layers.Layer):
+    """What a text model's "preprocess" layer is: strings [N] (a pair: a tuple of two batches) -> the
+    encoder's inputs, at a fixed `sequence_length`; `truncated` counts the texts it cuts and
+    `description` says what it is (the model card). Subclasses give `call`, `sequence_length`,
+    `description` and `_token_lengths`."""
+
+    def build(self, input_shape=None):
+        self.built = True  # no weights: a tokenizer and its vocabulary
+
+    @property
+    def sequence_length(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def description(self) -> str:
+        raise NotImplementedError
+
+    def _token_lengths(self, strings):
+        """The number of tokens of each of `strings` (a tf.string [N]), as a NumPy array."""
+        raise NotImplementedError
+
+    def truncated(self, texts, batch_size: int = 512) -> int:
+        """How many of `texts` (strings, or (first, second) pairs) have more tokens than fit (the
+        sequence length less the packer's own start, separator and end tokens): the packer cuts them."""
+        import numpy as np
+        import tensorflow as tf
+
+        pairs = bool(len(texts)) and isinstance(texts[0], (list, tuple))
+        empty = (tf.constant([""]), tf.constant([""])) if pairs else tf.constant([""])
+        mask = next(value for key, value in self(empty).items() if key in ("padding_mask", "input_mask"))
+        capacity = self.sequence_length - int(np.sum(np.asarray(mask)))  # what the special tokens leave
+        count = 0
+        for start in range(0, len(texts), batch_size):
+            batch = list(texts[start:start + batch_size])
+            segments = [[pair[i] for pair in batch] for i in range(2)] if pairs else [batch]
+            lengths = sum(self._token_lengths(tf.constant(s, dtype=tf.string)) for s in segments)
+            count += int(np.sum(lengths > capacity))
+        return count
+
+
 @keras.saving.register_keras_serializable(package="tlkeras")
-class TextPacker(keras.layers.Layer):
+class TextPacker(Packer):
     """Strings [N] -> the encoder's inputs ({"token_ids", "padding_mask", ...} of [N, sequence_length]).
 
     Args:
@@ -67,8 +107,9 @@ class TextPacker(keras.layers.Layer):
     def tokenizer(self):
         return self.preprocessor.tokenizer
 
-    def build(self, input_shape=None):
-        self.built = True  # the preprocessor builds its packer on its first call, once its vocabulary is loaded
+    @property
+    def description(self) -> str:
+        return f"the preset's {type(self.tokenizer).__name__} and packer (start, end and padding tokens)"
 
     def call(self, text):
         # a sentence pair is a tuple of two string batches, which the packer joins as the encoder expects;
@@ -80,23 +121,8 @@ class TextPacker(keras.layers.Layer):
         shape = (first.shape[0], self.sequence_length)
         return {key: keras.KerasTensor(shape, dtype) for key, dtype in self.output_dtypes.items()}
 
-    def truncated(self, texts, batch_size: int = 512) -> int:
-        """How many of `texts` (strings, or (first, second) pairs) have more tokens than fit (the
-        sequence length less the packer's own start, separator and end tokens): the packer cuts them."""
-        import numpy as np
-        import tensorflow as tf
-
-        pairs = bool(len(texts)) and isinstance(texts[0], (list, tuple))
-        empty = (tf.constant([""]), tf.constant([""])) if pairs else tf.constant([""])
-        mask = dict(self.preprocessor(x=empty))["padding_mask"]
-        capacity = self.sequence_length - int(np.sum(np.asarray(mask)))  # what the special tokens leave
-        count = 0
-        for start in range(0, len(texts), batch_size):
-            batch = list(texts[start:start + batch_size])
-            segments = [[pair[i] for pair in batch] for i in range(2)] if pairs else [batch]
-            lengths = sum(_lengths(self.tokenizer(tf.constant(s, dtype=tf.string))) for s in segments)
-            count += int(np.sum(lengths > capacity))
-        return count
+    def _token_lengths(self, strings):
+        return _lengths(self.tokenizer(strings))
 
     def get_config(self):
         return {**super().get_config(), "preprocessor": keras.saving.serialize_keras_object(self.preprocessor),

@@ -1,5 +1,6 @@
-"""Tokenised text inputs: raw strings that the model's own "preprocess" layer (the preset's tokenizer
-and packer, `tlkeras.text_layers.TextPacker`) turns into a text encoder's token ids inside the graph.
+"""Tokenised text inputs: raw strings that the model's own "preprocess" layer (a `tlkeras.text_layers.Packer`:
+a KerasHub preset's tokenizer and packer, or a TF Hub preprocessing model) turns into a text encoder's token
+ids inside the graph.
 
 Everything a client sees is as for `TextInputs` (strings in, `text` in the export); what differs is
 the model's first layers, the TensorFlow Text ops its export needs when loaded, and the count of
@@ -14,7 +15,7 @@ TEXT_OPS_MODULE = "tensorflow_text"
 
 
 class TokenizedTextInputs(TextInputs):
-    """Strings [N] tokenised in the model (a KerasHub BERT-class encoder).
+    """Strings [N] tokenised in the model (a KerasHub or TF Hub BERT-class encoder).
 
     >>> kind = TokenizedTextInputs()
     >>> kind.signature_input, kind.serving_imports, kind.classifier
@@ -61,13 +62,12 @@ class TokenizedTextInputs(TextInputs):
         from tlkeras.model import get_preprocessing
 
         packer = get_preprocessing(model)
-        tokenizer = type(packer.tokenizer).__name__
         return {
             "task": "text classification",
             "inputs": {"serving_default": "text: tf.string [N], raw UTF-8 strings; the model tokenises them inside "
                                           "the graph"},
-            "preprocessing": f"inside the model: the preset's {tokenizer} and packer (start, end and padding tokens), "
-                             f"{packer.sequence_length} tokens per text (longer texts are cut)",
+            "preprocessing": f"inside the model: {packer.description}, {packer.sequence_length} tokens per text "
+                             "(longer texts are cut)",
             "serving_imports": list(self.serving_imports),
             "serving_note": "the tokenizer runs TensorFlow Text ops: TF Serving's model server links them; a Python "
                             "client runs `import tensorflow_text` before tf.saved_model.load",
