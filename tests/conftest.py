@@ -211,6 +211,19 @@ def still_bert(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def hub_bert(tmp_path_factory) -> dict:
+    """TF Hub's BERT pair, tiny (see tests/hub_modules.py): {"encoder": folder, "preprocessor": folder} - a
+    preprocessing model of TensorFlow Text ops over the vocabulary of `save_text_preset` (16 tokens by
+    default) and a 2-layer encoder (hidden 16, at most 32 tokens, no dropout)."""
+    from hub_modules import save_bert_encoder, save_bert_preprocessor
+
+    folder = tmp_path_factory.mktemp("hub_bert")
+    vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *BERT_WORDS]
+    return {"preprocessor": save_bert_preprocessor(str(folder / "preprocess"), vocabulary),
+            "encoder": save_bert_encoder(str(folder / "encoder"), len(vocabulary), dropout=0.0)}
+
+
+@pytest.fixture(scope="session")
 def distilbert_preset(tmp_path_factory) -> str:
     """A tiny DistilBERT preset folder: no segment ids, no pooler (see `save_text_preset`)."""
     return save_text_preset(str(tmp_path_factory.mktemp("kerashub") / "tiny_distilbert"), "DistilBert", 4)

@@ -300,6 +300,7 @@ def load_model_file(model_path: str, *, safe_mode: bool = True, config=None):
 
     # tlkeras's Keras classes register themselves on import: the model, its layers, losses, optimizers
     import tlkeras.backbones.hub_module  # noqa: F401
+    import tlkeras.backbones.hub_text  # noqa: F401
     import tlkeras.layers  # noqa: F401
     import tlkeras.model  # noqa: F401
     import tlkeras.optimizers  # noqa: F401

@@ -14,6 +14,9 @@ API (`__call__(inputs, training)`, `variables`, `trainable_variables`, `regulari
 - Image modules take RGB in [0, 1] (the TF Hub convention; `backbone_options.preprocessing`
   changes it) at the module's fixed input size when its signature has one.
 - Text modules take a batch of strings ([None] tf.string) and return [None, D] embeddings.
+- Transformer text encoders (TF Hub's BERT family: token ids in, `pooled_output` and `sequence_output`
+  out) come with their preprocessing model, `backbone_options.preprocessor: hub:<handle>`, and take
+  `sequence_length` and `pooling` too: see `tlkeras.backbones.hub_text`.
 - The output must be a feature vector [N, D] or a feature map [N, h, w, C]; a module returning
   a dict of them needs `backbone_options.output_key`.
 - Stage 1 freezes every variable. In stage 2 `unfreeze` counts the module's trainable variables
@@ -35,7 +38,8 @@ from tlkeras.backbones.spec import BACKBONE_LAYER, BackboneSpec, check_options
 from tlkeras.errors import BackboneError
 
 SCHEME = "hub:"
-OPTIONS = ("output_key", "preprocessing")
+ENCODER_OPTIONS = ("preprocessor", "sequence_length", "pooling")  # a Transformer encoder's (hub_text)
+OPTIONS = ("output_key", "preprocessing", *ENCODER_OPTIONS)
 MIN_SIZE = 32  # for image modules with a free input size
 
 
@@ -54,9 +58,11 @@ def is_saved_model_dir(name: str) -> bool:
 def peek(name: str, options: dict | None = None) -> None:
     """The handle and options, and a local module's folder; loading it is for `get_spec`."""
     handle = _handle(name)
-    check_options(options, OPTIONS, "a hub module")
-    if "://" not in handle_url(handle):
-        resolve_handle(handle)  # a local folder: that it holds a SavedModel
+    options = check_options(options, OPTIONS, "a hub module")
+    preprocessor = options.get("preprocessor")
+    for local in (handle, preprocessor[len(SCHEME):] if is_hub(preprocessor) else preprocessor):
+        if isinstance(local, str) and "://" not in handle_url(local):
+            resolve_handle(local)  # a local folder: that it holds a SavedModel
 
 
 def _handle(name: str) -> str:
@@ -81,6 +87,16 @@ def get_spec(name: str, options: dict | None = None, default_preprocessing: str 
     path = resolve_handle(handle)
     module = load_module(path)
     info = describe(module, f"hub:{handle}", options.get("output_key"))
+    block_map = None
+    if info.kind == "encoder":  # token ids in: its preprocessing model makes them inside the model
+        from tlkeras.backbones import hub_text
+
+        options = hub_text.encoder_options(handle, options, module)
+        block_map = hub_text.block_map(module)
+    elif set(options) & set(ENCODER_OPTIONS):
+        raise BackboneError(f"backbone_options: {', '.join(sorted(set(options) & set(ENCODER_OPTIONS)))} apply to "
+                            f"a Transformer text encoder (token ids in), and hub:{handle} takes {info.kind}s; remove "
+                            "them.")
     _keep_spare(path, module)
     height, width = (info.input_shape[0], info.input_shape[1]) if info.kind == "image" else (None, None)
     fixed = height if height is not None and height == width else None
@@ -92,12 +108,25 @@ def get_spec(name: str, options: dict | None = None, default_preprocessing: str 
         preprocessing=preprocessing if info.kind == "image" else "none",
         default_size=fixed or 224,
         min_size=min(s for s in (height, width) if s is not None) if (height or width) else MIN_SIZE,
-        block_map=None,
+        block_map=block_map,
         builder=lambda size, weights, opts: _build(handle, info, size, weights, opts),
         options=options,
-        modality=info.kind,
+        modality="tokens" if info.kind == "encoder" else info.kind,
         own_weights=True,
+        tokenizer=_packer(options) if info.kind == "encoder" else None,
     )
+
+
+def _packer(options: dict):
+    """`() -> HubPacker`: the encoder's preprocessing model as the model's "preprocess" layer."""
+
+    def make():
+        from tlkeras.backbones.hub_text import HubPacker
+        from tlkeras.layers import PREPROCESS_LAYER
+
+        return HubPacker(options["preprocessor"], options["sequence_length"], name=PREPROCESS_LAYER)
+
+    return make
 
 
 def _build(handle: str, info, image_size, weights, options: dict):
@@ -111,7 +140,11 @@ def _build(handle: str, info, image_size, weights, options: dict):
             f"weights: null (random initialisation) does not apply to hub:{handle}: a hub module brings its own "
             "weights. Remove weights (or set it to imagenet) to start from them."
         )
-    if info.kind == "image":
+    if info.kind == "encoder":
+        from tlkeras.backbones.hub_text import encoder_features
+
+        inputs, features = encoder_features(handle, options)
+    elif info.kind == "image":
         height, width = info.input_shape[0], info.input_shape[1]
         if (height is not None and height != image_size[0]) or (width is not None and width != image_size[1]):
             raise BackboneError(
@@ -119,10 +152,11 @@ def _build(handle: str, info, image_size, weights, options: dict):
                 f"use image_size {height}."
             )
         inputs = keras.Input((image_size[0], image_size[1], 3), name="pixels")
+        features = HubModule(handle, output_key=options.get("output_key"), name="hub_module")(inputs)
     else:
         inputs = keras.Input((), dtype="string", name="text")
-    layer = HubModule(handle, output_key=options.get("output_key"), name="hub_module")
-    backbone = keras.Model(inputs, layer(inputs), name=BACKBONE_LAYER)
+        features = HubModule(handle, output_key=options.get("output_key"), name="hub_module")(inputs)
+    backbone = keras.Model(inputs, features, name=BACKBONE_LAYER)
     if weights != "imagenet" and os.path.isfile(str(weights)):
         load_weights_file(backbone, weights, f"hub:{handle}")
     elif weights != "imagenet":

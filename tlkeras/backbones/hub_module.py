@@ -25,11 +25,16 @@ def load_module(path: str):
         raise BackboneError(f"backbone: {path!r} cannot be loaded as a SavedModel: {str(e).splitlines()[0]}") from None
 
 
+# TF Hub's interface of Transformer text encoders (BERT, ALBERT, ELECTRA, ... on tfhub.dev / Kaggle Models)
+ENCODER_INPUTS = ("input_word_ids", "input_mask", "input_type_ids")
+ENCODER_OUTPUTS = ("pooled_output", "sequence_output")
+
+
 @dataclass(frozen=True)
 class ModuleInfo:
     """What a module takes and gives, read from its traced signatures."""
 
-    kind: str  # "image" or "text"
+    kind: str  # "image", "text" (strings in) or "encoder" (a Transformer encoder: token ids in)
     input_shape: tuple  # without the batch dimension
     output_shape: tuple  # without the batch dimension
     endpoint: str  # "__call__" (reusable SavedModel: takes training=) or "serve" (Keras export)
@@ -55,6 +60,8 @@ def describe(obj, where: str, output_key: Optional[str] = None) -> ModuleInfo:
     endpoint, concrete = _endpoint(obj)
     args, _ = concrete[0].structured_input_signature
     spec = args[0] if args else None
+    if isinstance(spec, dict) and set(ENCODER_INPUTS) <= set(spec):  # a BERT-style encoder: token ids in
+        return _describe_encoder(spec, concrete[0].structured_outputs, endpoint, where, output_key)
     if not isinstance(spec, tf.TensorSpec):
         raise BackboneError(f"backbone: {where} takes {spec!r} as input; a backbone takes one tensor of images "
                             "[batch, height, width, 3] (float32) or strings [batch] (tf.string).")
@@ -88,6 +95,23 @@ def describe(obj, where: str, output_key: Optional[str] = None) -> ModuleInfo:
             "map [batch, h, w, channels] (use the module's feature-vector variant, not its classifier)."
         )
     return ModuleInfo(kind, shape[1:], tuple(outputs.shape.as_list()[1:]), endpoint, output_key)
+
+
+def _describe_encoder(spec: dict, outputs, endpoint: str, where: str, output_key: Optional[str]) -> ModuleInfo:
+    """A module with TF Hub's Transformer-encoder interface: {input_word_ids, input_mask, input_type_ids}
+    in, a dict with pooled_output [N, H] and sequence_output [N, T, H] out."""
+    missing = [key for key in ENCODER_OUTPUTS if not isinstance(outputs, dict) or key not in outputs]
+    if missing:
+        found = ", ".join(sorted(outputs)) if isinstance(outputs, dict) else repr(outputs)[:80]
+        raise BackboneError(f"backbone: {where} takes token ids like a BERT encoder but does not return "
+                            f"{' and '.join(missing)} (it returns {found}); use a TF Hub text encoder with the "
+                            "Transformer-encoder interface.")
+    key = output_key or "pooled_output"
+    if key not in outputs:
+        raise BackboneError(f"backbone_options.output_key: {where} has no output {key!r}; its outputs are "
+                            f"{', '.join(sorted(outputs))}.")
+    shape = tuple(outputs[key].shape.as_list()[1:])
+    return ModuleInfo("encoder", tuple(spec[ENCODER_INPUTS[0]].shape.as_list()[1:]), shape, endpoint, key)
 
 
 # === The Keras 3 layer ===
@@ -231,7 +255,7 @@ class HubModule(keras.layers.Layer):
     # parsing this source at every trace).
     @tf.autograph.experimental.do_not_convert
     def call(self, inputs, training=None):
-        x = inputs if self.info.kind == "text" else tf.cast(inputs, tf.float32)
+        x = tf.cast(inputs, tf.float32) if self.info.kind == "image" else inputs  # strings and token ids as they are
         module_training = bool(training) and self.trainable and self.train_mode
         if tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context():
             # A module loaded under a strategy holds distributed variables, and its restored functions
@@ -254,7 +278,8 @@ class HubModule(keras.layers.Layer):
         return outputs[self.output_key] if self.output_key is not None else outputs
 
     def compute_output_shape(self, input_shape):
-        return (input_shape[0], *self.info.output_shape)
+        first = next(iter(input_shape.values())) if isinstance(input_shape, dict) else input_shape
+        return (first[0], *self.info.output_shape)
 
     def get_config(self):
         config = super().get_config()
