@@ -110,12 +110,22 @@ def test_lora_on_a_text_encoder_changes_only_the_query_and_value_kernels(lora_ru
     with open(os.path.join(lora_run.run_dir, "run.json"), encoding="utf-8") as f:
         run = json.load(f)
     record = run["lora"]
-    assert "stage 2 trains only above the unfreeze cut on cached activations" in run["caching"]  # the embeddings
+    # below the lowest adapted layer there are only the embeddings: not worth caching (look-ups, no matrix product)
+    assert "stage 2 runs the whole model (below the cut only embeddings are looked up" in run["caching"]
     adapters = 2 * 2 * (16 * 2 * 2 + 2 * 8)  # 2 layers x (query, value) x (A: hidden x heads x rank, B: rank x head_dim)
     assert (record["rank"], record["adapter_params"], record["file"]) == (2, adapters, "lora_adapters.npz")
     assert record["trainable_params"] == adapters + record["head_params"] and 0 < record["trainable_share"] < 0.1
     with open(os.path.join(lora_run.run_dir, "stage2_trainable_layers.txt"), encoding="utf-8") as f:
         assert f.read().splitlines()[0] == "transformer_layer_0/self_attention_layer/query (LoRA adapters)"
+
+
+def test_stage_2_caches_activations_only_above_a_bottom_that_computes(lora_run):
+    from tlkeras import caching, freezing
+
+    names = [layer.name for layer in freezing.backbone_layers(lora_run.model)]
+    first, second = names.index("transformer_layer_0"), names.index("transformer_layer_1")
+    # LoRA on every layer's attention: the embeddings alone below; on the top layer's only: a transformer layer below
+    assert not caching.computes_below(lora_run.model, first) and caching.computes_below(lora_run.model, second)
 
 
 def test_model_keras_the_export_and_the_adapters_file_all_answer_as_the_trained_model(lora_run, still_bert):

@@ -82,6 +82,23 @@ def _function_ops(wrapper) -> set:
 # === Splitting the model ===
 
 
+def computes_below(model: keras.Model, cut: int) -> bool:
+    """Whether the backbone's layers below index `cut` do work worth caching: a matrix product or a
+    convolution somewhere inside them (a layer with a kernel). A text encoder's embeddings (look-ups,
+    a sum and a normalisation) are not: their output, [examples, tokens, hidden] floats, would take
+    memory to save no time (measured in benchmarks/RESULTS.md, issue 16).
+
+    >>> import tlkeras
+    >>> m = tlkeras.build_model("mobilenetv2", 2, image_size=32, weights=None, backbone_options={"alpha": 0.35})
+    >>> computes_below(m, 1), computes_below(m, 0)
+    (True, False)
+    """
+    for layer in freezing.backbone_layers(model)[:cut]:
+        if any(hasattr(sub, "kernel") or hasattr(sub, "depthwise_kernel") for sub in layer._flatten_layers()):
+            return True
+    return False
+
+
 def _backbone_output(model: keras.Model):
     """The backbone's output tensor in the model's own graph (a nested model's `.output` is
     its inner graph's tensor): the input of the layer that follows it."""

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tlkeras import freezing, lora
+from tlkeras import caching, freezing, lora
 from tlkeras._logging import get_logger
 from tlkeras.errors import Interrupted, TrainingError
 from tlkeras.config import StageConfig
@@ -199,7 +199,7 @@ def finetune(
     elif cfg.stage2.epochs > 0:
         cut, _ = freezing.plan_cut(model, cfg.stage2.unfreeze, train_bn=cfg.stage2.train_bn)
     plan = plan_caching(cache_features, train_ds, augmenter, cfg.stage1.epochs, cfg.stage2.epochs, cut, cache_views,
-                        inputs_random)
+                        inputs_random, bottom_computes=bool(cut) and caching.computes_below(model, cut))
     log.info("caching: %s", plan.reason)
     clock = StageClock(state.seconds if state is not None else None)
     if checkpointer is not None:

@@ -28,12 +28,14 @@ class CachePlan:
 
 def plan_caching(
     setting, train_ds, augmenter, stage1_epochs: int, stage2_epochs: int, cut: Optional[int], views: int,
-    inputs_random: Optional[bool] = None,
+    inputs_random: Optional[bool] = None, bottom_computes: bool = True,
 ) -> CachePlan:
     """Decide what to cache. `setting` is cache_features: "auto", True or False.
 
     auto caches when the training inputs carry no randomness; with random augmentation it runs
     uncached. True with augmentation caches `views` augmented views per image for stage 1.
+    Stage 2's activations at the cut are cached only when the frozen bottom below it does work
+    worth caching (`bottom_computes`, see `tlkeras.caching.computes_below`).
     """
     if setting is False:
         return CachePlan(False, False, 1, "cache_features=false: the backbone runs on every batch")
@@ -56,10 +58,12 @@ def plan_caching(
             f"cache_features=true with random augmentation: stage 1 trains on {views} cached augmented views "
             "per image; stage 2 runs uncached (its inputs change every epoch)",
         )
-    s2 = stage2_epochs > 0 and stage2_frozen_bottom
+    s2 = stage2_epochs > 0 and stage2_frozen_bottom and bottom_computes
     why2 = (
         "stage 2 trains only above the unfreeze cut on cached activations"
         if s2
+        else "stage 2 runs the whole model (below the cut only embeddings are looked up: caching their output "
+             "would take memory and save no time)" if stage2_epochs > 0 and stage2_frozen_bottom
         else "stage 2 runs the whole model (nothing below the cut stays frozen)" if stage2_epochs > 0 else ""
     )
     return CachePlan(
