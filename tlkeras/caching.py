@@ -32,7 +32,7 @@ import tensorflow as tf
 from tlkeras.distribute import static_shapes
 from tlkeras import freezing
 from tlkeras.model import get_backbone, get_head_pool, get_preprocessing
-from tlkeras.utils import as_tensor, progress_verbosity
+from tlkeras.utils import aligned_empty, as_tensor, progress_verbosity
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -283,8 +283,14 @@ def compute_cache(
     if spill is not None:
         return Cache(spill.finish(), label_array, spill.folder,
                      [f"over the {budget_bytes / 2**20:.0f} MB budget: spilled to disk as float16 ({spill.folder})"])
-    arrays = [np.concatenate([chunk[i] for chunk in chunks]) for i in range(len(chunks[0]))] if chunks else []
+    arrays = [_concatenate([chunk[i] for chunk in chunks]) for i in range(len(chunks[0]))] if chunks else []
     return Cache(arrays, label_array)
+
+
+def _concatenate(parts: list) -> np.ndarray:
+    """np.concatenate into a buffer TensorFlow can share without a copy (`tlkeras.utils.as_tensor`)."""
+    out = aligned_empty((sum(len(p) for p in parts), *parts[0].shape[1:]), parts[0].dtype)
+    return np.concatenate(parts, out=out)
 
 
 def cached_dataset(

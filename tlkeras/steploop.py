@@ -1,4 +1,5 @@
-"""A training loop on tf.distribute's documented custom-training API, for where `model.fit` cannot serve.
+"""Training loops for where `model.fit` cannot serve: `fit_loop` on tf.distribute's documented custom-training
+API, and `fit_arrays` on data held in memory (tlkeras's caches), where fit's overheads are most of the time.
 
 Keras 3.15's `fit` dies at the first step under MultiWorkerMirroredStrategy ("Attempt to convert a
 value (PerReplica:...)", keras-team/keras#20585, open). `fit_loop` trains a compiled model the way
@@ -89,9 +90,10 @@ def fit_loop(
                     class_weight, verbose not in (0, "0"), get_task(task or "single_label"))
 
 
-def _fit(strategy, model, train_ds, validation_data, initial_epoch, epochs, steps_per_epoch, callbacks, class_weight,
-         report: bool, task):
-    accuracy = task.accuracy_key
+def _step_functions(model, task, class_weight, replicas: int = 1):
+    """(train_step, eval_step) of one batch (x, y) -> (loss sum with the penalty, correct count,
+    example count): fit's loss (mean over the global batch, class weights per example, the model's
+    own losses once per global batch), its gradient applied by the model's optimizer."""
     loss_object = model.loss
     weights_table = None
     if class_weight:
@@ -112,9 +114,9 @@ def _fit(strategy, model, train_ds, validation_data, initial_epoch, epochs, step
             losses = per_example(y, probabilities)
             if weights_table is not None:
                 losses = losses * tf.gather(weights_table, tf.cast(y, tf.int32))
-            global_batch = tf.cast(tf.shape(y)[0] * strategy.num_replicas_in_sync, tf.float32)
+            global_batch = tf.cast(tf.shape(y)[0] * replicas, tf.float32)
             penalty = _penalty(model)
-            loss = tf.reduce_sum(losses) / global_batch + penalty / strategy.num_replicas_in_sync
+            loss = tf.reduce_sum(losses) / global_batch + penalty / replicas
             scaled = model.optimizer.scale_loss(loss) if hasattr(model.optimizer, "scale_loss") else loss
         variables = model.trainable_variables
         gradients = tape.gradient(scaled, variables)
@@ -126,13 +128,20 @@ def _fit(strategy, model, train_ds, validation_data, initial_epoch, epochs, step
         probabilities = model(x, training=False)
         return _sums(task, per_example(y, probabilities), y, probabilities, _penalty(model))
 
-    # The batch is taken outside the compiled step, through get_next_as_optional (which the
-    # workers agree on): a step that runs into the end of the data inside the graph still bumps
-    # the optimizer's step counter - Adam's bias correction then drifts from fit's.
     if getattr(model, "jit_compile", False) is True:  # as fit: XLA for the per-replica step
         train_step = tf.function(train_step, jit_compile=True)
         eval_step = tf.function(eval_step, jit_compile=True)
+    return train_step, eval_step
 
+
+def _fit(strategy, model, train_ds, validation_data, initial_epoch, epochs, steps_per_epoch, callbacks, class_weight,
+         report: bool, task):
+    accuracy = task.accuracy_key
+    train_step, eval_step = _step_functions(model, task, class_weight, strategy.num_replicas_in_sync)
+
+    # The batch is taken outside the compiled step, through get_next_as_optional (which the
+    # workers agree on): a step that runs into the end of the data inside the graph still bumps
+    # the optimizer's step counter - Adam's bias correction then drifts from fit's.
     @tf.function(reduce_retracing=True)
     def train_on(batch):
         return _reduce(strategy, strategy.run(train_step, args=(batch,)))
@@ -182,6 +191,119 @@ def _fit(strategy, model, train_ds, validation_data, initial_epoch, epochs, step
         if report:  # fit's progress bar, in one line per epoch
             get_logger().info("epoch %d/%d: %s", epoch + 1, epochs,
                               " - ".join(f"{k} {v:.4f}" for k, v in logs.items()))
+        history.epoch.append(epoch)
+        for key, value in logs.items():
+            history.history.setdefault(key, []).append(value)
+        if model.stop_training:
+            break
+    callback_list.on_train_end(logs)
+    return history
+
+
+def fits_arrays(model: keras.Model) -> bool:
+    """Whether `fit_arrays` can train `model`: on one device (no strategy, or one replica that is no TPU)."""
+    strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
+    tpu = isinstance(strategy, (tf.distribute.TPUStrategy, tf.distribute.experimental.TPUStrategy))
+    return strategy.num_replicas_in_sync == 1 and not tpu
+
+
+def fit_arrays(
+    model: keras.Model,
+    train: tuple,
+    *,
+    batch_size: int,
+    validation: Optional[tuple] = None,
+    initial_epoch: int = 0,
+    epochs: int = 1,
+    callbacks: Optional[list] = None,
+    class_weight: Optional[dict] = None,
+    verbose=0,
+    task=None,
+    seed: Optional[int] = None,
+) -> LoopHistory:
+    """Train the compiled `model` on data held in memory, `(inputs, labels)` with inputs an array or a
+    tuple of arrays: each epoch is one call of a compiled loop over its shuffled batches, the validation
+    one more. For what tlkeras trains on cached features and activations, where a step takes microseconds
+    and `fit`'s per-step and per-epoch overhead and the tracing of its multi-step function cost more than
+    the training (benchmarks/RESULTS.md, issue 17). One device (`fits_arrays`).
+
+    Same loss, metrics, class weights and model losses as `fit_loop` (and `fit`); batches of
+    `batch_size` in a new order every epoch (from `seed`, else NumPy's global generator, which
+    `keras.utils.set_random_seed` seeds). Callbacks get fit's hooks; the batch hooks run after each
+    epoch's loop, with the running loss and each step's `learning_rate` in their logs.
+
+    >>> import numpy as np, keras
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
+    >>> model.compile(optimizer=keras.optimizers.SGD(0.1), loss=keras.losses.SparseCategoricalCrossentropy())
+    >>> x = np.random.default_rng(0).normal(size=(32, 3)).astype("float32")
+    >>> history = fit_arrays(model, (x, (x[:, 0] > 0).astype("int64")), batch_size=8, validation=(x[:8], np.zeros(8)),
+    ...                      epochs=2)
+    >>> history.epoch, sorted(history.history)
+    ([0, 1], ['accuracy', 'loss', 'val_accuracy', 'val_loss'])
+    """
+    from tlkeras.utils import as_tensor
+
+    task = get_task(task or "single_label")
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    train_step, eval_step = _step_functions(model, task, class_weight)
+
+    def tensors(data):
+        inputs, labels = data
+        inputs = tuple(as_tensor(a) for a in inputs) if isinstance(inputs, (list, tuple)) else as_tensor(inputs)
+        return inputs, as_tensor(np.asarray(labels)), len(labels)
+
+    def batch_of(inputs, labels, rows):
+        return keras.tree.map_structure(lambda t: tf.gather(t, rows), inputs), tf.gather(labels, rows)
+
+    x, y, n = tensors(train)
+    steps = -(-n // batch_size)
+
+    @tf.function
+    def train_epoch(order):
+        sums = tf.TensorArray(tf.float32, size=steps)
+        rates = tf.TensorArray(tf.float32, size=steps)
+        for step in tf.range(steps):
+            sums = sums.write(step, tf.stack(train_step(batch_of(x, y, order[step * batch_size:
+                                                                             (step + 1) * batch_size]))))
+            rates = rates.write(step, tf.cast(model.optimizer.learning_rate, tf.float32))
+        return sums.stack(), rates.stack()
+
+    evaluate = None
+    if validation is not None:
+        vx, vy, vn = tensors(validation)
+
+        @tf.function
+        def evaluate():
+            totals = tf.zeros([3])
+            for step in tf.range(-(-vn // batch_size)):
+                rows = tf.range(step * batch_size, tf.minimum((step + 1) * batch_size, vn))
+                totals += tf.stack(eval_step(batch_of(vx, vy, rows)))
+            return totals
+
+    rng = np.random.default_rng(seed if seed is not None else np.random.randint(2**31))
+    accuracy = task.accuracy_key
+    callback_list = keras.callbacks.CallbackList(callbacks or [], model=model)
+    history = LoopHistory()
+    model.stop_training = False
+    callback_list.on_train_begin()
+    logs: dict = {}
+    for epoch in range(initial_epoch, epochs):
+        callback_list.on_epoch_begin(epoch)
+        per_step, rates = (t.numpy() for t in train_epoch(tf.constant(rng.permutation(n), tf.int32)))
+        totals = np.zeros(3)
+        for step, (row, rate) in enumerate(zip(per_step, rates)):
+            callback_list.on_train_batch_begin(step)
+            totals += row
+            callback_list.on_train_batch_end(step, {"loss": totals[0] / totals[2], "learning_rate": float(rate)})
+            if model.stop_training:
+                break
+        logs = _logs(totals, accuracy)
+        if evaluate is not None and not model.stop_training:
+            logs.update({f"val_{k}": v for k, v in _logs(np.asarray(evaluate(), np.float64), accuracy).items()})
+        callback_list.on_epoch_end(epoch, logs)
+        if verbose not in (0, "0"):  # fit's progress bar, in one line per epoch
+            get_logger().info("epoch %d/%d: %s", epoch + 1, epochs, " - ".join(f"{k} {v:.4f}" for k, v in logs.items()))
         history.epoch.append(epoch)
         for key, value in logs.items():
             history.history.setdefault(key, []).append(value)

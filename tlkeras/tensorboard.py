@@ -29,12 +29,19 @@ class StepLogger(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._start = int(self.model.optimizer.iterations.numpy())
+        self._seen = 0  # steps of this fit logged so far
 
     def on_train_batch_end(self, batch, logs=None):
         optimizer = self.model.optimizer
         steps = int(optimizer.iterations.numpy()) - self._start
+        # a loop that runs an epoch in one call gives each step's rate in the logs, after the fact
+        if logs and "learning_rate" in logs:
+            rate, steps = float(f"{logs['learning_rate']:.7g}"), self._seen + 1
+        else:
+            rate = current_learning_rate(optimizer)
+        self._seen = steps
         with self.writer.as_default():
-            tf.summary.scalar("learning_rate", current_learning_rate(optimizer), step=self.done + steps)
+            tf.summary.scalar("learning_rate", rate, step=self.done + steps)
             tf.summary.scalar("stage", self.stage, step=self.done + steps)
 
     def on_train_end(self, logs=None):

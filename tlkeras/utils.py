@@ -212,8 +212,25 @@ def progress_verbosity() -> int:
     return 1 if getattr(sys.stdout, "isatty", lambda: False)() else 2
 
 
+# TensorFlow's kernels (Eigen) take tensor memory aligned to 64 bytes: a shared NumPy buffer that is not
+# stops the process ("Check failed: IsAligned()", seen in a gather).
+TENSOR_ALIGNMENT = 64
+
+
+def aligned_empty(shape, dtype):
+    """np.empty whose buffer starts on a TENSOR_ALIGNMENT boundary, so `as_tensor` can share it."""
+    import numpy as np
+
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(size + TENSOR_ALIGNMENT, np.uint8)
+    start = -raw.ctypes.data % TENSOR_ALIGNMENT
+    return raw[start:start + size].view(dtype).reshape(shape)
+
+
 def as_tensor(array):
-    """A tf.Tensor over a NumPy array's memory, without a copy where TensorFlow allows it.
+    """A tf.Tensor over a NumPy array's memory, without a copy where TensorFlow allows it (a contiguous
+    array aligned as TensorFlow needs, e.g. from `aligned_empty`; others are copied).
 
     tf.data.Dataset.from_tensor_slices copies NumPy arrays; given this tensor it does not, so a
     gigabyte of cached pixels is held once, not twice.
@@ -222,6 +239,8 @@ def as_tensor(array):
     import tensorflow as tf
 
     array = np.ascontiguousarray(array)
+    if array.ctypes.data % TENSOR_ALIGNMENT:
+        return tf.convert_to_tensor(array)
     try:
         return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
     except Exception:  # dtype or layout DLPack cannot share: copy

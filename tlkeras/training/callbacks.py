@@ -170,7 +170,9 @@ class StopOnNaN(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(np.asarray(loss))) and self.tripped is None:
-            self.tripped = (self._epoch + 1, current_learning_rate(self.model.optimizer))
+            rate = logs.get("learning_rate")  # the step's own, from a loop that gives it
+            self.tripped = (self._epoch + 1, current_learning_rate(self.model.optimizer) if rate is None else
+                            float(f"{rate:.7g}"))
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):

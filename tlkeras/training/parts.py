@@ -18,14 +18,26 @@ AUTOTUNE = tf.data.AUTOTUNE
 
 
 @dataclass
+class InMemory:
+    """A part's data as arrays in memory, for `tlkeras.steploop.fit_arrays`: (inputs, labels) of the
+    training and validation rows (inputs an array, or a tuple of them) and the batch size."""
+
+    train: tuple
+    val: Optional[tuple]
+    batch_size: int
+
+
+@dataclass
 class Part:
-    """What one stage fits: the model (or part of it), its data and the steps of an epoch."""
+    """What one stage fits: the model (or part of it), its data and the steps of an epoch; `memory` the
+    same data as arrays when it is held in memory (cached features or activations)."""
 
     model: keras.Model
     train: tf.data.Dataset
     val: Optional[tf.data.Dataset]
     steps: Optional[int]
     repeats: bool = False  # the training data repeats; an epoch is `steps` batches
+    memory: Optional[InMemory] = None
 
 
 class Caches:
@@ -76,7 +88,8 @@ class Caches:
         train = caching.cached_dataset(self.train.select([0]), self.batch_size, shuffle=True,
                                        epoch_rows=rows if views > 1 else None)
         val = caching.cached_dataset(self.val.select([0]), self.batch_size, shuffle=False) if self.val else None
-        return Part(head, train, val, caching.steps_for(rows, self.batch_size), repeats=views > 1)
+        return Part(head, train, val, caching.steps_for(rows, self.batch_size), repeats=views > 1,
+                    memory=self._in_memory([0]) if views == 1 else None)
 
     def for_cut(self, cut_layer: Optional[str]):
         """Stage 2 on cached activations at `cut_layer`: the top of the model, its data and steps.
@@ -94,7 +107,19 @@ class Caches:
         columns = list(range(first, first + len(crossing)))
         train = caching.cached_dataset(self.train.select(columns), self.batch_size, shuffle=True)
         val = caching.cached_dataset(self.val.select(columns), self.batch_size, shuffle=False) if self.val else None
-        return Part(top, train, val, caching.steps_for(len(self.train.labels), self.batch_size))
+        return Part(top, train, val, caching.steps_for(len(self.train.labels), self.batch_size),
+                    memory=self._in_memory(columns))
+
+    def _in_memory(self, columns: list[int]) -> Optional[InMemory]:
+        """The cached columns as arrays, when the caches are in memory (not spilled to disk)."""
+        if self.train.folder is not None or (self.val is not None and self.val.folder is not None):
+            return None
+
+        def rows(cache):
+            arrays = [cache.arrays[i] for i in columns]
+            return (arrays[0] if len(arrays) == 1 else tuple(arrays)), cache.labels
+
+        return InMemory(rows(self.train), rows(self.val) if self.val is not None else None, self.batch_size)
 
     def _features_and_crossing(self, cut_layer: str):
         """One frozen pass giving the head's input features and the stage-2 cut activations."""

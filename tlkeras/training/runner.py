@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 
-import functools
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -23,7 +22,7 @@ from tlkeras.rundir import CHECKPOINT_DIR
 from tlkeras.tasks import get_task
 from tlkeras.model import task_of
 from tlkeras.training.callbacks import BEST_WEIGHTS, StopOnNaN
-from tlkeras.training.parts import Part, count_steps
+from tlkeras.training.parts import InMemory, Part, count_steps
 from tlkeras.utils import progress_verbosity
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -77,7 +76,8 @@ class Runner:
         reached = run_stage(
             part.model, part.train, part.val, stage, learning_rate=rate, steps_per_epoch=part.steps,
             epochs=phase_start + planned - initial_epoch, checkpointer=self.checkpointer, resume_from=state,
-            fit_steps=part.steps if part.repeats else None, initial_epoch=initial_epoch, callbacks=self.callbacks,
+            fit_steps=part.steps if part.repeats else None, memory=part.memory, initial_epoch=initial_epoch,
+            callbacks=self.callbacks,
             class_weight=self.class_weight, jit_compile=self.jit_compile, verbose=self.verbose, task=self.task,
             label_smoothing=self.label_smoothing, **options,
             # On cached inputs a step takes microseconds to milliseconds and Python's per-step
@@ -117,6 +117,7 @@ def run_stage(
     epochs: Optional[int] = None,
     class_weight: Optional[dict] = None,
     fit_steps: Optional[int] = None,
+    memory: Optional[InMemory] = None,
     multipliers: Optional[dict] = None,
     step_offset: int = 0,
     early_stopping: bool = True,
@@ -133,7 +134,8 @@ def run_stage(
 
     `steps_per_epoch` sizes the learning-rate schedule (over the whole stage, `step_offset`
     steps in); `fit_steps` is given to fit only when the training data repeats (Keras then keeps
-    one iterator across epochs); `multipliers` scale the rate per variable (layer-wise rates).
+    one iterator across epochs); `memory`, the same data as arrays held in memory, is trained on by
+    `steploop.fit_arrays` on one device; `multipliers` scale the rate per variable (layer-wise rates).
     With a `checkpointer` the state is saved after every epoch; `resume_from` restores the
     optimizer and early stopping of an interrupted run before fitting on. `task` (the full model's
     Task, `tlkeras.tasks`; single-label when None) gives the loss, the metrics and where class
@@ -172,18 +174,14 @@ def run_stage(
         stage_callbacks.append(checkpointer.callback(stopper))  # last: sees every other callback's epoch
     if verbose == "auto":  # a progress bar on a terminal; one plain line per epoch in a log or a pipe
         verbose = progress_verbosity()
-    own_loop = steploop.needs_own_loop(model)  # Keras's fit fails under multi-worker (steploop docs)
-    fit = functools.partial(steploop.fit_loop, model, task=task) if own_loop else model.fit
-    history = fit(
-        train_ds,
-        validation_data=val_ds,
-        initial_epoch=initial_epoch,
-        epochs=initial_epoch + (stage.epochs if epochs is None else epochs),
-        steps_per_epoch=fit_steps,
-        callbacks=stage_callbacks,
-        class_weight=task.fit_class_weight(class_weight),
-        verbose=verbose,
-        # the tf.data pipeline shuffles (Keras warns on every fit when shuffle=True reaches a Dataset)
-        **({} if own_loop else {"shuffle": False}),
-    )
+    common = dict(initial_epoch=initial_epoch, epochs=initial_epoch + (stage.epochs if epochs is None else epochs),
+                  callbacks=stage_callbacks, class_weight=task.fit_class_weight(class_weight), verbose=verbose)
+    if memory is not None and steploop.fits_arrays(model):  # cached data: fit's overheads would be most of it
+        history = steploop.fit_arrays(model, memory.train, batch_size=memory.batch_size, validation=memory.val,
+                                      task=task, **common)
+    elif steploop.needs_own_loop(model):  # Keras's fit fails under multi-worker (steploop docs)
+        history = steploop.fit_loop(model, train_ds, validation_data=val_ds, steps_per_epoch=fit_steps, task=task,
+                                    **common)
+    else:  # the tf.data pipeline shuffles (Keras warns on every fit when shuffle=True reaches a Dataset)
+        history = model.fit(train_ds, validation_data=val_ds, steps_per_epoch=fit_steps, shuffle=False, **common)
     return initial_epoch + len(history.epoch)
