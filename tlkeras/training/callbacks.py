@@ -133,7 +133,12 @@ class BestCheckpoint(keras.callbacks.Callback):
         if self.epoch is None or self.values is None:
             return
         current = {i: self._weights[i].numpy() for i in self.values}
-        self.put_back()
+        # Often the best epoch is the last one (and at the run's end restore_best puts it back anyway):
+        # then the model holds it already and is written as it is, without two rounds of assigning.
+        if all(np.array_equal(current[i], value) for i, value in self.values.items()):
+            current = {}
+        else:
+            self.put_back()
         try:
             # HDF5 does not survive a full disk (a segfault, or a RuntimeError from h5py): refuse first
             optimizer = getattr(self.target, "optimizer", None)  # save_weights writes its variables too
