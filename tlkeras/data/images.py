@@ -26,7 +26,13 @@ IGNORED_FILES = {"thumbs.db", "desktop.ini"}
 # `max_image_pixels` changes it.
 from tlkeras.config import MAX_IMAGE_PIXELS  # noqa: E402
 
+# The functions below branch only on Python values (a limit, a channel count) and use tf.case for the
+# rest: AutoGraph has nothing to convert, and converting them anyway cost seconds of every trace (the
+# scan's map, every serving signature; profiled in benchmarks/RESULTS.md, issue 17).
+_plain_graph = tf.autograph.experimental.do_not_convert
 
+
+@_plain_graph
 def image_dimensions(image_bytes: tf.Tensor) -> tf.Tensor:
     """int64 [height, width] an encoded JPEG, PNG, GIF or BMP declares in its header, read without
     decoding the image; [-1, -1] for other bytes (the decoder then says what is wrong).
@@ -62,6 +68,7 @@ def image_dimensions(image_bytes: tf.Tensor) -> tf.Tensor:
     ], default=lambda: unknown, exclusive=True)
 
 
+@_plain_graph
 def decode_image(image_bytes: tf.Tensor, max_pixels: int | None = None) -> tf.Tensor:
     """Decode JPEG, PNG, BMP or GIF (first frame) bytes to uint8 RGB [H, W, 3].
 
@@ -83,6 +90,7 @@ def decode_image(image_bytes: tf.Tensor, max_pixels: int | None = None) -> tf.Te
     return image
 
 
+@_plain_graph
 def prepare_image(image: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
     """Any decoded image [H, W, C] (C in 1, 3, 4; uint8 or float in [0, 255]) -> float32 [h, w, 3].
 
@@ -101,12 +109,14 @@ def prepare_image(image: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
     return tf.image.resize(image, image_size, method="bilinear", antialias=True)
 
 
+@_plain_graph
 def decode_and_resize(image_bytes: tf.Tensor, image_size: tuple[int, int], max_pixels: int | None = None) -> tf.Tensor:
     """Encoded image bytes -> float32 RGB [h, w, 3] in [0, 255]: the training and serving input.
     Images above `max_pixels` are refused (see `decode_image`)."""
     return prepare_image(decode_image(image_bytes, max_pixels), image_size)
 
 
+@_plain_graph
 def load_image(path: tf.Tensor, image_size: tuple[int, int], max_pixels: int | None = None) -> tf.Tensor:
     """Read a file (local or any tf.io filesystem, e.g. gs://) and `decode_and_resize` it."""
     return decode_and_resize(tf.io.read_file(path), image_size, max_pixels)
