@@ -43,10 +43,16 @@ def convert(model) -> bytes:
     # which no caller feeds (benchmarks/RESULTS.md, issue 18).
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    frozen = convert_variables_to_constants_v2(fn.get_concrete_function())
-    proto, _ = tf2onnx.convert.from_graph_def(
-        frozen.graph.as_graph_def(), input_names=[t.name for t in frozen.inputs],
-        output_names=[t.name for t in frozen.outputs], opset=OPSET)
+    logger = tf.get_logger()  # the freezing and tf2onnx's graph tools log TF1 deprecation notices: not the user's
+    level = logger.level
+    logger.setLevel("ERROR")
+    try:
+        frozen = convert_variables_to_constants_v2(fn.get_concrete_function())
+        proto, _ = tf2onnx.convert.from_graph_def(
+            frozen.graph.as_graph_def(), input_names=[t.name for t in frozen.inputs],
+            output_names=[t.name for t in frozen.outputs], opset=OPSET)
+    finally:
+        logger.setLevel(level)
     _rename_input(proto, frozen.inputs[0].name, "pixels")  # "pixels:0" from a graph, "pixels" as before
     return proto.SerializeToString()
 
