@@ -222,6 +222,8 @@ def aligned_empty(shape, dtype):
     import numpy as np
 
     dtype = np.dtype(dtype)
+    if dtype.hasobject:  # Python objects (e.g. strings): TensorFlow copies them anyway
+        return np.empty(shape, dtype)
     size = int(np.prod(shape)) * dtype.itemsize
     raw = np.empty(size + TENSOR_ALIGNMENT, np.uint8)
     start = -raw.ctypes.data % TENSOR_ALIGNMENT
