@@ -93,3 +93,24 @@ def test_stage_1_on_cached_features_trains_in_memory_and_stage_2_on_the_pipeline
                                         output_dir=str(tmp_path / "run"), export=False)
     assert len(used) == 1 and used[0] != result.model.name  # the head alone, on its cached features
     assert result.history["stage"] == [1, 1, 2] and np.isfinite(result.history["val_loss"]).all()
+
+
+def test_fit_prints_what_keras_fit_prints(capfd):
+    """verbose=2 (a log, a pipe): one line per epoch in fit's own format, with its metrics and no step rate."""
+    x, y = _arrays()
+    fit_arrays(_model(), (x, y), batch_size=16, validation=(x[:16], y[:16]), epochs=2, verbose=2)
+    lines = [line for line in capfd.readouterr().out.splitlines() if " - loss: " in line]
+    assert len(lines) == 2 and all(line.startswith("4/4 - ") for line in lines)
+    assert all("val_loss: " in line and "accuracy: " in line and "learning_rate" not in line for line in lines)
+
+
+def test_cached_arrays_of_texts_are_held_as_they_are():
+    """Strings (a text module's inputs) are Python objects: the aligned buffer for tensors is not for them."""
+    from tlkeras.caching import _concatenate
+    from tlkeras.utils import aligned_empty
+
+    assert aligned_empty((2, 3), object).shape == (2, 3)
+    parts = [np.array(["a b", "c"], dtype=object), np.array(["d"], dtype=object)]
+    assert _concatenate(parts).tolist() == ["a b", "c", "d"]
+    floats = _concatenate([np.ones((2, 3), "float32"), np.zeros((1, 3), "float32")])
+    assert floats.ctypes.data % 64 == 0 and floats.sum() == 6

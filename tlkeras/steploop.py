@@ -283,7 +283,10 @@ def fit_arrays(
 
     rng = np.random.default_rng(seed if seed is not None else np.random.randint(2**31))
     accuracy = task.accuracy_key
-    callback_list = keras.callbacks.CallbackList(callbacks or [], model=model)
+    # fit's own progress output (a bar on a terminal, one line per epoch with verbose=2), from the same logger fit uses
+    progress = [_ProgressBar()] if verbose not in (0, "0") else []
+    callback_list = keras.callbacks.CallbackList(list(callbacks or []) + progress, model=model, verbose=verbose,
+                                                 epochs=epochs, steps=steps)
     history = LoopHistory()
     model.stop_training = False
     callback_list.on_train_begin()
@@ -302,8 +305,6 @@ def fit_arrays(
         if evaluate is not None and not model.stop_training:
             logs.update({f"val_{k}": v for k, v in _logs(np.asarray(evaluate(), np.float64), accuracy).items()})
         callback_list.on_epoch_end(epoch, logs)
-        if verbose not in (0, "0"):  # fit's progress bar, in one line per epoch
-            get_logger().info("epoch %d/%d: %s", epoch + 1, epochs, " - ".join(f"{k} {v:.4f}" for k, v in logs.items()))
         history.epoch.append(epoch)
         for key, value in logs.items():
             history.history.setdefault(key, []).append(value)
@@ -311,6 +312,13 @@ def fit_arrays(
             break
     callback_list.on_train_end(logs)
     return history
+
+
+class _ProgressBar(keras.callbacks.ProgbarLogger):
+    """fit's progress output, without the per-step learning rate fit_arrays gives the other callbacks."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        super().on_train_batch_end(batch, {k: v for k, v in (logs or {}).items() if k != "learning_rate"})
 
 
 def _penalty(model):
