@@ -35,12 +35,17 @@ def test_export_writes_the_tflite_file_with_labels_and_measured_parity(trained_r
 
 
 def test_float_tflite_answers_as_the_keras_model(trained_run, tflite_export):
+    """Within 1e-4, the bar parity.json is held to above: on noise images this model's probabilities are not
+    saturated, and TFLite's float32 kernels differ from TensorFlow's by up to 3e-5 on them (measured with its
+    reference kernels as well as XNNPack: folded BatchNormalization, another summation order); 1e-5 held only
+    while the fixture's model answered 0.9999."""
     from tlkeras.model import predict_function, to_probabilities
 
     pixels = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
     got = tflite.TFLiteClassifier(tflite_export[0])(pixels)
     expected = np.asarray(to_probabilities(predict_function(trained_run.model)(pixels)))
-    np.testing.assert_allclose(got, expected, atol=1e-5)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    assert (got.argmax(-1) == expected.argmax(-1)).all()
 
 
 def _colour_model():
