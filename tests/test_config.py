@@ -129,3 +129,33 @@ def test_yaml_is_loaded_safely(tmp_path):
     evil.write_text("backbone: !!python/object/apply:os.system ['echo hacked']\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(evil)
+
+
+# === A backbone's own defaults apply where the user set nothing ===
+
+
+def test_the_config_knows_which_keys_it_was_given():
+    from tlkeras.config import StageConfig
+
+    cfg = FinetuneConfig.from_dict({"batch_size": 8, "stage1": {"epochs": 3}, "backbone_options": {"alpha": 0.5}})
+    cfg = cfg.with_overrides(["stage2.learning_rate=0.001"])
+    assert cfg.given_keys() == {"batch_size", "stage1.epochs", "backbone_options.alpha", "stage2.learning_rate"}
+    # a config built directly: what differs from the defaults counts as given
+    direct = FinetuneConfig(stage1=StageConfig(epochs=3, learning_rate=3e-3))
+    assert direct.given_keys() == {"stage1.epochs"}
+
+
+def test_backbone_defaults_fill_only_what_was_not_given(tmp_path):
+    defaults = {"stage1.epochs": 20, "stage1.learning_rate": 0.01, "backbone_options.pooling": "mean"}
+    cfg = FinetuneConfig.from_dict({"stage1": {"learning_rate": 0.05}}).with_defaults(defaults)
+    assert (cfg.stage1.epochs, cfg.stage1.learning_rate, cfg.backbone_options) == (20, 0.05, {"pooling": "mean"})
+    assert cfg.given_keys() == {"stage1.learning_rate"}  # defaults stay defaults
+    # a backbone option default joins the options given; one given is kept
+    options = FinetuneConfig.from_dict({"backbone_options": {"sequence_length": 16}}).with_defaults(defaults)
+    assert options.backbone_options == {"sequence_length": 16, "pooling": "mean"}
+    kept = FinetuneConfig.from_dict({"backbone_options": {"pooling": "first"}}).with_defaults(defaults)
+    assert kept.backbone_options == {"pooling": "first"}
+    # a saved config (config.yaml, what resume reads) holds every key: nothing is replaced on the way back
+    cfg.to_yaml(tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    assert again.with_defaults({"stage1.epochs": 99}).stage1.epochs == 20

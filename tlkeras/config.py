@@ -260,6 +260,41 @@ class FinetuneConfig:
         for key, value in values.items():
             _set_key(new, str(key), value)
         new.validate()
+        new._given = self.given_keys() | _dotted_keys(values)
+        return new
+
+    def given_keys(self) -> frozenset:
+        """The dotted keys this config was given ("stage1.epochs", "backbone_options.pooling", "batch_size"):
+        those merged in (kwargs, YAML, --set), else - for a config built directly - those that differ
+        from the defaults."""
+        given = getattr(self, "_given", None)
+        if given is None:
+            given = frozenset(key for key, value in _flat(self.to_dict()).items()
+                              if _flat(FinetuneConfig().to_dict()).get(key, object()) != value)
+        return frozenset(given)
+
+    def with_defaults(self, defaults: dict) -> "FinetuneConfig":
+        """A copy in which each of `defaults` ({"stage1.epochs": 20, ...}: a backbone's own defaults,
+        `BackboneSpec.training_defaults`) replaces the general default of a key this config was not given.
+
+        >>> cfg = FinetuneConfig.from_dict({"stage1": {"epochs": 3}})
+        >>> new = cfg.with_defaults({"stage1.epochs": 20, "stage1.learning_rate": 0.01})
+        >>> new.stage1.epochs, new.stage1.learning_rate, sorted(new.given_keys())
+        (3, 0.01, ['stage1.epochs'])
+        """
+        given = self.given_keys()
+        values: dict = {}
+        for key, value in defaults.items():
+            if key not in given:
+                node = values
+                *sections, name = key.split(".")
+                for section in sections:
+                    node = node.setdefault(section, {})
+                node[name] = value
+        if "backbone_options" in values:  # merged into the options given, not in place of them
+            values["backbone_options"] = {**self.backbone_options, **values["backbone_options"]}
+        new = self.merged(values)
+        new._given = given  # a default, not the user's: still not given
         return new
 
     def with_overrides(self, assignments: list[str] | tuple[str, ...]) -> "FinetuneConfig":
@@ -357,6 +392,20 @@ def load_config(path: str | os.PathLike) -> FinetuneConfig:
     return FinetuneConfig.from_yaml(path)
 
 
+def with_backbone_defaults(cfg: FinetuneConfig, spec) -> FinetuneConfig:
+    """The config with the backbone's own defaults (`tlkeras.backbones.BackboneSpec.training_defaults`) for
+    the keys it was not given; what they changed is logged. Every run applies them once its backbone is
+    resolved (build_and_finetune, the LR finder, each candidate of a ranking)."""
+    from tlkeras._logging import get_logger
+
+    new = cfg.with_defaults(spec.training_defaults)
+    changed = {key: value for key, value in spec.training_defaults.items() if key not in cfg.given_keys()}
+    if changed:
+        get_logger().info("defaults for %s: %s (measured: benchmarks/RESULTS.md; set a key to change it)",
+                          spec.display_name, ", ".join(f"{k} {v}" for k, v in changed.items()))
+    return new
+
+
 def resolve_config(config: "FinetuneConfig | str | os.PathLike | None" = None, data: Any = None,
                    options: Optional[dict] = None) -> FinetuneConfig:
     """The config a library call runs with: `config` (a FinetuneConfig, a YAML path, or None for the
@@ -439,6 +488,31 @@ def _describe_in_memory(value: Any) -> str:
     if isinstance(value, (tuple, list)) and value and hasattr(value[0], "shape"):
         return f"arrays {tuple(value[0].shape)}"
     return type(value).__name__
+
+
+def _dotted_keys(values: dict) -> set:
+    """The keys a (nested) mapping of config values sets, dotted below sections and backbone_options."""
+    out = set()
+    for key, value in values.items():
+        key = str(key)
+        if key in _SECTIONS and dataclasses.is_dataclass(value):
+            out |= {f"{key}.{f.name}" for f in dataclasses.fields(value)}
+        elif (key in _SECTIONS or key == "backbone_options") and isinstance(value, dict):
+            out |= {f"{key}.{sub}" for sub in value}
+        else:
+            out.add(key)
+    return out
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    """{dotted key: value} of a config's to_dict() (one level below sections and backbone_options)."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and (key in _SECTIONS or key == "backbone_options"):
+            out.update({f"{key}.{sub}": v for sub, v in value.items()})
+        else:
+            out[prefix + key] = value
+    return out
 
 
 def _set_key(cfg: FinetuneConfig, key: str, value: Any) -> None:

@@ -68,12 +68,13 @@ def find_learning_rate(
         raise ConfigError(f"min_lr {min_lr} and max_lr {max_lr}: need 0 < min_lr < max_lr.")
     if steps < 10:
         raise ConfigError(f"steps: {steps} is too few for a range test; use at least 10 (100 is typical).")
-    from tlkeras.config import resolve_config
+    from tlkeras.config import resolve_config, with_backbone_defaults
 
     cfg = resolve_config(config, data, options)
     log = get_logger()
     keras.utils.set_random_seed(cfg.seed)
     spec = backbones.resolve(cfg.backbone, cfg.backbone_options)
+    cfg = with_backbone_defaults(cfg, spec)
     kind = inputs_for(spec, cfg)
     image_size = kind.size(spec, cfg.image_size)
     bundle = kind.make_datasets(cfg, image_size)

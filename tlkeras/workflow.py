@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from tlkeras import backbones, rundir
 from tlkeras._logging import get_logger
-from tlkeras.config import FinetuneConfig, resolve_config
+from tlkeras.config import FinetuneConfig, resolve_config, with_backbone_defaults
 from tlkeras.inputs import inputs_for
 from tlkeras.distribute import is_multi_worker, strategy_name, precision_policy, resolve_precision, resolve_strategy, worker_role
 from tlkeras.evaluate import predict_probabilities
@@ -134,12 +134,13 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
     replicas = int(strategy.num_replicas_in_sync)
     chief, task = worker_role(strategy)
     log.info("strategy: %s with %d replica(s) in sync (%s)", strategy_name(strategy), replicas, why)
-    train_cfg = _distributed_settings(cfg, replicas)
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()  # process-wide; ops without a deterministic kernel raise
 
     spec = backbones.resolve(cfg.backbone, cfg.backbone_options)
+    cfg = with_backbone_defaults(cfg, spec)
+    train_cfg = _distributed_settings(cfg, replicas)
     if cfg.weights is None and cfg.stage1.epochs > 0 and spec.random_init:
         log.warning(
             "weights=None: the backbone starts from random weights, so stage 1 trains the head on random "

@@ -103,6 +103,10 @@ class BackboneSpec:
             means its own weights).
         tokenizer: for a text encoder that takes token ids ("tokens"), `tokenizer() -> layer`
             turning strings into the backbone's inputs (the preset's tokenizer and packer).
+        training_defaults: the settings this kind of backbone trains best with, where they differ from
+            the general defaults ({"stage1.epochs": 20, ...}, dotted config keys; measured, see
+            benchmarks/RESULTS.md): a run applies those its config was not given
+            (`FinetuneConfig.with_defaults`).
     """
 
     name: str
@@ -119,6 +123,7 @@ class BackboneSpec:
     own_weights: bool = False
     random_init: bool = True
     tokenizer: Optional[Callable] = field(default=None, repr=False, compare=False)
+    training_defaults: dict = field(default_factory=dict, compare=False)
 
     @property
     def slug(self) -> str:

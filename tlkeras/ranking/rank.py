@@ -108,6 +108,7 @@ def _score(base, candidate: dict, label: str, probe: bool, bundles: dict) -> dic
     import numpy as np
 
     from tlkeras import backbones
+    from tlkeras.config import with_backbone_defaults
     from tlkeras.inputs import inputs_for
     from tlkeras.model import build_model
     from tlkeras.preflight import check_run
@@ -123,6 +124,7 @@ def _score(base, candidate: dict, label: str, probe: bool, bundles: dict) -> dic
     with PeakMemory() as memory:
         keras.utils.set_random_seed(cfg.seed)
         spec = backbones.resolve(cfg.backbone, cfg.backbone_options)
+        cfg = with_backbone_defaults(cfg, spec)  # the probe is stage 1 as this backbone's run would train it
         spec.check_weights(cfg.weights)
         kind = inputs_for(spec, cfg)
         size = kind.size(spec, cfg.image_size)
