@@ -277,12 +277,16 @@ def test_auto_is_refused_on_a_cluster(monkeypatch):
 
 def test_rank_backbones_ranks_text_encoders(text_csv, hub_text_module, bert_preset):
     """Texts go the same way: a hub text-embedding module and a KerasHub BERT (its tokenizer inside), one frozen
-    pass each. The module's word vectors carry the warm/cool words; the tiny BERT is randomly initialised."""
+    pass each. The module's word vectors carry the warm/cool words; so, with the text encoders' default pooling (the
+    mean over tokens), does the randomly initialised tiny BERT: a mean of its distinct random word embeddings is a
+    bag of words (its pooled output, a random tanh of the first token, carried nothing). Both probes learn the task
+    and the ranking is in the order of its score (probe accuracy, ties by LogME)."""
     hub, bert = f"hub:{hub_text_module}", f"kerashub:{bert_preset}"
     result = rank_backbones(text_csv, [bert, hub], text_column="review", label_column="sentiment", batch_size=8,
                             stage1={"epochs": 15, "learning_rate": 0.05}, backbone_options={})
     dims = {e["backbone"]: e["feature_dims"] for e in result.entries}
     assert dims == {hub: 8, bert: 16} and not result.failed
-    assert [e["backbone"] for e in result.entries] == [hub, bert]
-    assert result.entries[0]["logme"] > result.entries[1]["logme"] + 0.5
-    assert result.entries[0]["probe_accuracy"] >= 0.9 > result.entries[1]["probe_accuracy"]
+    assert all(e["probe_accuracy"] >= 0.9 for e in result.entries), result.entries
+    assert result.by == "probe"
+    keys = [(e["probe_accuracy"], e["logme"]) for e in result.entries]
+    assert keys == sorted(keys, reverse=True) and result.recommended == result.entries[0]

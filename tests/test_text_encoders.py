@@ -15,6 +15,7 @@ import contract
 import tlkeras
 from conftest import TEXT_WORDS
 from tlkeras import backbones, cli
+from tlkeras.config import FinetuneConfig
 from tlkeras.errors import BackboneError, ExportError
 
 RUN = {"batch_size": 8, "report": False, "tensorboard": False, "verbose": 0}
@@ -149,6 +150,22 @@ def test_texts_longer_than_the_sequence_length_are_counted(encoder_run, reviews,
             texts=texts)))
     assert again == facts
     assert f"data: {expected} of 40 training texts are longer than 8 tokens and are cut" in caplog.text
+
+
+def test_a_text_encoder_trains_with_its_own_defaults_where_the_config_is_silent(encoder_run):
+    """ENCODER_TRAINING_DEFAULTS fill what the run was not given; what it was given (stage 1's epochs and rate,
+    the stage 2 extent) is kept; run.json says what ran, and the pooling default is the mean over tokens."""
+    from tlkeras.text_layers import DEFAULT_POOLING, ENCODER_TRAINING_DEFAULTS
+
+    with open(os.path.join(encoder_run.run_dir, "run.json"), encoding="utf-8") as f:
+        config = json.load(f)["config"]
+    assert (config["stage1"]["epochs"], config["stage1"]["learning_rate"]) == (10, 0.05)  # given: kept
+    assert config["stage2"]["unfreeze"] == "blocks:1" and config["stage2"]["epochs"] == 1
+    assert config["stage2"]["learning_rate"] == ENCODER_TRAINING_DEFAULTS["stage2.learning_rate"]  # not given
+    assert config["stage2"]["optimizer"] == "adam"  # no text default: the general one
+    assert ENCODER_TRAINING_DEFAULTS["stage2.learning_rate"] != FinetuneConfig().stage2_learning_rate
+    assert DEFAULT_POOLING == "mean"
+    assert backbones.resolve(encoder_run.config.backbone, {"sequence_length": 8}).options["pooling"] == "mean"
 
 
 def test_the_export_carries_the_tokenizer_and_says_what_loading_it_needs(encoder_run, uninstalled):

@@ -114,6 +114,7 @@ def get_spec(name: str, options: dict | None = None, default_preprocessing: str 
         modality="tokens" if info.kind == "encoder" else info.kind,
         own_weights=True,
         tokenizer=_packer(options) if info.kind == "encoder" else None,
+        training_defaults=hub_text.ENCODER_TRAINING_DEFAULTS if info.kind == "encoder" else {},
     )
 
 

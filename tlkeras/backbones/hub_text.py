@@ -12,8 +12,8 @@ preprocessing model, its "backbone" the encoder in tlkeras's Keras 3 hub layer
 - `backbone_options.sequence_length` (default 128, at most the encoder's position embeddings): longer
   texts are cut by the preprocessing model (pairs: a token at a time from the longer text), and how
   many were is logged and kept in run.json.
-- `backbone_options.pooling`: "pooled" (the encoder's pooled_output: its [CLS] dense layer, the
-  default), "first" (the [CLS] token's state) or "mean" (the mean over real tokens).
+- `backbone_options.pooling`: "mean" (the mean over real tokens, the default), "pooled" (the
+  encoder's pooled_output: its [CLS] dense layer) or "first" (the [CLS] token's state).
 - The encoder's transformer layers (its variables `transformer/layer_<i>/...`) are the blocks of
   `unfreeze: blocks:N`, of `layer_decay` and of gradual unfreezing; the embeddings come before them,
   the pooler joins the last one. An int N or a fraction counts the encoder's variables from the top.
@@ -32,7 +32,7 @@ from tlkeras.backbones.hub_handles import resolve_handle
 from tlkeras.backbones.hub_module import ENCODER_INPUTS, HubModule, _keep_spare, _take_spare, load_module
 from tlkeras.backbones.spec import BlockMap
 from tlkeras.errors import BackboneError
-from tlkeras.text_layers import POOLINGS, Packer, TokenPooling
+from tlkeras.text_layers import DEFAULT_POOLING, ENCODER_TRAINING_DEFAULTS, POOLINGS, Packer, TokenPooling
 
 SCHEME = "hub:"
 #: backbone_options that only a Transformer encoder takes
@@ -63,7 +63,7 @@ def encoder_options(handle: str, options: dict, module) -> dict:
             "input_type_ids); give its preprocessing model with backbone_options.preprocessor, e.g. "
             "hub:https://tfhub.dev/tensorflow/bert_en_uncased_preprocess/3.")
     options["preprocessor"] = preprocessor if preprocessor.startswith(SCHEME) else SCHEME + preprocessor
-    pooling = options.setdefault("pooling", "pooled")
+    pooling = options.setdefault("pooling", DEFAULT_POOLING)
     if pooling not in POOLINGS:
         raise BackboneError(f"backbone_options.pooling: {pooling!r} is not one of {', '.join(POOLINGS)}.")
     maximum = _max_positions(module)

@@ -6,15 +6,17 @@ takes raw strings; its "preprocess" layer is the preset's own tokenizer and pack
 (`tlkeras.text_layers.TextPacker`: start, end and pad tokens, segment ids) and its "backbone" is
 the encoder's own layers, ending in one vector per text:
 
-- `backbone_options.pooling`: "pooled" (the default: the encoder's pooled output where it has
-  one, as BERT's [CLS] dense layer, else the first token), "first" (the [CLS] token's state) or
-  "mean" (the mean over real tokens);
+- `backbone_options.pooling`: "mean" (the default: the mean over real tokens), "pooled" (the
+  encoder's pooled output where it has one, as BERT's [CLS] dense layer, else the first token) or
+  "first" (the [CLS] token's state);
 - `backbone_options.sequence_length` (default 128, at most the encoder's maximum): longer texts
   are cut, and how many were is logged and kept in run.json.
 
 Transformer layers are the blocks of `unfreeze: blocks:N` and of `layer_decay` (the embeddings
 before them; a pooler joins the last layer). `weights: imagenet` (the default) loads the preset's
 weights, `null` builds the encoder randomly initialised, a weights file is loaded on top.
+Where a run's config does not set them, text encoders train with their own measured defaults
+(`tlkeras.text_layers.ENCODER_TRAINING_DEFAULTS`).
 """
 
 from __future__ import annotations
@@ -38,14 +40,14 @@ def is_text_backbone(backbone) -> bool:
 
 def get_spec(preset: str, backbone, options: dict, scheme: str) -> BackboneSpec:
     """The spec of a KerasHub text preset, from its backbone built without weights."""
-    from tlkeras.text_layers import POOLINGS
+    from tlkeras.text_layers import DEFAULT_POOLING, ENCODER_TRAINING_DEFAULTS, POOLINGS
 
     options = dict(options or {})
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise BackboneError(f"backbone_options: {', '.join(unknown)} do not apply to a KerasHub text encoder; its "
                             f"options are sequence_length and pooling ({', '.join(POOLINGS)}).")
-    pooling = options.get("pooling", "pooled")
+    pooling = options.get("pooling", DEFAULT_POOLING)
     if pooling not in POOLINGS:
         raise BackboneError(f"backbone_options.pooling: {pooling!r} is not one of {', '.join(POOLINGS)}.")
     maximum = getattr(backbone, "max_sequence_length", None)
@@ -71,6 +73,7 @@ def get_spec(preset: str, backbone, options: dict, scheme: str) -> BackboneSpec:
         modality="tokens",
         own_weights=True,
         tokenizer=lambda: _packer(preset, length),
+        training_defaults=ENCODER_TRAINING_DEFAULTS,
     )
 
 
@@ -107,14 +110,14 @@ def _packer(preset: str, sequence_length: int):
 def _build(preset: str, weights, options: dict):
     import keras
 
-    from tlkeras.text_layers import TokenPooling
+    from tlkeras.text_layers import DEFAULT_POOLING, TokenPooling
 
     keras_hub = import_keras_hub(preset)
     loaded = load_preset(keras_hub.models.Backbone, preset, load_weights=weights is not None)
     outputs = loaded.output
     sequence = outputs["sequence_output"] if isinstance(outputs, dict) else outputs
     pooled = outputs.get("pooled_output") if isinstance(outputs, dict) else None
-    pooling = options.get("pooling", "pooled")
+    pooling = options.get("pooling", DEFAULT_POOLING)
     if pooling == "pooled" and pooled is not None:
         features = pooled
     else:
