@@ -221,7 +221,7 @@ def run_tlkeras(args, task) -> dict:
         backbone_options=json.loads(args.backbone_options), image_size=args.image_size,
         batch_size=args.batch_size, seed=args.seed,
         stage1={"epochs": args.stage1_epochs, **matched1}, stage2={"epochs": args.stage2_epochs, **matched2},
-        output_dir=os.path.join(CACHE, "tlkeras-run"), export=False, verbose=0, **extras,
+        output_dir=os.path.join(CACHE, "tlkeras-run"), overwrite=True, export=False, verbose=0, **extras,
         **json.loads(args.tlkeras_options),
     )
     t = result.timings
