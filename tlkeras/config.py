@@ -269,8 +269,8 @@ class FinetuneConfig:
         from the defaults."""
         given = getattr(self, "_given", None)
         if given is None:
-            given = frozenset(key for key, value in _flat(self.to_dict()).items()
-                              if _flat(FinetuneConfig().to_dict()).get(key, object()) != value)
+            defaults = _flat(FinetuneConfig().to_dict())
+            given = (key for key, value in _flat(self.to_dict()).items() if defaults.get(key, object()) != value)
         return frozenset(given)
 
     def with_defaults(self, defaults: dict) -> "FinetuneConfig":
@@ -398,8 +398,9 @@ def with_backbone_defaults(cfg: FinetuneConfig, spec) -> FinetuneConfig:
     resolved (build_and_finetune, the LR finder, each candidate of a ranking)."""
     from tlkeras._logging import get_logger
 
+    given = cfg.given_keys()
     new = cfg.with_defaults(spec.training_defaults)
-    changed = {key: value for key, value in spec.training_defaults.items() if key not in cfg.given_keys()}
+    changed = {key: value for key, value in spec.training_defaults.items() if key not in given}
     if changed:
         get_logger().info("defaults for %s: %s (measured: benchmarks/RESULTS.md; set a key to change it)",
                           spec.display_name, ", ".join(f"{k} {v}" for k, v in changed.items()))
@@ -504,14 +505,14 @@ def _dotted_keys(values: dict) -> set:
     return out
 
 
-def _flat(values: dict, prefix: str = "") -> dict:
+def _flat(values: dict) -> dict:
     """{dotted key: value} of a config's to_dict() (one level below sections and backbone_options)."""
     out = {}
     for key, value in values.items():
         if isinstance(value, dict) and (key in _SECTIONS or key == "backbone_options"):
             out.update({f"{key}.{sub}": v for sub, v in value.items()})
         else:
-            out[prefix + key] = value
+            out[key] = value
     return out
 
 

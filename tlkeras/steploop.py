@@ -33,6 +33,12 @@ class LoopHistory:
         self.epoch: list[int] = []
         self.history: dict[str, list] = {}
 
+    def record(self, epoch: int, logs: dict) -> None:
+        """Keep an epoch's logs, as fit's History callback does."""
+        self.epoch.append(epoch)
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(value)
+
 
 def needs_own_loop(model: keras.Model) -> bool:
     """Whether tlkeras trains `model` with `fit_loop` rather than `model.fit`: under a mirrored
@@ -191,9 +197,7 @@ def _fit(strategy, model, train_ds, validation_data, initial_epoch, epochs, step
         if report:  # fit's progress bar, in one line per epoch
             get_logger().info("epoch %d/%d: %s", epoch + 1, epochs,
                               " - ".join(f"{k} {v:.4f}" for k, v in logs.items()))
-        history.epoch.append(epoch)
-        for key, value in logs.items():
-            history.history.setdefault(key, []).append(value)
+        history.record(epoch, logs)
         if model.stop_training:
             break
     callback_list.on_train_end(logs)
@@ -305,9 +309,7 @@ def fit_arrays(
         if evaluate is not None and not model.stop_training:
             logs.update({f"val_{k}": v for k, v in _logs(np.asarray(evaluate(), np.float64), accuracy).items()})
         callback_list.on_epoch_end(epoch, logs)
-        history.epoch.append(epoch)
-        for key, value in logs.items():
-            history.history.setdefault(key, []).append(value)
+        history.record(epoch, logs)
         if model.stop_training:
             break
     callback_list.on_train_end(logs)
