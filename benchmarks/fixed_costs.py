@@ -1,5 +1,7 @@
 """Fixed costs of a run that do not grow with the data: what building the optimizer costs inside and outside the
-train step's trace, and what a SavedModel export costs when its two image signatures share one traced model
+train step's trace, what Keras's first fit epoch costs when only the optimizer is built beforehand (the loss and
+metrics then make their variables in the trace, and TensorFlow traces the train step twice) or all of the train
+state is (`build_train_state`), and what a SavedModel export costs when its two image signatures share one traced model
 function or trace the model each.
 
     python benchmarks/fixed_costs.py [--backbone mobilenetv2] [--alpha 0.35] [--image-size 32] [--repeats 3]
@@ -29,6 +31,29 @@ def optimizer_build_seconds(variables, in_trace: bool) -> float:
         tf.function(lambda: optimizer.build(variables) or tf.constant(0))()
     else:
         optimizer.build(variables)
+    return time.perf_counter() - start
+
+
+def first_epoch_seconds(args, options, all_state: bool) -> float:
+    """A fresh model compiled as a stage compiles it, then one fit epoch of 3 batches: tracing, mostly."""
+    import keras
+    import numpy as np
+
+    from tlkeras.optimizers import SparseCrossentropy
+    from tlkeras.training.runner import build_train_state
+
+    keras.utils.clear_session()
+    model = tlkeras.build_model(args.backbone, 3, image_size=args.image_size, weights=None, backbone_options=options)
+    model.compile(optimizer=LayerwiseAdam(1e-3), loss=SparseCrossentropy(), metrics=["accuracy"])
+    rng = np.random.default_rng(0)
+    pixels = rng.uniform(0, 255, (40, args.image_size, args.image_size, 3)).astype("float32")
+    ds = tf.data.Dataset.from_tensor_slices((pixels, rng.integers(0, 3, 40))).batch(16)
+    start = time.perf_counter()
+    if all_state:
+        build_train_state(model, ds.element_spec)
+    else:
+        model.optimizer.build(model.trainable_variables)
+    model.fit(ds, epochs=1, verbose=0, shuffle=False)
     return time.perf_counter() - start
 
 
@@ -68,6 +93,9 @@ def main():
         runs = [optimizer_build_seconds(variables, in_trace) for _ in range(args.repeats)]
         rows.append((f"Adam build, {len(variables)} variables, {'inside the trace' if in_trace else 'eager'}",
                      statistics.median(runs)))
+    for all_state in (False, True):
+        rows.append((f"first fit epoch, {'all train state' if all_state else 'only the optimizer'} built before",
+                     statistics.median(first_epoch_seconds(args, options, all_state) for _ in range(args.repeats))))
     export_seconds(model, True)  # warm-up: the first export in a process also loads TF's saving code
     for shared in (False, True):
         rows.append((f"export, {'one traced model' if shared else 'model traced per signature'}",

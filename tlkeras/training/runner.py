@@ -104,6 +104,23 @@ class Runner:
 # === One stage ===
 
 
+def build_train_state(model: keras.Model, element_spec=None) -> None:
+    """Make every variable the compiled `model`'s train step needs - the optimizer's slots, the compiled loss's and
+    metrics' state - now, symbolically, from the data's `element_spec` (batches of (x, y)).
+
+    Left to Keras, on one device they are made while the train step is traced, and TensorFlow traces a function that
+    made variables a second time: the model's forward and backward pass twice, and the optimizer's update of every
+    variable, once per stage (benchmarks/fixed_costs.py: the tiny MobileNetV2's first fit epoch 2x slower). Under a
+    strategy Keras builds them itself (a no-op then).
+    """
+    with model.distribute_strategy.scope():
+        symbolic_build = getattr(model, "_symbolic_build", None)  # Keras 3's own, which fit calls under a strategy
+        if element_spec is not None and symbolic_build is not None:
+            symbolic_build(data_batch=element_spec)
+        elif not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+
+
 def run_stage(
     model: keras.Model,
     train_ds,
@@ -154,10 +171,8 @@ def run_stage(
         jit_compile=jit_compile,
         steps_per_execution=steps_per_execution,
     )
-    # Built here, eagerly: left to Keras, the optimizer creates its slot variables while the train step is
-    # traced, many times slower (benchmarks/fixed_costs.py). A resumed stage loads its saved moments into these.
-    if not model.optimizer.built:
-        model.optimizer.build(model.trainable_variables)
+    # Built here, eagerly; a resumed stage loads its saved moments into these.
+    build_train_state(model, train_ds.element_spec if hasattr(train_ds, "element_spec") else None)
     stage_callbacks = list(callbacks)
     stopper = None
     if resume_from is not None:
