@@ -269,8 +269,8 @@ def test_a_kill_in_the_report_or_the_export_is_completed_by_the_same_command(tmp
         np.testing.assert_array_equal(y, x)
     if where == "report":
         assert os.path.isfile(run / "report.html")
-    third = _train(options, run)
-    assert third.returncode != 0 and "holds a finished run" in third.stderr
+    with pytest.raises(TlkerasError, match="holds a finished run"):  # the same command once more: in this process,
+        tlkeras.build_and_finetune(verbose=0, **{**options, "output_dir": str(run)})  # refused before any work
 
 
 def test_a_trained_run_goes_on_and_a_complete_one_is_refused(tmp_path):
