@@ -4,10 +4,15 @@ Discriminative (layer-wise) learning rates for Keras 3 optimizers:
 
 Keras 3 has no parameter groups. These optimizers multiply the learning rate of each variable by
 its own factor inside `update_step`, the per-variable hook every Keras optimizer goes through - so
-Adam's and SGD's own update rules stay untouched, and it works under tf.distribute (the hook runs
-inside the strategy's per-variable update) and under a LossScaleOptimizer. Decoupled weight decay
-is applied in the same hook with the same per-variable rate, and skips biases and normalisation
-parameters.
+it works under tf.distribute (the hook runs inside the strategy's per-variable update) and under a
+LossScaleOptimizer. Decoupled weight decay is applied in the same hook with the same per-variable
+rate, and skips biases and normalisation parameters.
+
+The update itself is Adam's and SGD's own rule, written as TensorFlow's fused kernel
+(`ResourceApplyAdam`, `ResourceApplyKerasMomentum`: the same equations as Keras 3's Adam and SGD,
+which tf.keras used) instead of Keras's two dozen ops per variable: a train step traces and runs a
+graph with thousands of ops fewer (benchmarks/fixed_costs.py). Gradients of embedding lookups
+(IndexedSlices), AMSGrad and non-float variables take Keras's own rule.
 
 Example:
 
@@ -26,6 +31,15 @@ from typing import Optional
 
 import keras
 from keras import ops
+
+# The dtypes TensorFlow's fused apply kernels are registered for on every device.
+_FUSED_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def _handle(variable):
+    """The resource handle of a variable: a Keras variable's TensorFlow variable (under a strategy, inside its
+    per-variable update, the component on the device being updated)."""
+    return getattr(variable, "value", variable).handle
 
 # Variables whose name contains one of these get no weight decay.
 NO_DECAY = ("bias", "gamma", "beta", "moving_mean", "moving_variance")
@@ -51,7 +65,18 @@ class _Layerwise:
         rate = ops.cast(learning_rate, variable.dtype) * self._factors.get(key, 1.0)
         if self.decay and self._decays.get(key, False):
             variable.assign(variable - variable * ops.cast(self.decay, variable.dtype) * rate)
+        if self._fusable(gradient, variable):
+            return self._fused_update(gradient, variable, rate)
         return super().update_step(gradient, variable, rate)
+
+    def _fusable(self, gradient, variable) -> bool:
+        import tensorflow as tf
+
+        return (keras.backend.backend() == "tensorflow" and isinstance(variable, tf.Variable)
+                and not isinstance(gradient, tf.IndexedSlices) and variable.dtype.name in _FUSED_DTYPES)
+
+    def _fused_update(self, gradient, variable, rate):
+        raise NotImplementedError
 
     def get_config(self):
         config = super().get_config()
@@ -63,11 +88,40 @@ class _Layerwise:
 class LayerwiseAdam(_Layerwise, keras.optimizers.Adam):
     """Adam with per-variable learning-rate multipliers and decoupled weight decay (`decay`)."""
 
+    def _fusable(self, gradient, variable) -> bool:
+        return not self.amsgrad and super()._fusable(gradient, variable)
+
+    def _fused_update(self, gradient, variable, rate):
+        # Keras's Adam: alpha = rate * sqrt(1 - b2^t) / (1 - b1^t); m += (g - m)(1 - b1); v += (g^2 - v)(1 - b2);
+        # variable -= alpha * m / (sqrt(v) + epsilon) - which is what this kernel computes.
+        import tensorflow as tf
+
+        dtype = variable.dtype
+        step = tf.cast(self.iterations + 1, dtype)
+        beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
+        index = self._get_variable_index(variable)
+        tf.raw_ops.ResourceApplyAdam(
+            var=variable.handle, m=_handle(self._momentums[index]), v=_handle(self._velocities[index]),
+            beta1_power=tf.pow(beta_1, step), beta2_power=tf.pow(beta_2, step), lr=rate, beta1=beta_1, beta2=beta_2,
+            epsilon=tf.cast(self.epsilon, dtype), grad=tf.cast(gradient, dtype))
+
 
 @keras.saving.register_keras_serializable(package="tlkeras")
 class LayerwiseSGD(_Layerwise, keras.optimizers.SGD):
     """SGD (with momentum) with per-variable learning-rate multipliers and decoupled weight decay."""
 
+    def _fused_update(self, gradient, variable, rate):
+        # Keras's SGD: m = momentum * m - rate * g; variable += m (Nesterov: += momentum * m - rate * g).
+        import tensorflow as tf
+
+        dtype = variable.dtype
+        gradient = tf.cast(gradient, dtype)
+        if not self.momentum:
+            tf.raw_ops.ResourceApplyGradientDescent(var=variable.handle, alpha=rate, delta=gradient)
+            return
+        tf.raw_ops.ResourceApplyKerasMomentum(
+            var=variable.handle, accum=_handle(self.momentums[self._get_variable_index(variable)]), lr=rate,
+            grad=gradient, momentum=tf.cast(self.momentum, dtype), use_nesterov=self.nesterov)
 
 
 
