@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 
-import keras
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -44,8 +43,7 @@ def _history(run_dir):
 
 
 def _weights(run_dir):
-    model = keras.models.load_model(os.path.join(run_dir, "model.keras"))
-    return model.get_weights()
+    return tlkeras.load_model(os.path.join(run_dir, "model.keras")).get_weights()
 
 
 def _state(run_dir):
@@ -53,19 +51,28 @@ def _state(run_dir):
         return json.loads(str(data["state"][()]))
 
 
-def _assert_resumed_like_uninterrupted(options, tmp_path, kill_at, expect_state, expect_log):
+def _assert_resumed_like_uninterrupted(options, tmp_path, kills):
+    """The same command killed with SIGKILL at each (kill_at, expected state, expected log line) of `kills` in turn,
+    then run once more to its end: it ends where an uninterrupted run does. Returns the last process and the state
+    each kill left."""
     whole = _train(options, tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr[-3000:]
 
-    killed = _train(options, tmp_path / "cut", kill_at)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    state = _state(tmp_path / "cut")
-    assert {k: state[k] for k in expect_state} == expect_state
-    assert not os.path.exists(tmp_path / "cut" / "model.keras")
+    states, before = [], None
+    for kill_at, expect_state, expect_log in kills:
+        killed = _train(options, tmp_path / "cut", kill_at)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+        if before is not None:  # this process resumed the previous kill's run
+            assert before in killed.stderr
+        state = _state(tmp_path / "cut")
+        assert {k: state[k] for k in expect_state} == expect_state
+        assert not os.path.exists(tmp_path / "cut" / "model.keras")
+        states.append(state)
+        before = expect_log
 
     resumed = _train(options, tmp_path / "cut")  # the same command again
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert expect_log in resumed.stderr
+    assert before in resumed.stderr
 
     a, b = _history(tmp_path / "whole"), _history(tmp_path / "cut")
     assert b["epoch"] == a["epoch"] == list(range(1, 8))  # no repeated or missing epoch
@@ -76,18 +83,20 @@ def _assert_resumed_like_uninterrupted(options, tmp_path, kill_at, expect_state,
         np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-5)
     trainable = [(p / "stage2_trainable_layers.txt").read_text() for p in (tmp_path / "whole", tmp_path / "cut")]
     assert trainable[0] == trainable[1] and trainable[0]
-    return resumed, state
+    return resumed, states
 
 
 @pytest.mark.slow
-def test_kill_9_in_stage_1_resumes_from_the_last_finished_epoch(tmp_path, image_folder, tiny):
-    # Stage 1 on cached features, stage 2 on cached activations above the cut.
-    options = _options(image_folder, tiny, unfreeze="blocks:2")
-    _assert_resumed_like_uninterrupted(
-        options, tmp_path, kill_at=(1, 3),
-        expect_state={"stage": 1, "epochs_done": 2, "finished": False},
-        expect_log="stage 1: going on from epoch 3",
-    )
+def test_kill_9_in_stage_1_and_again_in_uncached_stage_2_resumes_each_time(tmp_path, image_folder, tiny):
+    # Stage 1 on cached features, then (unfreeze: all) the whole model on the input pipeline, whose state holds all
+    # of it. Killed in stage 1, resumed from its last finished epoch; the same command killed again in stage 2,
+    # resumed again: the run ends as an uninterrupted one does. (Stage 2 on cached activations above the cut is
+    # resumed in the phase test below.)
+    options = _options(image_folder, tiny, unfreeze="all")
+    _assert_resumed_like_uninterrupted(options, tmp_path, kills=[
+        ((1, 3), {"stage": 1, "epochs_done": 2, "finished": False}, "stage 1: going on from epoch 3"),
+        ((2, 6), {"stage": 2, "epochs_done": 5, "finished": False}, "stage 2: going on from epoch 6"),
+    ])
 
 
 @pytest.mark.slow
@@ -95,11 +104,10 @@ def test_kill_9_in_stage_2_resumes_in_the_right_phase(tmp_path, image_folder, ti
     # Gradual unfreezing: phases of 1, 1 and 2 epochs; killed in the first epoch of the third phase,
     # after the second finished. The resumed run skips stage 1 and two phases.
     options = _options(image_folder, tiny, unfreeze="blocks:3", gradual_unfreeze=1, epochs=3)
-    resumed, state = _assert_resumed_like_uninterrupted(
-        options, tmp_path, kill_at=(2, 7),
-        expect_state={"stage": 2, "phase": 1, "epochs_done": 6, "finished": True},
-        expect_log="resuming: stage 2 phase 2 finished, 6 epoch(s) done",
-    )
+    resumed, (state,) = _assert_resumed_like_uninterrupted(options, tmp_path, kills=[
+        ((2, 7), {"stage": 2, "phase": 1, "epochs_done": 6, "finished": True},
+         "resuming: stage 2 phase 2 finished, 6 epoch(s) done"),
+    ])
     assert "stage 1: finished before the interruption, skipped" in resumed.stderr
     assert "stage 2 phase 3/3" in resumed.stderr and "phase 1/3" not in resumed.stderr
     # run.json's training seconds cover both processes: stage 1 ran only in the killed one, stage 2 in both
@@ -110,17 +118,6 @@ def test_kill_9_in_stage_2_resumes_in_the_right_phase(tmp_path, image_folder, ti
     assert seconds["stage1"] == pytest.approx(before["stage1"], abs=2e-3)
     assert seconds["cache"] == pytest.approx(before["cache"], abs=2e-3)
     assert seconds["stage2"] > before["stage2"]
-
-
-@pytest.mark.slow
-def test_kill_9_in_uncached_stage_2(tmp_path, image_folder, tiny):
-    # unfreeze: all trains the whole model on the input pipeline: the state holds all of it.
-    options = _options(image_folder, tiny, unfreeze="all")
-    _assert_resumed_like_uninterrupted(
-        options, tmp_path, kill_at=(2, 6),
-        expect_state={"stage": 2, "epochs_done": 5, "finished": False},
-        expect_log="stage 2: going on from epoch 6",
-    )
 
 
 def test_ctrl_c_saves_and_says_how_to_resume(tmp_path, image_folder, tiny):
@@ -242,18 +239,26 @@ def test_cli_ctrl_c_exits_130_with_the_resume_hint(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("where", ["report", "export"])
-def test_a_kill_in_the_report_or_the_export_is_completed_by_the_same_command(tmp_path, image_folder, tiny, where):
+def test_a_kill_in_the_report_and_then_in_the_export_is_completed_by_the_same_command(tmp_path, image_folder, tiny):
     options = {**_options(image_folder, tiny, unfreeze="blocks:1", epochs=1), "stage1": {"epochs": 1},
-               "export": True, "report": where == "report"}
+               "export": True, "report": True}
     run = tmp_path / "run"
-    killed = _train(options, run, (where,))
+
+    def leftovers(folder):
+        return [n for n in os.listdir(folder) if n.startswith(".tmp-")]
+
+    killed = _train(options, run, ("report",))  # killed while the report writes its first picture
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert rundir.run_status(str(run)) == rundir.TRAINED  # model.keras and metrics.json written, not complete
-    leftovers = {"report": run, "export": run / "export"}[where]
-    assert [n for n in os.listdir(leftovers) if n.startswith(".tmp-")]  # what the kill left
-    assert not os.path.isdir(run / "export" / "1")
+    assert leftovers(run) and not os.path.exists(run / "report.html")
     trained = _weights(run)
+
+    killed = _train(options, run, ("export",))  # the same command: completes the report, killed in the export
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert "holds a trained run whose report or export was not finished: completing it" in killed.stderr
+    assert rundir.run_status(str(run)) == rundir.TRAINED
+    assert not leftovers(run) and os.path.isfile(run / "report.html")
+    assert leftovers(run / "export") and not os.path.isdir(run / "export" / "1")
 
     again = _train(options, run)  # the same command again
     assert again.returncode == 0, again.stderr[-3000:]
@@ -262,13 +267,12 @@ def test_a_kill_in_the_report_or_the_export_is_completed_by_the_same_command(tmp
     # the export is checked on the run's 6 real validation images, as an uninterrupted run's is
     assert "exported SavedModel version 1" in again.stderr and "checked on 6 images" in again.stderr
     assert rundir.run_status(str(run)) == rundir.COMPLETE
-    assert not [n for folder in (run, run / "export") for n in os.listdir(folder) if n.startswith(".tmp-")]
+    assert not [n for folder in (run, run / "export") for n in leftovers(folder)]
     assert os.listdir(run / "export") == ["1"]
     assert _history(run)["epoch"] == [1, 2]  # nothing trained twice
     for x, y in zip(trained, _weights(run)):
         np.testing.assert_array_equal(y, x)
-    if where == "report":
-        assert os.path.isfile(run / "report.html")
+    assert os.path.isfile(run / "report.html")
     with pytest.raises(TlkerasError, match="holds a finished run"):  # the same command once more: in this process,
         tlkeras.build_and_finetune(verbose=0, **{**options, "output_dir": str(run)})  # refused before any work
 
