@@ -62,10 +62,13 @@ def test_the_calibration_sample_is_class_balanced():
 
 
 @pytest.mark.slow
-def test_an_unsure_model_gets_an_int8_file_with_a_few_layers_in_float(tmp_path):
-    """MobileNetV2 trained 1 + 3 epochs from scratch on 32-px digits (70 % accurate): plain int8 changes some of
-    its answers; with the bar set above what plain int8 reaches, the selective model reaches it with a few layers
-    in float. (At the default bar on the benchmark's models: benchmarks/RESULTS.md, issue 18.)"""
+def test_an_unsure_model_gets_an_int8_file_with_some_layers_in_float(tmp_path):
+    """MobileNetV2 trained 1 + 3 epochs from scratch on 32-px digits (72 % accurate): plain int8 changes some of
+    its answers; with the bar set above what plain int8 reaches, the selective model reaches it with some layers,
+    not all, in float. How many depends on the model: 22, 1 and 51 of 69 for seeds 0, 1 and 2 of this training here
+    (seed 0 needed 1 before the optimizer's update became TensorFlow's fused kernel, which rounds differently and so
+    trains a different model; benchmarks/RESULTS.md, issue 18). That the search takes the fewest worst layers that
+    reach the bar is the fake-search tests' job."""
     import tlkeras
     from tlkeras.data.images import prepare_image
     from tlkeras.demo import load_digits
@@ -92,7 +95,7 @@ def test_an_unsure_model_gets_an_int8_file_with_a_few_layers_in_float(tmp_path):
                                thresholds={"int8": bar})["int8"]
     chosen = out.selective
     assert chosen["plain_int8_agreement"] == plain < bar <= out.top1_agreement  # plain fell short, selective passed
-    assert 0 < len(chosen["float_layers"]) <= chosen["layers_measured"] // 4
+    assert 0 < len(chosen["float_layers"]) < chosen["layers_measured"]  # all in float is refused, not a pass
     assert chosen["size_bytes"] > chosen["plain_int8_size_bytes"]  # float layers cost bytes, and it says so
     with open(tmp_path / "tflite" / "parity.json") as f:
         assert json.load(f)["int8"]["selective"]["float_layers"] == chosen["float_layers"]
