@@ -263,32 +263,34 @@ def fit_arrays(
     x, y, n = tensors(train)
     steps = -(-n // batch_size)
 
-    # The loops are written as tf.while_loop, and traced without AutoGraph: converting every function the step
-    # calls (the model's layers, the loss, the task) was most of the cost of tracing a stage on cached data, and
-    # nothing in a Keras 3 layer needs it.
+    validation = tensors(validation) if validation is not None else None
+
+    # One traced function per stage runs an epoch's batches and then its validation. The loops are
+    # tf.while_loop, traced without AutoGraph: converting every function the step calls (the model's
+    # layers, the loss, the task) was most of the cost of tracing a stage on cached data, and nothing in a
+    # Keras 3 layer needs it.
     @tf.function(autograph=False)
-    def train_epoch(order):
-        def body(step, sums, rates):
+    def run_epoch(order):
+        def train(step, sums, rates):
             rows = order[step * batch_size:(step + 1) * batch_size]
             sums = sums.write(step, tf.stack(train_step(batch_of(x, y, rows))))
             return step + 1, sums, rates.write(step, tf.cast(model.optimizer.learning_rate, tf.float32))
 
-        _, sums, rates = tf.while_loop(lambda step, *_: step < steps, body, (
+        _, sums, rates = tf.while_loop(lambda step, *_: step < steps, train, (
             tf.constant(0), tf.TensorArray(tf.float32, size=steps), tf.TensorArray(tf.float32, size=steps)))
-        return sums.stack(), rates.stack()
+        done = (sums.stack(), rates.stack())
+        if validation is None:
+            return done
+        vx, vy, vn = validation
 
-    evaluate = None
-    if validation is not None:
-        vx, vy, vn = tensors(validation)
+        def evaluate(step, totals):
+            rows = tf.range(step * batch_size, tf.minimum((step + 1) * batch_size, vn))
+            return step + 1, totals + tf.stack(eval_step(batch_of(vx, vy, rows)))
 
-        @tf.function(autograph=False)
-        def evaluate():
-            def body(step, totals):
-                rows = tf.range(step * batch_size, tf.minimum((step + 1) * batch_size, vn))
-                return step + 1, totals + tf.stack(eval_step(batch_of(vx, vy, rows)))
-
-            return tf.while_loop(lambda step, _: step < -(-vn // batch_size), body,
-                                 (tf.constant(0), tf.zeros([3])))[1]
+        with tf.control_dependencies(done):  # on the weights of the epoch's last step
+            totals = tf.while_loop(lambda step, _: step < -(-vn // batch_size), evaluate,
+                                   (tf.constant(0), tf.zeros([3])))[1]
+        return (*done, totals)
 
     rng = np.random.default_rng(seed if seed is not None else np.random.randint(2**31))
     accuracy = task.accuracy_key
@@ -302,7 +304,7 @@ def fit_arrays(
     logs: dict = {}
     for epoch in range(initial_epoch, epochs):
         callback_list.on_epoch_begin(epoch)
-        per_step, rates = (t.numpy() for t in train_epoch(tf.constant(rng.permutation(n), tf.int32)))
+        per_step, rates, *validated = (t.numpy() for t in run_epoch(tf.constant(rng.permutation(n), tf.int32)))
         totals = np.zeros(3)
         for step, (row, rate) in enumerate(zip(per_step, rates)):
             callback_list.on_train_batch_begin(step)
@@ -311,8 +313,8 @@ def fit_arrays(
             if model.stop_training:
                 break
         logs = _logs(totals, accuracy)
-        if evaluate is not None and not model.stop_training:
-            logs.update({f"val_{k}": v for k, v in _logs(np.asarray(evaluate(), np.float64), accuracy).items()})
+        if validated and not model.stop_training:
+            logs.update({f"val_{k}": v for k, v in _logs(np.asarray(validated[0], np.float64), accuracy).items()})
         callback_list.on_epoch_end(epoch, logs)
         history.record(epoch, logs)
         if model.stop_training:
