@@ -73,6 +73,37 @@ def test_config_file_and_keyword_overrides(tmp_path, image_folder, backbone_weig
     assert result.config.batch_size == 8  # the file won over the default
 
 
+def test_a_run_sweeps_all_objects_rarely_and_leaves_the_collector_as_it_found_it(tmp_path, monkeypatch, image_folder,
+                                                                                 tiny):
+    import gc
+
+    import tlkeras.workflow
+
+    seen = []
+
+    class Thresholds(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(gc.get_threshold())
+
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(500, 7, 3)
+        tlkeras.build_and_finetune(image_folder, **tiny, stage1={"epochs": 1}, stage2={"epochs": 0}, export=False,
+                                   output_dir=str(tmp_path / "r"), verbose=0, callbacks=[Thresholds()])
+        assert seen == [(500, 7, tlkeras.utils.FULL_COLLECTION_EVERY)]  # the young generations as the user set them
+        assert gc.get_threshold() == (500, 7, 3)
+
+        def fails(*args, **kwargs):
+            raise ValueError("broken")
+
+        monkeypatch.setattr(tlkeras.workflow, "_finetune", fails)
+        with pytest.raises(ValueError, match="broken"):
+            tlkeras.build_and_finetune(image_folder, **tiny, output_dir=str(tmp_path / "r2"), verbose=0)
+        assert gc.get_threshold() == (500, 7, 3)
+    finally:
+        gc.set_threshold(*before)
+
+
 def test_bad_options_fail_before_any_training(tmp_path):
     with pytest.raises(ConfigError, match=r"Unknown config key 'epochs'"):
         tlkeras.build_and_finetune(str(tmp_path), epochs=3)

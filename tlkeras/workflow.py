@@ -26,7 +26,7 @@ from tlkeras.ranking import is_auto
 from tlkeras.ranking.choose import choose_backbone, load_ranking
 from tlkeras.training import check_stages, finetune as _finetune
 from tlkeras.runrecord import RUN_FILE, build_record, card_facts
-from tlkeras.utils import atomic_path, write_json_atomic, write_text_atomic
+from tlkeras.utils import atomic_path, fewer_full_collections, write_json_atomic, write_text_atomic
 
 # How many validation images the export is checked with.
 EXPORT_CHECK_IMAGES = 16
@@ -157,7 +157,7 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
     created = not os.path.isdir(run_dir)
     os.makedirs(run_dir, exist_ok=True)
     try:
-        with rundir.lock(run_dir):  # one run per directory; released however the process ends
+        with rundir.lock(run_dir), fewer_full_collections():  # one run per directory, released however it ends
             return _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, started=started,
                         resume=resume, overwrite=overwrite, verbose=verbose, callbacks=extra_callbacks,
                         ranking=ranking)
