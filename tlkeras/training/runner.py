@@ -171,8 +171,11 @@ def run_stage(
         jit_compile=jit_compile,
         steps_per_execution=steps_per_execution,
     )
-    # Built here, eagerly; a resumed stage loads its saved moments into these.
-    build_train_state(model, train_ds.element_spec if hasattr(train_ds, "element_spec") else None)
+    arrays = memory is not None and steploop.fits_arrays(model)  # cached data: fit's overheads would be most of it
+    own_loop = arrays or steploop.needs_own_loop(model)  # Keras's fit fails under multi-worker (steploop docs)
+    # Built here, eagerly; a resumed stage loads its saved moments into these. Keras's fit needs its compiled
+    # loss's and metrics' state too, tlkeras's own loops only the optimizer's.
+    build_train_state(model, None if own_loop else getattr(train_ds, "element_spec", None))
     stage_callbacks = list(callbacks)
     stopper = None
     if resume_from is not None:
@@ -191,10 +194,10 @@ def run_stage(
         verbose = progress_verbosity()
     common = dict(initial_epoch=initial_epoch, epochs=initial_epoch + (stage.epochs if epochs is None else epochs),
                   callbacks=stage_callbacks, class_weight=task.fit_class_weight(class_weight), verbose=verbose)
-    if memory is not None and steploop.fits_arrays(model):  # cached data: fit's overheads would be most of it
+    if arrays:
         history = steploop.fit_arrays(model, memory.train, batch_size=memory.batch_size, validation=memory.val,
                                       task=task, **common)
-    elif steploop.needs_own_loop(model):  # Keras's fit fails under multi-worker (steploop docs)
+    elif own_loop:
         history = steploop.fit_loop(model, train_ds, validation_data=val_ds, steps_per_epoch=fit_steps, task=task,
                                     **common)
     else:  # the tf.data pipeline shuffles (Keras warns on every fit when shuffle=True reaches a Dataset)
