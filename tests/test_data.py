@@ -257,6 +257,50 @@ def test_folder_pixels_are_decoded_once_and_kept_when_they_fit(tmp_path):
     np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
+def test_kept_pixels_are_held_once_split_and_scanned_in_place(tmp_path):
+    root = write_image_folder(tmp_path / "data", per_class=4)
+    broken = os.path.join(root, "green", "broken.jpg")
+    _write(broken, tf.io.encode_jpeg(np.zeros((40, 40, 3), np.uint8)).numpy()[:200])
+    bundle = make_datasets(_cfg(data=root, val_split=0.25), (32, 32))
+    train, val = bundle.train_examples, bundle.val_examples
+    assert [p for p, _ in bundle.skipped] == [broken] and len(train) + len(val) == 12
+    # both splits are views of the one buffer of the scan (the validation rows right after the training rows),
+    # aligned so that TensorFlow can use it without a copy
+    assert val.pixels.ctypes.data == train.pixels.ctypes.data + train.pixels.nbytes
+    assert train.pixels.base is not None and val.pixels.base is not None
+    assert train.pixels.ctypes.data % 64 == 0
+    # and each row is still its own file's pixels, after the broken file's row was dropped and the split moved rows
+    for examples in (train, val):
+        for row in (0, len(examples) - 1):
+            np.testing.assert_array_equal(
+                examples.pixels[row], image_io.load_image(tf.constant(examples.paths[row]), (32, 32)).numpy())
+        assert [os.path.basename(os.path.dirname(p)) for p in examples.paths] == [
+            bundle.class_names[c] for c in examples.labels]
+
+
+def test_the_training_pipeline_on_kept_pixels_shuffles_row_numbers_in_the_images_own_order(tmp_path):
+    from tlkeras.utils import gathered_batches
+
+    pixels = np.random.default_rng(0).uniform(0, 255, (1000, 128, 128, 3)).astype(np.float32)  # 197 MB
+    labels = np.arange(1000) % 7
+    ds = gathered_batches(pixels, labels, 32, shuffle=True, seed=3)
+    # the batches a shuffle of the images themselves gives with the same seed, epoch after epoch
+    images = tf.data.Dataset.from_tensor_slices((np.arange(1000), labels)).shuffle(
+        1000, seed=3, reshuffle_each_iteration=True).batch(32)
+
+    def resident_mb():
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+    before = resident_mb()
+    for _ in range(2):
+        for (x, y), (rows, y_images) in zip(ds, images):
+            np.testing.assert_array_equal(y.numpy(), y_images.numpy())
+            np.testing.assert_array_equal(x.numpy()[:, 0, 0, 0], pixels[rows.numpy(), 0, 0, 0])
+    # a shuffle buffer of the images would hold all 197 MB again
+    assert resident_mb() - before < 60
+
+
 def test_class_weight_auto_turns_on_for_imbalance_only(caplog):
     import logging
 

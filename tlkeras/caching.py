@@ -32,7 +32,7 @@ import tensorflow as tf
 from tlkeras.distribute import static_shapes
 from tlkeras import freezing
 from tlkeras.model import get_backbone, get_head_pool, get_preprocessing
-from tlkeras.utils import aligned_empty, as_tensor, progress_verbosity
+from tlkeras.utils import aligned_empty, gathered_batches, progress_verbosity
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -251,6 +251,11 @@ def compute_cache(
     `budget_bytes`, else stream them to float16 files on disk. `progress` (a title) shows a
     progress bar."""
     graph_fn = fn if isinstance(fn, tf.types.experimental.PolymorphicFunction) else tf.function(fn)
+    # When the pass's length is known, its outputs go into buffers made once for all of them, sized from the
+    # first batch (or straight to disk if those would not fit): batches kept and joined at the end would hold
+    # the cache twice for a moment.
+    buffers: Optional[list[np.ndarray]] = None
+    rows = 0
     chunks: list[list[np.ndarray]] = []
     labels: list[np.ndarray] = []
     size = 0
@@ -272,6 +277,21 @@ def compute_cache(
             if spill is not None:
                 spill.write(values)
                 continue
+            if buffers is None and not chunks and batches > 0:
+                capacity = batches * views * len(values[0])
+                if capacity * sum(v.nbytes // max(len(v), 1) for v in values) > budget_bytes:
+                    spill = _Spill(spill_dir, len(values))
+                    spill.write(values)
+                    continue
+                buffers = [aligned_empty((capacity, *v.shape[1:]), v.dtype) for v in values]
+            if buffers is not None and rows + len(values[0]) > len(buffers[0]):  # batches not all alike
+                chunks, buffers = [[buffer[:rows] for buffer in buffers]], None
+                size = sum(c.nbytes for c in chunks[0])
+            if buffers is not None:
+                for buffer, v in zip(buffers, values):
+                    buffer[rows:rows + len(v)] = v
+                rows += len(values[0])
+                continue
             chunks.append(values)
             size += sum(v.nbytes for v in values)
             if size > budget_bytes:  # move what we have to disk and stream the rest there
@@ -283,6 +303,8 @@ def compute_cache(
     if spill is not None:
         return Cache(spill.finish(), label_array, spill.folder,
                      [f"over the {budget_bytes / 2**20:.0f} MB budget: spilled to disk as float16 ({spill.folder})"])
+    if buffers is not None:
+        return Cache([buffer[:rows] for buffer in buffers], label_array)
     arrays = [_concatenate([chunk[i] for chunk in chunks]) for i in range(len(chunks[0]))] if chunks else []
     return Cache(arrays, label_array)
 
@@ -300,20 +322,19 @@ def cached_dataset(
     repeats and an epoch is `epoch_rows` rows drawn from the whole shuffled pool. The shuffle
     follows `seed`, or the global seed (keras.utils.set_random_seed) when None."""
     n = len(cache.labels)
-    inputs = cache.arrays if len(cache.arrays) > 1 else cache.arrays[0]
+    inputs = tuple(cache.arrays) if len(cache.arrays) > 1 else cache.arrays[0]
+    repeat = epoch_rows is not None and epoch_rows < n
+    drop_remainder = shuffle and static_shapes()  # TPU: one shape
     if cache.folder is None:
-        tensors = tuple(as_tensor(a) for a in inputs) if isinstance(inputs, list) else as_tensor(inputs)
-        ds = tf.data.Dataset.from_tensor_slices((tensors, cache.labels))
-        if shuffle:
-            ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+        ds = gathered_batches(inputs, cache.labels, batch_size, shuffle=shuffle, seed=seed, repeat=repeat,
+                              drop_remainder=drop_remainder)
     else:
         ds = _memmap_dataset(cache, shuffle, seed)
+        ds = (ds.repeat() if repeat else ds).batch(batch_size, drop_remainder=drop_remainder)
     if any(a.dtype == np.float16 for a in cache.arrays):
         ds = ds.map(lambda x, y: (keras.tree.map_structure(
             lambda t: tf.cast(t, tf.float32) if t.dtype == tf.float16 else t, x), y))
-    if epoch_rows is not None and epoch_rows < n:
-        ds = ds.repeat()
-    return ds.batch(batch_size, drop_remainder=shuffle and static_shapes()).prefetch(AUTOTUNE)  # TPU: one shape
+    return ds.prefetch(AUTOTUNE)
 
 
 def _memmap_dataset(cache: Cache, shuffle: bool, seed: Optional[int]) -> tf.data.Dataset:

@@ -261,12 +261,56 @@ def aligned_empty(shape, dtype):
     return raw[start:start + size].view(dtype).reshape(shape)
 
 
+def without_graph_rewrites(ds):
+    """`ds` with tf.data's default optimisations off. Before a pipeline runs, tf.data rewrites its graph
+    (fusing maps and batches, removing no-ops), and the rewrite copies every tensor the pipeline holds: a
+    dataset over 200 MB of arrays in memory grew the process by 200 MB when first iterated, and by
+    nothing with them off (benchmarks/RESULTS.md, issue 17). For pipelines whose work is a gather from
+    memory, there is nothing for them to fuse."""
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.experimental_optimization.apply_default_optimizations = False
+    return ds.with_options(options)
+
+
+def gathered_batches(inputs, labels, batch_size: int, *, shuffle: bool, seed=None, repeat: bool = False,
+                     drop_remainder: bool = False):
+    """A tf.data pipeline of (inputs, labels) batches over arrays held in memory (`inputs` an array or a
+    tuple of them), each batch gathered by row numbers: the shuffle moves row numbers, not rows, so the
+    arrays are held once - a shuffle buffer of rows holds a copy of each row TensorFlow cannot slice in
+    place (any row whose size is not a multiple of 64 bytes), and tf.data's rewrite would copy them all
+    (`without_graph_rewrites`). The same order as shuffling the rows themselves with the same seed.
+
+    >>> import numpy as np
+    >>> ds = gathered_batches(np.arange(10.0).reshape(5, 2), np.arange(5), 2, shuffle=False)
+    >>> [labels.tolist() for _, labels in ds.as_numpy_iterator()]
+    [[0, 1], [2, 3], [4]]
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    n = len(labels)
+    rows = tf.data.Dataset.range(n)
+    if shuffle:
+        rows = rows.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        rows = rows.repeat()
+    rows = rows.batch(batch_size, drop_remainder=drop_remainder)
+    arrays = tf.nest.map_structure(as_tensor, (inputs, np.asarray(labels)))
+    whole = tf.data.Dataset.from_tensors(arrays).repeat()
+    ds = tf.data.Dataset.zip(rows, whole).map(
+        lambda r, xy: tf.nest.map_structure(lambda t: tf.gather(t, r), xy), num_parallel_calls=tf.data.AUTOTUNE)
+    return without_graph_rewrites(ds)
+
+
 def as_tensor(array):
     """A tf.Tensor over a NumPy array's memory, without a copy where TensorFlow allows it (a contiguous
     array aligned as TensorFlow needs, e.g. from `aligned_empty`; others are copied).
 
     tf.data.Dataset.from_tensor_slices copies NumPy arrays; given this tensor it does not, so a
-    gigabyte of cached pixels is held once, not twice.
+    gigabyte of cached pixels is held once, not twice (if the pipeline is not rewritten either:
+    `without_graph_rewrites`).
     """
     import numpy as np
     import tensorflow as tf

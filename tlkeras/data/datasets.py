@@ -33,7 +33,7 @@ from tlkeras.errors import DataError
 from tlkeras.tasks import get_task
 from tlkeras.tasks import labels as raw_labels
 from tlkeras.tasks.labels import encode_examples, pipeline_labels
-from tlkeras.utils import as_tensor
+from tlkeras.utils import as_tensor, gathered_batches
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -67,14 +67,34 @@ class Examples:
         base = self.index if self.index is not None else np.arange(len(self.labels))
         return Examples(labels, dataset=self.dataset, index=base[rows])
 
-    def images(self, image_size: tuple[int, int]) -> tf.data.Dataset:
+    def split(self, first, second) -> tuple["Examples", "Examples"]:
+        """(subset(first), subset(second)) without a copy of decoded pixels: the buffer's rows are
+        put in place in that order (this object's labels and paths with them, so it stays whole)
+        and each split is a view of it. Two copies of a gigabyte of pixels would double the memory
+        that `memory_budget_mb` allowed for them."""
+        if self.pixels is None:
+            return self.subset(first), self.subset(second)
+        first, second = np.sort(np.asarray(first, np.int64)), np.sort(np.asarray(second, np.int64))
+        order = np.concatenate([first, second])
+        order = np.concatenate([order, np.setdiff1d(np.arange(len(self)), order)])
+        reorder_rows(self.pixels, order)
+        self.labels = self.labels[order] if not isinstance(self.labels, list) else [self.labels[i] for i in order]
+        self.paths = [self.paths[i] for i in order] if self.paths is not None else None
+        ends = (0, len(first), len(first) + len(second))
+        return tuple(Examples(self.labels[a:b], paths=self.paths[a:b] if self.paths is not None else None,
+                              pixels=self.pixels[a:b], max_pixels=self.max_pixels) for a, b in zip(ends, ends[1:]))
+
+    def images(self, image_size: tuple[int, int], shuffle_seed: Optional[int] = None) -> tf.data.Dataset:
         """Unbatched (float32 [h, w, 3] in [0, 255], label) in a fixed order: int32 class indices,
-        or float32 multi-hot rows."""
+        or float32 multi-hot rows. With `shuffle_seed`, files are read in an order shuffled anew
+        each epoch (their names are shuffled, before decoding)."""
         labels = pipeline_labels(self.labels)
         if self.pixels is not None and tuple(self.pixels.shape[1:3]) == tuple(image_size):
             return tf.data.Dataset.from_tensor_slices((as_tensor(self.pixels), labels))
         if self.paths is not None:
             ds = tf.data.Dataset.from_tensor_slices((image_io.file_names(self.paths), labels))
+            if shuffle_seed is not None:
+                ds = ds.shuffle(len(self.paths), seed=shuffle_seed, reshuffle_each_iteration=True)
             return ds.map(
                 lambda p, y: (image_io.load_image(p, image_size, self.max_pixels), y), num_parallel_calls=AUTOTUNE
             )
@@ -250,8 +270,8 @@ def load_splits(load, cfg: FinetuneConfig, data: Any, val_data: Any, noun: str):
         skipped = skipped + val_skipped
     elif cfg.val_split > 0:
         train_rows, val_rows = task.split(train.labels, cfg.val_split, cfg.seed)
-        val = train.subset(val_rows) if len(val_rows) else None
-        train = train.subset(train_rows)
+        train, val = train.split(train_rows, val_rows)
+        val = val if len(val) else None
     else:
         val = None
     if len(class_names) < task.min_classes:
@@ -285,19 +305,46 @@ def build_pipeline(
     fly or once per cached view.
     """
     n = len(examples)
+    if examples.pixels is not None and tuple(examples.pixels.shape[1:3]) == tuple(image_size):
+        return gathered_batches(examples.pixels, pipeline_labels(examples.labels), batch_size, shuffle=training,
+                                seed=seed, drop_remainder=training and static_shapes()).prefetch(AUTOTUNE)
     in_memory = examples.pixels is not None or examples.arrays is not None
-    if training and not cache and not in_memory and examples.paths is not None:
-        # Shuffle file names, not decoded images: a full shuffle at no memory cost.
-        order = np.random.default_rng(seed).permutation(n)
-        examples = Examples(examples.labels[order], paths=[examples.paths[i] for i in order],
-                            max_pixels=examples.max_pixels)
-    ds = examples.images(image_size)
-    if cache and examples.pixels is None:
-        ds = ds.cache()
-    if training:
-        full = cache or in_memory or examples.paths is None
-        ds = ds.shuffle(n if full else min(n, 1024), seed=seed, reshuffle_each_iteration=True)
+    if not cache and not in_memory and examples.paths is not None:
+        # Files decoded as they are read: their names are shuffled, each epoch, before decoding - a full
+        # shuffle at no memory cost, where a buffer of decoded images would hold up to 1024 of them
+        # (600 MB at 224 px) outside memory_budget_mb.
+        ds = examples.images(image_size, shuffle_seed=seed if training else None)
+    else:
+        ds = examples.images(image_size)
+        if cache and examples.pixels is None:
+            ds = ds.cache()
+        if training:
+            ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     return ds.batch(batch_size, drop_remainder=training and static_shapes()).prefetch(AUTOTUNE)
+
+
+def reorder_rows(array: np.ndarray, order: np.ndarray) -> None:
+    """array[:] = array[order] in place, for a permutation `order`: one row held at a time, along the
+    permutation's cycles, where `array[order]` would make a second array.
+
+    >>> a = np.array([10, 11, 12, 13])
+    >>> reorder_rows(a, np.array([2, 0, 3, 1]))
+    >>> a.tolist()
+    [12, 10, 13, 11]
+    """
+    done = np.zeros(len(order), bool)
+    for start in range(len(order)):
+        if done[start]:
+            continue
+        held, k = array[start].copy(), start
+        while True:
+            done[k] = True
+            source = int(order[k])
+            if source == start:
+                array[k] = held
+                break
+            array[k] = array[source]
+            k = source
 
 
 # === Sources ===

@@ -46,6 +46,10 @@ class TextExamples:
         rows = np.sort(np.asarray(rows, dtype=np.int64))
         return TextExamples(self.labels[rows], [self.texts[i] for i in rows])
 
+    def split(self, first, second) -> tuple["TextExamples", "TextExamples"]:
+        """(subset(first), subset(second)), as `Examples.split` gives for images."""
+        return self.subset(first), self.subset(second)
+
     def sample_texts(self, count: int, task) -> list[str]:
         """Up to `count` texts spread over the classes (for checking an export)."""
         return [self.texts[i] for i in task.spread_rows(self.labels, count)]
