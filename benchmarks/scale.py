@@ -1,0 +1,183 @@
+"""Does a run stay bounded as the data grows? MobileNetV2 at 224 px on 1,000 / 5,000 / 20,000 images.
+
+Data: scikit-learn's digits shipped with tlkeras, each image drawn again at 224 px with a random shift, scale
+and noise, written once as JPEG files to benchmarks/.cache/scale-224/ (10 classes, 20,000 files); smaller sizes
+are the first N files of each class (links). Every size runs in its own process (so memory is its own) with the
+same settings: random init (time and memory do not depend on the weights), batch 32, stage 1 for 3 epochs on
+cached features, stage 2 for 1 epoch on the top block (`blocks:1`, cached activations at the cut), the
+default `memory_budget_mb` (1024), no export, report or TensorBoard.
+
+Reported per size: seconds and images per second of each part (the cache pass is the frozen backbone's forward
+rate: what the model consumes while caching), the input pipeline's own rate (decoding and resizing the same files
+with tlkeras's pipeline, nothing else), the peak resident memory, what the run said about its caches (in
+memory, or spilled to disk), and whether any spill folder was left behind. The model's working set is the peak
+of the same run on 100 images (10 per class), where the caches hold a few MB: what the run needs whatever the
+data's size. Memory is bounded when every size's peak stays within that plus `memory_budget_mb`.
+
+    python benchmarks/scale.py --sizes 1000,5000,20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CACHE = os.path.join(HERE, ".cache")
+SIZE = 224
+
+
+def rss_mb(field: str = "VmRSS") -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def write_folder(count: int, seed: int = 0) -> str:
+    """`count` jittered 224-px digits as JPEG files, classes 0-9 (written once)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from tlkeras.demo import load_digits
+
+    root = os.path.join(CACHE, f"scale-{SIZE}", "all")
+    marker = os.path.join(os.path.dirname(root), f".complete-{count}")
+    if os.path.isfile(marker):
+        return root
+    images, labels = load_digits()
+    rng = np.random.default_rng(seed)
+    per_class = count // 10
+    for digit in range(10):
+        folder = os.path.join(root, str(digit))
+        os.makedirs(folder, exist_ok=True)
+        rows = np.flatnonzero(labels == digit)
+        for i in range(per_class):
+            path = os.path.join(folder, f"{i:05d}.jpg")
+            if os.path.isfile(path):
+                continue
+            image = tf.constant(images[rng.choice(rows)][..., None], tf.float32)
+            scale = rng.uniform(0.7, 1.0)
+            inner = int(SIZE * scale)
+            big = tf.image.resize(tf.image.grayscale_to_rgb(image), (inner, inner), method="bilinear")
+            top, left = rng.integers(0, SIZE - inner + 1, 2)
+            canvas = tf.image.pad_to_bounding_box(big, int(top), int(left), SIZE, SIZE)
+            noisy = canvas + rng.normal(0, 12, (SIZE, SIZE, 3)).astype("float32")
+            pixels = tf.cast(tf.clip_by_value(noisy, 0, 255), tf.uint8)
+            tf.io.write_file(path, tf.io.encode_jpeg(pixels, quality=90))
+    open(marker, "w").close()
+    return root
+
+
+def subset(root: str, count: int) -> str:
+    """The first count/10 files of each class, as links in a sibling folder."""
+    folder = os.path.join(os.path.dirname(root), f"n{count}")
+    if not os.path.isdir(folder):
+        for digit in sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))):
+            os.makedirs(os.path.join(folder, digit), exist_ok=True)
+            for name in sorted(os.listdir(os.path.join(root, digit)))[: count // 10]:
+                os.symlink(os.path.join(root, digit, name), os.path.join(folder, digit, name))
+    return folder
+
+
+def pipeline_rate(folder: str, batch_size: int) -> float:
+    """Images per second of tlkeras's training pipeline over the files (decode + resize), one pass."""
+    from tlkeras.config import FinetuneConfig
+    from tlkeras.data import make_datasets
+
+    cfg = FinetuneConfig.from_dict({"data": folder, "val_split": 0, "batch_size": batch_size, "cache_images": False})
+    ds = make_datasets(cfg, (SIZE, SIZE)).train
+    start, count = time.time(), 0
+    for x, _ in ds:
+        count += int(x.shape[0])
+    return count / (time.time() - start)
+
+
+def run_size(count: int, batch_size: int) -> dict:
+    import logging
+
+    import tlkeras
+
+    folder = subset(write_folder(max(count, 10)), count)
+    notes = []  # what the run says about its caches
+
+    class Notes(logging.Handler):
+        def emit(self, record):
+            message = record.getMessage()
+            if message.startswith(("cached ", "image cache")):
+                notes.append(message)
+
+    logger = logging.getLogger("tlkeras")
+    logger.handlers[:] = [Notes()]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    rate = pipeline_rate(folder, batch_size)
+    run_dir = os.path.join(CACHE, f"scale-run-{count}")
+    start = time.time()
+    result = tlkeras.build_and_finetune(
+        folder, backbone="mobilenetv2", weights=None, image_size=SIZE, batch_size=batch_size, seed=0,
+        stage1={"epochs": 3}, stage2={"epochs": 1, "unfreeze": "blocks:1"}, output_dir=run_dir, overwrite=True,
+        export=False, report=False, tensorboard=False, verbose=0)
+    total = time.time() - start
+    with open(os.path.join(run_dir, "run.json"), encoding="utf-8") as f:
+        record = json.load(f)
+    t = result.timings
+    train, val = record["data"]["train"], record["data"]["val"]
+    train_count, val_count = train["files"], val["files"]
+    left = glob.glob(os.path.join(run_dir, "**", "tlkeras-cache-*"), recursive=True)
+    left += glob.glob(os.path.join("/tmp", "tlkeras-cache-*"))
+    return {
+        "images": count, "train": train_count, "val": val_count, "seconds": total, "timings": t,
+        "cache_pass_images_per_second": (train_count + val_count) / t["cache"] if t.get("cache") else None,
+        "pipeline_images_per_second": rate, "peak_mb": rss_mb("VmHWM"),
+        "caching": "; ".join(notes), "spill_left": left, "accuracy": result.metrics["accuracy"],
+        "memory_budget_mb": record["config"]["memory_budget_mb"],
+    }
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="1000,5000,20000")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--run", type=int, help=argparse.SUPPRESS)  # internal: one size in this process, print JSON
+    args = p.parse_args(argv)
+    if args.run:
+        print("RESULT " + json.dumps(run_size(args.run, args.batch_size)))
+        return
+    sizes = [int(s) for s in args.sizes.split(",")]
+    write_folder(max(sizes))  # once, before anything is timed
+    rows = []
+    for count in [100, *sizes]:  # 100 images first: the working set
+        proc = subprocess.run([sys.executable, __file__, "--run", str(count), "--batch-size", str(args.batch_size)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0 or "RESULT " not in proc.stdout:
+            sys.stderr.write(proc.stderr[-4000:])
+            raise SystemExit(f"the run on {count} images failed")
+        rows.append(json.loads(proc.stdout.split("RESULT ", 1)[1]))
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    working_set = rows.pop(0)["peak_mb"]
+    print(f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} CPU cores, "
+          f"Python {platform.python_version()}; `python benchmarks/scale.py --sizes {args.sizes}`\n")
+    print("| images (train / val) | cache pass: s, images/s | pipeline images/s | stage 1 s | stage 2 s | whole run s "
+          "| s per 1000 images | working set MB | peak MB | peak within budget + working set | caches | spill left |")
+    print("| --- |" + " ---: |" * 9 + " --- | --- | --- |")
+    for r in rows:
+        t = r["timings"]
+        print(f"| {r['images']} ({r['train']} / {r['val']}) | {t.get('cache', 0):.0f}, "
+              f"{r['cache_pass_images_per_second']:.0f} | {r['pipeline_images_per_second']:.0f} | "
+              f"{t.get('stage1', 0):.0f} | {t.get('stage2', 0):.0f} | {r['seconds']:.0f} | "
+              f"{1000 * r['seconds'] / r['images']:.1f} | {working_set:.0f} | {r['peak_mb']:.0f} | "
+              f"{'yes' if r['peak_mb'] <= r['memory_budget_mb'] + working_set else 'NO'} "
+              f"({r['memory_budget_mb']} + {working_set:.0f}) | "
+              f"{r['caching']} | {'none' if not r['spill_left'] else ', '.join(r['spill_left'])} |")
+
+
+if __name__ == "__main__":
+    main()
