@@ -215,6 +215,9 @@ def run_tlkeras(args, task) -> dict:
                     "schedule": "constant", "warmup_epochs": 0}
     # matched: nothing the recipe does not do either; defaults: what a user gets (report, TensorBoard)
     extras = {"report": False, "tensorboard": False} if args.tlkeras_mode == "matched" else {}
+    extras.update(json.loads(args.tlkeras_options))
+    matched1.update(extras.pop("stage1", {}))  # e.g. a candidate default's stage settings
+    matched2.update(extras.pop("stage2", {}))
     t0 = time.time()
     result = tlkeras.build_and_finetune(
         task["train"], val_data=task["val"], backbone=args.backbone, weights=task["weights"],
@@ -222,7 +225,6 @@ def run_tlkeras(args, task) -> dict:
         batch_size=args.batch_size, seed=args.seed,
         stage1={"epochs": args.stage1_epochs, **matched1}, stage2={"epochs": args.stage2_epochs, **matched2},
         output_dir=os.path.join(CACHE, "tlkeras-run"), overwrite=True, export=False, verbose=0, **extras,
-        **json.loads(args.tlkeras_options),
     )
     t = result.timings
     return {

@@ -56,6 +56,22 @@ CANDIDATES = {
         "stage1": {"learning_rate": 3e-3},
         "stage2": {"learning_rate": 1e-3, "unfreeze": "all", "layer_decay": 0.8, "schedule": "cosine", "warmup_epochs": 1},
     },
+    # issue 17: how much of the backbone stage 2 must train (a frozen bottom is computed once, cached)
+    "stage 1 at 3e-3; stage 2 at 1e-3 cosine, top 8 blocks, layer_decay 0.7": {
+        "stage1": {"learning_rate": 3e-3},
+        "stage2": {"learning_rate": 1e-3, "unfreeze": "blocks:8", "layer_decay": 0.7, "schedule": "cosine",
+                   "warmup_epochs": 1},
+    },
+    "stage 1 at 3e-3; stage 2 at 1e-3 cosine, top 4 blocks, layer_decay 0.7": {
+        "stage1": {"learning_rate": 3e-3},
+        "stage2": {"learning_rate": 1e-3, "unfreeze": "blocks:4", "layer_decay": 0.7, "schedule": "cosine",
+                   "warmup_epochs": 1},
+    },
+    "stage 1 at 3e-3; stage 2 at 1e-3 cosine, top half of the layers, layer_decay 0.7": {
+        "stage1": {"learning_rate": 3e-3},
+        "stage2": {"learning_rate": 1e-3, "unfreeze": 0.5, "layer_decay": 0.7, "schedule": "cosine",
+                   "warmup_epochs": 1},
+    },
 }
 
 

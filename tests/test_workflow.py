@@ -104,6 +104,28 @@ def test_a_run_sweeps_all_objects_rarely_and_leaves_the_collector_as_it_found_it
         gc.set_threshold(*before)
 
 
+def test_a_keras_applications_run_trains_the_top_half_of_its_backbone_unless_told(tmp_path, image_folder, tiny,
+                                                                                   caplog):
+    from tlkeras import freezing
+    from tlkeras.backbones import resolve
+    from tlkeras.config import FinetuneConfig, with_backbone_defaults
+
+    with caplog.at_level("INFO", logger="tlkeras"):
+        result = tlkeras.build_and_finetune(image_folder, **tiny, stage1={"epochs": 1}, stage2={"epochs": 1},
+                                            export=False, output_dir=str(tmp_path / "r"), verbose=0)
+    assert "defaults for MobileNetV2: stage2.unfreeze 0.5 (measured: benchmarks/RESULTS.md" in caplog.text
+    assert result.config.stage2.unfreeze == 0.5
+    with open(os.path.join(result.run_dir, "stage2_trainable_layers.txt"), encoding="utf-8") as f:
+        trained = f.read().split()
+    model = tlkeras.build_model(TINY["backbone"], 3, image_size=TINY["image_size"], weights=None,
+                                backbone_options=TINY["backbone_options"])
+    everything = freezing.unfreeze(model, "all").layers
+    assert trained == freezing.unfreeze(model, 0.5).layers and 0 < len(trained) < len(everything)
+    # a value the user gives is kept
+    cfg = FinetuneConfig.from_dict({"stage2": {"unfreeze": "all"}})
+    assert with_backbone_defaults(cfg, resolve("mobilenetv2")).stage2.unfreeze == "all"
+
+
 def test_bad_options_fail_before_any_training(tmp_path):
     with pytest.raises(ConfigError, match=r"Unknown config key 'epochs'"):
         tlkeras.build_and_finetune(str(tmp_path), epochs=3)
