@@ -264,8 +264,8 @@ def aligned_empty(shape, dtype):
 def without_graph_rewrites(ds):
     """`ds` with tf.data's default optimisations off. Before a pipeline runs, tf.data rewrites its graph
     (fusing maps and batches, removing no-ops), and the rewrite copies every tensor the pipeline holds: a
-    dataset over 200 MB of arrays in memory grew the process by 200 MB when first iterated, and by
-    nothing with them off (benchmarks/RESULTS.md, issue 17). For pipelines whose work is a gather from
+    dataset over 188 MB of arrays in memory grew the process by 201 MB when first iterated, and by
+    16 MB with them off (benchmarks/RESULTS.md, issue 17). For pipelines whose work is a gather from
     memory, there is nothing for them to fuse."""
     import tensorflow as tf
 

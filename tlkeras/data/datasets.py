@@ -87,10 +87,9 @@ class Examples:
     def images(self, image_size: tuple[int, int], shuffle_seed: Optional[int] = None) -> tf.data.Dataset:
         """Unbatched (float32 [h, w, 3] in [0, 255], label) in a fixed order: int32 class indices,
         or float32 multi-hot rows. With `shuffle_seed`, files are read in an order shuffled anew
-        each epoch (their names are shuffled, before decoding)."""
+        each epoch (their names are shuffled, before decoding). Decoded pixels kept in memory are
+        batched by `build_pipeline` itself (`utils.gathered_batches`)."""
         labels = pipeline_labels(self.labels)
-        if self.pixels is not None and tuple(self.pixels.shape[1:3]) == tuple(image_size):
-            return tf.data.Dataset.from_tensor_slices((as_tensor(self.pixels), labels))
         if self.paths is not None:
             ds = tf.data.Dataset.from_tensor_slices((image_io.file_names(self.paths), labels))
             if shuffle_seed is not None:
@@ -308,8 +307,7 @@ def build_pipeline(
     if examples.pixels is not None and tuple(examples.pixels.shape[1:3]) == tuple(image_size):
         return gathered_batches(examples.pixels, pipeline_labels(examples.labels), batch_size, shuffle=training,
                                 seed=seed, drop_remainder=training and static_shapes()).prefetch(AUTOTUNE)
-    in_memory = examples.pixels is not None or examples.arrays is not None
-    if not cache and not in_memory and examples.paths is not None:
+    if not cache and examples.arrays is None and examples.paths is not None:
         # Files decoded as they are read: their names are shuffled, each epoch, before decoding - a full
         # shuffle at no memory cost, where a buffer of decoded images would hold up to 1024 of them
         # (600 MB at 224 px) outside memory_budget_mb.
