@@ -6,7 +6,8 @@ inside the package as resources/digits.npz. No network is needed.
 1. Source domain: pretrain a small MobileNetV2 from scratch on digits 0-4; save its
    backbone weights - our stand-in for "ImageNet weights".
 2. Target domain: digits 5-9 with only 20 training images per class. Fine-tune from the
-   source weights in two stages (head first, then the whole backbone at a lower rate).
+   source weights in two stages (head first, then the whole backbone at a lower rate,
+   BatchNormalization frozen).
 3. Baseline: the same architecture trained from scratch on the same target data for the
    same number of epochs.
 4. Compare on held-out target images, export the transferred model for TF Serving and
@@ -34,12 +35,16 @@ SOURCE_EPOCHS = 15
 TRANSFER = {
     "batch_size": 16,
     "stage1": {"epochs": 5, "learning_rate": 1e-2},
-    "stage2": {"epochs": 10, "unfreeze": "all", "train_bn": True, "learning_rate": 1e-3,
+    # BatchNormalization stays frozen, as tlkeras's defaults keep it: with it training (batch 16, 100 images) the
+    # result hung on the source model's luck (benchmarks/demo_spread.py, 16 pretrainings: transfer 0.45-0.83, the
+    # promise broken twice, and once in CI; frozen 0.67-0.90, kept every time)
+    "stage2": {"epochs": 10, "unfreeze": "all", "train_bn": False, "learning_rate": 1e-3,
                "layer_decay": None, "schedule": "constant", "warmup_epochs": 0},
     "top_k": 3,
 }
 # What the demo promises, and checks at its end: the source model is a real one, and transfer beats training from
-# scratch by this many points of test accuracy (measured here: source 0.92-0.98, transfer 0.64-0.76, scratch 0.44-0.59).
+# scratch by this many points of test accuracy (measured here on 2026-12-05 over 16 pretrainings: source 0.88-0.98,
+# transfer 0.67-0.90, scratch 0.476; benchmarks/RESULTS.md, "the demo's spread").
 SOURCE_AT_LEAST = 0.85
 MARGIN = 0.10
 
