@@ -52,6 +52,8 @@ def test_unknown_nested_key_names_the_closest_keys():
         ({"stage1": {"warmup_epochs": 9, "epochs": 2}}, r"longer than the stage"),
         ({"class_weight": "auto-ish"}, r"class_weight: 'auto-ish' is not valid"),
         ({"stage1": {"learning_rate": "fast"}}, r"stage1.learning_rate: 'fast' is not a number"),
+        ({"stage2": {"recompute": "often"}}, r"stage2.recompute: 'often' is not valid: use true or false"),
+        ({"stage1": {"recompute": True}}, r"stage1.recompute: stage 1 always trains the head only; set stage2.recompute"),
     ],
 )
 def test_bad_values_name_the_key_the_value_and_what_is_valid(values, message):

@@ -20,7 +20,7 @@ KEYS = [
     "stage1.epochs", "stage1.learning_rate", "stage1.optimizer", "stage1.schedule", "stage1.warmup_epochs",
     "stage1.early_stopping", "stage1.unfreeze", "stage1.layer_decay",
     "stage2.epochs", "stage2.learning_rate", "stage2.unfreeze", "stage2.layer_decay", "stage2.gradual_unfreeze",
-    "stage2.train_bn", "stage2.bn_momentum", "stage2.weight_decay", "stage2.momentum",
+    "stage2.train_bn", "stage2.bn_momentum", "stage2.weight_decay", "stage2.momentum", "stage2.recompute",
     "augment.flip", "augment.rotation", "augment.zoom",
 ]
 # scalars as YAML would give them, plus nested junk

@@ -115,6 +115,9 @@ class StageConfig:
         lora_rank / lora_alpha: the adapters' rank and scale (alpha / rank; alpha null = the rank).
         lora_targets: layer names or paths in the backbone, wildcards allowed (null: the attention
             query and value projections).
+        recompute: stage 2 only. Recompute the activations of the backbone's composite layers (transformer
+            layers) in the backward pass instead of keeping them: less memory, one more forward pass of
+            those layers per step (`tlkeras.recompute`). None: on with method "lora", off otherwise.
     """
 
     epochs: int = 5
@@ -134,9 +137,15 @@ class StageConfig:
     lora_rank: int = 8
     lora_alpha: Optional[float] = None
     lora_targets: Union[str, list, None] = None
+    recompute: Optional[bool] = None
 
     def validate(self, name: str = "stage") -> None:
         _validate_stage(name, self)
+
+    @property
+    def recomputes(self) -> bool:
+        """Whether stage 2 recomputes activations (`recompute`, or its default: with LoRA)."""
+        return self.method == "lora" if self.recompute is None else self.recompute
 
     @property
     def lora_patterns(self) -> tuple:
@@ -755,7 +764,7 @@ def validate_stages(stage1: "StageConfig", stage2: "StageConfig") -> None:
     """Each stage's own checks, then what holds between them (stage 1 trains the head only)."""
     stage1.validate("stage1")
     stage2.validate("stage2")
-    for key in ("unfreeze", "layer_decay"):
+    for key in ("unfreeze", "layer_decay", "recompute"):
         if getattr(stage1, key) is not None:
             raise ConfigError(
                 f"stage1.{key}: stage 1 always trains the head only; set stage2.{key} for the backbone."
@@ -804,6 +813,8 @@ def _validate_stage(name: str, s: StageConfig) -> None:
         raise ConfigError(f"{name}.train_bn: {s.train_bn!r} is not valid: use true or false.")
     _check_number(f"{name}.bn_momentum", s.bn_momentum, 0.0, 1.0, low_open=False, high_open=True)
     _check_choice(f"{name}.method", s.method, METHODS)
+    if s.recompute is not None:
+        _check_bool(f"{name}.recompute", s.recompute)
     _check_int(f"{name}.lora_rank", s.lora_rank, 1)
     if s.lora_alpha is not None:
         _check_number(f"{name}.lora_alpha", s.lora_alpha, 0.0, math.inf)

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tlkeras import caching, freezing, lora
+from tlkeras import caching, freezing, lora, recompute
 from tlkeras._logging import get_logger
 from tlkeras.errors import Interrupted, TrainingError
 from tlkeras.config import StageConfig
@@ -244,35 +244,36 @@ def finetune(
                 else:
                     caches.close()  # free memory before the full model trains
                 steps_done = 0
-                for index, (unfreeze, epochs) in enumerate(phases):
-                    if state is not None and state.after(2, index):
+                with recompute.recomputed(_recomputed_layers(model, cfg.stage2, cut)):
+                    for index, (unfreeze, epochs) in enumerate(phases):
+                        if state is not None and state.after(2, index):
+                            steps_done += epochs * ((part.steps if part else run.steps) or 0)
+                            if (state.stage, state.phase) == (2, index):
+                                epochs_done = state.epochs_done
+                            continue
+                        if use_lora:
+                            adapters = lora.train_adapters(model)
+                            trained = [f"{path} (LoRA adapters)" for path in adapters.targets]
+                            log.info("stage 2: %s, at learning rate %g (one rate: layer_decay does not apply)",
+                                     adapters.describe(), rate)
+                        else:
+                            layers = freezing.unfreeze(
+                                model, unfreeze, train_bn=cfg.stage2.train_bn,
+                                bn_momentum=cfg.stage2.bn_momentum if cfg.stage2.train_bn else None,
+                            )
+                            trained = layers.layers
+                            where = f" phase {index + 1}/{len(phases)} ({epochs} epochs)" if len(phases) > 1 else ""
+                            decay = f", layer_decay {cfg.stage2.layer_decay}" if multipliers else ""
+                            log.info("stage 2%s: unfreeze=%r at learning rate %g%s: %s", where, unfreeze, rate, decay,
+                                     layers.describe())
+                        last = index == len(phases) - 1
+                        if last and run_dir:
+                            write_text_atomic(os.path.join(run_dir, "stage2_trainable_layers.txt"),
+                                              "".join(name + "\n" for name in trained))
+                        epochs_done = run.stage(cfg.stage2, rate, epochs_done, part, name="stage2", epochs=epochs,
+                                                multipliers=multipliers, step_offset=steps_done, early_stopping=last,
+                                                position=(2, index), state=state)
                         steps_done += epochs * ((part.steps if part else run.steps) or 0)
-                        if (state.stage, state.phase) == (2, index):
-                            epochs_done = state.epochs_done
-                        continue
-                    if use_lora:
-                        adapters = lora.train_adapters(model)
-                        trained = [f"{path} (LoRA adapters)" for path in adapters.targets]
-                        log.info("stage 2: %s, at learning rate %g (one rate: layer_decay does not apply)",
-                                 adapters.describe(), rate)
-                    else:
-                        layers = freezing.unfreeze(
-                            model, unfreeze, train_bn=cfg.stage2.train_bn,
-                            bn_momentum=cfg.stage2.bn_momentum if cfg.stage2.train_bn else None,
-                        )
-                        trained = layers.layers
-                        where = f" phase {index + 1}/{len(phases)} ({epochs} epochs)" if len(phases) > 1 else ""
-                        decay = f", layer_decay {cfg.stage2.layer_decay}" if multipliers else ""
-                        log.info("stage 2%s: unfreeze=%r at learning rate %g%s: %s", where, unfreeze, rate, decay,
-                                 layers.describe())
-                    last = index == len(phases) - 1
-                    if last and run_dir:
-                        write_text_atomic(os.path.join(run_dir, "stage2_trainable_layers.txt"),
-                                          "".join(name + "\n" for name in trained))
-                    epochs_done = run.stage(cfg.stage2, rate, epochs_done, part, name="stage2", epochs=epochs,
-                                            multipliers=multipliers, step_offset=steps_done, early_stopping=last,
-                                            position=(2, index), state=state)
-                    steps_done += epochs * ((part.steps if part else run.steps) or 0)
     except KeyboardInterrupt:
         if best is not None:
             best.flush()
@@ -286,6 +287,22 @@ def finetune(
     if best is not None:
         best.flush()  # the run's best epoch, written once at its end
     return FinetuneHistory(recorder.as_dict(), clock.totals(), plan, best)
+
+
+def _recomputed_layers(model: keras.Model, stage2: StageConfig, cut: Optional[int]) -> list:
+    """The backbone's layers whose activations stage 2 recomputes (`stage2.recompute`): the composite ones
+    (transformer layers) from the cut up, where the backward pass goes; logged, or why there are none."""
+    if not stage2.recomputes:
+        return []
+    names = [layer.name for layer in freezing.backbone_layers(model)][cut or 0:]
+    layers = recompute.candidates(model, names)
+    why = "stage2.recompute" if stage2.recompute else "the default with method: lora; stage2.recompute: false keeps them"
+    if layers:
+        get_logger().info("stage 2: the activations of %d layer(s) (%s ... %s) are recomputed in the backward pass, "
+                          "not kept (%s)", len(layers), layers[0].name, layers[-1].name, why)
+    else:
+        get_logger().info("stage 2: nothing to recompute: no layer above the cut holds layers of its own (%s)", why)
+    return layers
 
 
 def check_stages(model: keras.Model, stage1: StageConfig | dict | None = None,
