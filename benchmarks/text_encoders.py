@@ -55,6 +55,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sides", default=",".join(SIDES))
     p.add_argument("--tlkeras-options", default="{}", help="JSON of extra build_and_finetune options (tlkeras sides)")
+    p.add_argument("--stage2-options", default="{}",
+                   help='JSON of extra stage-2 keys for the tlkeras sides, e.g. \'{"recompute": false}\'')
     p.add_argument("--write", action="store_true", help="append the table to benchmarks/RESULTS.md")
     p.add_argument("--run", help=argparse.SUPPRESS)  # internal: run one side and print JSON
     return p.parse_args(argv)
@@ -208,6 +210,7 @@ def run_tlkeras(args, task, method: str) -> dict:
 
     stage2 = {"epochs": args.stage2_epochs, "unfreeze": "all"} if method == "full" else {
         "epochs": args.stage2_epochs, "method": "lora"}
+    stage2.update(json.loads(args.stage2_options))
     t0 = time.time()
     result = tlkeras.build_and_finetune(
         task["train"], val_data=task["val"], backbone=f"kerashub:{task['preset']}",
