@@ -51,6 +51,8 @@ def parse_args(argv=None):
                    help="fine-tuning seeds: a candidate's fine-tuned accuracy is the mean over them (less noise)")
     p.add_argument("--image-size", type=int, default=32,
                    help="target size of the 32-px candidates (the 48-px one gets 1.5x); pretraining stays at 32/48 px")
+    p.add_argument("--rank-sample", type=int, default=None,
+                   help="rank on this many training images (rank_backbones(sample=N)); fine-tuning uses all")
     p.add_argument("--write", action="store_true", help="append the tables to benchmarks/RESULTS.md")
     return p.parse_args(argv)
 
@@ -129,7 +131,8 @@ def kendall_tau(x: list, y: list) -> float:
     return (concordant - discordant) / denominator if denominator else float("nan")
 
 
-def run_task(task: str, candidates: list[dict], seed: int, image_size: int = 32, finetune_seeds=(0,)) -> dict:
+def run_task(task: str, candidates: list[dict], seed: int, image_size: int = 32, finetune_seeds=(0,),
+             sample=None) -> dict:
     import keras
 
     import tlkeras
@@ -141,10 +144,10 @@ def run_task(task: str, candidates: list[dict], seed: int, image_size: int = 32,
     if task.startswith("x"):
         train = jittered_folder(train, int(task[1:]))
     clock = time.time()
-    ranking = rank_backbones(train, candidates, val_data=val, seed=seed, batch_size=32, by="logme")
+    ranking = rank_backbones(train, candidates, val_data=val, seed=seed, batch_size=32, by="logme", sample=sample)
     rank_seconds = time.time() - clock
     clock = time.time()
-    logme_only = rank_backbones(train, candidates, val_data=val, seed=seed, batch_size=32, probe=False)
+    logme_only = rank_backbones(train, candidates, val_data=val, seed=seed, batch_size=32, probe=False, sample=sample)
     logme_only_seconds = time.time() - clock
     rows = {e["backbone"]: dict(e) for e in ranking.entries}
     finetune_seconds = 0.0
@@ -199,7 +202,9 @@ def format_table(result: dict, command: str) -> str:
         f"- best fine-tuned: {result['best_finetuned']} ({best[result['best_finetuned']]:.3f}); top by LogME: "
         f"{result['top_logme']} ({best[result['top_logme']]:.3f}); top by probe: {result['top_probe']} "
         f"({best[result['top_probe']]:.3f}).",
-        f"- ranking all candidates took {result['rank_seconds']:.0f} s, fine-tuning each of them once "
+        f"- ranked on {result['rows'][0]['train_count']} training images"
+        + (f" (a sample of {result['rows'][0]['sampled_from']})" if result["rows"][0].get("sampled_from") else "")
+        + f"; ranking all candidates took {result['rank_seconds']:.0f} s, fine-tuning each of them once "
         f"{result['finetune_seconds']:.0f} s: {result['finetune_seconds'] / result['rank_seconds']:.1f}x; by LogME "
         f"alone (`probe=False`, the same order: {result['logme_only_order'] == [r['backbone'] for r in result['rows']]}) "
         f"{result['logme_only_seconds']:.0f} s: {result['finetune_seconds'] / result['logme_only_seconds']:.1f}x.",
@@ -218,7 +223,7 @@ def main(argv=None):
     tables = []
     for task in [t.strip() for t in args.task.split(",") if t.strip()]:
         seeds = [int(x) for x in args.finetune_seeds.split(",") if x.strip()]
-        result = {**run_task(task, candidates, args.seed, args.image_size, seeds), "seed": args.seed,
+        result = {**run_task(task, candidates, args.seed, args.image_size, seeds, args.rank_sample), "seed": args.seed,
                   "finetune_seeds": seeds}
         with open(os.path.join(CACHE, f"result-{task}-{args.image_size}px-s{args.seed}.json"), "w") as f:
             json.dump(result, f, indent=2)

@@ -182,6 +182,28 @@ def test_rank_backbones_puts_the_informative_candidate_first_and_lists_the_ones_
     assert (tmp_path / "out" / "ranking.png").stat().st_size > 1000
 
 
+def test_a_sample_ranks_every_candidate_on_the_same_rows_in_proportion_to_the_classes(tmp_path, candidates,
+                                                                                       colour_folder):
+    informative, constant = candidates
+    twice = [informative, {"backbone": informative, "name": "same-again"}, constant]
+    result = rank_backbones(colour_folder, twice, sample=12, **SHARED)
+    first, again, worst = result.entries
+    assert [e["backbone"] for e in result.entries] == [informative, "same-again", constant]
+    full = first["sampled_from"]
+    assert full > 12 and all(e["train_count"] == 12 and e["sampled_from"] == full for e in result.entries)
+    assert first["smallest_class"] == 4  # three balanced classes, in proportion
+    assert again["logme"] == first["logme"] and first["logme"] > worst["logme"] + 0.1  # the same rows for both
+    whole = rank_backbones(colour_folder, [informative], sample=10_000, **SHARED).entries[0]
+    assert whole["train_count"] == full and "sampled_from" not in whole  # a sample as large as the data: all of it
+    with pytest.raises(TlkerasError, match=r"^sample: 1 is not valid: use a number of training examples"):
+        rank_backbones(colour_folder, [informative], sample=1, **SHARED)
+    out = tmp_path / "cli"
+    ran = CliRunner().invoke(cli.main, ["rank", "--data", colour_folder, "--backbones", informative, "--image-size",
+                                        "32", "--sample", "12", "--no-probe", "--output-dir", str(out)])
+    assert ran.exit_code == 0, ran.output
+    assert json.loads((out / "ranking.json").read_text())[0]["train_count"] == 12
+
+
 def test_rank_backbones_on_multi_label_data(tmp_path, candidates):
     from test_multi_label import write_multilabel_csv
 

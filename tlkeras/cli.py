@@ -220,10 +220,13 @@ def find_lr(config_path, data, backbone, weights, image_size, output_dir, stage,
               "(default auto: LogME when every class has 50 or more training images, else the probe; measured in "
               "benchmarks/RESULTS.md).")
 @click.option("--no-probe", is_flag=True, help="LogME only: skip training the linear probe (sorts by LogME).")
+@click.option("--sample", type=click.IntRange(min=2), metavar="N",
+              help="Rank on N training examples drawn once, class by class (the same for every candidate; "
+                   "default: all). The frozen pass over them is most of what ranking costs.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any config key, e.g. --set val_split=0.3.")
 @_friendly_errors
 def rank(config_path, data, val_data, candidates, weights, image_size, batch_size, output_dir, by, no_probe,
-         overrides):
+         sample, overrides):
     """Rank candidate backbones on your data before fine-tuning: one frozen pass each, then LogME and a
     linear probe (the head trained on the cached features with the stage-1 settings)."""
     import time
@@ -238,7 +241,7 @@ def rank(config_path, data, val_data, candidates, weights, image_size, batch_siz
     _start_tensorflow(lambda: check_run(cfg.merged({"backbone": "auto:" + candidates})))
     from tlkeras.ranking import rank_backbones
 
-    result = rank_backbones(config=cfg, candidates=chosen, by=by, output_dir=folder, probe=not no_probe)
+    result = rank_backbones(config=cfg, candidates=chosen, by=by, output_dir=folder, probe=not no_probe, sample=sample)
     click.echo(result.table())
     if result.recommended is None:
         raise TlkerasError("no candidate could be ranked; see the reasons above.")

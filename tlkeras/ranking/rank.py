@@ -26,7 +26,8 @@ from tlkeras.ranking.result import DEFAULT_SCORE, SCORES, Ranking, choose_score
 
 
 def rank_backbones(data: Any = None, candidates=None, *, config=None, by: Optional[str] = None,
-                   output_dir: Optional[str] = None, probe: bool = True, **options) -> Ranking:
+                   output_dir: Optional[str] = None, probe: bool = True, sample: Optional[int] = None,
+                   **options) -> Ranking:
     """Rank candidate backbones on your data by LogME and a linear probe, one frozen pass each.
 
     Args:
@@ -43,6 +44,10 @@ def rank_backbones(data: Any = None, candidates=None, *, config=None, by: Option
             predicted fine-tuned accuracy best in benchmarks/RESULTS.md), "logme" or "probe".
         output_dir: where ranking.json and ranking.png go (None: nothing is written).
         probe: also train the linear probe (False: LogME only, sorted by it).
+        sample: rank on at most this many training examples, drawn once (class by class in proportion, from the
+            seed) so that every candidate sees the same ones; None ranks on all. The frozen pass over them is most
+            of what ranking costs. LogME is trusted with 50 or more per class (see `by`), which the sample should
+            leave. Data given as a tf.data.Dataset or tfds has no rows to draw from: it is ranked whole (logged).
 
     Returns:
         Ranking: .entries (best first; each with backbone, logme, probe_accuracy, seconds, ...),
@@ -67,6 +72,9 @@ def rank_backbones(data: Any = None, candidates=None, *, config=None, by: Option
         raise TlkerasError(f"by: {by!r} is not a score here; use one of auto, {', '.join(SCORES)}.")
     if not probe and by == "probe":
         raise TlkerasError("by='probe' needs the probe; set probe=True or rank by 'logme'.")
+    if sample is not None and (isinstance(sample, bool) or not isinstance(sample, int) or sample < 2):
+        raise TlkerasError(f"sample: {sample!r} is not valid: use a number of training examples (2 or more), "
+                           "or None to rank on all of them.")
     options.pop("backbone", None)  # the candidates say it
     base = resolve_config(config, data, options)
     chosen = parse_candidates(candidates)
@@ -78,7 +86,7 @@ def rank_backbones(data: Any = None, candidates=None, *, config=None, by: Option
     for candidate in chosen:
         label = candidate_label(candidate)
         try:
-            entries.append(_score(base, candidate, label, probe, bundles))
+            entries.append(_score(base, candidate, label, probe, bundles, sample))
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as e:  # noqa: BLE001 - one candidate failing must not stop the others
@@ -102,7 +110,7 @@ def rank_backbones(data: Any = None, candidates=None, *, config=None, by: Option
 _MODEL_KEYS = ("name", "backbone", "weights", "backbone_options", "head")
 
 
-def _score(base, candidate: dict, label: str, probe: bool, bundles: dict) -> dict:
+def _score(base, candidate: dict, label: str, probe: bool, bundles: dict, sample: Optional[int] = None) -> dict:
     """One candidate: its frozen features once, then LogME and the probe."""
     import keras
     import numpy as np
@@ -137,8 +145,9 @@ def _score(base, candidate: dict, label: str, probe: bool, bundles: dict) -> dic
                             class_names=bundle.class_names, input_options=kind.input_options(cfg),
                             inputs=kind.name)
         freezing.freeze_backbone(model)
+        train, examples = _sampled(bundle, sample, kind, model, cfg)
         # LogME needs the training features only; the probe is scored on the validation split's.
-        caches = Caches(model, bundle.train, bundle.val if probe else None, int(cfg.memory_budget_mb * 2**20), None)
+        caches = Caches(model, train, bundle.val if probe else None, int(cfg.memory_budget_mb * 2**20), None)
         try:
             clock = time.time()
             part = caches.for_head()
@@ -154,13 +163,15 @@ def _score(base, candidate: dict, label: str, probe: bool, bundles: dict) -> dic
                 "probe_accuracy": None,
                 "probe_metric": bundle.task.headline_name,
                 "feature_dims": int(features.shape[1]),
-                "train_count": bundle.train_count,
-                "smallest_class": int(min(bundle.class_counts("train").values(), default=0)),
+                "train_count": len(caches.train.labels),
+                "smallest_class": _smallest_class(bundle, examples),
                 "val_count": bundle.val_count,
                 "image_size": list(size) if size else None,
                 "seconds_features": round(features_seconds, 3),
                 "seconds_logme": round(logme_seconds, 3),
             }
+            if examples is not bundle.train_examples:
+                entry["sampled_from"] = bundle.train_count
             if probe and bundle.val is None:
                 log.warning("%s: no validation split (val_split 0 and no val_data): no probe accuracy", label)
             elif probe:
@@ -176,6 +187,28 @@ def _score(base, candidate: dict, label: str, probe: bool, bundles: dict) -> dic
              f", probe {entry['probe_metric']} {entry['probe_accuracy']:.4f}" if entry["probe_accuracy"] is not None
              else "", entry["seconds"])
     return entry
+
+
+def _sampled(bundle, sample: Optional[int], kind, model, cfg):
+    """(the training pipeline to rank on, its examples): the bundle's own, or a pipeline over `sample` rows of it
+    (`tlkeras.ranking.sample`), in order - the features' order does not matter, the probe shuffles its rows."""
+    from tlkeras.ranking.sample import sample_rows
+
+    examples = bundle.train_examples
+    if sample is None or bundle.train_count <= sample:
+        return bundle.train, examples
+    if examples is None:
+        get_logger().info("sample: %d asked for, but the data is a pipeline without rows to draw from: ranked on all "
+                          "of it", sample)
+        return bundle.train, examples
+    chosen = examples.subset(sample_rows(examples.labels, sample, cfg.seed))
+    return kind.evaluation_pipeline(chosen, model, cfg.batch_size), chosen
+
+
+def _smallest_class(bundle, examples) -> int:
+    if examples is None:
+        return int(min(bundle.class_counts("train").values(), default=0))
+    return int(min(bundle.task.class_counts(examples.labels, len(bundle.class_names)), default=0))
 
 
 def _probe(model, part, bundle, cfg) -> float:
