@@ -86,3 +86,41 @@ def test_a_lora_run_trains_the_same_model_recomputing_or_not_and_says_which_laye
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, err_msg=a.path)
     backbone = recomputing.model.get_layer("backbone")
     assert not any("call" in layer.__dict__ for layer in backbone._flatten_layers())  # plain layers again
+
+
+def test_the_blocks_recomputed_are_transformer_layers_also_where_an_encoder_layer_holds_them(tmp_path, bert_preset):
+    import keras_hub
+
+    from tlkeras.freezing import backbone_layers
+
+    bert = tlkeras.build_model(f"kerashub:{bert_preset}", 2, backbone_options={"sequence_length": 8})
+    names = [layer.name for layer in backbone_layers(bert)]
+    assert [b.name for b in recompute.candidates(bert, names)] == ["transformer_layer_0", "transformer_layer_1"]
+    assert recompute.candidates(bert, names[names.index("transformer_layer_1"):])[0].name == "transformer_layer_1"
+    keras.utils.set_random_seed(0)
+    preset = str(tmp_path / "vit")
+    keras_hub.models.ViTBackbone(image_shape=(32, 32, 3), patch_size=8, num_layers=2, num_heads=2, hidden_dim=16,
+                                 mlp_dim=32).save_to_preset(preset)
+    keras_hub.layers.ViTImageConverter(image_size=(32, 32), scale=1 / 127.5, offset=-1).save_to_preset(preset)
+    vit = tlkeras.build_model(f"kerashub:{preset}", 2, image_size=32)
+    names = [layer.name for layer in backbone_layers(vit)]
+    # KerasHub's ViT keeps its blocks inside one encoder layer, and neither takes a `training` argument (Keras passes
+    # it on through its call context): nothing is recomputed there - not the whole encoder at once, which would hold
+    # all its activations again
+    assert recompute.candidates(vit, names) == []
+
+
+def test_an_encoder_layer_holding_blocks_is_recomputed_block_by_block():
+    class Encoder(keras.layers.Layer):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.blocks = [_encoder_with_adapters()[0] for _ in range(3)]
+
+        def call(self, x, training=None):
+            for block in self.blocks:
+                x = block(x, training=training)
+            return x
+
+    encoder = Encoder()
+    assert recompute._blocks(encoder) == encoder.blocks
+    assert recompute._blocks(encoder.blocks[0]) == [encoder.blocks[0]]  # one attention layer inside: the block itself

@@ -55,16 +55,21 @@ SEED_STATE = "seed_generator_state"  # the name Keras gives a SeedGenerator's st
 
 
 def candidates(model: keras.Model, layer_names: Iterable[str]) -> list:
-    """The listed layers of `model`'s backbone worth recomputing: those that hold layers of their own (a
-    transformer layer, not a single convolution) and take a `training` argument."""
+    """The blocks of the listed backbone layers worth recomputing one at a time: a layer that holds layers of its
+    own (a transformer layer, not a single convolution) and takes a `training` argument - or, when it holds two or
+    more such blocks (KerasHub's ViT keeps its transformer blocks inside one encoder layer), those blocks, since
+    recomputing the whole encoder at once would hold all its activations again."""
     from tlkeras.freezing import backbone_layers
 
     wanted = set(layer_names)
-    out = []
-    for layer in backbone_layers(model):
-        if layer.name in wanted and _composite(layer) and _takes_training(layer):
-            out.append(layer)
-    return out
+    return [block for layer in backbone_layers(model) if layer.name in wanted for block in _blocks(layer)]
+
+
+def _blocks(layer) -> list:
+    if not (_composite(layer) and _takes_training(layer)):
+        return []
+    inner = [block for sub in layer._flatten_layers(include_self=False, recursive=False) for block in _blocks(sub)]
+    return inner if len(inner) >= 2 else [layer]
 
 
 @contextlib.contextmanager

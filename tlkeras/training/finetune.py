@@ -301,7 +301,8 @@ def _recomputed_layers(model: keras.Model, stage2: StageConfig, cut: Optional[in
         get_logger().info("stage 2: the activations of %d layer(s) (%s ... %s) are recomputed in the backward pass, "
                           "not kept (%s)", len(layers), layers[0].name, layers[-1].name, why)
     else:
-        get_logger().info("stage 2: nothing to recompute: no layer above the cut holds layers of its own (%s)", why)
+        get_logger().info("stage 2: nothing to recompute: no layer above the cut holds layers of its own and takes a "
+                          "training argument (%s)", why)
     return layers
 
 
