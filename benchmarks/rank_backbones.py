@@ -53,6 +53,9 @@ def parse_args(argv=None):
                    help="target size of the 32-px candidates (the 48-px one gets 1.5x); pretraining stays at 32/48 px")
     p.add_argument("--rank-sample", type=int, default=None,
                    help="rank on this many training images (rank_backbones(sample=N)); fine-tuning uses all")
+    p.add_argument("--rank-only", action="store_true",
+                   help="rank again, and take the fine-tuned accuracies and times from the last full run of the same "
+                        "task, size and seed (benchmarks/.cache/rank/result-*.json)")
     p.add_argument("--write", action="store_true", help="append the tables to benchmarks/RESULTS.md")
     return p.parse_args(argv)
 
@@ -132,7 +135,8 @@ def kendall_tau(x: list, y: list) -> float:
 
 
 def run_task(task: str, candidates: list[dict], seed: int, image_size: int = 32, finetune_seeds=(0,),
-             sample=None) -> dict:
+             sample=None, finetuned=None) -> dict:
+    """Rank, then fine-tune every candidate (or take `finetuned`, {name: row of an earlier result})."""
     import keras
 
     import tlkeras
@@ -152,6 +156,12 @@ def run_task(task: str, candidates: list[dict], seed: int, image_size: int = 32,
     rows = {e["backbone"]: dict(e) for e in ranking.entries}
     finetune_seconds = 0.0
     for candidate in candidates:
+        if finetuned is not None:
+            earlier = finetuned[candidate["name"]]
+            rows[candidate["name"]].update({k: earlier[k] for k in ("finetuned_accuracy", "finetuned_accuracies",
+                                                                   "finetune_seconds")})
+            finetune_seconds += earlier["finetune_seconds"]
+            continue
         accuracies, seconds = [], []
         for finetune_seed in finetune_seeds:
             keras.backend.clear_session()
@@ -205,7 +215,8 @@ def format_table(result: dict, command: str) -> str:
         f"- ranked on {result['rows'][0]['train_count']} training images"
         + (f" (a sample of {result['rows'][0]['sampled_from']})" if result["rows"][0].get("sampled_from") else "")
         + f"; ranking all candidates took {result['rank_seconds']:.0f} s, fine-tuning each of them once "
-        f"{result['finetune_seconds']:.0f} s: {result['finetune_seconds'] / result['rank_seconds']:.1f}x; by LogME "
+        + ("(in the last full run) " if result.get("finetune_from_earlier") else "")
+        + f"{result['finetune_seconds']:.0f} s: {result['finetune_seconds'] / result['rank_seconds']:.1f}x; by LogME "
         f"alone (`probe=False`, the same order: {result['logme_only_order'] == [r['backbone'] for r in result['rows']]}) "
         f"{result['logme_only_seconds']:.0f} s: {result['finetune_seconds'] / result['logme_only_seconds']:.1f}x.",
     ]
@@ -223,10 +234,17 @@ def main(argv=None):
     tables = []
     for task in [t.strip() for t in args.task.split(",") if t.strip()]:
         seeds = [int(x) for x in args.finetune_seeds.split(",") if x.strip()]
-        result = {**run_task(task, candidates, args.seed, args.image_size, seeds, args.rank_sample), "seed": args.seed,
-                  "finetune_seeds": seeds}
-        with open(os.path.join(CACHE, f"result-{task}-{args.image_size}px-s{args.seed}.json"), "w") as f:
-            json.dump(result, f, indent=2)
+        saved = os.path.join(CACHE, f"result-{task}-{args.image_size}px-s{args.seed}.json")
+        finetuned = None
+        if args.rank_only:
+            with open(saved, encoding="utf-8") as f:
+                earlier = json.load(f)
+            finetuned, seeds = {row["backbone"]: row for row in earlier["rows"]}, earlier["finetune_seeds"]
+        result = {**run_task(task, candidates, args.seed, args.image_size, seeds, args.rank_sample, finetuned),
+                  "seed": args.seed, "finetune_seeds": seeds, "finetune_from_earlier": args.rank_only}
+        if not args.rank_only:
+            with open(saved, "w") as f:
+                json.dump(result, f, indent=2)
         tables.append(format_table(result, command.strip()))
         print(tables[-1], flush=True)
     if args.write:
