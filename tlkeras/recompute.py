@@ -5,12 +5,16 @@ scores and their softmax, the feed-forward's 4x-wide hidden layer, dropout masks
 each listed layer's training call keeps only its inputs: the backward pass runs the layer's forward again, under
 its own tape, and takes the gradients from there. The price is one more forward pass of those layers per step.
 
-Two things make this differ from `tf.recompute_grad` (which Keras's `RematScope` uses on TensorFlow):
+Three things make this differ from `tf.recompute_grad` (which Keras's `RematScope` uses on TensorFlow):
 - Dropout draws the same masks in the recomputation as in the forward pass: Keras's dropout takes its seeds from
   `SeedGenerator` state variables, which the forward pass advanced; they are set back to what they held before
   it, so the recomputation draws the same seeds (and leaves the states where the forward pass left them).
   With other masks the gradients would belong to another network.
-- Gradients are computed only for the variables that train (flagged trainable when the step is traced): a frozen kernel's gradient is never asked for, which is what LoRA's frozen backbone needs.
+- Gradients are computed only for the variables that train (flagged trainable when the step is traced): a frozen
+  kernel's gradient is never asked for, which is what LoRA's frozen backbone needs.
+- The recomputation depends on the gradient coming into the layer: without it TensorFlow's executor may run every
+  layer's recomputation during the forward pass, as soon as its input exists, and hold them all (measured:
+  benchmarks/RESULTS.md, issue 16).
 
 The layers' own `call` is wrapped while the context is open and put back when it closes, so a model saved or
 exported afterwards is the plain model; a function traced inside the context keeps the recomputing calls.

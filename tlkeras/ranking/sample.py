@@ -28,7 +28,7 @@ def sample_rows(labels: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
         return np.arange(total)
     if labels.ndim != 1:  # multi-hot rows: no single class to stratify by
         return np.sort(rng.choice(total, size=count, replace=False))
-    classes, inverse = np.unique(labels, return_inverse=True)
+    _, inverse = np.unique(labels, return_inverse=True)
     counts = np.bincount(inverse)
     share = np.maximum(1, np.floor(counts * count / total).astype(int))
     while share.sum() > count:  # every class kept at least once may overshoot: trim the largest
