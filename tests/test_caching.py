@@ -232,3 +232,38 @@ def test_a_cache_in_memory_is_held_once_while_it_is_made_and_while_it_is_read():
     for _ in caching.cached_dataset(cache, 500, shuffle=True, seed=0):
         pass
     assert status("VmRSS") - held < 0.3 * size  # read in place: tf.data's graph rewrite would have copied it
+
+
+@pytest.mark.parametrize("stage2", [{"epochs": 0}, {"epochs": 2, "unfreeze": "blocks:2", "learning_rate": 1e-3}])
+def test_the_kept_validation_cache_gives_the_whole_models_probabilities(backbone_weights, stage2):
+    """What build_and_finetune evaluates when the frozen layers' outputs are cached: the trained part on the
+    cached validation inputs must answer as the whole model on the validation images."""
+    from tlkeras.evaluate import predict_probabilities
+
+    x, y = _arrays()
+    model = _model(backbone_weights)
+    history = finetune(model, _ds(x, y), _ds(x, y, False), stage1={"epochs": 2, "learning_rate": 1e-2}, stage2=stage2,
+                       cache_features=True, inputs_random=False, keep_cached_validation=True, verbose=0)
+    kept = history.cached_validation
+    assert kept is not None and kept.model is not model
+    from_cache, labels = predict_probabilities(model, kept.data, part=kept.model)
+    whole, whole_labels = predict_probabilities(model, _ds(x, y, False))
+    np.testing.assert_array_equal(labels, whole_labels)
+    np.testing.assert_allclose(from_cache, whole, atol=1e-5)  # float rounding of two graphs; a wrong part is 1e-2 off
+    assert np.ptp(whole, axis=0).max() > 1e-2
+
+
+def test_no_validation_cache_is_kept_when_it_would_not_give_the_whole_models_answers(tmp_path, backbone_weights):
+    x, y = _arrays(4)
+    runs = {
+        "the whole backbone trained": ({"epochs": 1, "unfreeze": "all"}, 1024, True),
+        "spilled as float16": ({"epochs": 1, "unfreeze": "blocks:2"}, 0.01, True),
+        "not asked for": ({"epochs": 1, "unfreeze": "blocks:2"}, 1024, False),
+    }
+    for why, (stage2, budget, keep) in runs.items():
+        model = _model(backbone_weights)
+        history = finetune(model, _ds(x, y), _ds(x, y, False), stage1={"epochs": 1}, stage2=stage2,
+                           cache_features="auto", inputs_random=False, memory_budget_mb=budget,
+                           run_dir=str(tmp_path / why.split()[0]), keep_cached_validation=keep, verbose=0)
+        assert history.cache_plan.stage1, why
+        assert history.cached_validation is None, why

@@ -37,6 +37,17 @@ def test_result_reports_history_metrics_and_classes(trained_run):
         assert json.load(f) == m
 
 
+def test_the_runs_metrics_are_those_of_the_whole_saved_model_on_the_validation_images(trained_run):
+    """The run evaluates its cached part on the cached validation activations (stage 2 trained above a frozen,
+    cached bottom); `evaluate_run` runs model.keras, all of it, on the validation images decoded again."""
+    from tlkeras.evaluate import evaluate_run
+
+    again = evaluate_run(trained_run.run_dir)
+    assert again["count"] == trained_run.metrics["count"] == 6
+    assert again["accuracy"] == trained_run.metrics["accuracy"]
+    assert again["loss"] == pytest.approx(trained_run.metrics["loss"], abs=1e-4)
+
+
 def test_saved_model_keras_reloads_in_safe_mode_and_predicts_the_same(trained_run):
     reloaded = keras.models.load_model(os.path.join(trained_run.run_dir, "model.keras"), safe_mode=True)
     x = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype("float32")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -11,9 +12,14 @@ from tlkeras.model import model_info, predict_function, to_probabilities
 from tlkeras.rundir import run_examples  # noqa: F401  (where it lived before)
 
 
-def predict_probabilities(model, ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities [N, C], labels [N] or multi-hot [N, C]) over a batched dataset of (inputs, label)."""
-    predict = predict_function(model)
+def predict_probabilities(model, ds: tf.data.Dataset, *, part=None) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities [N, C], labels [N] or multi-hot [N, C]) over a batched dataset of (inputs, label).
+
+    With `part` (a part of `model` sharing its layers, e.g. `FinetuneHistory.cached_validation.model`),
+    `ds` holds that part's inputs - what the frozen layers below it output, cached - and the outputs are
+    `part`'s, read as `model`'s Task reads them.
+    """
+    predict = predict_function(model) if part is None else _part_function(part, ds)
     probs, labels = [], []
     for images, y in ds:
         probs.append(np.asarray(to_probabilities(predict(images), model)))
@@ -21,6 +27,12 @@ def predict_probabilities(model, ds: tf.data.Dataset) -> tuple[np.ndarray, np.nd
     if not probs:
         return np.zeros((0, 0), np.float32), np.zeros((0,), np.int64)
     return np.concatenate(probs), _as_labels(np.concatenate(labels))
+
+
+def _part_function(part, ds: tf.data.Dataset):
+    """`part`'s outputs on its cached inputs, traced once for any batch size (graph mode, as `predict_function`)."""
+    spec = keras.tree.map_structure(lambda s: tf.TensorSpec([None, *s.shape[1:]], s.dtype), ds.element_spec[0])
+    return tf.function(lambda inputs: part(inputs, training=False), input_signature=[spec])
 
 
 def _as_labels(labels: np.ndarray) -> np.ndarray:

@@ -234,6 +234,7 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
                 memory_budget_mb=cfg.memory_budget_mb, jit_compile=cfg.jit_compile,
                 inputs_random=False,  # the augmenter holds all the randomness
                 label_smoothing=cfg.label_smoothing, resume=resuming, verbose=verbose,
+                keep_cached_validation=True,
             )
     except tf.errors.UnavailableError as e:
         raise TrainingError(
@@ -257,7 +258,13 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
 
     eval_ds, split = (data_bundle.val, "val") if data_bundle.val is not None else (data_bundle.train, "train")
     eval_examples = data_bundle.val_examples if split == "val" else data_bundle.train_examples
-    probabilities, labels = predict_probabilities(model, eval_ds)
+    cached, history.cached_validation = history.cached_validation, None  # held no longer than needed
+    if cached is not None and split == "val":  # the frozen layers' outputs are cached: not run again
+        log.info("evaluation: the frozen layers' outputs for the validation %s are cached; not run again", kind.noun)
+        probabilities, labels = predict_probabilities(model, cached.data, part=cached.model)
+    else:
+        probabilities, labels = predict_probabilities(model, eval_ds)
+    del cached
     decision = task.choose_decision(probabilities, labels, cfg.threshold)
     if decision is not None:
         set_decision(model, decision)

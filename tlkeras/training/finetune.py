@@ -30,7 +30,7 @@ from tlkeras.resume import RunCheckpointer
 from tlkeras.rundir import CHECKPOINT_DIR
 from tlkeras.utils import write_text_atomic
 from tlkeras.training.callbacks import BEST_WEIGHTS, BestCheckpoint, RunHistory, StopOnNaN
-from tlkeras.training.parts import Caches
+from tlkeras.training.parts import CachedValidation, Caches
 from tlkeras.training.plan import CachePlan, plan_caching, unfreeze_phases
 from tlkeras.training.runner import Runner, Stages
 
@@ -74,15 +74,18 @@ class FinetuneHistory(dict):
     `stage_seconds` holds the wall time of each stage (feature caching included in it, and also
     given alone), e.g. {"cache": 3.1, "stage1": 5.1, "stage2": 40.1}, summed over the processes of
     a resumed run (see `StageClock`); `cache_plan` says what was cached and why; `best` keeps the
-    weights of the run's best epoch.
+    weights of the run's best epoch; `cached_validation` (with `keep_cached_validation`) the
+    validation split's cached inputs and the part of the model they feed, when those still hold
+    for the whole model (the last stage trained above frozen layers cached in memory), else None.
     """
 
     def __init__(self, columns: dict, stage_seconds: dict, cache_plan: Optional["CachePlan"] = None,
-                 best: Optional[BestCheckpoint] = None):
+                 best: Optional[BestCheckpoint] = None, cached_validation: Optional[CachedValidation] = None):
         super().__init__(columns)
         self.stage_seconds = dict(stage_seconds)
         self.cache_plan = cache_plan
         self.best = best  # the run's best epoch (`BestCheckpoint.epoch`, `.put_back()`); None without a run_dir
+        self.cached_validation = cached_validation
 
 
 # === Finetune ===
@@ -107,6 +110,7 @@ def finetune(
     label_smoothing: float = 0.0,
     resume: bool = False,
     verbose: int | str = "auto",
+    keep_cached_validation: bool = False,
 ) -> FinetuneHistory:
     """Train `model` (from `build_model`) in two stages and return the combined history.
 
@@ -137,6 +141,9 @@ def finetune(
         resume: go on from run_dir/checkpoints/resume.npz (written after every epoch): finished
             stages and phases are skipped, the running one continues from its next epoch with its
             optimizer and early-stopping state (see `tlkeras.resume`). False starts afresh.
+        keep_cached_validation: keep the validation split's cached inputs after training when they
+            still hold for the whole model (`FinetuneHistory.cached_validation`), so that evaluating
+            it need not run the frozen layers again; the caller drops them when done.
 
     Interrupted (Ctrl-C), it raises `tlkeras.errors.Interrupted` saying how to resume.
 
@@ -207,6 +214,7 @@ def finetune(
     caches = Caches(model, train_ds, val_ds, int(memory_budget_mb * 2**20), run_dir,
                      progress=verbose not in (0, "0"))
     epochs_done = 0
+    last_part = None  # what the last stage that ran here trained: a cached part, or None (the whole model)
     try:
         # === Stage 1: the head on a frozen backbone ===
         if state is not None and state.after(1):
@@ -226,6 +234,7 @@ def finetune(
                             cut=cut if plan.stage2 else None,
                         )
                 epochs_done = run.stage(cfg.stage1, cfg.stage1.learning_rate, 0, part, position=(1, 0), state=state)
+                last_part = part
 
         # === Stage 2: unfreeze (the top of) the backbone, layer-wise rates ===
         phases = [] if cfg.stage2.epochs == 0 else [(None, cfg.stage2.epochs)] if use_lora else unfreeze_phases(
@@ -243,6 +252,7 @@ def finetune(
                     part = caches.for_cut(names[cut] if cut < len(names) else None)  # the lowest cut of all phases
                 else:
                     caches.close()  # free memory before the full model trains
+                last_part = part
                 steps_done = 0
                 with recompute.recomputed(_recomputed_layers(model, cfg.stage2, cut)):
                     for index, (unfreeze, epochs) in enumerate(phases):
@@ -286,7 +296,11 @@ def finetune(
         caches.close()
     if best is not None:
         best.flush()  # the run's best epoch, written once at its end
-    return FinetuneHistory(recorder.as_dict(), clock.totals(), plan, best)
+    # Nothing below the cached part has trained since its inputs were computed (stage 2's cut is the lowest
+    # of all its phases; restore_best puts back weights those layers never changed), so they stay valid.
+    kept = (CachedValidation(last_part.model, last_part.val)
+            if keep_cached_validation and last_part is not None and last_part.val_exact else None)
+    return FinetuneHistory(recorder.as_dict(), clock.totals(), plan, best, kept)
 
 
 def _recomputed_layers(model: keras.Model, stage2: StageConfig, cut: Optional[int]) -> list:

@@ -38,6 +38,19 @@ class Part:
     steps: Optional[int]
     repeats: bool = False  # the training data repeats; an epoch is `steps` batches
     memory: Optional[InMemory] = None
+    # `val` holds the frozen layers' outputs as they were computed (in memory, full precision): while those
+    # layers stay frozen, `model` on `val` gives what the whole model gives on the validation data.
+    val_exact: bool = False
+
+
+@dataclass
+class CachedValidation:
+    """The validation split as the trained part of a model sees it: `model` (a part of the whole model, sharing
+    its layers) on `data`, batched (cached inputs, label) in the split's order, is the whole model on the
+    validation data - computed without running the frozen layers again."""
+
+    model: keras.Model
+    data: tf.data.Dataset
 
 
 class Caches:
@@ -89,7 +102,7 @@ class Caches:
                                        epoch_rows=rows if views > 1 else None)
         val = caching.cached_dataset(self.val.select([0]), self.batch_size, shuffle=False) if self.val else None
         return Part(head, train, val, caching.steps_for(rows, self.batch_size), repeats=views > 1,
-                    memory=self._in_memory([0]) if views == 1 else None)
+                    memory=self._in_memory([0]) if views == 1 else None, val_exact=self._val_exact())
 
     def for_cut(self, cut_layer: Optional[str]):
         """Stage 2 on cached activations at `cut_layer`: the top of the model, its data and steps.
@@ -108,7 +121,12 @@ class Caches:
         train = caching.cached_dataset(self.train.select(columns), self.batch_size, shuffle=True)
         val = caching.cached_dataset(self.val.select(columns), self.batch_size, shuffle=False) if self.val else None
         return Part(top, train, val, caching.steps_for(len(self.train.labels), self.batch_size),
-                    memory=self._in_memory(columns))
+                    memory=self._in_memory(columns), val_exact=self._val_exact())
+
+    def _val_exact(self) -> bool:
+        """Whether the validation cache holds the frozen layers' outputs as computed (in memory; a spill to
+        disk keeps them as float16)."""
+        return self.val is not None and self.val.folder is None
 
     def _in_memory(self, columns: list[int]) -> Optional[InMemory]:
         """The cached columns as arrays, when the caches are in memory (not spilled to disk)."""
