@@ -73,6 +73,28 @@ def test_decode_and_resize_is_float_pixels_of_the_requested_size():
     np.testing.assert_allclose(out.numpy(), 200.0, atol=1e-3)  # a flat image stays flat, in [0, 255]
 
 
+def test_an_image_already_of_the_size_comes_back_exactly_as_the_resize_would_give_it():
+    """prepare_image skips the resize for an image of the target size: bit for bit what the antialiased
+    bilinear resize returns there, for one image and a batch, of static or unknown size; others are resized."""
+    rng = np.random.default_rng(0)
+    pixels = rng.uniform(0, 255, (2, 24, 32, 3)).astype("float32")
+
+    def resize(x, size):
+        return tf.image.resize(x, size, method="bilinear", antialias=True).numpy()
+
+    unknown = tf.function(lambda x: image_io.prepare_image(x, (24, 32)),
+                          input_signature=[tf.TensorSpec([None, None, 3], tf.float32)])
+    for image in (pixels, pixels[0]):
+        np.testing.assert_array_equal(image_io.prepare_image(image, (24, 32)).numpy(), resize(image, (24, 32)))
+        np.testing.assert_array_equal(image_io.prepare_image(image, (16, 20)).numpy(), resize(image, (16, 20)))
+    np.testing.assert_array_equal(unknown(pixels[0]).numpy(), resize(pixels[0], (24, 32)))
+    np.testing.assert_array_equal(unknown(pixels[0, :20]).numpy(), resize(pixels[0, :20], (24, 32)))
+    assert unknown.get_concrete_function().structured_outputs.shape.as_list() == [24, 32, 3]
+    jpeg = tf.io.encode_jpeg(pixels[0].astype(np.uint8)).numpy()
+    np.testing.assert_array_equal(image_io.decode_and_resize(tf.constant(jpeg), (24, 32)).numpy(),
+                                  resize(tf.cast(tf.io.decode_jpeg(jpeg), tf.float32), (24, 32)))
+
+
 # === Folders ===
 
 

@@ -96,7 +96,8 @@ def prepare_image(image: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
     """Any decoded image [H, W, C] (C in 1, 3, 4; uint8 or float in [0, 255]) -> float32 [h, w, 3].
 
     Works on one image or a batch [N, H, W, C]. Bilinear resize with antialiasing, so
-    large photos shrink without aliasing; pixel values stay in [0, 255].
+    large photos shrink without aliasing; pixel values stay in [0, 255]. An image already of
+    the size is not resized (the resize would return it unchanged, at half the decode's speed).
     """
     image = tf.convert_to_tensor(image)
     channels = image.shape[-1]
@@ -107,7 +108,16 @@ def prepare_image(image: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
     elif channels != 3:
         raise ValueError(f"images must have 1, 3 or 4 channels, got shape {image.shape}")
     image = tf.cast(image, tf.float32)
-    return tf.image.resize(image, image_size, method="bilinear", antialias=True)
+    size = [int(image_size[0]), int(image_size[1])]
+
+    def resized():
+        return tf.image.resize(image, size, method="bilinear", antialias=True)
+
+    if image.shape[-3:-1].is_fully_defined():
+        return image if image.shape[-3:-1].as_list() == size else resized()
+    out = tf.cond(tf.reduce_all(tf.equal(tf.shape(image)[-3:-1], size)), lambda: image, resized)
+    out.set_shape(image.shape[:-3].concatenate([*size, 3]))
+    return out
 
 
 @_plain_graph
