@@ -24,6 +24,7 @@ import glob
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -120,12 +121,18 @@ def run_size(count: int, batch_size: int) -> dict:
     logger.propagate = False
     rate = pipeline_rate(folder, batch_size)
     run_dir = os.path.join(CACHE, f"scale-run-{count}")
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     start = time.time()
     result = tlkeras.build_and_finetune(
         folder, backbone="mobilenetv2", weights=None, image_size=SIZE, batch_size=batch_size, seed=0,
         stage1={"epochs": 3}, stage2={"epochs": 1, "unfreeze": "blocks:1"}, output_dir=run_dir, overwrite=True,
         export=False, report=False, tensorboard=False, verbose=0)
     total = time.time() - start
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    # Where a slow run's time went: CPU seconds the process got (user, system: page faults are system time)
+    # against the wall time (2 cores: at most 2 x wall), and the page faults themselves.
+    cpu = {"user_s": round(after.ru_utime - usage.ru_utime, 1), "system_s": round(after.ru_stime - usage.ru_stime, 1),
+           "minor_faults": after.ru_minflt - usage.ru_minflt, "major_faults": after.ru_majflt - usage.ru_majflt}
     with open(os.path.join(run_dir, "run.json"), encoding="utf-8") as f:
         record = json.load(f)
     t = result.timings
@@ -138,7 +145,7 @@ def run_size(count: int, batch_size: int) -> dict:
         "cache_pass_images_per_second": (train_count + val_count) / t["cache"] if t.get("cache") else None,
         "pipeline_images_per_second": rate, "peak_mb": rss_mb("VmHWM"),
         "caching": "; ".join(notes), "spill_left": left, "accuracy": result.metrics["accuracy"],
-        "memory_budget_mb": record["config"]["memory_budget_mb"],
+        "memory_budget_mb": record["config"]["memory_budget_mb"], "cpu": cpu,
     }
 
 
