@@ -212,8 +212,9 @@ def test_a_nan_loss_stops_with_a_clear_error_and_keeps_finite_weights(tiny_model
 
 def test_best_checkpoint_writes_once_at_the_end_and_puts_back_the_best_epoch(tmp_path):
     # Epochs of a cached stage take milliseconds: the best epoch is kept in memory and written when the run
-    # ends, not at every improvement. The part that fits (the head) is a part of the whole model; after the
-    # stage the copy holds the whole model, so a later stage that changes the rest is undone by put_back too.
+    # ends, not at every improvement. The part that fits (the head) is a part of the whole model; when a later
+    # stage begins the copy takes in the rest of the model, so that stage's changes to it are undone by put_back
+    # too; a stage with no later one never copies the rest.
     from tlkeras.training import BestCheckpoint
 
     inputs = keras.Input((3,))
@@ -234,8 +235,12 @@ def test_best_checkpoint_writes_once_at_the_end_and_puts_back_the_best_epoch(tmp
         best.on_epoch_end(epoch, {"val_loss": loss})
     best.on_train_end()
     assert not path.exists() and best.pending and best.epoch == 2  # 1-based: the second epoch
+    assert len(best.values) == len(head.weights)  # the head's alone: nothing else has changed
     stage_end_body = body.kernel.numpy().copy()
-    body.kernel.assign(np.zeros((3, 4), "float32"))  # a later stage trains the body, for the worse
+    best.set_model(whole)
+    best.on_train_begin()  # a later stage begins
+    assert len(best.values) == len(whole.weights)
+    body.kernel.assign(np.zeros((3, 4), "float32"))  # ... and trains the body, for the worse
     set_head(4.0)
     best.on_epoch_end(3, {"val_loss": 0.8})
     best.flush()

@@ -56,9 +56,10 @@ class BestCheckpoint(keras.callbacks.Callback):
     once. `RunCheckpointer` keeps the copy in `resume.npz` after every epoch, so a killed run loses
     no best epoch either. Written aside and renamed, so never half-written.
 
-    At the end of a stage the copy is completed with the rest of the model (the next stage changes
-    weights this one did not), up to `in_memory_bytes`; a model larger than that is written then.
-    `put_back` returns the model to the best epoch without reading the file.
+    When a later stage begins, the copy is completed with the rest of the model (that stage may change
+    weights the best epoch's did not train), up to `in_memory_bytes`; a model larger than that is written
+    then. A run whose best epoch is in its last stage never copies the rest. `put_back` returns the model
+    to the best epoch without reading the file.
     """
 
     def __init__(self, model: keras.Model, path: str, monitor: str = "val_loss", min_interval: float = 60.0,
@@ -85,7 +86,8 @@ class BestCheckpoint(keras.callbacks.Callback):
         if time.monotonic() - self._last_write >= self.min_interval:
             self._flush()
 
-    def on_train_end(self, logs=None):
+    def on_train_begin(self, logs=None):
+        # Before this stage changes anything: the rest of the model still holds the best epoch's values.
         if self.epoch is None or self.values is None:
             return
         weights = self._weights
