@@ -267,3 +267,41 @@ def test_no_validation_cache_is_kept_when_it_would_not_give_the_whole_models_ans
                            run_dir=str(tmp_path / why.split()[0]), keep_cached_validation=keep, verbose=0)
         assert history.cache_plan.stage1, why
         assert history.cached_validation is None, why
+
+
+def test_a_spilled_cache_is_read_in_batches_each_pass_a_permutation_of_its_rows(tmp_path):
+    """Spilled caches are read a batch at a time from their files: in order unshuffled, each pass every row once
+    when shuffled, passes joined into full batches when the data repeats, the last short batch dropped when asked;
+    the values those of the rows they came with (labels, both inputs), back as float32."""
+    n = 10
+    ids = np.arange(n, dtype=np.float32)
+    features = np.repeat(ids[:, None], 6, axis=1)
+    activations = np.repeat(ids[:, None, None], 4, axis=1).repeat(3, axis=2)
+    fn = tf.function(lambda p: [p[:, :6], tf.reshape(tf.repeat(p[:, :1], 12, axis=1), [-1, 4, 3])])
+    rows = tf.data.Dataset.from_tensor_slices((np.repeat(ids[:, None], 8, axis=1), np.arange(n))).batch(4)
+    cache = caching.compute_cache(fn, rows, 1, str(tmp_path))
+    assert cache.folder is not None and cache.arrays[0].dtype == np.float16
+    np.testing.assert_array_equal(np.asarray(cache.arrays[0], np.float32), features)
+    np.testing.assert_array_equal(np.asarray(cache.arrays[1], np.float32), activations)
+
+    def read(ds, batches=None, dtype=tf.float32):
+        out = []
+        for (x, a), y in (ds.take(batches) if batches else ds):
+            assert x.dtype == dtype and a.dtype == dtype
+            np.testing.assert_array_equal(x.numpy()[:, 0], y.numpy())  # each row with its own label
+            np.testing.assert_array_equal(a.numpy()[:, 2, 1], y.numpy())
+            out.append(y.numpy().tolist())
+        return out
+
+    assert read(caching.cached_dataset(cache, 4, shuffle=False)) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert read(caching._memmap_batches(cache, 4, False, None, False, True), dtype=tf.float16) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    shuffled = caching.cached_dataset(cache, 4, shuffle=True, seed=1)
+    first, second = read(shuffled), read(shuffled)  # two passes over one pipeline: each reshuffled
+    for one_pass in (first, second):
+        assert [len(b) for b in one_pass] == [4, 4, 2] and sorted(sum(one_pass, [])) == list(range(n))
+    assert first != second
+    assert first == read(caching.cached_dataset(cache, 4, shuffle=True, seed=1))  # a seed is an order
+    repeated = sum(read(caching.cached_dataset(cache, 4, shuffle=True, seed=2, epoch_rows=5), batches=5), [])
+    assert len(repeated) == 2 * n  # five full batches: two passes joined
+    assert sorted(repeated[:n]) == sorted(repeated[n:]) == list(range(n))
+    cache.close()

@@ -221,10 +221,14 @@ class _Spill:
 
     def write(self, values: list) -> None:
         for i, (f, v) in enumerate(zip(self.files, values)):
-            v = np.ascontiguousarray(v, dtype=np.float16 if v.dtype.kind == "f" else v.dtype)  # ids stay exact
+            if v.dtype.kind == "f" and v.dtype != np.float16:  # ids and masks stay exact
+                # TensorFlow's cast, into memory TensorFlow allocates: a new NumPy array per batch (MBs each) is
+                # memory the process faults in afresh, which took longer than the conversion (see RESULTS.md).
+                v = tf.cast(v, tf.float16).numpy()
+            v = np.ascontiguousarray(v)
             self.shapes[i] = v.shape[1:]
             self.dtypes[i] = v.dtype
-            f.write(v.tobytes())
+            f.write(memoryview(v).cast("B"))
         self.rows += len(values[0])
 
     def finish(self) -> list:
@@ -329,30 +333,45 @@ def cached_dataset(
         ds = gathered_batches(inputs, cache.labels, batch_size, shuffle=shuffle, seed=seed, repeat=repeat,
                               drop_remainder=drop_remainder)
     else:
-        ds = _memmap_dataset(cache, shuffle, seed)
-        ds = (ds.repeat() if repeat else ds).batch(batch_size, drop_remainder=drop_remainder)
+        ds = _memmap_batches(cache, batch_size, shuffle, seed, repeat, drop_remainder)
     if any(a.dtype == np.float16 for a in cache.arrays):
         ds = ds.map(lambda x, y: (keras.tree.map_structure(
             lambda t: tf.cast(t, tf.float32) if t.dtype == tf.float16 else t, x), y))
     return ds.prefetch(AUTOTUNE)
 
 
-def _memmap_dataset(cache: Cache, shuffle: bool, seed: Optional[int]) -> tf.data.Dataset:
+def _memmap_batches(cache: Cache, batch_size: int, shuffle: bool, seed: Optional[int], repeat: bool,
+                    drop_remainder: bool) -> tf.data.Dataset:
+    """Batches read from a spilled cache's files: each batch's rows taken at once from the memory maps (one
+    NumPy read per batch, not a Python step per row: a row per step made stage 2 on spilled activations half
+    again as slow as in memory). Row order: a permutation per pass (the same as shuffling the rows with
+    `seed`), passes joined when the data repeats."""
     n = len(cache.labels)
     rng = np.random.default_rng(seed if seed is not None else np.random.randint(2**31))
     single = len(cache.arrays) == 1
     arrays, labels = list(cache.arrays), cache.labels
 
-    def rows():
-        order = rng.permutation(n) if shuffle else np.arange(n)
-        for i in order:
-            x = tuple(np.asarray(a[i]) for a in arrays)
-            yield (x[0] if single else x), labels[i]
+    def batches():
+        pending = np.zeros(0, np.int64)
+        while True:
+            order = rng.permutation(n) if shuffle else np.arange(n)
+            pending = np.concatenate([pending, order])
+            while len(pending) >= batch_size or (not repeat and len(pending) and not drop_remainder):
+                rows, pending = pending[:batch_size], pending[batch_size:]
+                x = tuple(np.asarray(a[rows]) for a in arrays)
+                yield (x[0] if single else x), labels[rows]
+            if not repeat:
+                return
 
-    specs = tuple(tf.TensorSpec(a.shape[1:], tf.as_dtype(a.dtype)) for a in cache.arrays)
-    signature = (specs[0] if single else specs, tf.TensorSpec(cache.labels.shape[1:], tf.as_dtype(cache.labels.dtype)))
-    ds = tf.data.Dataset.from_generator(rows, output_signature=signature)
-    return ds.apply(tf.data.experimental.assert_cardinality(n))
+    first = batch_size if drop_remainder or repeat else None  # every batch full: a static shape (TPU)
+    specs = tuple(tf.TensorSpec([first, *a.shape[1:]], tf.as_dtype(a.dtype)) for a in cache.arrays)
+    signature = (specs[0] if single else specs,
+                 tf.TensorSpec([first, *cache.labels.shape[1:]], tf.as_dtype(cache.labels.dtype)))
+    ds = tf.data.Dataset.from_generator(batches, output_signature=signature)
+    if repeat:
+        return ds
+    return ds.apply(tf.data.experimental.assert_cardinality(n // batch_size if drop_remainder else
+                                                             math.ceil(n / batch_size)))
 
 
 def steps_for(rows: int, batch_size: int) -> int:
