@@ -305,3 +305,17 @@ def test_a_spilled_cache_is_read_in_batches_each_pass_a_permutation_of_its_rows(
     assert len(repeated) == 2 * n  # five full batches: two passes joined
     assert sorted(repeated[:n]) == sorted(repeated[n:]) == list(range(n))
     cache.close()
+
+
+def test_rows_of_a_spilled_array_are_read_from_its_file_as_indexing_would_give_them(tmp_path):
+    """`_read_rows` reads rows with os.preadv (not through the memory map, which would make them resident); a
+    part of a map that does not span its file (a slice: numpy keeps the parent's offset) is indexed instead."""
+    path = str(tmp_path / "0.bin")
+    values = np.arange(7 * 3 * 2, dtype=np.float16).reshape(7, 3, 2)
+    values.tofile(path)
+    mapped = np.memmap(path, dtype=np.float16, mode="r", shape=(7, 3, 2))
+    rows = np.array([6, 0, 3, 3])
+    np.testing.assert_array_equal(caching._read_rows(mapped, rows), values[rows])
+    part = mapped[2:]
+    np.testing.assert_array_equal(caching._read_rows(part, np.array([0, 4])), values[[2, 6]])
+    np.testing.assert_array_equal(caching._read_rows(values, rows), values[rows])  # in memory
