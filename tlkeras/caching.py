@@ -13,7 +13,8 @@ no copying. Frozen layers run in inference mode here (no dropout, BatchNormaliza
 statistics), which is what freezing means in tlkeras.
 
 Caches live in memory (float32) while they fit `memory_budget_mb`, else in float16 files under
-the run directory (or a temporary folder), memory-mapped, and deleted when training ends.
+the run directory (or a temporary folder), read back a batch at a time (outside the process's
+resident memory), and deleted when training ends.
 """
 
 from __future__ import annotations
