@@ -4,11 +4,11 @@ Data: scikit-learn's digits shipped with tlkeras, each image drawn again at 224 
 and noise, written once as JPEG files to benchmarks/.cache/scale-224/ (10 classes, 20,000 files); smaller sizes
 are the first N files of each class (links). Every size runs in its own process (so memory is its own) with the
 same settings: random init (time and memory do not depend on the weights), batch 32, the default
-`memory_budget_mb` (1024), no export, report or TensorBoard, and with `--settings light` (the default) stage 1 for
-3 epochs on cached features and stage 2 for 1 epoch on the top block (`blocks:1`, cached activations at the cut):
-the least training a run does after its one frozen pass, where fixed costs show most; with `--settings defaults`
-tlkeras's own defaults (stage 1 for 5 epochs; stage 2 for 5 epochs on the top half of the layers, on activations
-cached at the cut - at 20,000 images more than the budget, so they spill to disk).
+`memory_budget_mb` (1024), no export, report or TensorBoard, and with `--settings defaults` (the default)
+tlkeras's own defaults: stage 1 for 5 epochs, stage 2 for 5 epochs on the top half of the layers, on activations
+cached at the cut (from 5,000 images on more than the budget, so they spill to disk) - a user's run. With
+`--settings light`, stage 1 for 3 epochs on cached features and stage 2 for 1 epoch on the top block
+(`blocks:1`): the least training a run does after its one frozen pass, where the fixed costs show most.
 
 Reported per size: seconds and images per second of each part (the cache pass is the frozen backbone's forward
 rate: what the model consumes while caching), the input pipeline's own rate (decoding and resizing the same files
@@ -17,7 +17,7 @@ memory, or spilled to disk), and whether any spill folder was left behind. The m
 of the same run on 100 images (10 per class), where the caches hold a few MB: what the run needs whatever the
 data's size. Memory is bounded when every size's peak stays within that plus `memory_budget_mb`.
 
-    python benchmarks/scale.py --sizes 1000,5000,20000 [--settings defaults] [--repeats 3]
+    python benchmarks/scale.py --sizes 1000,5000,20000 [--settings light] [--repeats 3]
 
 With `--repeats N` every size runs N times (each in its own process, the sizes interleaved) and the table gives
 each figure's median run (by whole-run seconds).
@@ -114,7 +114,7 @@ SETTINGS = {
 }
 
 
-def run_size(count: int, batch_size: int, settings: str = "light") -> dict:
+def run_size(count: int, batch_size: int, settings: str = "defaults") -> dict:
     import logging
 
     import tlkeras
@@ -181,7 +181,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="1000,5000,20000")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--settings", choices=sorted(SETTINGS), default="light")
+    p.add_argument("--settings", choices=sorted(SETTINGS), default="defaults")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--run", type=int, help=argparse.SUPPRESS)  # internal: one size in this process, print JSON
     args = p.parse_args(argv)
