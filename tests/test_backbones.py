@@ -109,7 +109,21 @@ def test_block_maps_split_backbones_into_their_architectural_blocks(name, size, 
             assert any(expected in n for n in block), (expected, block[:3])
 
 
-def test_offline_imagenet_download_says_where_to_put_the_file(monkeypatch):
+def test_a_block_without_weights_joins_the_block_below_so_blocks_1_trains_something():
+    """NASNet's block map ends a block at each cell's concat; after the last cell comes only an activation, which
+    would be a top "block" of its own with nothing to train."""
+    model = tlkeras.build_model("nasnetmobile", 2, image_size=32, weights=None)
+    layers = tlkeras.freezing.backbone_layers(model)
+    blocks = tlkeras.freezing.list_blocks(model)
+    assert blocks[-1][-2:] == ["normal_concat_12", layers[-1].name] and not layers[-1].weights
+    weighted = {layer.name for layer in layers if layer.weights}
+    assert all(weighted.intersection(block) for block in blocks)
+    tlkeras.freezing.freeze_backbone(model)
+    plan = tlkeras.freezing.unfreeze(model, "blocks:1")
+    assert plan.layers and set(plan.layers) <= set(blocks[-1]) and plan.trainable_params > 0
+
+
+def test_offline_imagenet_download_says_where_to_put_the_file(monkeypatch, tmp_path):
     def offline(*args, **kwargs):
         raise Exception(
             "URL fetch failure on https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"

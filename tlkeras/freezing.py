@@ -384,11 +384,20 @@ def block_map_of(model: keras.Model) -> Optional[backbones.BlockMap]:
 
 
 def list_blocks(model: keras.Model) -> list[list[str]]:
-    """The backbone's layer names grouped into blocks, bottom to top."""
+    """The backbone's layer names grouped into blocks, bottom to top. A block whose layers hold no weights (NASNet's
+    last activation, after its last cell) joins the block below it, so that "blocks:N" always trains N blocks."""
     block_map = block_map_of(model)
     if block_map is None:
         raise BackboneError(f"backbone {backbone_name(model)!r} has no block map.")
-    return block_map.split([layer.name for layer in backbone_layers(model)])
+    layers = backbone_layers(model)
+    weighted = {layer.name for layer in layers if layer.weights}
+    blocks: list[list[str]] = []
+    for block in block_map.split([layer.name for layer in layers]):
+        if blocks and (not weighted.intersection(block) or not weighted.intersection(blocks[-1])):
+            blocks[-1].extend(block)  # a block without weights, or above one: the two are one block
+        else:
+            blocks.append(block)
+    return blocks
 
 
 def layer_multipliers(model: keras.Model, decay: float) -> dict[str, float]:
