@@ -71,16 +71,25 @@ def backbone_weights(tmp_path_factory) -> str:
     model = tlkeras.build_model(
         TINY["backbone"], 3, image_size=TINY["image_size"], weights=None, backbone_options=TINY["backbone_options"]
     )
-    backbone = model.get_layer("backbone")
-    for layer in backbone.layers:
-        if hasattr(layer, "momentum"):
-            layer.momentum = 0.0
     rng = np.random.default_rng(1)
-    pixels = np.stack([make_image(rng, c, (32, 32)) for c in list(COLORS.values()) * 6]).astype("float32")
-    backbone(model.get_layer("preprocess")(pixels), training=True)
+    calibrate_batch_norm(model, np.stack([make_image(rng, c, (32, 32)) for c in list(COLORS.values()) * 6]))
     path = str(tmp_path_factory.mktemp("weights") / "tiny_backbone.weights.h5")
-    backbone.save_weights(path)
+    model.get_layer("backbone").save_weights(path)
     return path
+
+
+def calibrate_batch_norm(model, pixels) -> None:
+    """Set every BatchNormalization layer's moving statistics to those of `pixels` (one forward pass in training
+    mode at momentum 0), so that a randomly initialised backbone in inference mode passes signal instead of shrinking
+    it to nothing (see `backbone_weights`)."""
+    backbone = model.get_layer("backbone")
+    momenta = {}
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            momenta[layer.name], layer.momentum = layer.momentum, 0.0
+    backbone(model.get_layer("preprocess")(np.asarray(pixels, "float32")), training=True)
+    for name, momentum in momenta.items():
+        backbone.get_layer(name).momentum = momentum
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
 import importlib
+import os
 
 import keras
 import numpy as np
@@ -131,12 +132,14 @@ def test_offline_imagenet_download_says_where_to_put_the_file(monkeypatch, tmp_p
         )
 
     monkeypatch.setattr("keras.src.utils.file_utils.get_file", offline)
-    monkeypatch.setenv("KERAS_HOME", "/somewhere/keras")
+    # Keras's home, where it downloads to (it reads KERAS_HOME once, at import)
+    monkeypatch.setattr("keras.src.backend.config._KERAS_DIR", str(tmp_path / "keras"))
+    os.makedirs(tmp_path / "keras")
     with pytest.raises(BackboneError) as info:
         tlkeras.build_model("mobilenetv2", 2, image_size=96, weights="imagenet", backbone_options={"alpha": 0.35})
     message = str(info.value)
-    assert "Could not download the ImageNet weights of MobileNetV2 (no network?)" in message
-    assert "/somewhere/keras/models/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_96_no_top.h5" in message
+    assert "Could not download the ImageNet weights of MobileNetV2 (no network?" in message
+    assert f"{tmp_path}/keras/models/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_96_no_top.h5" in message
     assert "weights='path/to/backbone.weights.h5'" in message
 
 

@@ -155,14 +155,25 @@ def _check_options(cls_name: str, options: dict) -> None:
 
 
 def _keras_models_dir() -> str:
-    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
-    return os.path.join(home, "models")
+    """Where keras.applications keeps downloaded weights: Keras's own home (KERAS_HOME, read when Keras was
+    imported; /tmp/.keras when that is not writable), then models/."""
+    try:
+        from keras.src.backend.config import keras_home
+
+        home = keras_home()
+    except ImportError:  # a Keras that moved it: the documented default
+        home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    if not os.access(os.path.expanduser(home), os.W_OK):
+        home = os.path.join("/tmp", ".keras")
+    return os.path.join(os.path.expanduser(home), "models")
 
 
 def _build(cls_name: str, image_size: tuple[int, int], weights, options: dict):
     constructor = _constructor(cls_name)
     h, w = image_size
-    kwargs = dict(include_top=False, weights=None, input_shape=(h, w, 3), name=BACKBONE_LAYER, **options)
+    # No `name`: a family looks its block arguments (EfficientNetV2) and its weights file (EfficientNet, EfficientNetV2,
+    # ConvNeXt) up by its own name, so it is built exactly as keras.applications builds it and renamed afterwards.
+    kwargs = dict(include_top=False, weights=None, input_shape=(h, w, 3), **options)
     if weights == "imagenet":
         kwargs["weights"] = "imagenet"
     elif weights is not None and not os.path.isfile(weights):
@@ -172,24 +183,43 @@ def _build(cls_name: str, image_size: tuple[int, int], weights, options: dict):
     try:
         model = constructor(**kwargs)
     except Exception as e:  # keras raises a bare Exception when a download fails
-        message = str(e)
-        if "URL fetch failure" in message:
-            url = re.search(r"https?://\S+?(?=:\s|$)", message)
-            url_text = url.group(0) if url else "the weights URL"
-            fname = url_text.rsplit("/", 1)[-1] if url else "<file name from the URL>"
-            raise BackboneError(
-                f"Could not download the ImageNet weights of {cls_name} (no network?). "
-                f"Download {url_text} on a machine with network and place it at "
-                f"{os.path.join(_keras_models_dir(), fname)}, or pass weights='path/to/backbone.weights.h5', "
-                "or weights=None to start from random weights."
-            ) from None
-        if isinstance(e, (ValueError, TypeError)):  # e.g. backbone_options {alpha: abc}
-            raise BackboneError(f"{cls_name} cannot be built with these settings (backbone_options "
-                                f"{options or {}}): {message}") from None
-        raise
+        raise _build_error(cls_name, options, e) from None
+    model.name = BACKBONE_LAYER  # the nested layer `tlkeras.model.get_backbone` finds; no variable path holds it
     if weights not in (None, "imagenet"):
         load_weights_file(model, weights, cls_name)
     return model
+
+
+_INSTEAD = "or pass weights='path/to/backbone.weights.h5', or weights=None to start from random weights."
+
+
+def _build_error(cls_name: str, options: dict, error: Exception) -> Exception:
+    """What a failed keras.applications constructor means for the user, in one line."""
+    message = str(error)
+    fetch = re.search(r"URL fetch failure on (https?://\S+?): (\S+) -- (.*)", message)
+    if fetch:  # keras.utils.get_file: "URL fetch failure on <url>: <HTTP code or errno> -- <reason>"
+        url, code, reason = fetch.groups()
+        if code.isdigit() and int(code) >= 400:
+            why = f"the server answered HTTP {code} {reason}"
+        elif "incomplete" in reason:
+            why = f"the connection was cut: {reason}"
+        else:
+            why = f"no network? {reason}"
+        path = os.path.join(_keras_models_dir(), url.rsplit("/", 1)[-1])
+        return BackboneError(
+            f"Could not download the ImageNet weights of {cls_name} ({why}). Download {url} on a machine with "
+            f"network and place it at {path}, {_INSTEAD}"
+        )
+    if "file hash does not match" in message:  # downloaded, but not the bytes Keras expects
+        return BackboneError(
+            f"The downloaded ImageNet weights of {cls_name} are incomplete or corrupted (their checksum is not the "
+            f"one Keras expects; a proxy or a cut download?): run again to download them again (Keras replaces the "
+            f"file in {_keras_models_dir()}), {_INSTEAD}"
+        )
+    if isinstance(error, (ValueError, TypeError)):  # e.g. backbone_options {alpha: abc}
+        return BackboneError(f"{cls_name} cannot be built with these settings (backbone_options "
+                             f"{options or {}}): {message}")
+    return error
 
 
 def load_weights_file(model, path: str, what: str) -> None:
