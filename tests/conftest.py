@@ -119,6 +119,35 @@ def trained_run(tmp_path_factory, image_folder, backbone_weights):
     )
 
 
+# === The loopback internet (see tests/loopback.py) ===
+
+
+@pytest.fixture
+def internet(tmp_path, monkeypatch):
+    """The loopback internet on a new user's machine: every download cache is an empty folder of this test
+    (`internet.caches`: Keras's home, TFHUB_CACHE_DIR, huggingface_hub's and kagglehub's caches); no credentials."""
+    from keras.src.backend import config as keras_config
+
+    from loopback import Loopback
+
+    caches = {name: str(tmp_path / "caches" / name) for name in ("keras", "tfhub", "huggingface", "kagglehub")}
+    for folder in caches.values():
+        os.makedirs(folder)
+    monkeypatch.setattr(keras_config, "_KERAS_DIR", caches["keras"])  # Keras reads KERAS_HOME once, at import
+    monkeypatch.setenv("KERAS_HOME", caches["keras"])
+    monkeypatch.setenv("TFHUB_CACHE_DIR", caches["tfhub"])
+    monkeypatch.setenv("HF_HUB_CACHE", caches["huggingface"])
+    from huggingface_hub import constants as hf_constants  # it too reads its cache's place at import
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", caches["huggingface"])
+    monkeypatch.setenv("KAGGLEHUB_CACHE", caches["kagglehub"])
+    for variable in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "HF_TOKEN"):
+        monkeypatch.delenv(variable, raising=False)
+    with Loopback(monkeypatch) as net:
+        net.caches = caches
+        yield net
+
+
 # === Hub modules and text data (see tests/hub_modules.py) ===
 
 

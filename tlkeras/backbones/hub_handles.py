@@ -6,6 +6,7 @@ No TensorFlow here: `tensorflow_hub` is imported only to download a module.
 from __future__ import annotations
 
 import os
+import urllib.error
 
 from tlkeras.errors import BackboneError
 
@@ -56,10 +57,21 @@ def resolve_handle(handle: str) -> str:
     try:
         return hub.resolve(url)
     except Exception as e:  # urllib's URLError/HTTPError, tarfile errors, ...
-        reason = str(getattr(e, "reason", None) or e).splitlines()[0][:160]
         raise BackboneError(
-            f"backbone: could not fetch hub:{handle} ({type(e).__name__}: {reason}) - no network? Without "
+            f"backbone: could not fetch hub:{handle} ({_why(e)}). Without "
             f"network, put the module where TFHUB_CACHE_DIR points (looked in {cache}; a machine with network "
             "fills it by resolving the same handle with TFHUB_CACHE_DIR set), or download and unpack it and "
             "pass its folder: backbone: hub:/path/to/module."
         ) from None
+
+
+def _why(error: Exception) -> str:
+    """Why tensorflow_hub's resolver failed, as a user can act on it."""
+    reason = str(getattr(error, "reason", None) or error).splitlines()[0][:160]
+    if isinstance(error, urllib.error.HTTPError):
+        return f"the server answered HTTP {error.code} {reason}"
+    if isinstance(error, urllib.error.URLError):
+        return f"no network? {reason}"
+    if "does not appear to be a valid module" in reason:  # the archive did not unpack: cut, or not a module
+        return "what came back is not a whole module archive (a cut download?)"
+    return f"{type(error).__name__}: {reason}"
