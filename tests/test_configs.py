@@ -27,6 +27,18 @@ def test_recipe_loads_and_names_a_real_backbone(path):
     backbones.resolve_image_size(spec, cfg.image_size)
 
 
+@pytest.mark.parametrize("path", [p for p in CONFIGS if not load_config(p).backbone.startswith("hub:")],
+                         ids=os.path.basename)
+def test_recipe_backbone_builds(path):
+    """Resolving a name is not building it: configs/efficientnet.yaml named a family that could not be built."""
+    import tlkeras
+
+    cfg = load_config(path)
+    spec = backbones.resolve(cfg.backbone, cfg.backbone_options)
+    model = tlkeras.build_model(spec, 2, image_size=spec.min_size, weights=None)
+    assert model.get_layer("backbone").count_params() > 0
+
+
 def test_demo_yaml_matches_the_demo():
     cfg = load_config(os.path.join(os.path.dirname(__file__), "..", "configs", "demo.yaml"))
     assert cfg.backbone == demo.BACKBONE and cfg.backbone_options == demo.BACKBONE_OPTIONS
