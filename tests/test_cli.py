@@ -52,7 +52,7 @@ def test_precedence_defaults_yaml_flags_set(runner, captured, tmp_path):
     assert cfg.batch_size == 16 and cfg.stage2.unfreeze == 10  # YAML over defaults
     assert cfg.stage2.epochs == 3 and cfg.stage2.learning_rate == pytest.approx(1e-4)  # --set over YAML
     assert cfg.weights is None
-    assert cfg.stage1.epochs == 5  # default
+    assert cfg.stage1.epochs == "auto"  # default
     assert "val accuracy: 0.5000 (2 images)" in result.output
     assert "tlkeras predict runs/x/export/1 IMAGE_OR_FOLDER" in result.output
 

@@ -212,3 +212,22 @@ def test_two_seeded_runs_give_identical_metrics(tmp_path, image_folder, backbone
     assert metrics[0] == metrics[1]
     assert not os.path.exists(os.path.join(tmp_path / "run0", "report.html"))
     assert not os.path.exists(os.path.join(tmp_path / "run0", "tensorboard"))
+
+
+def test_the_report_names_the_restored_epoch_and_marks_it_on_the_curves(tmp_path):
+    history = {"epoch": [1, 2, 3, 4], "stage": [1, 1, 2, 2], "loss": [1.0, 0.8, 0.6, 0.5],
+               "val_loss": [0.9, 0.7, 0.8, 0.9], "accuracy": [0.5, 0.6, 0.7, 0.8],
+               "val_accuracy": [0.5, 0.9, 0.6, 0.6]}
+    metrics = {**classification_metrics(PROBS, LABELS, NAMES), "epoch": 2, "restored_best": True}
+    for name, m in (("restored", metrics), ("last", {**metrics, "epoch": 4, "restored_best": False})):
+        os.makedirs(tmp_path / name)
+        report.write_report(str(tmp_path / name), history=history, metrics=m, probabilities=PROBS, labels=LABELS,
+                            class_names=NAMES, images_of=None, config={})
+    page = (tmp_path / "restored" / "report.html").read_text()
+    assert "<tr><th>epoch</th><td>2</td></tr>" in page and "<tr><th>restored_best</th><td>True</td></tr>" in page
+    # the curves differ only by the marked epoch
+    curves = [(tmp_path / name / "training_curves.png").read_bytes() for name in ("restored", "last")]
+    assert curves[0] != curves[1]
+    os.makedirs(tmp_path / "again")
+    report.plot_training_curves(history, str(tmp_path / "again" / "c.png"), evaluated_epoch=4)
+    assert (tmp_path / "again" / "c.png").read_bytes() == curves[1]  # the last epoch: nothing marked

@@ -24,9 +24,11 @@ def _options(image_folder, tiny, **stage2):
     # One batch per epoch (18 training images, batch 32) and no dropout: the order of the
     # examples and the random state cannot change the result, so an interrupted run that resumes
     # correctly (weights, optimizer moments and step, schedule, phase) ends exactly where an
-    # uninterrupted one does.
+    # uninterrupted one does. Stage 1's rate is pinned at 3e-3 (the default before 1e-2): at 1e-2 the
+    # round-off of oneDNN's threaded sums (1e-7) grows past the tolerance in one of 18816 weights.
     return {**tiny, "data": image_folder, "val_split": 0.25, "batch_size": 32, "export": False,
-            "head": {"dropout": 0.0}, "stage1": {"epochs": 4}, "stage2": {"epochs": 3, **stage2}}
+            "head": {"dropout": 0.0}, "stage1": {"epochs": 4, "learning_rate": 3e-3},
+            "stage2": {"epochs": 3, **stage2}}
 
 
 def _train(options, output_dir, kill_at=()):

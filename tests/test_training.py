@@ -255,3 +255,28 @@ def test_best_checkpoint_writes_once_at_the_end_and_puts_back_the_best_epoch(tmp
     whole.load_weights(str(path))  # the file holds the same epoch
     np.testing.assert_array_equal(head.kernel.numpy(), np.full((4, 2), 2.0))
     np.testing.assert_array_equal(body.kernel.numpy(), stage_end_body)
+
+
+def test_the_best_epoch_is_the_most_accurate_and_the_loss_breaks_ties(tmp_path):
+    """The epochs a user watched (issue 37): epoch 1 has the lowest loss but a third of the accuracy of epoch 3;
+    epochs 3 and 4 are equally accurate and 4's loss is lower."""
+    from tlkeras.training import BestCheckpoint
+    from tlkeras.training.callbacks import AccuracyThenLoss
+    from tlkeras.training.finetune import best_epoch_monitor
+    from tlkeras.tasks import get_task
+
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(inputs))
+    best = BestCheckpoint(model, str(tmp_path / "best.weights.h5"), AccuracyThenLoss("val_accuracy", "val_loss"))
+    best.set_model(model)
+    epochs = [(0.333, 1.201), (0.5, 1.4), (0.639, 1.27), (0.639, 1.25), (0.6, 0.9), (float("nan"), 0.1)]
+    for epoch, (accuracy, loss) in enumerate(epochs):
+        model.get_layer("head").kernel.assign(np.full((3, 2), float(epoch), "float32"))
+        best.on_epoch_end(epoch, {"val_accuracy": accuracy, "val_loss": loss})
+    assert best.epoch == 4
+    best.put_back()
+    np.testing.assert_array_equal(model.get_layer("head").kernel.numpy(), np.full((3, 2), 3.0))
+    # which rule each Task asks for: single-label by its accuracy, multi-label by the loss
+    assert repr(best_epoch_monitor(get_task("single_label"), validation=True)) == "val_accuracy (ties: val_loss)"
+    assert best_epoch_monitor(get_task("multi_label"), validation=True) == "val_loss"
+    assert repr(best_epoch_monitor(get_task("single_label"), validation=False)) == "accuracy (ties: loss)"

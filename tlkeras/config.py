@@ -85,7 +85,8 @@ class StageConfig:
     """One training stage: which layers train, with what optimizer, for how long.
 
     Args:
-        epochs: epochs of this stage; 0 skips it.
+        epochs: epochs of this stage; 0 skips it; "auto" (the default): as many as the data's size needs - at
+            least 5, and enough for a few hundred optimizer steps on small data (`tlkeras.training.budget`).
         learning_rate: peak rate. In stage 2, None means stage 1's rate / 3.
         optimizer: "adam", "adamw" or "sgd" (with `momentum`).
         momentum: SGD momentum.
@@ -120,7 +121,7 @@ class StageConfig:
             those layers per step (`tlkeras.recompute`). None: on with method "lora", off otherwise.
     """
 
-    epochs: int = 5
+    epochs: Union[int, str] = "auto"
     learning_rate: Optional[float] = 1e-3
     optimizer: str = "adam"
     momentum: float = 0.9
@@ -141,6 +142,11 @@ class StageConfig:
 
     def validate(self, name: str = "stage") -> None:
         _validate_stage(name, self)
+
+    @property
+    def runs(self) -> bool:
+        """Whether the stage trains at all: epochs "auto" or more than 0."""
+        return self.epochs == "auto" or self.epochs > 0
 
     @property
     def recomputes(self) -> bool:
@@ -182,19 +188,19 @@ class AugmentConfig:
             _check_number(f"{prefix}.{name}", getattr(self, name), 0.0, 1.0, low_open=False)
 
 
-# Defaults chosen from measurements (benchmarks/RESULTS.md, "How the defaults were chosen"):
-# on the digits transfer task they beat the keras.io recipe's 1e-3 / 1e-5-on-the-top-30 % by
-# about 10 points with 722 training images and 20 points with 20 per class.
-STAGE1_LEARNING_RATE = 3e-3
+# Defaults chosen from measurements (benchmarks/RESULTS.md, issues 9 and 38): with enough steps (epochs "auto",
+# tlkeras.training.budget), stage 1 at 1e-2 and stage 2 at a third of it beat 3e-3 / 1e-3 by 5-12 points of test
+# accuracy on the digits transfer task with 10-120 labelled images per class (benchmarks/few_labels.py).
+STAGE1_LEARNING_RATE = 1e-2
 STAGE2_RATE_FACTOR = 1 / 3  # stage 2's peak rate when not set: stage 1's rate x this
 
 
 def _stage1() -> StageConfig:
-    return StageConfig(epochs=5, learning_rate=STAGE1_LEARNING_RATE)
+    return StageConfig(epochs="auto", learning_rate=STAGE1_LEARNING_RATE)
 
 
 def _stage2() -> StageConfig:
-    return StageConfig(epochs=5, learning_rate=None, unfreeze="all", layer_decay=0.7, schedule="cosine",
+    return StageConfig(epochs="auto", learning_rate=None, unfreeze="all", layer_decay=0.7, schedule="cosine",
                        warmup_epochs=1.0)
 
 
@@ -340,7 +346,7 @@ class FinetuneConfig:
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):
                 value = dataclasses.asdict(value)
-            elif f.name in ("data", "val_data") and value is not None and not isinstance(value, str):
+            elif f.name in IN_MEMORY_KEYS and value is not None and not isinstance(value, str):
                 value = None
             out[f.name] = copy.deepcopy(value)
         return out
@@ -350,7 +356,7 @@ class FinetuneConfig:
         text = yaml.safe_dump(self.to_dict(), sort_keys=False)
         notes = [
             f"# {name}: in-memory {_describe_in_memory(getattr(self, name))} (not reproducible from this file)\n"
-            for name in ("data", "val_data")
+            for name in IN_MEMORY_KEYS
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str)
         ]
         text = "".join(notes) + text
@@ -385,6 +391,7 @@ def stage2_learning_rate(stage1: StageConfig, stage2: StageConfig) -> float:
 
 
 _SECTIONS = {"head": HeadConfig, "stage1": StageConfig, "stage2": StageConfig, "augment": AugmentConfig}
+IN_MEMORY_KEYS = ("data", "val_data")  # may hold arrays or datasets, written as null
 
 
 def load_config(path: str | os.PathLike) -> FinetuneConfig:
@@ -583,7 +590,7 @@ def stage_configs(stage1, stage2) -> tuple[StageConfig, StageConfig]:
 
     >>> s1, s2 = stage_configs({"epochs": 2}, None)
     >>> (s1.epochs, s1.learning_rate, s2.unfreeze, s2.layer_decay)
-    (2, 0.003, 'all', 0.7)
+    (2, 0.01, 'all', 0.7)
     """
     out = []
     for name, given, default in (("stage1", stage1, _stage1), ("stage2", stage2, _stage2)):
@@ -792,7 +799,9 @@ _UNFREEZE_HELP = (
 
 
 def _validate_stage(name: str, s: StageConfig) -> None:
-    _check_int(f"{name}.epochs", s.epochs, 0)
+    if s.epochs != "auto" and (not isinstance(s.epochs, int) or isinstance(s.epochs, bool) or s.epochs < 0):
+        raise ConfigError(f"{name}.epochs: {s.epochs!r} is not valid: use an integer >= 0 (0 skips the stage) or "
+                          "auto (enough for the data's size).")
     if s.learning_rate is not None:
         _check_number(f"{name}.learning_rate", s.learning_rate, 0.0, math.inf)
     _check_choice(f"{name}.optimizer", s.optimizer, OPTIMIZERS)
@@ -800,7 +809,7 @@ def _validate_stage(name: str, s: StageConfig) -> None:
     _check_number(f"{name}.weight_decay", s.weight_decay, 0.0, math.inf, low_open=False)
     _check_choice(f"{name}.schedule", s.schedule, SCHEDULES)
     _check_number(f"{name}.warmup_epochs", s.warmup_epochs, 0.0, math.inf, low_open=False)
-    if s.warmup_epochs > s.epochs and s.epochs > 0:
+    if s.epochs != "auto" and s.warmup_epochs > s.epochs > 0:
         raise ConfigError(
             f"{name}.warmup_epochs: {s.warmup_epochs} is longer than the stage ({s.epochs} epochs); use at most {s.epochs}."
         )

@@ -46,10 +46,11 @@ def _save(fig, path: str) -> str:
     return path
 
 
-def plot_training_curves(history: dict, path: str, accuracy_key: str = "accuracy") -> str:
+def plot_training_curves(history: dict, path: str, accuracy_key: str = "accuracy",
+                         evaluated_epoch: Optional[int] = None) -> str:
     """Loss and accuracy (training and validation; `accuracy_key` is the Task's, e.g.
     "binary_accuracy" for multi-label) of both stages on one epoch axis, with the start of stage 2
-    marked."""
+    marked, and the epoch whose weights were evaluated and exported when it is not the last (`restore_best`)."""
     from matplotlib.ticker import MaxNLocator
 
     epochs = history.get("epoch", [])
@@ -66,6 +67,8 @@ def plot_training_curves(history: dict, path: str, accuracy_key: str = "accuracy
             ax.axvline(boundary, color="grey", linestyle=":")
             ax.text(boundary, 1.0, " stage 2 ", transform=ax.get_xaxis_transform(), ha="left", va="top", fontsize=8)
             ax.text(boundary, 1.0, " stage 1 ", transform=ax.get_xaxis_transform(), ha="right", va="top", fontsize=8)
+        if evaluated_epoch is not None and epochs and evaluated_epoch != epochs[-1]:
+            ax.axvline(evaluated_epoch, color="tab:red", alpha=0.6, label=f"exported: epoch {evaluated_epoch}")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(metric)
@@ -179,7 +182,8 @@ def write_html(run_dir: str, *, metrics: dict, config: dict, record: Optional[di
     esc = html.escape
     headline = [(k, metrics[k]) for k in metrics if k in ("count", "accuracy", "loss", "expected_calibration_error",
                                                           "roc_auc", "pr_auc", "micro_f1", "mean_average_precision",
-                                                          "subset_accuracy", "hamming_loss") or k.startswith("top_")]
+                                                          "subset_accuracy", "hamming_loss", "epoch",
+                                                          "restored_best") or k.startswith("top_")]
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>tlkeras run report</title>",
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
@@ -288,7 +292,8 @@ def write_report(run_dir: str, *, history: dict, metrics: dict, probabilities: n
     rows (for the mistakes grid). A multi-label `task` gets per-class precision-recall curves with
     the chosen thresholds instead of the confusion matrix and mistakes. Returns the files written."""
     accuracy_key = task.accuracy_key if task is not None else "accuracy"
-    pictures = [plot_training_curves(history, os.path.join(run_dir, CURVES_FILE), accuracy_key)]
+    pictures = [plot_training_curves(history, os.path.join(run_dir, CURVES_FILE), accuracy_key,
+                                     metrics.get("epoch") if metrics.get("restored_best") else None)]
     if np.ndim(labels) == 2:
         if len(labels):
             pictures.append(plot_pr_curves(probabilities, labels, class_names, metrics["thresholds"],

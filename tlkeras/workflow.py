@@ -25,6 +25,8 @@ from tlkeras.preflight import check_run
 from tlkeras.ranking import is_auto
 from tlkeras.ranking.choose import choose_backbone, load_ranking
 from tlkeras.training import check_stages, finetune as _finetune
+from tlkeras.training.budget import resolve_budget, steps_per_epoch
+from tlkeras.training.parts import count_steps
 from tlkeras.runrecord import RUN_FILE, build_record, card_facts
 from tlkeras.utils import atomic_path, fewer_full_collections, write_json_atomic, write_text_atomic
 
@@ -85,8 +87,8 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
             ("imagenet" | None | path to a weights file), val_data=None, val_split=0.2,
             image_size=None (the backbone's own), batch_size=32,
             head={"hidden_units": [], "dropout": 0.2, "l2": 0.0, "pooling": "avg"},
-            stage1={"epochs": 5, "learning_rate": 1e-3},
-            stage2={"epochs": 5, "learning_rate": None, "unfreeze": 0.3},
+            stage1={"epochs": "auto", "learning_rate": 1e-2},
+            stage2={"epochs": "auto", "learning_rate": None (stage 1's / 3), "unfreeze": "all"},
             augment=None (e.g. {"flip": "horizontal", "rotation": 0.1, "zoom": 0.1}),
             class_weight=None ("balanced"), output_dir=None (runs/<backbone>-<time>), seed=0,
             export=True, top_k=5, backbone_options={}, class_names=None, cache_images="auto".
@@ -141,7 +143,7 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
     spec = backbones.resolve(cfg.backbone, cfg.backbone_options)
     cfg = with_backbone_defaults(cfg, spec)
     train_cfg = _distributed_settings(cfg, replicas)
-    if cfg.weights is None and cfg.stage1.epochs > 0 and spec.random_init:
+    if cfg.weights is None and cfg.stage1.runs and spec.random_init:
         log.warning(
             "weights=None: the backbone starts from random weights, so stage 1 trains the head on random "
             "features. To train from scratch, set stage1.epochs=0 and stage2 unfreeze='all', train_bn=true."
@@ -202,15 +204,20 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
     )
 
     timings["data"] = time.time() - clock
+
+    def build():
+        with precision_policy(resolve_precision(cfg.mixed_precision)), strategy.scope():
+            return build_model(
+                spec, len(class_names), image_size=image_size, weights=cfg.weights,
+                head=cfg.head, backbone_options=cfg.backbone_options, task=task.name, class_names=class_names,
+                input_options=kind.input_options(cfg), inputs=kind.name,
+            )
+
     clock = time.time()
-    with precision_policy(resolve_precision(cfg.mixed_precision)), strategy.scope():
-        model = build_model(
-            spec, len(class_names), image_size=image_size, weights=cfg.weights,
-            head=cfg.head, backbone_options=cfg.backbone_options, task=task.name, class_names=class_names,
-            input_options=kind.input_options(cfg), inputs=kind.name,
-        )
+    model = build()
     timings["build"] = time.time() - clock
-    check_stages(model, train_cfg.stage1, train_cfg.stage2)
+    resolved = _budgeted(train_cfg, data_bundle, quiet=True)[0]
+    check_stages(model, resolved.stage1, resolved.stage2)
     input_facts = kind.data_facts(model, data_bundle)  # logged by the kind, kept in run.json
     cfg.to_yaml(os.path.join(run_dir, rundir.CONFIG_FILE))
     write_text_atomic(os.path.join(run_dir, rundir.LABELS_FILE), "\n".join(class_names) + "\n")
@@ -225,17 +232,25 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
 
         callbacks = tensorboard_callbacks(run_dir)
     callbacks += extra_callbacks
-    try:
+
+    def train(model, bundle, directory, resume, callbacks=extra_callbacks, keep_cached_validation=False):
+        """Both stages on `bundle` into `directory`, with the epochs its size needs."""
+        stages, budget = _budgeted(train_cfg, bundle)
         with strategy.scope():  # the parts, optimizers and the stage-2 recompile are created under it
             history = _finetune(
-                model, data_bundle.train, data_bundle.val, stage1=train_cfg.stage1, stage2=train_cfg.stage2,
-                run_dir=run_dir, class_weight=data_bundle.class_weight, augmenter=data_bundle.augmenter,
+                model, bundle.train, bundle.val, stage1=stages.stage1, stage2=stages.stage2,
+                run_dir=directory, class_weight=bundle.class_weight, augmenter=bundle.augmenter,
                 callbacks=callbacks, cache_features=cfg.cache_features, cache_views=cfg.cache_views,
                 memory_budget_mb=cfg.memory_budget_mb, jit_compile=cfg.jit_compile,
                 inputs_random=False,  # the augmenter holds all the randomness
-                label_smoothing=cfg.label_smoothing, resume=resuming, verbose=verbose,
-                keep_cached_validation=True,
+                label_smoothing=cfg.label_smoothing, resume=resume, verbose=verbose,
+                keep_cached_validation=keep_cached_validation,
             )
+        return history, budget
+
+    try:
+        train_bundle = data_bundle
+        history, budget = train(model, train_bundle, run_dir, resuming, callbacks, keep_cached_validation=True)
     except tf.errors.UnavailableError as e:
         raise TrainingError(
             "lost contact with a worker of the cluster (tf.errors.UnavailableError: a peer stopped responding; "
@@ -250,7 +265,7 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
         ) from None
     timings.update(history.stage_seconds)
     clock = time.time()
-    evaluated_epoch = _restore_best(model, history, run_dir, data_bundle.val is not None) if cfg.restore_best else None
+    evaluated_epoch = _restore_best(model, history, run_dir, data_bundle.val_count) if cfg.restore_best else None
     adapters = merge_lora(model, os.path.join(run_dir, rundir.LORA_FILE))  # model.keras and exports: plain kernels
     if adapters is not None:
         log.info("LoRA: adapters folded into the kernels; the adapters and the head alone: %s",
@@ -285,6 +300,7 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
                           plan=history.cache_plan, policy=keras.config.dtype_policy().name, strategy=strategy)
     if input_facts:
         record["inputs"] = input_facts
+    record["epochs"] = budget.as_record()
     if ranking is not None:
         record["ranking"] = ranking.as_list()
     if adapters is not None:
@@ -318,44 +334,71 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
     )
 
 
-def _restore_best(model, history, run_dir: str, has_val: bool) -> Optional[int]:
-    """Put back the weights of the run's best epoch (lowest val_loss over both stages, else loss), kept
-    by the run's `BestCheckpoint` (in memory, and in checkpoints/best.weights.h5); returns that epoch
-    (None when no epoch ran)."""
-    monitor = "val_loss" if has_val else "loss"
-    values, epochs = history.get(monitor) or [], history.get("epoch") or []
+def _budgeted(train_cfg: FinetuneConfig, bundle, quiet: bool = False):
+    """(train_cfg with the stages' epochs resolved for `bundle`'s training data, the `Budget`); the log says what
+    "auto" chose and why (`tlkeras.training.budget`)."""
+    budget = resolve_budget(train_cfg.stage1, train_cfg.stage2,
+                            count_steps(bundle.train) or steps_per_epoch(bundle.train_count, train_cfg.batch_size),
+                            examples=bundle.train_count, batch_size=train_cfg.batch_size)
+    if budget.reason and not quiet:
+        get_logger().info("epochs: %s", budget.reason)
+    return train_cfg.merged({"stage1": {"epochs": budget.stage1.epochs},
+                             "stage2": {"epochs": budget.stage2.epochs}}), budget
+
+
+def _restore_best(model, history, run_dir: str, val_count: int) -> Optional[int]:
+    """Put back the weights of the run's best epoch over both stages (by the Task's rule, `best_epoch_monitor`: for
+    single-label the highest validation accuracy, the loss breaking ties; the training data's without a
+    validation split), kept by the run's `BestCheckpoint` (in memory, and in checkpoints/best.weights.h5) - for an
+    accuracy, only when it beats the last epoch's by more than the validation examples can tell apart by chance
+    (`AccuracyThenLoss.clearly_better`). Returns the epoch whose weights the model holds (None when none ran)."""
+    epochs = history.get("epoch") or []
     if not epochs:
         return None
     checkpoint = getattr(history, "best", None)
+    monitor = checkpoint.monitor if checkpoint is not None else ("val_loss" if val_count else "loss")
+    rows = [{key: values[i] for key, values in history.items()} for i in range(len(epochs))]
     best = checkpoint.epoch if checkpoint is not None else None
     if best is None:  # no finite epoch (or a state written before the checkpoint kept its epoch): the file's
-        best = _best_epoch_from_file(model, values, epochs, run_dir)
+        best = _best_epoch_from_file(model, rows, monitor, run_dir)
         if best is None:
             return epochs[-1]
     elif best == epochs[-1]:
         return best  # the last epoch is the best: nothing to put back
     else:
+        chosen, last = rows[epochs.index(best)], rows[-1]
+        if callable(monitor) and val_count and not monitor.clearly_better(chosen, last, val_count):
+            get_logger().info("restore_best: epoch %d (%s) is not clearly better than the last epoch %d (%s) on %d "
+                              "validation examples: the last epoch is kept", best, _shown(monitor, chosen),
+                              epochs[-1], _shown(monitor, last), val_count)
+            return epochs[-1]
         checkpoint.put_back()
-    get_logger().info("restore_best: evaluating and exporting the weights of epoch %d (%s %.4g), the best of the "
-                      "run, not those of the last epoch %d (%.4g); restore_best: false keeps the last", best,
-                      monitor, values[epochs.index(best)], epochs[-1], values[-1])
+    get_logger().info("restore_best: evaluating and exporting the weights of epoch %d (%s), the best of the run, not "
+                      "those of the last epoch %d (%s); restore_best: false keeps the last", best,
+                      _shown(monitor, rows[epochs.index(best)]), epochs[-1], _shown(monitor, rows[-1]))
     return best
 
 
-def _best_epoch_from_file(model, values: list, epochs: list, run_dir: str) -> Optional[int]:
+def _shown(monitor, row: dict) -> str:
+    keys = [monitor.accuracy, monitor.loss] if callable(monitor) else [monitor]
+    return ", ".join(f"{key} {float('nan') if row.get(key) is None else row[key]:.4g}" for key in keys)
+
+
+def _best_epoch_from_file(model, rows: list[dict], monitor, run_dir: str) -> Optional[int]:
     """The best epoch by the history, its weights loaded from best.weights.h5; None when there is nothing to load."""
     from tlkeras.training import BEST_WEIGHTS
 
-    finite = [(v, i) for i, v in enumerate(values) if v is not None and v == v]
+    scores = [monitor(row) if callable(monitor) else row.get(monitor) for row in rows]
+    finite = [(v, i) for i, v in enumerate(scores) if v is not None and v == v]
     path = os.path.join(run_dir, rundir.CHECKPOINT_DIR, BEST_WEIGHTS)
-    if not finite or not os.path.isfile(path) or min(finite)[1] == len(epochs) - 1:
+    if not finite or not os.path.isfile(path) or min(finite)[1] == len(rows) - 1:
         return None
     import warnings
 
     with warnings.catch_warnings():  # only the model's weights matter here; the optimizer's are not used again
         warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
         model.load_weights(path)
-    return epochs[min(finite)[1]]
+    return rows[min(finite)[1]]["epoch"]
 
 
 def _check_workers_agree(strategy, run_dir: str, resuming: bool) -> None:

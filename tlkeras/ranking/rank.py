@@ -216,11 +216,13 @@ def _probe(model, part, bundle, cfg) -> float:
     then the task's headline metric on the cached validation features."""
     import numpy as np
 
+    from tlkeras.training.budget import resolve_budget
     from tlkeras.training.runner import Runner
 
     runner = Runner(model, bundle.train, bundle.val, [], bundle.class_weight, None, cfg.jit_compile, 0,
                     label_smoothing=cfg.label_smoothing)
-    runner.stage(cfg.stage1, cfg.stage1.learning_rate, 0, part)
+    stage1 = resolve_budget(cfg.stage1, cfg.stage2, part.steps or runner.steps).stage1  # as the run would train it
+    runner.stage(stage1, stage1.learning_rate, 0, part)
     outputs, labels = [], []
     for x, y in part.val:
         outputs.append(np.asarray(part.model(x, training=False)))

@@ -32,6 +32,7 @@ class SingleLabel(Task):
     description = "single-label classification"
     accuracy_key = "accuracy"
     headline_key = "accuracy"
+    best_epoch_by = "accuracy"  # the headline itself is logged every epoch
     min_classes = 2
     agreement_measure = "top-1 class"
 

@@ -26,6 +26,9 @@ class Task:
     description: str = ""
     #: the history key of the accuracy training logs (plotted in the report next to the loss)
     accuracy_key: str = "accuracy"
+    #: what picks a run's best epoch (restore_best): "accuracy" (the logged `accuracy_key`, highest, the loss
+    #: breaking ties) or "loss" (lowest)
+    best_epoch_by: str = "loss"
     #: the metrics.json key logged and printed as the run's headline number
     headline_key: str = "accuracy"
     headline_name: str = "accuracy"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 
 import contextlib
+import dataclasses
 import os
 import time
 from typing import Optional
@@ -29,8 +30,10 @@ from tlkeras.config import StageConfig
 from tlkeras.resume import RunCheckpointer
 from tlkeras.rundir import CHECKPOINT_DIR
 from tlkeras.utils import write_text_atomic
-from tlkeras.training.callbacks import BEST_WEIGHTS, BestCheckpoint, RunHistory, StopOnNaN
-from tlkeras.training.parts import CachedValidation, Caches
+from tlkeras.model import task_of
+from tlkeras.training.callbacks import BEST_WEIGHTS, AccuracyThenLoss, BestCheckpoint, RunHistory, StopOnNaN
+from tlkeras.training.budget import MIN_EPOCHS, is_auto, resolve_budget
+from tlkeras.training.parts import CachedValidation, Caches, count_steps
 from tlkeras.training.plan import CachePlan, plan_caching, unfreeze_phases
 from tlkeras.training.runner import Runner, Stages
 
@@ -118,7 +121,7 @@ def finetune(
         model: a tlkeras model (it has a nested layer "backbone").
         train_ds / val_ds: batched tf.data of (pixels in [0, 255], integer label).
         stage1 / stage2: `StageConfig` or dicts of its fields, over the defaults (stage 1: Adam
-            at 3e-3; stage 2: everything unfrozen, layer_decay 0.7, cosine with 1 warm-up epoch,
+            at 1e-2; stage 2: everything unfrozen, layer_decay 0.7, cosine with 1 warm-up epoch,
             peak rate stage 1's / 3). epochs=0 skips a stage. stage2 `method: "lora"` trains
             adapters on the `lora_targets` layers and the head only (`tlkeras.lora`); the model then
             comes back with its adapters on, and `tlkeras.lora.merge_lora(model, path)` folds them into
@@ -164,8 +167,11 @@ def finetune(
     """
     from tlkeras.config import stage_configs
 
-    cfg = Stages(*stage_configs(stage1, stage2))
     log = get_logger()
+    budget = resolve_budget(*stage_configs(stage1, stage2), count_steps(train_ds))
+    if budget.reason:
+        log.info("epochs: %s", budget.reason)
+    cfg = Stages(budget.stage1, budget.stage2)
     use_lora = cfg.stage2.method == "lora" and cfg.stage2.epochs > 0
     if use_lora:  # before the checkpointer indexes the weights: the adapters are weights of the run
         lora.enable_lora(model, cfg.stage2.lora_rank, cfg.stage2.lora_alpha, cfg.stage2.lora_patterns)
@@ -175,8 +181,8 @@ def finetune(
     best = checkpointer = state = None
     if run_dir:
         os.makedirs(os.path.join(run_dir, CHECKPOINT_DIR), exist_ok=True)
-        monitor = "val_loss" if val_ds is not None else "loss"
-        best = BestCheckpoint(model, os.path.join(run_dir, CHECKPOINT_DIR, BEST_WEIGHTS), monitor)
+        best = BestCheckpoint(model, os.path.join(run_dir, CHECKPOINT_DIR, BEST_WEIGHTS),
+                              best_epoch_monitor(task_of(model), validation=val_ds is not None))
         shared.append(best)
         checkpointer = RunCheckpointer(model, os.path.join(run_dir, CHECKPOINT_DIR))
         checkpointer.recorder, checkpointer.best_checkpoint = recorder, best
@@ -303,6 +309,15 @@ def finetune(
     return FinetuneHistory(recorder.as_dict(), clock.totals(), plan, best, kept)
 
 
+def best_epoch_monitor(task, validation: bool):
+    """What picks the run's best epoch (restore_best): the Task's own choice (`Task.best_epoch_by`) - single-label:
+    the accuracy, the loss breaking ties - on the validation split, or on the training data without one."""
+    prefix = "val_" if validation else ""
+    if task.best_epoch_by == "accuracy":
+        return AccuracyThenLoss(prefix + task.accuracy_key, prefix + "loss")
+    return prefix + "loss"
+
+
 def _recomputed_layers(model: keras.Model, stage2: StageConfig, cut: Optional[int]) -> list:
     """The backbone's layers whose activations stage 2 recomputes (`stage2.recompute`): the composite ones
     (transformer layers) from the cut up, where the backward pass goes; logged, or why there are none."""
@@ -336,9 +351,11 @@ def check_stages(model: keras.Model, stage1: StageConfig | dict | None = None,
     from tlkeras.config import stage_configs
 
     _, second = stage_configs(stage1, stage2)
-    if second.epochs > 0 and second.method == "lora":
+    if is_auto(second.epochs):  # the phases' shape, not their length, is checked here
+        second = dataclasses.replace(second, epochs=MIN_EPOCHS)
+    if second.runs and second.method == "lora":
         lora.find_targets(model, second.lora_patterns)
-    elif second.epochs > 0:
+    elif second.runs:
         freezing.plan_cut(model, second.unfreeze, train_bn=second.train_bn)
         unfreeze_phases(model, second)
 
