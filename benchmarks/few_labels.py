@@ -397,17 +397,11 @@ def _test_accuracy(model, task) -> float:
 
 
 def _pseudo_labels(probabilities: np.ndarray, labelled: np.ndarray, threshold: float, cap: float):
-    """(rows, labels): per class, the most confident of the rows predicted as it with probability >= threshold, at
-    most cap x the class's labelled count."""
-    predicted, confidence = probabilities.argmax(1), probabilities.max(1)
-    counts = np.bincount(labelled, minlength=probabilities.shape[1])
-    rows = []
-    for c in range(probabilities.shape[1]):
-        mine = np.flatnonzero((predicted == c) & (confidence >= threshold))
-        mine = mine[np.argsort(-confidence[mine], kind="stable")][: int(cap * counts[c])]
-        rows.extend(mine)
-    rows = np.sort(np.array(rows, dtype=np.int64))
-    return rows, predicted[rows]
+    """(rows, labels) that tlkeras's self-training keeps (`tlkeras.self_training.select`)."""
+    from tlkeras.self_training import select
+
+    kept = select(probabilities, np.bincount(labelled, minlength=probabilities.shape[1]), threshold, cap)
+    return kept.rows, kept.labels
 
 
 def measure(jobs: list[tuple[str, int, int, str, dict]], fresh: bool = False) -> dict:

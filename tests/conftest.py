@@ -52,6 +52,22 @@ def write_image_folder(root, per_class: int = 8, seed: int = 0, classes=COLORS) 
     return str(root)
 
 
+def save_colour_backbone(path, informative: bool = True) -> str:
+    """A tiny .keras backbone: a 1x1 convolution and global pooling, i.e. the mean colour in 4 random mixes
+    (informative on the colour folder), or the same layers with a zero kernel (every image gives the same
+    features: nothing to learn from)."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32, 32, 3))
+    conv = keras.layers.Conv2D(4, 1, name="mix")
+    outputs = keras.layers.GlobalAveragePooling2D()(conv(keras.layers.Rescaling(1 / 255)(inputs)))
+    model = keras.Model(inputs, outputs, name="informative" if informative else "constant")
+    if not informative:
+        conv.kernel.assign(np.zeros(conv.kernel.shape, "float32"))
+        conv.bias.assign(np.arange(4, dtype="float32"))
+    model.save(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def image_folder(tmp_path_factory) -> str:
     return write_image_folder(tmp_path_factory.mktemp("colors"), per_class=8)

@@ -4,12 +4,11 @@ candidate, candidates that cannot run, `tlkeras rank`, and `backbone: auto` trai
 
 import json
 
-import keras
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import write_image_folder
+from conftest import save_colour_backbone as save_backbone, write_image_folder
 from tlkeras import cli
 from tlkeras.config import FinetuneConfig
 from tlkeras.errors import ConfigError, TlkerasError
@@ -121,22 +120,6 @@ def test_ranking_orders_by_the_chosen_score_and_round_trips():
 
 
 # === Ranking real candidates ===
-
-
-def save_backbone(path, informative: bool) -> str:
-    """A tiny .keras backbone: a 1x1 convolution and global pooling, i.e. the mean colour in 4 random mixes
-    (informative on the colour folder), or the same layers with a zero kernel (every image gives the same
-    features: nothing to learn from)."""
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((32, 32, 3))
-    conv = keras.layers.Conv2D(4, 1, name="mix")
-    outputs = keras.layers.GlobalAveragePooling2D()(conv(keras.layers.Rescaling(1 / 255)(inputs)))
-    model = keras.Model(inputs, outputs, name="informative" if informative else "constant")
-    if not informative:
-        conv.kernel.assign(np.zeros(conv.kernel.shape, "float32"))
-        conv.bias.assign(np.arange(4, dtype="float32"))
-    model.save(path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -113,6 +113,9 @@ def _start_tensorflow(*checks) -> None:
 @click.option("--data", help="Folder with one subfolder per class, or tfds:NAME[:SPLIT]; for a text backbone a "
                              "CSV/TSV of texts and labels or a folder of class subfolders of .txt files.")
 @click.option("--val-data", help="Validation folder or file (default: a stratified split of --data).")
+@click.option("--unlabeled-data", help="Unlabelled images (a folder, any layout) or texts (a .txt of one per line, "
+                                       "a CSV): self-training labels those a first model is sure of and trains on "
+                                       "them too (see self_training.*).")
 @click.option("--backbone", help="Backbone name, e.g. efficientnetb0 (see `tlkeras backbones`), or auto:A,B,... to "
                                  "rank those candidates first and train the best (see `tlkeras rank`).")
 @click.option("--weights", help="imagenet, none, or a path to a backbone weights file.")
@@ -128,8 +131,8 @@ def _start_tensorflow(*checks) -> None:
               help="Continue the interrupted run in --output-dir from its last finished epoch, with its saved config.")
 @click.option("--overwrite", is_flag=True, help="Replace the run in --output-dir (only the files tlkeras wrote).")
 @_friendly_errors
-def train(config_path, data, val_data, backbone, weights, image_size, batch_size, output_dir, seed, export, overrides,
-          strategy, resume, overwrite):
+def train(config_path, data, val_data, unlabeled_data, backbone, weights, image_size, batch_size, output_dir, seed,
+          export, overrides, strategy, resume, overwrite):
     """Fine-tune a backbone in two stages and export it.
 
     Started again with the same command, an interrupted run (Ctrl-C, kill, a lost machine) goes on
@@ -143,6 +146,7 @@ def train(config_path, data, val_data, backbone, weights, image_size, batch_size
     flags = {
         "data": data,
         "val_data": val_data,
+        "unlabeled_data": unlabeled_data,
         "backbone": backbone,
         "image_size": image_size,
         "batch_size": batch_size,

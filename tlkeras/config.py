@@ -188,6 +188,27 @@ class AugmentConfig:
             _check_number(f"{prefix}.{name}", getattr(self, name), 0.0, 1.0, low_open=False)
 
 
+@dataclass
+class SelfTrainingConfig:
+    """Self-training on `unlabeled_data` (`tlkeras.self_training`): a teacher trained on the labelled data labels
+    the unlabelled examples; those it is sure of train a student with the labelled ones.
+
+    Args:
+        rounds: teacher -> student rounds; each student teaches the next.
+        threshold: the least confidence (the teacher's probability of its class) a pseudo-label needs.
+        cap: at most this many pseudo-labels per labelled example of their class (the most confident first).
+    """
+
+    rounds: int = 1
+    threshold: float = 0.9
+    cap: float = 5.0
+
+    def validate(self, prefix: str = "self_training") -> None:
+        _check_int(f"{prefix}.rounds", self.rounds, 1)
+        _check_number(f"{prefix}.threshold", self.threshold, 0.0, 1.0, low_open=True, high_open=False)
+        _check_number(f"{prefix}.cap", self.cap, 0.0, math.inf)
+
+
 # Defaults chosen from measurements (benchmarks/RESULTS.md, issues 9 and 38): with enough steps (epochs "auto",
 # tlkeras.training.budget), stage 1 at 1e-2 and stage 2 at a third of it beat 3e-3 / 1e-3 by 5-12 points of test
 # accuracy on the digits transfer task with 10-120 labelled images per class (benchmarks/few_labels.py).
@@ -217,6 +238,7 @@ class FinetuneConfig:
     weights: Optional[str] = "imagenet"
     backbone_options: dict = field(default_factory=dict)
     val_data: Any = None
+    unlabeled_data: Any = None
     val_split: float = 0.2
     class_names: Optional[list[str]] = None
     task: str = "auto"
@@ -243,6 +265,7 @@ class FinetuneConfig:
     stage1: StageConfig = field(default_factory=_stage1)
     stage2: StageConfig = field(default_factory=_stage2)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    self_training: SelfTrainingConfig = field(default_factory=SelfTrainingConfig)
     output_dir: Optional[str] = None
     seed: int = 0
     restore_best: bool = True
@@ -390,8 +413,9 @@ def stage2_learning_rate(stage1: StageConfig, stage2: StageConfig) -> float:
     return stage1.learning_rate * STAGE2_RATE_FACTOR
 
 
-_SECTIONS = {"head": HeadConfig, "stage1": StageConfig, "stage2": StageConfig, "augment": AugmentConfig}
-IN_MEMORY_KEYS = ("data", "val_data")  # may hold arrays or datasets, written as null
+_SECTIONS = {"head": HeadConfig, "stage1": StageConfig, "stage2": StageConfig, "augment": AugmentConfig,
+             "self_training": SelfTrainingConfig}
+IN_MEMORY_KEYS = ("data", "val_data", "unlabeled_data")  # may hold arrays or datasets, written as null
 
 
 def load_config(path: str | os.PathLike) -> FinetuneConfig:
@@ -740,6 +764,7 @@ def _validate_training(cfg: "FinetuneConfig") -> None:
     _check_number("label_smoothing", cfg.label_smoothing, 0.0, 1.0, low_open=False, high_open=True)
     validate_stages(cfg.stage1, cfg.stage2)
     cfg.augment.validate()
+    cfg.self_training.validate()
 
 
 def _validate_runtime(cfg: "FinetuneConfig") -> None:

@@ -34,7 +34,7 @@ def check_run(cfg, *, resume: bool = False) -> None:
     if spec is not None:
         spec.check_weights(cfg.weights)
         inputs_for(spec, cfg).size(spec, cfg.image_size)  # below the backbone's minimum; pairs it cannot read
-    for key in ("data", "val_data"):
+    for key in ("data", "val_data", "unlabeled_data"):
         _check_path(key, getattr(cfg, key))
     if resume and not cfg.output_dir:
         raise TlkerasError("resume: name the run to continue with output_dir (--output-dir).")

@@ -20,6 +20,8 @@ MODEL_CARD_FILE = "model_card.json"  # in an export's assets/, and beside TFLite
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "resume.npz"  # in CHECKPOINT_DIR: see tlkeras.resume
 STATE_PATH = os.path.join(CHECKPOINT_DIR, STATE_FILE)
+SELF_TRAINING_DIR = "self_training"  # a folder per round of self-training (tlkeras.self_training)
+ROUND_WEIGHTS = "model.weights.h5"  # in a round's folder: the round's finished model
 
 # Everything a run writes, and only that: --overwrite removes these, never other files, and never
 # EXPORT_DIR: the SavedModel versions a server may be serving stay, and the new model counts on.
@@ -28,7 +30,7 @@ ARTEFACTS = (
     CONFIG_FILE, LABELS_FILE, MODEL_FILE, METRICS_FILE, "run.json", "history.json", "skipped_files.txt",
     "stage2_trainable_layers.txt", LORA_FILE, "training_curves.png", "confusion_matrix.png", "confident_mistakes.png",
     "precision_recall_curves.png", "ranking.json", "ranking.png",
-    "report.html", CHECKPOINT_DIR, EXPORT_DIR, "tflite", "onnx", "tensorboard",
+    "report.html", CHECKPOINT_DIR, EXPORT_DIR, "tflite", "onnx", "tensorboard", SELF_TRAINING_DIR,
 )
 # Settings that do not change what is trained: a resumed run may differ in them.
 NOT_TRAINING = ("output_dir", "export", "report", "tensorboard", "top_k", "restore_best")
@@ -52,8 +54,11 @@ def worker_dir(run_dir: str, task: str) -> str:
 
 
 def has_state(run_dir: str) -> bool:
-    """Whether run_dir holds a resume state (an interrupted run with at least one finished epoch)."""
-    return os.path.isfile(os.path.join(run_dir, STATE_PATH))
+    """Whether run_dir holds a resume state (an interrupted run with at least one finished epoch, its own or a
+    self-training round's)."""
+    rounds = glob.glob(os.path.join(glob.escape(run_dir), SELF_TRAINING_DIR, "round-*"))
+    return any(os.path.isfile(os.path.join(d, STATE_PATH)) for d in [run_dir, *rounds]) or any(
+        os.path.isfile(os.path.join(d, ROUND_WEIGHTS)) for d in rounds)
 
 
 def saved_config(run_dir: Optional[str]):
@@ -198,7 +203,7 @@ def config_differences(saved, cfg) -> list[str]:
     for key in old.keys() | new.keys():
         if key in NOT_TRAINING or old.get(key) == new.get(key):
             continue
-        if key in ("data", "val_data") and (old.get(key) is None or new.get(key) is None):
+        if key in ("data", "val_data", "unlabeled_data") and (old.get(key) is None or new.get(key) is None):
             continue  # in-memory data is not in config.yaml: nothing to compare
         out.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
     return sorted(out)

@@ -90,7 +90,9 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
             stage1={"epochs": "auto", "learning_rate": 1e-2},
             stage2={"epochs": "auto", "learning_rate": None (stage 1's / 3), "unfreeze": "all"},
             augment=None (e.g. {"flip": "horizontal", "rotation": 0.1, "zoom": 0.1}),
-            class_weight=None ("balanced"), output_dir=None (runs/<backbone>-<time>), seed=0,
+            class_weight=None ("balanced"), unlabeled_data=None (self-training on it, see
+            `tlkeras.self_training`), self_training={"rounds": 1, "threshold": 0.9, "cap": 5},
+            output_dir=None (runs/<backbone>-<time>), seed=0,
             export=True, top_k=5, backbone_options={}, class_names=None, cache_images="auto".
             Not config keys: verbose (Keras's fit verbosity), callbacks (extra Keras callbacks for
             both stages), resume (go on from the last finished epoch in output_dir, with the config
@@ -203,6 +205,7 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
         f", {len(data_bundle.skipped)} file(s) skipped (see skipped_files.txt)" if data_bundle.skipped else "",
     )
 
+    unlabeled = _load_unlabeled(cfg, kind, data_bundle, image_size)
     timings["data"] = time.time() - clock
 
     def build():
@@ -246,10 +249,23 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
                 label_smoothing=cfg.label_smoothing, resume=resume, verbose=verbose,
                 keep_cached_validation=keep_cached_validation,
             )
+        if directory != run_dir and cfg.restore_best:  # a teacher of self-training
+            _restore_best(model, history, directory, bundle.val_count)
         return history, budget
 
     try:
-        train_bundle = data_bundle
+        self_training, train_bundle = None, data_bundle
+        if unlabeled is not None:  # run.json's data stays the labelled data; self_training says what joined it
+            from tlkeras import self_training as st
+
+            del model  # each round, and the student, start from the pretrained weights
+            train_bundle, self_training = st.run_rounds(
+                cfg.self_training, bundle=data_bundle, unlabeled=unlabeled, class_names=class_names,
+                run_dir=run_dir, resuming=resuming, build=build, train=lambda *a: train(*a)[0],
+                predict=lambda m, examples: predict_probabilities(
+                    m, kind.evaluation_pipeline(examples, m, train_cfg.batch_size))[0],
+                with_training=lambda bundle, examples: kind.with_training(bundle, examples, train_cfg, image_size))
+            model = build()
         history, budget = train(model, train_bundle, run_dir, resuming, callbacks, keep_cached_validation=True)
     except tf.errors.UnavailableError as e:
         raise TrainingError(
@@ -301,6 +317,9 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
     if input_facts:
         record["inputs"] = input_facts
     record["epochs"] = budget.as_record()
+    if self_training is not None:
+        record["self_training"] = {"unlabeled": len(unlabeled), "rounds": self_training,
+                                   "threshold": cfg.self_training.threshold, "cap": cfg.self_training.cap}
     if ranking is not None:
         record["ranking"] = ranking.as_list()
     if adapters is not None:
@@ -344,6 +363,48 @@ def _budgeted(train_cfg: FinetuneConfig, bundle, quiet: bool = False):
         get_logger().info("epochs: %s", budget.reason)
     return train_cfg.merged({"stage1": {"epochs": budget.stage1.epochs},
                              "stage2": {"epochs": budget.stage2.epochs}}), budget
+
+
+def _load_unlabeled(cfg: FinetuneConfig, kind, bundle, image_size):
+    """The unlabelled examples of `unlabeled_data` for self-training, checked (None without any); their undecodable
+    files join the bundle's skipped ones."""
+    if cfg.unlabeled_data is None:
+        return None
+    import numpy as np
+
+    from tlkeras.errors import DataError
+
+    if bundle.task.name != "single_label":
+        raise DataError(f"unlabeled_data: self-training labels one class per example; this is a "
+                        f"{bundle.task.description} task. Drop unlabeled_data, or train single-label data.")
+    examples, skipped = kind.load_unlabeled(cfg.unlabeled_data, cfg, image_size)
+    bundle.skipped.extend(skipped)
+    if not len(examples):
+        raise DataError(f"unlabeled_data: {_named(cfg.unlabeled_data)} holds no {kind.noun} that can be read.")
+    bundle.train_examples.joined(examples.subset(np.zeros(0, np.int64)))  # both stored alike, or said now
+    mine = _keys(examples)
+    for split, labelled in (("training", bundle.train_examples), ("validation", bundle.val_examples)):
+        both = sorted(mine & _keys(labelled)) if labelled is not None else []
+        if both:
+            raise DataError(f"unlabeled_data: {len(both)} of its {kind.noun} are also in the {split} data, e.g. "
+                            f"{both[0][:80]!r}; unlabelled data must be other {kind.noun} (remove them from "
+                            "one of the two).")
+    get_logger().info("unlabeled_data: %d %s for self-training (%d round(s); confidence >= %g, at most %g per "
+                      "labelled example of a class)", len(examples), kind.noun, cfg.self_training.rounds,
+                      cfg.self_training.threshold, cfg.self_training.cap)
+    return examples
+
+
+def _keys(examples) -> set:
+    """What makes two examples the same one: a file's real path, or a text."""
+    if getattr(examples, "paths", None) is not None:
+        return {os.path.realpath(p) for p in examples.paths}
+    texts = getattr(examples, "texts", None)
+    return {t if isinstance(t, str) else "\t".join(t) for t in texts} if texts is not None else set()
+
+
+def _named(source) -> str:
+    return repr(source) if isinstance(source, str) else f"the {type(source).__name__} given"
 
 
 def _restore_best(model, history, run_dir: str, val_count: int) -> Optional[int]:

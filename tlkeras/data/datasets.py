@@ -84,6 +84,20 @@ class Examples:
         return tuple(Examples(self.labels[a:b], paths=self.paths[a:b] if self.paths is not None else None,
                               pixels=self.pixels[a:b], max_pixels=self.max_pixels) for a, b in zip(ends, ends[1:]))
 
+    def joined(self, other: "Examples") -> "Examples":
+        """These examples and `other`'s in one collection (files with files, arrays with arrays of one shape):
+        what self-training's student trains on (`tlkeras.self_training`)."""
+        labels = np.concatenate([np.asarray(self.labels), np.asarray(other.labels)])
+        if self.paths is not None and other.paths is not None:
+            both = self.pixels is not None and other.pixels is not None
+            return Examples(labels, paths=self.paths + other.paths, max_pixels=self.max_pixels,
+                            pixels=np.concatenate([self.pixels, other.pixels]) if both else None)
+        if (self.arrays is not None and other.arrays is not None
+                and self.arrays.shape[1:] == other.arrays.shape[1:]):
+            return Examples(labels, arrays=np.concatenate([self.arrays, other.arrays]))
+        raise DataError(f"unlabeled_data: {_storage(other)} cannot train beside the labelled {_storage(self)}; give "
+                        "both as image files (folders or CSVs) or both as arrays of one shape.")
+
     def images(self, image_size: tuple[int, int], shuffle_seed: Optional[int] = None) -> tf.data.Dataset:
         """Unbatched (float32 [h, w, 3] in [0, 255], label) in a fixed order: int32 class indices,
         or float32 multi-hot rows. With `shuffle_seed`, files are read in an order shuffled anew
@@ -252,6 +266,68 @@ def make_datasets(
         augmenter=build_augmenter(cfg.augment, cfg.seed),
         task=task,
     )
+
+
+def _storage(examples: Examples) -> str:
+    if examples.paths is not None:
+        return "image files"
+    if examples.arrays is not None:
+        return f"arrays of shape {list(examples.arrays.shape[1:])}"
+    return "a tf.data.Dataset"
+
+
+def load_unlabeled_images(source: Any, cfg: FinetuneConfig, image_size: tuple[int, int]):
+    """(Examples with placeholder labels, skipped files) of unlabelled images: a folder (every image under it, in
+    any subfolder), a .csv/.tsv with an `image_column`, a list of paths, or an array [N, H, W, C] of pixels."""
+    files = isinstance(source, (list, tuple)) and source and all(isinstance(p, (str, os.PathLike)) for p in source)
+    if isinstance(source, (str, os.PathLike)) or files:
+        if isinstance(source, (str, os.PathLike)):
+            paths, skipped = _unlabeled_files(os.fspath(source), cfg.image_column)
+        else:
+            paths, skipped = [os.fspath(p) for p in source], []
+        budget = cfg.memory_budget_mb << 20 if cfg.cache_images in ("auto", True) else 0
+        examples, bad = _scanned(paths, np.zeros(len(paths), np.int64), image_size, budget, cfg.max_image_pixels)
+        return examples, skipped + bad
+    x = np.asarray(source)
+    if x.ndim not in (3, 4) or not len(x) or x.dtype.kind not in "uif":
+        raise DataError(f"unlabeled_data: an array of shape {list(x.shape)} and dtype {x.dtype} is not a stack of "
+                        "images; give pixels [N, H, W, C] (values 0-255), a folder or a list of image paths.")
+    return Examples(np.zeros(len(x), np.int64), arrays=x), []
+
+
+def _unlabeled_files(path: str, image_column: str) -> tuple[list[str], list]:
+    from tlkeras.data.tables import read_table
+
+    if not os.path.exists(path):
+        raise DataError(f"unlabeled_data: the path {path!r} does not exist.")
+    if os.path.isfile(path):
+        if not path.lower().endswith((".csv", ".tsv")):
+            raise DataError(f"unlabeled_data: {path!r} is neither a folder of images nor a .csv/.tsv of image paths.")
+        folder, paths, skipped = os.path.dirname(os.path.abspath(path)), [], []
+        for line, row in read_table(path, "unlabeled_data", {image_column: "image_column"}):
+            name = (row.get(image_column) or "").strip()
+            image = name if os.path.isabs(name) else os.path.join(folder, name)
+            if name and os.path.isfile(image):
+                paths.append(image)
+            else:
+                skipped.append((image or f"{path}:{line}", f"no such file (row {line} of {os.path.basename(path)})"))
+        return paths, skipped
+    paths = sorted(os.path.join(top, name) for top, dirs, files in os.walk(path) for name in files
+                   if image_io.is_image_file(name) and not any(part.startswith(".") for part in
+                                                               os.path.relpath(top, path).split(os.sep) if part != "."))
+    return paths, []
+
+
+def with_training_images(bundle: DataBundle, examples: Examples, cfg: FinetuneConfig,
+                         image_size: tuple[int, int]) -> DataBundle:
+    """`bundle` training on `examples` instead (its validation, classes and augmentation unchanged)."""
+    import dataclasses
+
+    train = build_pipeline(examples, image_size, cfg.batch_size, training=True,
+                           cache=bundle.cached, seed=cfg.seed)
+    return dataclasses.replace(bundle, train=train, train_examples=examples,
+                               class_weight=bundle.task.class_weight(cfg.class_weight, examples.labels,
+                                                                     bundle.class_names))
 
 
 def load_splits(load, cfg: FinetuneConfig, data: Any, val_data: Any, noun: str):

@@ -50,6 +50,11 @@ class TextExamples:
         """(subset(first), subset(second)), as `Examples.split` gives for images."""
         return self.subset(first), self.subset(second)
 
+    def joined(self, other: "TextExamples") -> "TextExamples":
+        """These texts and `other`'s in one collection (self-training's student, `tlkeras.self_training`)."""
+        return TextExamples(np.concatenate([np.asarray(self.labels), np.asarray(other.labels)]),
+                            list(self.texts) + list(other.texts))
+
     def sample_texts(self, count: int, task) -> list[str]:
         """Up to `count` texts spread over the classes (for checking an export)."""
         return [self.texts[i] for i in task.spread_rows(self.labels, count)]
@@ -195,6 +200,44 @@ def text_pipeline(examples: TextExamples, batch_size: int, *, training: bool, se
     if training:
         ds = ds.shuffle(len(examples), seed=seed, reshuffle_each_iteration=True)
     return ds.batch(batch_size, drop_remainder=training and static_shapes()).prefetch(AUTOTUNE)
+
+
+def load_unlabeled_texts(source: Any, cfg) -> tuple[TextExamples, list]:
+    """(TextExamples with placeholder labels, skipped) of unlabelled texts: a .txt file (one text per line), a
+    .csv/.tsv with the `text_column` (two columns for sentence pairs), or a list of strings (or of pairs)."""
+    columns = text_columns(cfg.text_column)
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if not os.path.isfile(path):
+            raise DataError(f"unlabeled_data: {path!r} is not a file; give a .txt file of one text per line or a "
+                            f".csv/.tsv with the {' and '.join(map(repr, columns))} column(s).")
+        if path.lower().endswith(TABLE_EXTENSIONS):
+            from tlkeras.data.tables import read_table
+
+            rows = [row for _, row in read_table(path, "unlabeled_data", {c: "text_column" for c in columns})]
+            texts = [tuple(row.get(c) or "" for c in columns) if len(columns) == 2 else (row.get(columns[0]) or "")
+                     for row in rows]
+        else:
+            with open(path, encoding="utf-8") as f:
+                texts = [line.rstrip("\n") for line in f]
+    elif isinstance(source, (list, tuple)) and all(isinstance(t, (str, tuple)) for t in source):
+        texts = list(source)
+    else:
+        raise DataError(f"unlabeled_data: {type(source).__name__} is not a source of texts; give a .txt file of one "
+                        "text per line, a .csv/.tsv with the text column, or a list of strings.")
+    empty = {i for i, t in enumerate(texts) if not (any(p.strip() for p in t) if isinstance(t, tuple) else t.strip())}
+    skipped = [(f"unlabeled_data row {i + 1}", "empty text") for i in sorted(empty)]
+    texts = [t for i, t in enumerate(texts) if i not in empty]
+    return TextExamples(np.zeros(len(texts), np.int64), texts), skipped
+
+
+def with_training_texts(bundle, examples: TextExamples, cfg):
+    """`bundle` training on `examples` instead (its validation and classes unchanged)."""
+    import dataclasses
+
+    return dataclasses.replace(
+        bundle, train=text_pipeline(examples, cfg.batch_size, training=True, seed=cfg.seed), train_examples=examples,
+        class_weight=bundle.task.class_weight(cfg.class_weight, examples.labels, bundle.class_names))
 
 
 def make_text_datasets(cfg, *, batch_size: Optional[int] = None):

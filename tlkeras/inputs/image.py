@@ -63,6 +63,16 @@ class ImageInputs(Inputs):
         options.pop("text_column", None)
         return load_examples(source, key, class_names, **options)
 
+    def load_unlabeled(self, source, cfg, size):
+        from tlkeras.data.datasets import load_unlabeled_images
+
+        return load_unlabeled_images(source, cfg, size)
+
+    def with_training(self, bundle, examples, cfg, size):
+        from tlkeras.data.datasets import with_training_images
+
+        return with_training_images(bundle, examples, cfg, size)
+
     def input_options(self, cfg):
         return {"max_image_pixels": cfg.max_image_pixels}
 

@@ -73,6 +73,14 @@ class Inputs:
         """(examples, class names, skipped) of labelled data, for `evaluate` and the export checks."""
         raise NotImplementedError
 
+    def load_unlabeled(self, source, cfg, size):
+        """(examples with placeholder labels, skipped) of unlabelled data, for self-training."""
+        raise NotImplementedError
+
+    def with_training(self, bundle, examples, cfg, size):
+        """`bundle` (a `DataBundle`) training on `examples` instead, its validation unchanged."""
+        raise NotImplementedError
+
     def evaluation_pipeline(self, examples, model, batch_size: int):
         raise NotImplementedError
 

@@ -61,6 +61,16 @@ class TextInputs(Inputs):
         options.pop("max_pixels", None)
         return load_text_examples(source, key, class_names, **options)
 
+    def load_unlabeled(self, source, cfg, size):
+        from tlkeras.data.text import load_unlabeled_texts
+
+        return load_unlabeled_texts(source, cfg)
+
+    def with_training(self, bundle, examples, cfg, size):
+        from tlkeras.data.text import with_training_texts
+
+        return with_training_texts(bundle, examples, cfg)
+
     def evaluation_pipeline(self, examples, model, batch_size):
         from tlkeras.data.text import text_pipeline
 
