@@ -172,6 +172,11 @@ def test_arrays_of_unlabelled_images_join_arrays_of_labelled_ones(tmp_path, colo
     x = np.clip(means[y][:, None, None, :] + rng.normal(0, 20, (20, 16, 16, 3)), 0, 255).astype("uint8")
     unlabelled = np.clip(means[np.repeat([0, 1], 6)][:, None, None, :] + rng.normal(0, 20, (12, 16, 16, 3)),
                          0, 255).astype("uint8")
+    # grey arrays without a channel axis [N, H, W], labelled and unlabelled, train together
+    tlkeras.build_and_finetune((x.mean(axis=3), y), unlabeled_data=unlabelled.mean(axis=3), **colours, export=False,
+                               verbose=0, output_dir=str(tmp_path / "grey"), stage2={"epochs": 0},
+                               self_training={"threshold": 0.01})
+    assert _pseudo(str(tmp_path / "grey"))
     out = str(tmp_path / "run")
     tlkeras.build_and_finetune((x, np.array(["red", "green"])[y]), unlabeled_data=unlabelled, **colours,
                                export=False, output_dir=out, verbose=0, stage2={"epochs": 0},

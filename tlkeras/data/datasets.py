@@ -292,7 +292,8 @@ def load_unlabeled_images(source: Any, cfg: FinetuneConfig, image_size: tuple[in
     if x.ndim not in (3, 4) or not len(x) or x.dtype.kind not in "uif":
         raise DataError(f"unlabeled_data: an array of shape {list(x.shape)} and dtype {x.dtype} is not a stack of "
                         "images; give pixels [N, H, W, C] (values 0-255), a folder or a list of image paths.")
-    return Examples(np.zeros(len(x), np.int64), arrays=x), []
+    examples, _, _ = _load_arrays(x, np.zeros(len(x), np.int64), "unlabeled_data", None)  # as labelled arrays are
+    return examples, []
 
 
 def _unlabeled_files(path: str, image_column: str) -> tuple[list[str], list]:
@@ -312,10 +313,10 @@ def _unlabeled_files(path: str, image_column: str) -> tuple[list[str], list]:
             else:
                 skipped.append((image or f"{path}:{line}", f"no such file (row {line} of {os.path.basename(path)})"))
         return paths, skipped
-    paths = sorted(os.path.join(top, name) for top, dirs, files in os.walk(path) for name in files
-                   if image_io.is_image_file(name) and not any(part.startswith(".") for part in
-                                                               os.path.relpath(top, path).split(os.sep) if part != "."))
-    return paths, []
+    listed = sorted(os.path.join(top, name) for top, dirs, files in os.walk(path) for name in files
+                    if not any(part.startswith(".") for part in os.path.relpath(top, path).split(os.sep) if part != "."))
+    skipped = [(p, image_io.unreadable_image(p)) for p in listed if image_io.unreadable_image(p)]
+    return [p for p in listed if image_io.is_image_file(p)], skipped
 
 
 def with_training_images(bundle: DataBundle, examples: Examples, cfg: FinetuneConfig,
