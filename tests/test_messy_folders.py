@@ -45,11 +45,13 @@ def messy(tmp_path):
         "blåbær/png_named.jpg": tf.io.encode_png(np.full((12, 12, 3), 7, np.uint8)).numpy(),  # wrong extension
         "blåbær/big.jpg": tf.io.encode_jpeg(np.zeros((2400, 3200, 3), np.uint8), quality=50).numpy(),
         "blåbær/plain.bmp": _pil("RGB", fmt="BMP"),
+        "blåbær/photo.webp": _pil("RGB", fmt="WEBP"),  # predict and serving_default read WebP: training does too
     }
     skipped = {
         "red cars/empty.jpg": b"",
         "red cars/truncated.jpg": rgb[: len(rgb) // 2],
         "blåbær/text.png": b"just some text, not a picture",
+        "blåbær/scan.tiff": _pil("RGB", fmt="TIFF"),  # a format TensorFlow does not decode: listed, not passed over
     }
     ignored = {
         "red cars/.DS_Store": b"\0\0",
@@ -73,6 +75,8 @@ def test_every_decodable_image_is_used_every_broken_one_skipped_with_a_reason(me
     assert bundle.train_count + bundle.val_count == len(used)
     assert sorted(os.path.relpath(p, root) for p, _ in bundle.skipped) == sorted(skipped)
     assert all(reason for _, reason in bundle.skipped)
+    assert dict((os.path.relpath(p, root), r) for p, r in bundle.skipped)["blåbær/scan.tiff"] == (
+        "a TIFF image: TensorFlow decodes JPEG, PNG, GIF, BMP and WebP; convert it to one of those")
     # every batch decodes, at the requested size, in [0, 255]
     seen = 0
     for pixels, _ in bundle.train.concatenate(bundle.val):
@@ -83,6 +87,15 @@ def test_every_decodable_image_is_used_every_broken_one_skipped_with_a_reason(me
     # the user's data is only read
     assert {p: os.path.getmtime(os.path.join(root, p)) for p in before} == before
     assert not [f for f in os.listdir(root) if f not in ("red cars", "blåbær", ".cache")]
+
+
+def test_a_class_folder_of_tiffs_only_says_to_convert_them(tmp_path):
+    root = str(tmp_path / "scans")
+    _write(root, "cats/a.png", _pil("RGB"))
+    _write(root, "dogs/b.tif", _pil("RGB", fmt="TIFF"))
+    with pytest.raises(DataError, match=r"'.*dogs' holds no images .*; its 1 file\(s\) like 'b.tif' are of a format "
+                                        r"TensorFlow does not decode: convert them to PNG or JPEG."):
+        make_datasets(FinetuneConfig.from_dict({"data": root}), (32, 32))
 
 
 def test_a_single_class_is_an_error_naming_the_folder(tmp_path):

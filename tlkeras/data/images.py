@@ -16,7 +16,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import tensorflow as tf
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+# What TensorFlow's decoder reads - in training, in `predict` and in the serving graph alike.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+# Image formats it does not read: listed as skipped (with what to do), never silently passed over.
+UNREADABLE_IMAGE_EXTENSIONS = (".tif", ".tiff", ".heic", ".heif", ".avif", ".jp2", ".psd", ".raw", ".cr2", ".nef")
 # Files that operating systems and tools drop into folders; never images.
 IGNORED_FILES = {"thumbs.db", "desktop.ini"}
 
@@ -136,6 +139,19 @@ def load_image(path: tf.Tensor, image_size: tuple[int, int], max_pixels: int | N
 # === Listing ===
 
 
+def unreadable_image(name: str) -> str | None:
+    """Why an image file of a format the decoder cannot read is skipped (None for any other file).
+
+    >>> unreadable_image("scan.TIFF")
+    'a TIFF image: TensorFlow decodes JPEG, PNG, GIF, BMP and WebP; convert it to one of those'
+    """
+    base = os.path.basename(name).lower()
+    if base.startswith(".") or not base.endswith(UNREADABLE_IMAGE_EXTENSIONS):
+        return None
+    return (f"a {base.rsplit('.', 1)[1].upper()} image: TensorFlow decodes JPEG, PNG, GIF, BMP and WebP; convert it "
+            "to one of those")
+
+
 def is_image_file(name: str) -> bool:
     base = os.path.basename(name)
     if base.startswith(".") or base.lower() in IGNORED_FILES:
@@ -189,10 +205,15 @@ def list_image_folder(root: str, class_names: list[str] | None = None) -> ImageF
     for name in found:
         label = class_names.index(name)
         class_dir = os.path.join(root, raw[name])
-        files = [path for path in fs.files(class_dir) if is_image_file(os.path.basename(path))]
+        listed = fs.files(class_dir)
+        files = [path for path in listed if is_image_file(os.path.basename(path))]
+        skipped.extend((path, unreadable_image(path)) for path in listed if unreadable_image(path))
         if not files:
+            others = [path for path in listed if unreadable_image(path)]
             raise DataError(f"data: the class folder {printable(class_dir)!r} holds no images "
-                            f"({', '.join(IMAGE_EXTENSIONS)}).")
+                            f"({', '.join(IMAGE_EXTENSIONS)})"
+                            + (f"; its {len(others)} file(s) like {os.path.basename(others[0])!r} are of a format "
+                               "TensorFlow does not decode: convert them to PNG or JPEG." if others else "."))
         files.sort()
         paths.extend(files)
         labels.extend([label] * len(files))
