@@ -113,6 +113,14 @@ def test_text_data_errors_say_what_to_fix(tmp_path, hub_text_module, text_csv):
     with pytest.raises(DataError, match=r"augment: image augmentation does not apply to text"):
         tlkeras.build_and_finetune(text_csv, backbone=f"hub:{hub_text_module}", **TEXT_RUN,
                                    augment={"flip": "horizontal"}, output_dir=str(tmp_path / "run"))
+    empty = tmp_path / "empty.csv"
+    empty.write_text("review,sentiment\n" + "".join(f'"{" " * (i % 3)}",{("warm", "cool")[i % 2]}\n'
+                                                     for i in range(10)), encoding="utf-8")
+    with pytest.raises(DataError, match=r"data: all 8 training texts are empty \(text_column 'review'\): there is "
+                                        r"nothing to learn from"):
+        tlkeras.build_and_finetune(str(empty), backbone=f"hub:{hub_text_module}", **TEXT_RUN,
+                                   output_dir=str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run" / "model.keras")
 
 
 def test_the_lr_range_test_runs_on_a_text_module(tmp_path, hub_text_module, text_csv):

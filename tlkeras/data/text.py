@@ -225,7 +225,7 @@ def load_unlabeled_texts(source: Any, cfg) -> tuple[TextExamples, list]:
     else:
         raise DataError(f"unlabeled_data: {type(source).__name__} is not a source of texts; give a .txt file of one "
                         "text per line, a .csv/.tsv with the text column, or a list of strings.")
-    empty = {i for i, t in enumerate(texts) if not (any(p.strip() for p in t) if isinstance(t, tuple) else t.strip())}
+    empty = {i for i, t in enumerate(texts) if not _words(t)}
     skipped = [(f"unlabeled_data row {i + 1}", "empty text") for i in sorted(empty)]
     texts = [t for i, t in enumerate(texts) if i not in empty]
     return TextExamples(np.zeros(len(texts), np.int64), texts), skipped
@@ -238,6 +238,11 @@ def with_training_texts(bundle, examples: TextExamples, cfg):
     return dataclasses.replace(
         bundle, train=text_pipeline(examples, cfg.batch_size, training=True, seed=cfg.seed), train_examples=examples,
         class_weight=bundle.task.class_weight(cfg.class_weight, examples.labels, bundle.class_names))
+
+
+def _words(text) -> bool:
+    """Whether a text (or either text of a pair) holds more than white space."""
+    return any(part.strip() for part in text) if isinstance(text, tuple) else bool(text.strip())
 
 
 def make_text_datasets(cfg, *, batch_size: Optional[int] = None):
@@ -256,6 +261,10 @@ def make_text_datasets(cfg, *, batch_size: Optional[int] = None):
                                   label_column=cfg.label_column, task=task, label_separator=cfg.label_separator)
 
     train, val, class_names, skipped, task = load_splits(load, cfg, cfg.data, cfg.val_data, "texts")
+    if not any(_words(text) for text in train.texts):
+        columns = " and ".join(repr(c) for c in text_columns(cfg.text_column))
+        raise DataError(f"data: all {len(train)} training texts are empty (text_column {columns}): there is nothing "
+                        "to learn from. Check that text_column names the column that holds the texts.")
     return DataBundle(
         train=text_pipeline(train, batch_size, training=True, seed=cfg.seed),
         val=text_pipeline(val, batch_size, training=False, seed=cfg.seed) if val is not None else None,
