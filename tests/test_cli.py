@@ -141,6 +141,14 @@ def test_predict_on_a_folder_without_saved_model_is_explained(runner, tmp_path):
     assert "holds no SavedModel" in result.output
 
 
+def test_a_batch_size_below_1_is_one_line_not_silence(runner, trained_run, tmp_path):
+    for command in (["predict", trained_run.export_dir, str(tmp_path)], ["evaluate", trained_run.run_dir]):
+        for size in ("-1", "0"):
+            result = runner.invoke(cli.main, [*command, "--batch-size", size])
+            assert result.exit_code == 2, result.output
+            assert f"Invalid value for '--batch-size': {size} is not in the range x>=1." in result.output
+
+
 def test_export_writes_the_next_version(runner, trained_run):
     result = runner.invoke(cli.main, ["export", trained_run.run_dir])
     assert result.exit_code == 0, result.output

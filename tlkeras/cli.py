@@ -258,7 +258,7 @@ def rank(config_path, data, val_data, candidates, weights, image_size, batch_siz
 @main.command(context_settings=_CONTEXT)
 @click.argument("path", metavar="RUN_DIR_OR_EXPORT", type=click.Path(exists=True, file_okay=False))
 @click.option("--data", help="Folder of class subfolders (default: the run's own validation split).")
-@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--top-k", type=int, default=5, show_default=True, help="k of the top-k accuracy.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--write/--no-write", default=False, help="Rewrite the run's metrics.json with the result.")
@@ -279,7 +279,7 @@ def evaluate(path, data, batch_size, top_k, fmt, write, unsafe_load):
 @click.argument("export_dir", metavar="ARTEFACT", type=click.Path(exists=True))
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUTS...")
 @click.option("--top-k", type=int, default=3, show_default=True)
-@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 @_friendly_errors
 def predict(export_dir, inputs, top_k, batch_size, fmt):
