@@ -180,6 +180,11 @@ def test_a_sample_ranks_every_candidate_on_the_same_rows_in_proportion_to_the_cl
     assert whole["train_count"] == full and "sampled_from" not in whole  # a sample as large as the data: all of it
     with pytest.raises(TlkerasError, match=r"^sample: 1 is not valid: use a number of training examples"):
         rank_backbones(colour_folder, [informative], sample=1, **SHARED)
+    too_few = CliRunner().invoke(cli.main, ["rank", "--data", colour_folder, "--backbones", f"{informative},{constant}",
+                                            "--image-size", "32", "--sample", "2", "--output-dir", str(tmp_path / "2")])
+    assert too_few.exit_code == 1  # once, not against each candidate: no candidate can rank on 2 of 3 classes
+    assert too_few.output.count("sample: 2 training examples cannot hold one of each of the 3 classes; use --sample "
+                                "3 or more") == 1, too_few.output
     out = tmp_path / "cli"
     ran = CliRunner().invoke(cli.main, ["rank", "--data", colour_folder, "--backbones", informative, "--image-size",
                                         "32", "--sample", "12", "--no-probe", "--output-dir", str(out)])

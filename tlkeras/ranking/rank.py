@@ -87,7 +87,7 @@ def rank_backbones(data: Any = None, candidates=None, *, config=None, by: Option
         label = candidate_label(candidate)
         try:
             entries.append(_score(base, candidate, label, probe, bundles, sample))
-        except (KeyboardInterrupt, SystemExit):
+        except (KeyboardInterrupt, SystemExit, _NotThisData):
             raise
         except Exception as e:  # noqa: BLE001 - one candidate failing must not stop the others
             reason = str(e).strip().splitlines()[0] if isinstance(e, TlkerasError) else (
@@ -104,6 +104,10 @@ def rank_backbones(data: Any = None, candidates=None, *, config=None, by: Option
     if ranking.recommended is not None:
         log.info("recommended: %s (%s)", ranking.recommended["backbone"], ranking.describe(ranking.recommended))
     return ranking
+
+
+class _NotThisData(TlkerasError):
+    """What no candidate can be ranked with: said once, not listed against each candidate."""
 
 
 # What a candidate may set that does not change its data: the data of candidates differing only in these is shared.
@@ -140,6 +144,11 @@ def _score(base, candidate: dict, label: str, probe: bool, bundles: dict, sample
         if key not in bundles:
             bundles[key] = kind.make_datasets(cfg, size)
         bundle = bundles[key]
+        classes = len(bundle.class_names)
+        if sample is not None and bundle.task.name == "single_label" and sample < classes:
+            raise _NotThisData(f"sample: {sample} training examples cannot hold one of each of the {classes} classes; "
+                               f"use --sample {classes} or more (a few thousand tell as much as all the data), or "
+                               "leave it out to rank on all of it.")
         model = build_model(spec, len(bundle.class_names), image_size=size, weights=cfg.weights, head=cfg.head,
                             backbone_options=cfg.backbone_options, task=bundle.task.name,
                             class_names=bundle.class_names, input_options=kind.input_options(cfg),
