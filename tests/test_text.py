@@ -77,6 +77,14 @@ def test_predict_takes_text_lines_and_files_of_lines(text_run, tmp_path):
     assert [r["classes"][0] for r in rows] == ["warm", "warm", "cool", "cool"]
     table = runner.invoke(cli.main, ["predict", text_run.export_dir, "red red fire"])
     assert table.output.splitlines()[0].split() == ["text", "prediction"]
+    # a folder is not a text, and a file that is not UTF-8 is named: one line each
+    folder = runner.invoke(cli.main, ["predict", text_run.export_dir, str(tmp_path)])
+    assert folder.exit_code == 1 and f"'{tmp_path}' is a folder; a text classifier takes texts" in folder.output
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\xe9 red fire\n".encode("latin-1"))
+    encoded = runner.invoke(cli.main, ["predict", text_run.export_dir, str(latin)])
+    assert encoded.exit_code == 1 and f"'{latin}' is not UTF-8 text (byte 3: b'\\xe9')" in encoded.output
+    assert "Traceback" not in folder.output + encoded.output
 
 
 def test_evaluate_a_text_run_and_its_export(text_run):

@@ -112,17 +112,26 @@ class TextInputs(Inputs):
     def collect(self, items):
         """Each item is a text, or a file of one text per non-empty line ("file:line"), or "-" for
         the lines of standard input."""
+        from tlkeras.errors import TlkerasError
+
         entries = []
         for item in items:
+            if item != "-" and os.path.isdir(item):
+                raise TlkerasError(f"{item!r} is a folder; a text classifier takes texts, files of one text per line "
+                                   f"or - (standard input): pass its files, e.g. {os.path.join(item, '*.txt')}.")
             if item != "-" and not os.path.isfile(item):
                 entries.append(({"text": item, "source": item}, item))
                 continue
             name = "stdin" if item == "-" else item
-            with (contextlib.nullcontext(sys.stdin) if item == "-" else open(item, encoding="utf-8-sig")) as f:
-                for number, line in enumerate(f, start=1):
-                    if line.strip():
-                        text = line.rstrip("\r\n")
-                        entries.append(({"text": text, "source": f"{name}:{number}"}, text))
+            try:
+                with (contextlib.nullcontext(sys.stdin) if item == "-" else open(item, encoding="utf-8-sig")) as f:
+                    for number, line in enumerate(f, start=1):
+                        if line.strip():
+                            text = line.rstrip("\r\n")
+                            entries.append(({"text": text, "source": f"{name}:{number}"}, text))
+            except UnicodeDecodeError as e:
+                raise TlkerasError(f"{name!r} is not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r}); "
+                                   "save it as UTF-8 (e.g. iconv -f latin1 -t utf-8).") from None
         return entries
 
     def serve(self, serve, payloads):
