@@ -82,6 +82,21 @@ def test_a_backbone_without_the_target_layers_is_refused_naming_the_layers_it_ha
         tlkeras.config.stage_configs({"method": "lora"}, None)
 
 
+
+def test_a_rank_above_the_kernels_and_an_unfreeze_lora_ignores_are_refused_before_any_work(tmp_path, image_folder):
+    # Conv_1 of the tiny MobileNetV2 is a 1x1 kernel of 112 -> 1280: a rank above 112 changes it no more
+    options = dict(**TINY, weights=None, output_dir=str(tmp_path / "run"), verbose=0)
+    with pytest.raises(BackboneError, match=r"^stage2.lora_rank: 100000 is above the smallest dimension of the kernels "
+                                            r"it adapts \(Conv_1: 112 x 1280\): a rank-112 adapter already changes it "
+                                            r"fully; use at most 112"):
+        tlkeras.build_and_finetune(image_folder, **options, stage2={"method": "lora", "lora_targets": ["Conv_1"],
+                                                                    "lora_rank": 100000})
+    assert not os.path.exists(tmp_path / "run" / "config.yaml")
+    with pytest.raises(tlkeras.errors.ConfigError, match=r"^stage2.unfreeze: 0.3 does not apply with stage2.method: "
+                                                         r"lora \(only the adapters and the head train"):
+        tlkeras.build_and_finetune(image_folder, **options, stage2={"method": "lora", "unfreeze": 0.3})
+
+
 @pytest.fixture(scope="module")
 def lora_options(tmp_path_factory, still_bert):
     folder = tmp_path_factory.mktemp("lora_reviews")

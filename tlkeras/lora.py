@@ -115,6 +115,24 @@ def find_targets(model: keras.Model, patterns: Sequence[str] = DEFAULT_TARGETS, 
                         f"are: {shown}. Name some of them (wildcards allowed), or use stage2.method: full.")
 
 
+def check_rank(chosen: list, rank: int, setting: str = "stage2.lora_rank") -> None:
+    """Refuse a rank above the smallest dimension of an adapted kernel (read as [inputs, outputs]): an adapter of that
+    rank can already change the kernel fully, and a larger one only adds parameters.
+
+    >>> layer = keras.layers.Dense(16); layer.build((None, 32))
+    >>> check_rank([("dense", layer)], 100000)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    tlkeras.errors.BackboneError: stage2.lora_rank: 100000 is above the smallest dimension of the kernels it adapts ...
+    """
+    for path, layer in chosen:
+        shape = tuple(_base_variable(layer).shape)
+        inputs, outputs = int(np.prod(shape[:-1])), int(shape[-1])
+        if rank > min(inputs, outputs):
+            raise BackboneError(f"{setting}: {rank} is above the smallest dimension of the kernels it adapts ({path}: "
+                                f"{inputs} x {outputs}): a rank-{min(inputs, outputs)} adapter already changes it "
+                                f"fully; use at most {min(inputs, outputs)} (4-64 is usual).")
+
+
 def enable_lora(model: keras.Model, rank: int = DEFAULT_RANK, alpha: Optional[float] = None,
                 targets: Sequence[str] = DEFAULT_TARGETS) -> LoraPlan:
     """Put rank-`rank` adapters (scale alpha / rank; alpha defaults to the rank) on the target layers
@@ -127,6 +145,7 @@ def enable_lora(model: keras.Model, rank: int = DEFAULT_RANK, alpha: Optional[fl
             raise BackboneError(f"LoRA is already on with rank {state.plan.rank} (alpha {state.plan.alpha:g}).")
         return state.plan
     chosen = find_targets(model, targets)
+    check_rank(chosen, rank)
     backbone = get_backbone(model)
     layers, base = {}, {}
     for path, layer in chosen:

@@ -354,7 +354,7 @@ def check_stages(model: keras.Model, stage1: StageConfig | dict | None = None,
     if is_auto(second.epochs):  # the phases' shape, not their length, is checked here
         second = dataclasses.replace(second, epochs=MIN_EPOCHS)
     if second.runs and second.method == "lora":
-        lora.find_targets(model, second.lora_patterns)
+        lora.check_rank(lora.find_targets(model, second.lora_patterns), second.lora_rank)
     elif second.runs:
         freezing.plan_cut(model, second.unfreeze, train_bn=second.train_bn)
         unfreeze_phases(model, second)
