@@ -3,6 +3,7 @@ the invariances it promises, the ranking on a toy set with an informative and an
 candidate, candidates that cannot run, `tlkeras rank`, and `backbone: auto` training the winner."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -97,7 +98,7 @@ def test_logme_refuses_mismatched_inputs():
 # === Candidates ===
 
 
-def test_candidates_are_parsed_and_bad_lists_refused():
+def test_candidates_are_parsed_and_bad_lists_refused(tmp_path):
     assert parse_candidates(" auto: a , b.keras") == [{"backbone": "a"}, {"backbone": "b.keras"}]
     assert FinetuneConfig(data=None).merged({"backbone": ["mobilenetv2", "resnet50"]}).backbone == \
         "auto:mobilenetv2,resnet50"
@@ -105,6 +106,15 @@ def test_candidates_are_parsed_and_bad_lists_refused():
         parse_candidates("auto:")
     with pytest.raises(ConfigError, match="mobilenetv2 listed twice"):
         parse_candidates("auto:mobilenetv2,mobilenetv2")
+    with pytest.raises(ConfigError, match="mobilenetv2 and MobileNetV2 are the same backbone"):
+        parse_candidates("auto:mobilenetv2,MobileNetV2")
+    (tmp_path / "m.keras").write_bytes(b"")
+    os.symlink(tmp_path / "m.keras", tmp_path / "link.keras")
+    with pytest.raises(ConfigError, match=r"m.keras and .*link.keras are the same backbone"):
+        parse_candidates([str(tmp_path / "m.keras"), str(tmp_path / "link.keras")])
+    # two settings of one backbone, told apart by name or by their settings, are two candidates
+    assert len(parse_candidates([{"backbone": "mobilenetv2", "name": "a"}, {"backbone": "mobilenetv2", "name": "b"}])) == 2
+    assert len(parse_candidates([{"backbone": "mobilenetv2"}, {"backbone": "mobilenetv2", "image_size": 96}])) == 2
     with pytest.raises(ConfigError, match="3 is not a backbone name"):
         parse_candidates(["mobilenetv2", 3])
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from tlkeras.errors import ConfigError
 
 AUTO = "auto:"
@@ -44,12 +46,35 @@ def parse_candidates(value) -> list[dict]:
     if len(out) < 1:
         raise ConfigError(f"backbone candidates: {value!r} names no backbone; list them, e.g. "
                           "auto:mobilenetv2,efficientnetb0.")
-    labels = [candidate_label(c) for c in out]
-    repeated = sorted({n for n in labels if labels.count(n) > 1})
-    if repeated:
-        raise ConfigError(f"backbone candidates: {', '.join(repeated)} listed twice; give each candidate once (a "
-                          "dict candidate's 'name' tells two settings of one backbone apart).")
+    seen: dict = {}
+    for candidate in out:
+        key = _identity(candidate)
+        if key in seen:
+            first, again = candidate_label(seen[key]), candidate_label(candidate)
+            same = f"{first} listed twice" if first == again else f"{first} and {again} are the same backbone"
+            raise ConfigError(f"backbone candidates: {same}; give each candidate once (a dict candidate's 'name' "
+                              "tells two settings of one backbone apart).")
+        seen[key] = candidate
     return out
+
+
+def _identity(candidate: dict):
+    """What makes two candidates the same: their name, else the backbone - a keras.applications name in any case, a
+    file or folder by its real path - with the rest of their settings.
+
+    >>> _identity({"backbone": "MobileNetV2"}) == _identity({"backbone": "mobilenetv2"})
+    True
+    """
+    if candidate.get("name"):
+        return ("name", str(candidate["name"]))
+    backbone = candidate["backbone"].strip()
+    scheme, _, rest = backbone.partition(":") if backbone.startswith(("hub:", "kerashub:")) else ("", "", backbone)
+    if os.path.exists(rest):
+        rest = os.path.realpath(rest)
+    elif not scheme and "/" not in rest and os.sep not in rest:
+        rest = rest.lower()
+    others = sorted((k, repr(v)) for k, v in candidate.items() if k != "backbone")
+    return (scheme, rest, tuple(others))
 
 
 def candidate_label(candidate: dict) -> str:
