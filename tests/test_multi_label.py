@@ -308,6 +308,12 @@ def test_thresholds_maximise_f1_per_class_or_globally_or_are_fixed():
     assert single[0] == single[1]
     assert task.choose_decision(p, y, 0.3)["thresholds"] == [0.3, 0.3]
     assert best_f1_threshold(np.array([0.2, 0.3]), np.array([0, 0])) == 0.5  # no positives: the default
+    # a class with no positive validation example keeps the default, and the decision says so by name
+    unseen = task.choose_decision(p, np.array([[1, 0], [1, 0], [0, 0], [0, 0]]), "per_class", ["a", "b"])
+    assert unseen["thresholds"][1] == 0.5 and unseen["defaulted"] == [1]
+    assert unseen["chosen"] == ("per class, maximising F1 on the validation split; 0.5 for the 1 class(es) with no "
+                                "validation example (b)")
+    assert "defaulted" not in task.choose_decision(p, y, "per_class", ["a", "b"])
 
 
 def test_multi_label_training_under_the_own_loop_matches_fit():

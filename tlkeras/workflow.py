@@ -296,7 +296,7 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
     else:
         probabilities, labels = predict_probabilities(model, eval_ds)
     del cached
-    decision = task.choose_decision(probabilities, labels, cfg.threshold)
+    decision = task.choose_decision(probabilities, labels, cfg.threshold, class_names)
     if decision is not None:
         set_decision(model, decision)
         log.info("decision: thresholds %s (%s)", ", ".join(f"{n} {t:.3f}" for n, t in

@@ -156,7 +156,7 @@ class MultiLabel(Task):
 
     # === Answers ===
 
-    def choose_decision(self, probabilities, labels, setting):
+    def choose_decision(self, probabilities, labels, setting, class_names=None):
         k = probabilities.shape[1] if probabilities.ndim == 2 else 0
         if setting is None:
             setting = "per_class"
@@ -169,7 +169,13 @@ class MultiLabel(Task):
             t = best_f1_threshold(probabilities.reshape(-1), positive.reshape(-1))
             return {"thresholds": [t] * k, "chosen": "one threshold maximising micro-F1 on the validation split"}
         thresholds = [best_f1_threshold(probabilities[:, c], positive[:, c]) for c in range(k)]
-        return {"thresholds": thresholds, "chosen": "per class, maximising F1 on the validation split"}
+        chosen = "per class, maximising F1 on the validation split"
+        unseen = [c for c in range(k) if not positive[:, c].any()]
+        if unseen:  # no F1 to maximise: the default, and the decision says whose it is
+            chosen += (f"; {DEFAULT_THRESHOLD:g} for the {len(unseen)} class(es) with no validation example "
+                       f"({', '.join(str(class_names[c] if class_names else c) for c in unseen[:10])}"
+                       f"{' ...' if len(unseen) > 10 else ''})")
+        return {"thresholds": thresholds, "chosen": chosen, **({"defaulted": unseen} if unseen else {})}
 
     def answers(self, probabilities, class_names, decision, top_k):
         thresholds = _thresholds(decision, len(class_names))

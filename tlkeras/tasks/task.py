@@ -119,8 +119,10 @@ class Task:
 
     # === Answers ===
 
-    def choose_decision(self, probabilities: np.ndarray, labels: np.ndarray, setting) -> Optional[dict]:
-        """What turns probabilities into answers, chosen on validation data (None: nothing to choose)."""
+    def choose_decision(self, probabilities: np.ndarray, labels: np.ndarray, setting,
+                        class_names: Optional[list] = None) -> Optional[dict]:
+        """What turns probabilities into answers, chosen on validation data (None: nothing to choose);
+        `class_names` name the classes in what it says."""
         return None
 
     def answers(self, probabilities: np.ndarray, class_names: list[str], decision: Optional[dict], top_k: int
