@@ -21,7 +21,9 @@ KEYS = [
     "stage1.early_stopping", "stage1.unfreeze", "stage1.layer_decay",
     "stage2.epochs", "stage2.learning_rate", "stage2.unfreeze", "stage2.layer_decay", "stage2.gradual_unfreeze",
     "stage2.train_bn", "stage2.bn_momentum", "stage2.weight_decay", "stage2.momentum", "stage2.recompute",
-    "augment.flip", "augment.rotation", "augment.zoom",
+    "augment.flip", "augment.rotation", "augment.zoom", "augment", "augment.preset", "augment.rand_augment",
+    "augment.rand_augment_ops", "augment.erasing", "augment.augmix",
+    "self_training.rounds", "self_training.threshold", "self_training.cap",
 ]
 # scalars as YAML would give them, plus nested junk
 SCALARS = st.one_of(

@@ -263,6 +263,28 @@ def test_augmentation_is_built_for_training_and_the_pipelines_stay_plain():
     assert make_datasets(_cfg(val_split=0.5), (16, 16), data=(x, y)).augmenter is None
 
 
+@pytest.mark.parametrize("ops", [{"rand_augment": 0.5}, {"erasing": 1.0}, {"augmix": 0.5}, "light", "strong"])
+def test_each_strong_op_and_preset_changes_training_images_only(ops):
+    x = np.random.default_rng(0).integers(0, 255, (8, 16, 16, 3)).astype(np.uint8)
+    y = np.arange(8) % 2
+    bundle = make_datasets(_cfg(val_split=0.5, augment=ops, cache_images=False), (16, 16), data=(x, y))
+    from tlkeras.config import AUGMENT_PRESETS
+
+    names = [layer.__class__.__name__ for layer in bundle.augmenter.layers]
+    expected = {"rand_augment": ["RandAugment"], "erasing": ["RandomErasing"], "augmix": ["AugMix"]}
+    if isinstance(ops, str):  # a preset: its ops, as the docs spell them out
+        assert len(names) == len(AUGMENT_PRESETS[ops]) and ("RandAugment" in names) == (ops == "strong")
+    else:
+        assert names == expected[next(iter(ops))]
+    images, _ = next(iter(bundle.train))
+    augmented = bundle.augmenter(images, training=True).numpy()
+    assert augmented.shape == images.shape and not np.allclose(augmented, images.numpy())
+    assert augmented.min() >= 0 and augmented.max() <= 255
+    np.testing.assert_array_equal(bundle.augmenter(images, training=False).numpy(), images.numpy())  # inference
+    val = [np.concatenate([b.numpy() for b, _ in bundle.val]) for _ in range(2)]
+    np.testing.assert_array_equal(val[0], val[1])
+
+
 def test_folder_pixels_are_decoded_once_and_kept_when_they_fit(tmp_path):
     root = write_image_folder(tmp_path / "data", per_class=3)
     kept = make_datasets(_cfg(data=root, val_split=0), (32, 32))

@@ -165,27 +165,63 @@ class StageConfig:
 class AugmentConfig:
     """Random augmentation of training images (never of validation or serving images).
 
-    All factors follow the Keras preprocessing layers of the same name; 0 or None turns one off.
+    The geometric and colour factors follow the Keras preprocessing layers of the same name; 0 or None turns one
+    off. `rand_augment` is RandAugment's strength (`rand_augment_ops` operations per image), `erasing` RandomErasing's
+    share of images with a patch erased, `augmix` AugMix's strength. `preset` ("light" or "strong", `AUGMENT_PRESETS`)
+    sets every op left at 0 / None; ops given besides it win.
     """
 
+    preset: Optional[str] = None
     flip: Optional[str] = None
     rotation: float = 0.0
     zoom: float = 0.0
     translation: float = 0.0
     contrast: float = 0.0
     brightness: float = 0.0
+    rand_augment: float = 0.0
+    rand_augment_ops: int = 2
+    erasing: float = 0.0
+    augmix: float = 0.0
 
     @property
     def enabled(self) -> bool:
-        return bool(self.flip) or any(
-            getattr(self, name) > 0 for name in ("rotation", "zoom", "translation", "contrast", "brightness")
-        )
+        return bool(self.preset) or bool(self.flip) or any(getattr(self, name) > 0 for name in AUGMENT_FACTORS)
+
+    def resolved(self) -> "AugmentConfig":
+        """The ops this config runs: the preset's, then the ones given here.
+
+        >>> AugmentConfig(preset="light", rotation=0.2).resolved().rotation, AugmentConfig(preset="light").resolved().zoom
+        (0.2, 0.1)
+        """
+        if not self.preset:
+            return self
+        values = dict(AUGMENT_PRESETS[self.preset])
+        for name in ("flip", *AUGMENT_FACTORS):
+            if getattr(self, name):
+                values[name] = getattr(self, name)
+        return dataclasses.replace(self, preset=None, **values, rand_augment_ops=self.rand_augment_ops)
 
     def validate(self, prefix: str = "augment") -> None:
+        if self.preset is not None:
+            _check_choice(f"{prefix}.preset", self.preset, tuple(AUGMENT_PRESETS))
         if self.flip is not None and self.flip not in FLIPS and self.flip is not False:
             raise ConfigError(f"{prefix}.flip: {self.flip!r} is not valid: use one of {', '.join(FLIPS)} or null.")
-        for name in ("rotation", "zoom", "translation", "contrast", "brightness"):
+        for name in AUGMENT_FACTORS:
             _check_number(f"{prefix}.{name}", getattr(self, name), 0.0, 1.0, low_open=False)
+        _check_int(f"{prefix}.rand_augment_ops", self.rand_augment_ops, 1)
+
+
+AUGMENT_FACTORS = ("rotation", "zoom", "translation", "contrast", "brightness", "rand_augment", "erasing", "augmix")
+# The presets, spelled out (docs/augmentation): "light" is the geometric and colour jitter of fastai's aug_transforms
+# in Keras's units (rotation as a fraction of a full turn: 0.03 is about 10 degrees); "strong" adds RandAugment
+# (2 ops at half strength) and random erasing of a patch in a quarter of the images, as timm's and Ultralytics'
+# classification recipes do.
+AUGMENT_PRESETS = {
+    "light": {"flip": "horizontal", "rotation": 0.03, "zoom": 0.1, "translation": 0.05, "contrast": 0.2,
+              "brightness": 0.2},
+    "strong": {"flip": "horizontal", "rotation": 0.03, "zoom": 0.1, "translation": 0.05, "contrast": 0.2,
+               "brightness": 0.2, "rand_augment": 0.5, "erasing": 0.25},
+}
 
 
 @dataclass
@@ -571,6 +607,11 @@ def _set_key(cfg: FinetuneConfig, key: str, value: Any) -> None:
         if value is None and key == "augment":
             setattr(cfg, key, AugmentConfig())
             return
+        if key == "augment" and isinstance(value, str):  # augment: light - a preset by its name
+            if value.strip().lower() in ("none", "off", "false"):
+                setattr(cfg, key, AugmentConfig())
+                return
+            value = {"preset": value.strip()}
         if isinstance(value, section_cls):
             setattr(cfg, key, copy.deepcopy(value))
             return

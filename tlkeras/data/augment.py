@@ -17,9 +17,12 @@ def build_augmenter(augment: AugmentConfig, seed: int) -> Optional[keras.Sequent
     >>> aug = build_augmenter(AugmentConfig(flip="horizontal", rotation=0.1), seed=0)
     >>> [layer.__class__.__name__ for layer in aug.layers]
     ['RandomFlip', 'RandomRotation']
+    >>> [layer.__class__.__name__ for layer in build_augmenter(AugmentConfig(preset="strong"), seed=0).layers]
+    ['RandomFlip', 'RandomRotation', 'RandomZoom', 'RandomTranslation', 'RandomContrast', 'RandomBrightness', 'RandAugment', 'RandomErasing']
     """
     if not augment.enabled:
         return None
+    augment = augment.resolved()
     layers = []
     if augment.flip:
         layers.append(keras.layers.RandomFlip(augment.flip, seed=seed))
@@ -34,4 +37,11 @@ def build_augmenter(augment: AugmentConfig, seed: int) -> Optional[keras.Sequent
         layers.append(keras.layers.RandomContrast(augment.contrast, value_range=(0, 255), seed=seed + 4))
     if augment.brightness:
         layers.append(keras.layers.RandomBrightness(augment.brightness, value_range=(0, 255), seed=seed + 5))
+    if augment.rand_augment:
+        layers.append(keras.layers.RandAugment(value_range=(0, 255), num_ops=augment.rand_augment_ops,
+                                               factor=augment.rand_augment, seed=seed + 6))
+    if augment.augmix:
+        layers.append(keras.layers.AugMix(value_range=(0, 255), factor=augment.augmix, seed=seed + 7))
+    if augment.erasing:  # last: a patch erased from what the other ops made
+        layers.append(keras.layers.RandomErasing(factor=augment.erasing, value_range=(0, 255), seed=seed + 8))
     return keras.Sequential(layers, name="augment")
