@@ -1,9 +1,12 @@
 """Edges (issue 15, the parts done so far): bad config input refused in one line before any work."""
 
+import json
 import os
 import time
 
 import pytest
+
+import tlkeras
 
 from tlkeras.config import FinetuneConfig, load_config
 from tlkeras.errors import ConfigError
@@ -167,3 +170,31 @@ def test_training_output_in_a_log_is_one_plain_line_per_epoch_and_keras_does_not
     out = capfd.readouterr().out  # not a terminal here
     assert "\x1b[" not in out and "\b" not in out
     assert len([line for line in out.splitlines() if " - loss: " in line]) == 2
+
+
+@pytest.mark.slow
+def test_the_from_scratch_hint_trains_a_model_that_learns(tmp_path, caplog):
+    # The flags the weights=None warning gives, run as a user would paste them: a random MobileNetV2 learns the
+    # colour classes (chance is 1/3). The hint before them (stage1.epochs=0, unfreeze all, train_bn) stayed at chance.
+    import shlex
+
+    from click.testing import CliRunner
+
+    from conftest import write_image_folder
+    from tlkeras import cli
+    from tlkeras.workflow import FROM_SCRATCH_FLAGS
+
+    data = write_image_folder(tmp_path / "colours", per_class=12, seed=3)
+    with caplog.at_level("WARNING", logger="tlkeras"):
+        tlkeras.build_and_finetune(data, backbone="mobilenetv2", backbone_options={"alpha": 0.35}, image_size=32,
+                                   weights=None, stage1={"epochs": 1}, stage2={"epochs": 0}, export=False,
+                                   report=False, tensorboard=False, output_dir=str(tmp_path / "warned"), verbose=0)
+    assert FROM_SCRATCH_FLAGS in caplog.text
+    out = tmp_path / "scratch"
+    result = CliRunner().invoke(cli.main, [
+        "train", "--data", data, "--backbone", "mobilenetv2", "--set", "backbone_options.alpha=0.35", "--image-size",
+        "32", "--weights", "none", "--batch-size", "8", "--output-dir", str(out), "--no-export",
+        "--set", "report=false", "--set", "tensorboard=false", *shlex.split(FROM_SCRATCH_FLAGS)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["accuracy"] >= 0.75, metrics

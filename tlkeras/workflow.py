@@ -30,6 +30,12 @@ from tlkeras.training.parts import count_steps
 from tlkeras.runrecord import RUN_FILE, build_record, card_facts
 from tlkeras.utils import atomic_path, fewer_full_collections, write_json_atomic, write_text_atomic
 
+# What the weights=None warning tells a user who wants to train from scratch: the demo's scratch stage
+# (tlkeras.demo._scratch_stage) as CLI flags; tests/test_edges.py runs them and checks that they learn.
+FROM_SCRATCH_FLAGS = ("--set stage1.epochs=0 --set stage2.unfreeze=all --set stage2.train_bn=true "
+                      "--set stage2.bn_momentum=0.9 --set stage2.layer_decay=null --set stage2.schedule=constant "
+                      "--set stage2.warmup_epochs=0 --set stage2.learning_rate=0.002")
+
 # How many validation images the export is checked with.
 EXPORT_CHECK_IMAGES = 16
 
@@ -148,8 +154,8 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
     if cfg.weights is None and cfg.stage1.runs and spec.random_init:
         log.warning(
             "weights=None: the backbone starts from random weights, so stage 1 trains the head on random "
-            "features. To train from scratch, set stage1.epochs=0 and stage2 unfreeze='all', train_bn=true."
-        )
+            "features. To train from scratch (the demo's recipe for its baseline: every layer and its "
+            "BatchNormalization at one constant rate): %s", FROM_SCRATCH_FLAGS)
     spec.check_weights(cfg.weights)
     kind = inputs_for(spec, cfg)  # what the model takes: images, texts or text pairs
     image_size = kind.size(spec, cfg.image_size)
