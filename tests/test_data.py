@@ -367,3 +367,17 @@ def test_folders_behind_a_url_are_listed_through_tf_io(image_folder, monkeypatch
     assert through_gfile.paths == local.paths and through_gfile.labels == local.labels
     assert through_gfile.class_names == local.class_names and len(local.paths) == 24
     assert images._filesystem("gs://bucket/photos") is images._TFFiles
+
+
+def test_two_runs_with_one_seed_and_random_augmentation_are_the_same_run(tmp_path):
+    # Batches augmented in parallel took the random layers' draws in the order they ran: losses differed by 3e-2.
+    import tlkeras
+    from conftest import save_colour_backbone
+
+    data = write_image_folder(tmp_path / "data", per_class=12, seed=0)
+    options = dict(backbone=save_colour_backbone(str(tmp_path / "colours.keras")), image_size=32, batch_size=4,
+                   augment="strong", stage1={"epochs": 2}, stage2={"epochs": 2}, export=False, report=False,
+                   tensorboard=False, verbose=0)
+    runs = [tlkeras.build_and_finetune(data, **options, output_dir=str(tmp_path / f"run{i}")) for i in range(2)]
+    assert runs[0].history["loss"] == runs[1].history["loss"]
+    np.testing.assert_array_equal(runs[0].model.get_weights()[-1], runs[1].model.get_weights()[-1])

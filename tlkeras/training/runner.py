@@ -54,7 +54,9 @@ class Runner:
         self.task = task_of(model)
         self.train_ds = train_ds
         if augmenter is not None:
-            self.train_ds = train_ds.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=AUTOTUNE)
+            # One batch at a time: the random layers draw from one generator, so batches augmented in parallel
+            # would take its draws in whatever order they run, and two runs with one seed would differ.
+            self.train_ds = train_ds.map(lambda x, y: (augmenter(x, training=True), y)).prefetch(AUTOTUNE)
         self.steps = count_steps(train_ds)
 
     def stage(self, stage: StageConfig, rate: float, initial_epoch: int, part: Optional["Part"] = None,
