@@ -332,7 +332,7 @@ def run_one(task_name: str, per_class: int, seed: int, options: dict) -> dict:
     pseudo = options.pop("pseudo", None)
     if options.pop("unlabeled", False):
         options["unlabeled_data"] = unlabeled
-    common = dict(seed=seed, **task.backbone(), output_dir=os.path.join(CACHE, "run"), overwrite=True, export=False,
+    common = dict(seed=seed, **task.backbone(), output_dir=os.path.join(CACHE, f"run-{os.getpid()}"), overwrite=True, export=False,
                   report=False, tensorboard=False, verbose=0, **options)
     inputs = (lambda rows: np.array(x)[rows]) if task.inputs == "text" else (lambda rows: x[rows])
     start = time.perf_counter()

@@ -107,6 +107,29 @@ def test_self_training_pseudo_labels_the_unlabelled_images_and_trains_the_studen
     teacher = json.load(open(os.path.join(out, "self_training", "round-1", "history.json"), encoding="utf-8"))
     assert teacher["loss"] != result.history["loss"]
     assert os.path.isfile(os.path.join(out, "self_training", "round-1", "model.weights.h5"))
+    # the student is kept when it does at least as well as the teacher on validation, and run.json says which
+    teacher_score, student_score = st["rounds"][0]["val_accuracy"], st["student_val_accuracy"]
+    assert teacher_score == pytest.approx(teacher["val_accuracy"][-1]) or teacher_score in teacher["val_accuracy"]
+    assert st["kept"] == ("student" if student_score >= teacher_score else "round 1")
+
+
+def test_the_run_keeps_the_teacher_when_the_student_does_worse_on_validation(tmp_path, tiny_model, caplog):
+    from tlkeras.workflow import _keep_the_better
+
+    teacher = [w.copy() for w in tiny_model.get_weights()]
+    tiny_model.save_weights(str(tmp_path / "teacher.weights.h5"))
+    tiny_model.set_weights([w + 1.0 for w in teacher])  # the student's weights
+    rounds = [{"round": 1, "val_accuracy": 0.9, "weights": "teacher.weights.h5"}]
+    student = {"epoch": [1, 2, 3], "val_accuracy": [0.5, 0.95, 0.6]}
+    assert _keep_the_better(tiny_model, rounds, student, 2, str(tmp_path)) is None  # epoch 2's 0.95 beats 0.9
+    assert not np.array_equal(tiny_model.get_weights()[0], teacher[0])
+    with caplog.at_level("WARNING", logger="tlkeras"):
+        kept = _keep_the_better(tiny_model, rounds, student, None, str(tmp_path))  # the last epoch's 0.6
+    assert kept == rounds[0]
+    for back, before in zip(tiny_model.get_weights(), teacher):
+        np.testing.assert_array_equal(back, before)
+    assert "the student's validation accuracy 0.6000 is below round 1's 0.9000" in caplog.text
+    assert _keep_the_better(tiny_model, rounds, {"epoch": [1], "loss": [0.1]}, None, str(tmp_path)) is None
 
 
 def test_a_self_training_run_killed_in_the_student_redoes_no_round(tmp_path, image_folder, tiny):

@@ -5,7 +5,9 @@ trained on the labelled data alone (both stages, as any run); it labels the unla
 at least `threshold` confident, at most `cap` x the class's labelled count per class, the most confident first, so
 that no class is swamped by the classes the teacher finds easy - join the labelled ones, and a student starts again
 from the pretrained weights on both. With `rounds` > 1 each student teaches the next. Pseudo-labels never enter
-validation: the split is made once, before the teacher.
+validation: the split is made once, before the teacher. A student that does worse on validation than an earlier
+round's model is not kept: the run keeps that model and says so (on scikit-image's textures, whose teacher was right
+on 55 % of test images, the pseudo-labels cost 1.3 points; benchmarks/RESULTS.md).
 
 Each round lives in RUN_DIR/self_training/round-N (N from 1: the teacher on labelled data only): its checkpoints
 (a killed round goes on from its last finished epoch), its finished weights and the pseudo-labels it gave
@@ -15,9 +17,10 @@ Each round lives in RUN_DIR/self_training/round-N (N from 1: the teacher on labe
 from __future__ import annotations
 
 import csv
+import json
 import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -26,6 +29,7 @@ from tlkeras.rundir import ROUND_WEIGHTS, SELF_TRAINING_DIR, STATE_PATH
 from tlkeras.utils import atomic_path, write_text_atomic
 
 PSEUDO_FILE = "pseudo_labels.csv"  # row of the unlabelled data, class, confidence
+SCORE_FILE = "score.json"  # the round's model's validation accuracy
 
 
 @dataclass
@@ -85,8 +89,10 @@ def run_rounds(settings, *, bundle, unlabeled, class_names: list[str], run_dir: 
     """The teacher rounds of self-training; returns (the student's data bundle, what each round did for run.json).
 
     `build()` a model with its pretrained weights; `train(model, bundle, directory, resume)` both stages into
-    `directory`; `predict(model, unlabeled)` the probabilities of the unlabelled examples; `with_training(bundle,
-    examples)` the bundle training on `examples` instead (same validation).
+    `directory`, returning the trained model's validation accuracy (None without validation); `predict(model,
+    unlabeled)` the probabilities of the unlabelled examples; `with_training(bundle, examples)` the bundle training
+    on `examples` instead (same validation). Each round's entry holds its model's validation accuracy (`val_accuracy`)
+    and its weights file (`weights`), for `better_round`.
     """
     log = get_logger()
     labelled = bundle.task.class_counts(bundle.train_examples.labels, len(class_names))
@@ -99,11 +105,12 @@ def run_rounds(settings, *, bundle, unlabeled, class_names: list[str], run_dir: 
             log.info("self-training round %d/%d: finished before, its pseudo-labels reused (%s)", n + 1,
                      settings.rounds, pseudo_path)
             pseudo = PseudoLabels.read(pseudo_path, class_names)
+            score = _read_score(directory)
         else:
             log.info("self-training round %d/%d: the %s on %d labelled%s examples", n + 1, settings.rounds,
                      "teacher" if n == 0 else "student of the last round",
                      len(bundle.train_examples), "" if n == 0 else f" and {len(record[-1]['rows'])} pseudo-labelled")
-            model = _trained(build, train, student, directory, resuming)
+            model, score = _trained(build, train, student, directory, resuming)
             pseudo = select(predict(model, unlabeled), labelled, settings.threshold, settings.cap)
             pseudo.write(pseudo_path, class_names)
             del model
@@ -111,8 +118,10 @@ def run_rounds(settings, *, bundle, unlabeled, class_names: list[str], run_dir: 
         log.info("self-training round %d: %d of %d unlabelled examples pseudo-labelled (confidence >= %g, at most %g x "
                  "each class's labelled count): %s", n + 1, len(pseudo.rows), len(unlabeled), settings.threshold,
                  settings.cap, ", ".join(f"{name} {k}" for name, k in zip(class_names, counts)))
-        record.append({"round": n + 1, "pseudo_labels": len(pseudo.rows), "per_class": dict(zip(class_names, counts)),
-                       "file": os.path.relpath(pseudo_path, run_dir), "rows": pseudo.rows})
+        record.append({"round": n + 1, "val_accuracy": score, "pseudo_labels": len(pseudo.rows),
+                       "per_class": dict(zip(class_names, counts)), "file": os.path.relpath(pseudo_path, run_dir),
+                       "weights": os.path.relpath(os.path.join(directory, ROUND_WEIGHTS), run_dir),
+                       "rows": pseudo.rows})
         extra = unlabeled.subset(pseudo.rows)  # subset sorts its rows, as pseudo.rows are
         extra.labels = pseudo.labels
         student = with_training(bundle, bundle.train_examples.joined(extra))
@@ -122,14 +131,37 @@ def run_rounds(settings, *, bundle, unlabeled, class_names: list[str], run_dir: 
 
 
 def _trained(build, train, bundle, directory: str, resuming: bool):
-    """The round's model: its finished weights when a killed run left them, else trained (going on from the
-    round's last finished epoch when there is one)."""
+    """(the round's model, its validation accuracy): its finished weights when a killed run left them, else trained
+    (going on from the round's last finished epoch when there is one)."""
     model = build()
     path = os.path.join(directory, ROUND_WEIGHTS)
     if os.path.isfile(path):
         model.load_weights(path)
-        return model
-    train(model, bundle, directory, resuming and os.path.isfile(os.path.join(directory, STATE_PATH)))
-    with atomic_path(path, suffix=".weights.h5") as tmp:
+        return model, _read_score(directory)
+    score = train(model, bundle, directory, resuming and os.path.isfile(os.path.join(directory, STATE_PATH)))
+    write_text_atomic(os.path.join(directory, SCORE_FILE), json.dumps({"val_accuracy": score}))
+    with atomic_path(path, suffix=".weights.h5") as tmp:  # last: a round with weights is finished
         model.save_weights(tmp)
-    return model
+    return model, score
+
+
+def _read_score(directory: str) -> Optional[float]:
+    path = os.path.join(directory, SCORE_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f).get("val_accuracy")
+
+
+def better_round(record: list[dict], student: Optional[float]) -> Optional[dict]:
+    """The round whose model beat the student on validation (the best of them), or None when the student is at least
+    as good - self-training must not leave a user worse off than the labelled data alone did.
+
+    >>> better_round([{"round": 1, "val_accuracy": 0.8}], 0.75)["round"], better_round([{"round": 1, "val_accuracy": 0.8}], 0.8)
+    (1, None)
+    """
+    scored = [entry for entry in record if entry.get("val_accuracy") is not None]
+    if student is None or not scored:
+        return None
+    best = max(scored, key=lambda entry: entry["val_accuracy"])
+    return best if best["val_accuracy"] > student else None

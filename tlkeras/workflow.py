@@ -255,9 +255,14 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
                 label_smoothing=cfg.label_smoothing, resume=resume, verbose=verbose,
                 keep_cached_validation=keep_cached_validation,
             )
+        evaluated = None
         if directory != run_dir and cfg.restore_best:  # a teacher of self-training
-            _restore_best(model, history, directory, bundle.val_count)
-        return history, budget
+            evaluated = _restore_best(model, history, directory, bundle.val_count)
+        return history, budget, evaluated
+
+    def teach(model, bundle, directory, resume):  # a round of self-training: its validation accuracy
+        history, _, evaluated = train(model, bundle, directory, resume)
+        return _val_accuracy(history, evaluated)
 
     try:
         self_training, train_bundle = None, data_bundle
@@ -267,12 +272,12 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
             del model  # each round, and the student, start from the pretrained weights
             train_bundle, self_training = st.run_rounds(
                 cfg.self_training, bundle=data_bundle, unlabeled=unlabeled, class_names=class_names,
-                run_dir=run_dir, resuming=resuming, build=build, train=lambda *a: train(*a)[0],
+                run_dir=run_dir, resuming=resuming, build=build, train=teach,
                 predict=lambda m, examples: predict_probabilities(
                     m, kind.evaluation_pipeline(examples, m, train_cfg.batch_size))[0],
                 with_training=lambda bundle, examples: kind.with_training(bundle, examples, train_cfg, image_size))
             model = build()
-        history, budget = train(model, train_bundle, run_dir, resuming, callbacks, keep_cached_validation=True)
+        history, budget, _ = train(model, train_bundle, run_dir, resuming, callbacks, keep_cached_validation=True)
     except tf.errors.UnavailableError as e:
         raise TrainingError(
             "lost contact with a worker of the cluster (tf.errors.UnavailableError: a peer stopped responding; "
@@ -288,6 +293,10 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
     timings.update(history.stage_seconds)
     clock = time.time()
     evaluated_epoch = _restore_best(model, history, run_dir, data_bundle.val_count) if cfg.restore_best else None
+    kept_round = _keep_the_better(model, self_training, history, evaluated_epoch, run_dir)
+    if kept_round is not None:
+        evaluated_epoch = None
+        history.cached_validation = None  # the student's; the kept model is evaluated on the pipeline
     adapters = merge_lora(model, os.path.join(run_dir, rundir.LORA_FILE))  # model.keras and exports: plain kernels
     if adapters is not None:
         log.info("LoRA: adapters folded into the kernels; the adapters and the head alone: %s",
@@ -325,7 +334,9 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
     record["epochs"] = budget.as_record()
     if self_training is not None:
         record["self_training"] = {"unlabeled": len(unlabeled), "rounds": self_training,
-                                   "threshold": cfg.self_training.threshold, "cap": cfg.self_training.cap}
+                                   "threshold": cfg.self_training.threshold, "cap": cfg.self_training.cap,
+                                   "student_val_accuracy": _val_accuracy(history, evaluated_epoch),
+                                   "kept": f"round {kept_round['round']}" if kept_round else "student"}
     if ranking is not None:
         record["ranking"] = ranking.as_list()
     if adapters is not None:
@@ -369,6 +380,35 @@ def _budgeted(train_cfg: FinetuneConfig, bundle, quiet: bool = False):
         get_logger().info("epochs: %s", budget.reason)
     return train_cfg.merged({"stage1": {"epochs": budget.stage1.epochs},
                              "stage2": {"epochs": budget.stage2.epochs}}), budget
+
+
+def _val_accuracy(history, epoch: Optional[int]) -> Optional[float]:
+    """The validation accuracy of `epoch` (None: the last) in `history`; None without a validation split."""
+    epochs, values = history.get("epoch") or [], history.get("val_accuracy")
+    if not epochs or not values:
+        return None
+    value = values[epochs.index(epoch) if epoch in epochs else -1]
+    return None if value is None else float(value)
+
+
+def _keep_the_better(model, rounds, history, evaluated_epoch, run_dir: str):
+    """After self-training: put back the weights of an earlier round's model when it beat the student on
+    validation (`self_training.better_round`); that round's record entry, or None (the student stays)."""
+    if not rounds:
+        return None
+    from tlkeras.self_training import better_round
+
+    student = _val_accuracy(history, evaluated_epoch)
+    better = better_round(rounds, student)
+    if better is None:
+        return None
+    model.load_weights(os.path.join(run_dir, better["weights"]))
+    get_logger().warning("self-training: the student's validation accuracy %.4f is below round %d's %.4f (trained "
+                         "on %s): the run keeps that model. The pseudo-labels did not help on this data (see "
+                         "pseudo_labels.csv); a higher self_training.threshold keeps fewer, surer ones",
+                         student, better["round"], better["val_accuracy"],
+                         "the labelled data alone" if better["round"] == 1 else "the previous round's pseudo-labels")
+    return better
 
 
 def _load_unlabeled(cfg: FinetuneConfig, kind, bundle, image_size):
