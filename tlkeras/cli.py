@@ -262,16 +262,20 @@ def rank(config_path, data, val_data, candidates, weights, image_size, batch_siz
 @click.option("--top-k", type=int, default=5, show_default=True, help="k of the top-k accuracy.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--write/--no-write", default=False, help="Rewrite the run's metrics.json with the result.")
+@click.option("--tta", type=click.Choice(["none", "flip", "flip_all"]), default="none", show_default=True,
+              help="Test-time augmentation: average each image's probabilities with its mirror (flip), or also "
+                   "upside down (flip_all); for data without a left and right (or an up).")
 @click.option("--unsafe-load", is_flag=True, help=_UNSAFE_HELP)
 @_friendly_errors
-def evaluate(path, data, batch_size, top_k, fmt, write, unsafe_load):
+def evaluate(path, data, batch_size, top_k, fmt, write, tta, unsafe_load):
     """Metrics of a run's model (RUN_DIR) or of an export (RUN_DIR/export[/N], served from image
     bytes as TF Serving would) on labelled images: accuracy, top-k, loss, per-class precision,
     recall and F1, confusion matrix, calibration, ROC-AUC and PR-AUC."""
     _start_tensorflow()
     from tlkeras.evaluate import evaluate_run, format_evaluation
 
-    metrics = evaluate_run(path, data, batch_size=batch_size, top_k=top_k, write=write, safe_mode=not unsafe_load)
+    metrics = evaluate_run(path, data, batch_size=batch_size, top_k=top_k, write=write, safe_mode=not unsafe_load,
+                           tta=tta)
     click.echo(json.dumps(metrics, indent=2) if fmt == "json" else format_evaluation(metrics), nl=fmt == "json")
 
 

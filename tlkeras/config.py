@@ -48,6 +48,8 @@ MAX_IMAGE_SIZE = 4096
 MAX_IMAGE_PIXELS = 89_478_485
 TASK_CHOICES = ("auto", "single_label", "multi_label")  # tlkeras.tasks.TASKS, plus auto
 THRESHOLDS = ("per_class", "global")  # or a number in (0, 1)
+# Test-time augmentation: the views whose probabilities are averaged (`Inputs.tta_views`); none = the input alone.
+TTA_CHOICES = ("none", "flip", "flip_all")
 
 
 # === Sections ===
@@ -283,6 +285,7 @@ class FinetuneConfig:
     label_column: str = "label"
     label_separator: str = " "
     threshold: Union[str, float] = "per_class"
+    tta: str = "none"
     image_size: Union[int, list[int], None] = None
     max_image_pixels: int = MAX_IMAGE_PIXELS
     batch_size: int = 32
@@ -784,6 +787,7 @@ def _validate_model(cfg: "FinetuneConfig") -> None:
         _check_choice("threshold", cfg.threshold, THRESHOLDS)
     else:
         _check_number("threshold", cfg.threshold, 0.0, 1.0, low_open=True, high_open=True)
+    _check_choice("tta", cfg.tta, TTA_CHOICES)
     cfg.head.validate()
 
 

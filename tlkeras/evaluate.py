@@ -12,17 +12,21 @@ from tlkeras.model import model_info, predict_function, to_probabilities
 from tlkeras.rundir import run_examples  # noqa: F401  (where it lived before)
 
 
-def predict_probabilities(model, ds: tf.data.Dataset, *, part=None) -> tuple[np.ndarray, np.ndarray]:
+def predict_probabilities(model, ds: tf.data.Dataset, *, part=None, views=()) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities [N, C], labels [N] or multi-hot [N, C]) over a batched dataset of (inputs, label).
 
     With `part` (a part of `model` sharing its layers, e.g. `FinetuneHistory.cached_validation.model`),
     `ds` holds that part's inputs - what the frozen layers below it output, cached - and the outputs are
-    `part`'s, read as `model`'s Task reads them.
+    `part`'s, read as `model`'s Task reads them. `views` (test-time augmentation, `Inputs.tta_views`): functions
+    of a batch whose probabilities are averaged with the batch's own.
     """
     predict = predict_function(model) if part is None else _part_function(part, ds)
     probs, labels = [], []
     for images, y in ds:
-        probs.append(np.asarray(to_probabilities(predict(images), model)))
+        p = np.asarray(to_probabilities(predict(images), model))
+        for view in views:
+            p = p + np.asarray(to_probabilities(predict(view(images)), model))
+        probs.append(p / (1 + len(views)))
         labels.append(np.asarray(y))
     if not probs:
         return np.zeros((0, 0), np.float32), np.zeros((0,), np.int64)
@@ -47,7 +51,7 @@ def evaluate_model(model, ds: tf.data.Dataset, class_names: list[str], top_k: in
 
 
 def evaluate_run(path: str, data=None, *, batch_size: int = 32, top_k: int = 5, write: bool = False,
-                 safe_mode: bool = True) -> dict:
+                 safe_mode: bool = True, tta: str = "none") -> dict:
     """Metrics of a finished run's model, or of an exported SavedModel, on labelled examples.
 
     `path` is a run directory (its model.keras) or an export (`run/export` or `run/export/3`,
@@ -55,7 +59,9 @@ def evaluate_run(path: str, data=None, *, batch_size: int = 32, top_k: int = 5, 
     `data` is a folder of class subfolders, a CSV or "tfds:..."; without it, the run's own
     validation split is rebuilt from its config.yaml (same data, val_split and seed, so the same
     examples). The metrics are those of the model's Task, at its own thresholds for multi-label.
-    With `write`, a run directory's metrics.json is rewritten with the result.
+    With `write`, a run directory's metrics.json is rewritten with the result. `tta` ("flip", "flip_all") averages
+    the probabilities of those views of each input with its own (a run directory's model; an export answers as
+    it was exported).
 
     Example (after `tlkeras train ... --output-dir runs/flowers`):
 
@@ -67,7 +73,12 @@ def evaluate_run(path: str, data=None, *, batch_size: int = 32, top_k: int = 5, 
     from tlkeras.tasks import get_task
     from tlkeras.utils import write_json_atomic
 
+    from tlkeras.errors import TlkerasError
+
     if is_export(path):
+        if tta != "none":
+            raise TlkerasError(f"tta: an export answers each input as it was exported; evaluate the run directory "
+                               f"with --tta {tta} instead.")
         export = load_export(path)
         run_dir = os.path.dirname(os.path.dirname(export.path))  # run/export/<version>
         task, decision, kind = get_task(export.task), export.decision, get_inputs(export.inputs)
@@ -79,12 +90,15 @@ def evaluate_run(path: str, data=None, *, batch_size: int = 32, top_k: int = 5, 
         info = model_info(model)
         task, decision, kind = info.task_role, info.decision, get_inputs(info.inputs)
         examples, skipped = run_examples(path, data, class_names, inputs=kind.name, task=task.name)
-        probabilities, labels = predict_probabilities(model, kind.evaluation_pipeline(examples, model, batch_size))
+        probabilities, labels = predict_probabilities(model, kind.evaluation_pipeline(examples, model, batch_size),
+                                                      views=kind.tta_views(tta))
         source = path
     metrics = task.metrics(probabilities, labels, class_names, top_k=top_k, decision=decision)
     metrics["skipped_files"] = len(skipped)
     metrics["evaluated"] = source
     metrics["inputs"] = kind.name  # what was counted (images, texts)
+    if tta != "none":
+        metrics["tta"] = tta
     if write and not is_export(path):
         write_json_atomic(os.path.join(path, "metrics.json"), {"split": "data" if data else "validation", **metrics})
     return metrics

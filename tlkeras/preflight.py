@@ -34,6 +34,7 @@ def check_run(cfg, *, resume: bool = False) -> None:
     if spec is not None:
         spec.check_weights(cfg.weights)
         inputs_for(spec, cfg).size(spec, cfg.image_size)  # below the backbone's minimum; pairs it cannot read
+        inputs_for(spec, cfg).check_tta(cfg.tta)  # views of texts
     for key in ("data", "val_data", "unlabeled_data"):
         _check_path(key, getattr(cfg, key))
     if resume and not cfg.output_dir:

@@ -183,7 +183,7 @@ def write_html(run_dir: str, *, metrics: dict, config: dict, record: Optional[di
     headline = [(k, metrics[k]) for k in metrics if k in ("count", "accuracy", "loss", "expected_calibration_error",
                                                           "roc_auc", "pr_auc", "micro_f1", "mean_average_precision",
                                                           "subset_accuracy", "hamming_loss", "epoch",
-                                                          "restored_best") or k.startswith("top_")]
+                                                          "restored_best", "tta") or k.startswith("top_")]
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>tlkeras run report</title>",
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"

@@ -158,6 +158,7 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
             "BatchNormalization at one constant rate): %s", FROM_SCRATCH_FLAGS)
     spec.check_weights(cfg.weights)
     kind = inputs_for(spec, cfg)  # what the model takes: images, texts or text pairs
+    kind.check_tta(cfg.tta)
     image_size = kind.size(spec, cfg.image_size)
     run_dir = cfg.output_dir or os.path.join("runs", f"{spec.slug}-{time.strftime('%Y%m%d-%H%M%S')}")
     chief_dir = run_dir
@@ -318,6 +319,12 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
                                                           zip(class_names, decision["thresholds"])), decision["chosen"])
     metrics = {"split": split, **task.metrics(probabilities, labels, class_names, top_k=cfg.top_k,
                                               decision=decision)}
+    if cfg.tta != "none":  # the same model, each input averaged with its views: what TTA gains, beside the plain
+        tta_probabilities, _ = predict_probabilities(model, eval_ds, views=kind.tta_views(cfg.tta))
+        with_tta = task.metrics(tta_probabilities, labels, class_names, top_k=cfg.top_k, decision=decision)
+        metrics["tta"] = {"views": cfg.tta, **{k: with_tta[k] for k in (task.headline_key, "loss") if k in with_tta}}
+        log.info("tta %s: %s %s %.4f -> %.4f with the views averaged", cfg.tta, split, task.headline_name,
+                 metrics.get(task.headline_key, float("nan")), with_tta.get(task.headline_key, float("nan")))
     if history.get("epoch"):  # whose weights these are: the best epoch's (restore_best) or the last one's
         metrics["epoch"] = evaluated_epoch or history["epoch"][-1]
         metrics["restored_best"] = bool(evaluated_epoch and evaluated_epoch != history["epoch"][-1])

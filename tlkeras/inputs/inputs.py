@@ -73,6 +73,25 @@ class Inputs:
         """(examples, class names, skipped) of labelled data, for `evaluate` and the export checks."""
         raise NotImplementedError
 
+    #: the test-time augmentations this kind has (`tta_views`), "none" first
+    tta_names: tuple = ("none",)
+
+    def check_tta(self, name: str) -> None:
+        """A ConfigError when this kind has no `name` views (no TensorFlow needed: checked before any work)."""
+        if name not in self.tta_names:
+            from tlkeras.errors import ConfigError
+
+            if self.tta_names == ("none",):
+                raise ConfigError(f"tta: {name!r} does not apply to {self.noun}: they have no views to average; use "
+                                  "tta: none.")
+            raise ConfigError(f"tta: {name!r} is not valid for {self.noun}: use one of {', '.join(self.tta_names)}.")
+
+    def tta_views(self, name: str) -> list:
+        """Test-time augmentation: functions making the other views of a batch of the model's inputs, whose
+        probabilities are averaged with the batch's own (`tta`: none gives [])."""
+        self.check_tta(name)
+        return []
+
     def load_unlabeled(self, source, cfg, size):
         """(examples with placeholder labels, skipped) of unlabelled data, for self-training."""
         raise NotImplementedError
