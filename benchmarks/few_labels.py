@@ -21,7 +21,10 @@ Commands (every run's result is kept in benchmarks/.cache/few_labels/results.jso
     python benchmarks/few_labels.py grid --tasks digits:20 --seeds 0      # the GRID and the defaults, one seed
     python benchmarks/few_labels.py check --tasks digits:10,digits:20 --seeds 1,2
         # the defaults against the grid's best setting chosen on seed 0, on seeds the grid was not chosen on
-    python benchmarks/few_labels.py run --tasks digits:20 --seeds 0,1,2 --settings defaults,'{"stage1": ...}'
+    python benchmarks/few_labels.py run --tasks digits:20 --seeds 0,1,2 --settings 'defaults;{"unlabeled": true}'
+        # settings separated by ';': "defaults", or JSON of build_and_finetune options ("unlabeled": true gives
+        # the rest of the pool as unlabeled_data: self-training)
+    python benchmarks/few_labels.py tta --tasks textures:20 --seeds 0,1,2   # the defaults' models with TTA
 """
 
 from __future__ import annotations
@@ -332,8 +335,8 @@ def run_one(task_name: str, per_class: int, seed: int, options: dict) -> dict:
     pseudo = options.pop("pseudo", None)
     if options.pop("unlabeled", False):
         options["unlabeled_data"] = unlabeled
-    common = dict(seed=seed, **task.backbone(), output_dir=os.path.join(CACHE, f"run-{os.getpid()}"), overwrite=True, export=False,
-                  report=False, tensorboard=False, verbose=0, **options)
+    common = dict(seed=seed, **task.backbone(), output_dir=os.path.join(CACHE, f"run-{os.getpid()}"), overwrite=True,
+                  export=False, report=False, tensorboard=False, verbose=0, **options)
     inputs = (lambda rows: np.array(x)[rows]) if task.inputs == "text" else (lambda rows: x[rows])
     start = time.perf_counter()
     if pseudo is None:
@@ -357,6 +360,8 @@ def run_one(task_name: str, per_class: int, seed: int, options: dict) -> dict:
                  else None, "teacher_test_accuracy": _test_accuracy(teacher.model, task)}
     seconds = time.perf_counter() - start
     history = result.history
+    if task.inputs == "image":  # test-time augmentation of the same model: what each view set gains
+        extra["test_accuracy_tta"] = {views: _test_accuracy(result.model, task, views) for views in ("flip", "flip_all")}
     out = {"test_accuracy": _test_accuracy(result.model, task), "val_accuracy": result.metrics.get("accuracy"),
            "seconds": seconds, "epochs": [history["stage"].count(1), history["stage"].count(2)],
            "train_count": len(y), **extra}
@@ -377,11 +382,12 @@ def _self_training_facts(run_dir: str, truth: np.ndarray, class_names: list) -> 
     return {"pseudo_count": len(rows), "pseudo_correct": float(np.mean(right)) if rows else None}
 
 
-def _probabilities(model, task, inputs) -> np.ndarray:
+def _probabilities(model, task, inputs, tta: str = "none") -> np.ndarray:
     import tensorflow as tf
 
     from tlkeras.data import prepare_image
     from tlkeras.evaluate import predict_probabilities
+    from tlkeras.inputs import get_inputs
 
     if task.inputs == "text":
         tensors = tf.constant(np.array(inputs))
@@ -389,11 +395,11 @@ def _probabilities(model, task, inputs) -> np.ndarray:
         array = np.asarray(inputs)
         tensors = prepare_image(array[..., None] if array.ndim == 3 else array, model.input_shape[1:3])
     data = tf.data.Dataset.from_tensor_slices((tensors, np.zeros(len(inputs), np.int64))).batch(64)
-    return predict_probabilities(model, data)[0]
+    return predict_probabilities(model, data, views=get_inputs(task.inputs).tta_views(tta))[0]
 
 
-def _test_accuracy(model, task) -> float:
-    return float((_probabilities(model, task, task.test_x).argmax(1) == task.test_y).mean())
+def _test_accuracy(model, task, tta: str = "none") -> float:
+    return float((_probabilities(model, task, task.test_x, tta).argmax(1) == task.test_y).mean())
 
 
 def _pseudo_labels(probabilities: np.ndarray, labelled: np.ndarray, threshold: float, cap: float):
@@ -492,9 +498,22 @@ def cmd_run(args):
                   f"{mean([r['seconds'] for r in found]):.0f} |")
 
 
+def cmd_tta(args):
+    """Test-time augmentation of the defaults' models: the test accuracy plain, with flip and with flip_all."""
+    jobs = [(t, n, s, "defaults", {}) for t, n in parse_tasks(args.tasks) for s in args.seeds]
+    done = measure(jobs, args.fresh)
+    print("\n| task | plain | tta flip | tta flip_all |\n| --- | --- | --- | --- |")
+    for t, n in parse_tasks(args.tasks):
+        found = [done[run_key(t, n, s, {})] for s in args.seeds]
+        cells = [[r["test_accuracy"] for r in found]] + [[r["test_accuracy_tta"][v] for r in found]
+                                                          for v in ("flip", "flip_all")]
+        print(f"| {t}:{n} | " + " | ".join(f"{' / '.join(f'{a:.3f}' for a in c)} ({mean(c):.4f})" for c in cells)
+              + " |")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["grid", "check", "run"])
+    p.add_argument("command", choices=["grid", "check", "run", "tta"])
     p.add_argument("--tasks", default="digits:20")
     p.add_argument("--seeds", default="0", type=lambda s: [int(v) for v in s.split(",")])
     p.add_argument("--choose-seed", type=int, default=0)
@@ -505,7 +524,7 @@ def main(argv=None):
     p.add_argument("--fresh", action="store_true", help="run again what the results file holds")
     args = p.parse_args(argv)
     logging.getLogger("tlkeras").setLevel(logging.WARNING)
-    {"grid": cmd_grid, "check": cmd_check, "run": cmd_run}[args.command](args)
+    {"grid": cmd_grid, "check": cmd_check, "run": cmd_run, "tta": cmd_tta}[args.command](args)
 
 
 if __name__ == "__main__":
