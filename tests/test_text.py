@@ -161,3 +161,18 @@ def test_the_text_run_keeps_the_shared_contract(text_run):
     contract.check_reload_predicts_identically(text_run, texts)
     served = contract.check_export_answers_as_the_model(text_run, {"text": texts}, texts)
     assert served["classes"].shape == (4, 2)
+
+
+def test_a_semicolon_csv_is_read_by_its_separator(tmp_path, caplog):
+    # a spreadsheet's export in many locales: the advice "did you mean 'review;sentiment'" looped before
+    path = tmp_path / "semicolons.csv"
+    path.write_text("review;sentiment\nred fire, apple;warm\nblue sea;cool\n", encoding="utf-8")
+    with caplog.at_level("INFO", logger="tlkeras"):
+        examples, names, _ = load_text_examples(str(path), "data", text_column="review", label_column="sentiment")
+    assert examples.texts == ["red fire, apple", "blue sea"] and names == ["cool", "warm"]
+    assert "its columns are separated by ';', not ','" in caplog.text
+    # a comma CSV whose columns are right is read as it always was, commas in quotes included
+    plain = tmp_path / "plain.csv"
+    plain.write_text('review,sentiment\n"red; fire",warm\nsea,cool\n', encoding="utf-8")
+    assert load_text_examples(str(plain), "data", text_column="review", label_column="sentiment")[0].texts == [
+        "red; fire", "sea"]

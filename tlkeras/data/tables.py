@@ -20,7 +20,7 @@ FIELD_LIMIT = 16 << 20
 def read_table(path: str, key: str, required: dict[str, str]) -> list[tuple[int, dict]]:
     """(line number, row) of each row of a .csv (comma) or .tsv (tab) file read as UTF-8; `required`
     maps each column that must exist to the config key that names it (for the error message)."""
-    delimiter = "\t" if path.lower().endswith(".tsv") else ","
+    delimiter = _delimiter(path, "\t" if path.lower().endswith(".tsv") else ",", list(required))
     csv.field_size_limit(max(csv.field_size_limit(), FIELD_LIMIT))
     rows = []
     try:
@@ -41,3 +41,25 @@ def read_table(path: str, key: str, required: dict[str, str]) -> list[tuple[int,
         raise DataError(f"{key}: {path!r} is not a readable {'TSV' if delimiter == chr(9) else 'CSV'} file ({e}).") \
             from None
     return rows
+
+
+def _delimiter(path: str, expected: str, columns: list[str]) -> str:
+    """`expected` (comma for .csv, tab for .tsv), unless the header holds the required columns only when split by
+    another common separator (a spreadsheet's ";" CSV): then that one, said in the log."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            header = f.readline().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError):
+        return expected  # read_table says what is wrong with the file
+    def fits(sep):
+        return all(column in [c.strip().strip('"') for c in header.split(sep)] for column in columns)
+
+    if fits(expected):
+        return expected
+    for sep in (";", "\t", ",", "|"):
+        if sep != expected and fits(sep):
+            from tlkeras._logging import get_logger
+
+            get_logger().info("%s: its columns are separated by %r, not %r: read that way", path, sep, expected)
+            return sep
+    return expected
