@@ -337,6 +337,13 @@ def test_multi_label_training_under_the_own_loop_matches_fit():
     np.testing.assert_allclose(looped["binary_accuracy"], fitted["binary_accuracy"], atol=1e-6)
 
 
+def test_the_task_auto_line_is_logged_once(multilabel_csv, caplog):
+    with caplog.at_level("INFO", logger="tlkeras"):
+        bundle = make_datasets(FinetuneConfig.from_dict({"val_split": 0.25}), (16, 16), data=multilabel_csv)
+    assert bundle.task.name == "multi_label"
+    assert caplog.text.count("task auto: multi-label") == 1, caplog.text
+
+
 def test_errors_name_the_bad_value(tmp_path, multilabel_csv):
     with pytest.raises(DataError, match="has no column 'tags'.*label_column"):
         make_datasets(FinetuneConfig.from_dict({"label_column": "tags"}), (16, 16), data=multilabel_csv)

@@ -229,8 +229,8 @@ def make_datasets(
     budget = cfg.memory_budget_mb << 20 if cfg.cache_images in ("auto", True) else 0
     if cfg.cache_images is True:
         budget = 1 << 62  # asked for: cache whatever the size
-    def load(source, key, names, task):
-        return load_examples(source, key, names, image_size=image_size, budget_bytes=budget, task=task,
+    def load(source, key, names, task):  # raw labels: load_splits has the Task encode them, once
+        return read_examples(source, key, names, image_size=image_size, budget_bytes=budget, task=task,
                              image_column=cfg.image_column, label_column=cfg.label_column,
                              label_separator=cfg.label_separator, max_pixels=cfg.max_image_pixels)
 
