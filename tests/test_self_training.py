@@ -269,3 +269,40 @@ def test_self_training_on_texts_labels_a_file_of_one_text_per_line(tmp_path, hub
     assert record["self_training"]["unlabeled"] == 12
     with open(os.path.join(out, "skipped_files.txt"), encoding="utf-8") as f:
         assert f.read().count("empty text") == 2
+
+
+def test_a_student_taught_wrong_labels_is_not_kept(tmp_path, colours, monkeypatch, caplog):
+    # Every pseudo-label one class off: the student learns the wrong colours, falls below the teacher on
+    # validation, and the run keeps the teacher's weights - evaluated, saved and exported as the run's model.
+    from tlkeras import self_training
+
+    right = self_training.select
+
+    def wrong(probabilities, labelled, threshold, cap):
+        kept = right(probabilities, labelled, threshold, cap)
+        return self_training.PseudoLabels(kept.rows, (kept.labels + 1) % 3, kept.confidence)
+
+    monkeypatch.setattr(self_training, "select", wrong)
+    labelled = write_image_folder(tmp_path / "labelled", per_class=8, seed=0)
+    flat, _ = _flat_folder(tmp_path, per_class=30, seed=1)
+    out = str(tmp_path / "run")
+    with caplog.at_level("WARNING", logger="tlkeras"):
+        result = tlkeras.build_and_finetune(labelled, unlabeled_data=flat, **colours, val_split=0.25, export=False,
+                                            output_dir=out, verbose=0, stage2={"epochs": 2},
+                                            self_training={"threshold": 0.3, "cap": 20})
+    st = json.load(open(os.path.join(out, "run.json"), encoding="utf-8"))["self_training"]
+    assert st["kept"] == "round 1", st
+    # the teacher is the very model a run without the unlabelled data trains: what the user is kept at
+    alone = tlkeras.build_and_finetune(labelled, **colours, val_split=0.25, export=False, verbose=0,
+                                       output_dir=str(tmp_path / "alone"), stage2={"epochs": 2})
+    teacher_history = json.load(open(os.path.join(out, "self_training", "round-1", "history.json"), encoding="utf-8"))
+    assert teacher_history["loss"] == alone.history["loss"]
+    assert alone.metrics["accuracy"] == pytest.approx(result.metrics["accuracy"])
+    assert st["student_val_accuracy"] < st["rounds"][0]["val_accuracy"]
+    assert result.metrics["accuracy"] == pytest.approx(st["rounds"][0]["val_accuracy"])
+    assert "the run keeps that model" in caplog.text
+    reloaded = tlkeras.load_model(os.path.join(out, "model.keras"))
+    teacher = tlkeras.build_model(colours["backbone"], 3, image_size=32)
+    teacher.load_weights(os.path.join(out, "self_training", "round-1", "model.weights.h5"))
+    for a, b in zip(reloaded.get_weights(), teacher.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-6)

@@ -808,10 +808,6 @@ def _validate_training(cfg: "FinetuneConfig") -> None:
                 raise ConfigError(f"class_weight: the weight of {name!r} is {weight!r}; use a positive number.")
     _check_number("label_smoothing", cfg.label_smoothing, 0.0, 1.0, low_open=False, high_open=True)
     validate_stages(cfg.stage1, cfg.stage2)
-    if cfg.stage2.method == "lora" and "stage2.unfreeze" in cfg.given_keys():
-        raise ConfigError(f"stage2.unfreeze: {cfg.stage2.unfreeze!r} does not apply with stage2.method: lora (only the "
-                          "adapters and the head train; stage2.lora_targets says which layers get adapters); remove "
-                          "it, or use method: full.")
     cfg.augment.validate()
     cfg.self_training.validate()
 

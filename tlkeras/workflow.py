@@ -136,6 +136,10 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
     cfg = resolve_config(config, data, options)
     check_run(cfg, resume=resume)  # names and paths, before any TensorFlow work
     log = get_logger()
+    if cfg.stage2.method == "lora" and "stage2.unfreeze" in cfg.given_keys() and not resume:
+        log.warning("stage2.unfreeze: %r has no effect with stage2.method: lora (only the adapters and the head "
+                    "train; stage2.lora_targets says which layers get adapters); use method: full to unfreeze "
+                    "layers.", cfg.stage2.unfreeze)
     ranking = None
     if is_auto(cfg.backbone):  # candidates: rank them on the data, train the winner
         cfg, ranking = choose_backbone(cfg, overwrite=overwrite)
@@ -216,6 +220,8 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
     timings["data"] = time.time() - clock
 
     def build():
+        # every build starts from the seed: self-training's teacher is the model a labelled-only run trains
+        keras.utils.set_random_seed(cfg.seed)
         with precision_policy(resolve_precision(cfg.mixed_precision)), strategy.scope():
             return build_model(
                 spec, len(class_names), image_size=image_size, weights=cfg.weights,
