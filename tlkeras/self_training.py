@@ -88,7 +88,7 @@ def run_rounds(settings, *, bundle, unlabeled, class_names: list[str], run_dir: 
                build: Callable, train: Callable, predict: Callable, with_training: Callable):
     """The teacher rounds of self-training; returns (the student's data bundle, what each round did for run.json).
 
-    `build()` a model with its pretrained weights; `train(model, bundle, directory, resume)` both stages into
+    `build(n)` a model with its pretrained weights, its new layers initialised from the seed + n (round n + 1); `train(model, bundle, directory, resume)` both stages into
     `directory`, returning the trained model's validation accuracy (None without validation); `predict(model,
     unlabeled)` the probabilities of the unlabelled examples; `with_training(bundle, examples)` the bundle training
     on `examples` instead (same validation). Each round's entry holds its model's validation accuracy (`val_accuracy`)
@@ -110,7 +110,7 @@ def run_rounds(settings, *, bundle, unlabeled, class_names: list[str], run_dir: 
             log.info("self-training round %d/%d: the %s on %d labelled%s examples", n + 1, settings.rounds,
                      "teacher" if n == 0 else "student of the last round",
                      len(bundle.train_examples), "" if n == 0 else f" and {len(record[-1]['rows'])} pseudo-labelled")
-            model, score = _trained(build, train, student, directory, resuming)
+            model, score = _trained(lambda: build(n), train, student, directory, resuming)
             pseudo = select(predict(model, unlabeled), labelled, settings.threshold, settings.cap)
             pseudo.write(pseudo_path, class_names)
             del model

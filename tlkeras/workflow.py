@@ -219,9 +219,10 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
     unlabeled = _load_unlabeled(cfg, kind, data_bundle, image_size)
     timings["data"] = time.time() - clock
 
-    def build():
-        # every build starts from the seed: self-training's teacher is the model a labelled-only run trains
-        keras.utils.set_random_seed(cfg.seed)
+    def build(offset: int = 0):
+        # every build starts from the seed: self-training's teacher (offset 0) is the model a labelled-only run
+        # trains; each later round's model, the student included, starts from the next seed (not the teacher's copy)
+        keras.utils.set_random_seed((cfg.seed + offset) % 2**32)
         with precision_policy(resolve_precision(cfg.mixed_precision)), strategy.scope():
             return build_model(
                 spec, len(class_names), image_size=image_size, weights=cfg.weights,
@@ -283,7 +284,7 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
                 predict=lambda m, examples: predict_probabilities(
                     m, kind.evaluation_pipeline(examples, m, train_cfg.batch_size))[0],
                 with_training=lambda bundle, examples: kind.with_training(bundle, examples, train_cfg, image_size))
-            model = build()
+            model = build(cfg.self_training.rounds)
         history, budget, _ = train(model, train_bundle, run_dir, resuming, callbacks, keep_cached_validation=True)
     except tf.errors.UnavailableError as e:
         raise TrainingError(
