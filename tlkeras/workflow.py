@@ -434,7 +434,7 @@ def _load_unlabeled(cfg: FinetuneConfig, kind, bundle, image_size):
 
     from tlkeras.errors import DataError
 
-    if bundle.task.name != "single_label":
+    if not bundle.task.self_trains:
         raise DataError(f"unlabeled_data: self-training labels one class per example; this is a "
                         f"{bundle.task.description} task. Drop unlabeled_data, or train single-label data.")
     examples, skipped = kind.load_unlabeled(cfg.unlabeled_data, cfg, image_size)
@@ -442,9 +442,9 @@ def _load_unlabeled(cfg: FinetuneConfig, kind, bundle, image_size):
     if not len(examples):
         raise DataError(f"unlabeled_data: {_named(cfg.unlabeled_data)} holds no {kind.noun} that can be read.")
     bundle.train_examples.joined(examples.subset(np.zeros(0, np.int64)))  # both stored alike, or said now
-    mine = _keys(examples)
+    mine = examples.identities()
     for split, labelled in (("training", bundle.train_examples), ("validation", bundle.val_examples)):
-        both = sorted(mine & _keys(labelled)) if labelled is not None else []
+        both = sorted(mine & labelled.identities()) if labelled is not None else []
         if both:
             raise DataError(f"unlabeled_data: {len(both)} of its {kind.noun} are also in the {split} data, e.g. "
                             f"{both[0][:80]!r}; unlabelled data must be other {kind.noun} (remove them from "
@@ -453,14 +453,6 @@ def _load_unlabeled(cfg: FinetuneConfig, kind, bundle, image_size):
                       "labelled example of a class)", len(examples), kind.noun, cfg.self_training.rounds,
                       cfg.self_training.threshold, cfg.self_training.cap)
     return examples
-
-
-def _keys(examples) -> set:
-    """What makes two examples the same one: a file's real path, or a text."""
-    if getattr(examples, "paths", None) is not None:
-        return {os.path.realpath(p) for p in examples.paths}
-    texts = getattr(examples, "texts", None)
-    return {t if isinstance(t, str) else "\t".join(t) for t in texts} if texts is not None else set()
 
 
 def _named(source) -> str:

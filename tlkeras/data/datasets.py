@@ -84,6 +84,10 @@ class Examples:
         return tuple(Examples(self.labels[a:b], paths=self.paths[a:b] if self.paths is not None else None,
                               pixels=self.pixels[a:b], max_pixels=self.max_pixels) for a, b in zip(ends, ends[1:]))
 
+    def identities(self) -> set:
+        """What makes two examples the same one: a file's real path (examples without files: none)."""
+        return {os.path.realpath(p) for p in self.paths} if self.paths is not None else set()
+
     def joined(self, other: "Examples") -> "Examples":
         """These examples and `other`'s in one collection (files with files, arrays with arrays of one shape):
         what self-training's student trains on (`tlkeras.self_training`)."""

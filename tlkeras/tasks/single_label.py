@@ -33,6 +33,7 @@ class SingleLabel(Task):
     accuracy_key = "accuracy"
     headline_key = "accuracy"
     best_epoch_by = "accuracy"  # the headline itself is logged every epoch
+    self_trains = True
     min_classes = 2
     agreement_measure = "top-1 class"
 

@@ -29,6 +29,8 @@ class Task:
     #: what picks a run's best epoch (restore_best): "accuracy" (the logged `accuracy_key`, highest, the loss
     #: breaking ties) or "loss" (lowest)
     best_epoch_by: str = "loss"
+    #: whether self-training can pseudo-label its examples (`tlkeras.self_training`: one class per example)
+    self_trains: bool = False
     #: the metrics.json key logged and printed as the run's headline number
     headline_key: str = "accuracy"
     headline_name: str = "accuracy"
