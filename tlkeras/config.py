@@ -171,6 +171,12 @@ class AugmentConfig:
     off. `rand_augment` is RandAugment's strength (`rand_augment_ops` operations per image), `erasing` RandomErasing's
     share of images with a patch erased, `augmix` AugMix's strength. `preset` ("light" or "strong", `AUGMENT_PRESETS`)
     sets every op left at 0 / None; ops given besides it win.
+
+    Mixing (`tlkeras.mixing`; labels mixed too, so the loss trains on soft targets): `mixup` and `cutmix` are the
+    Beta(alpha, alpha) of Keras's MixUp and CutMix layers on training images (both given: batches alternate); like
+    any random image op they make the backbone run on every batch. `feature_mixup` mixes what a cached stage trains
+    on - stage 1's features, stage 2's activations at the cut (manifold mixup) - so the caches stay; it applies to
+    texts too.
     """
 
     preset: Optional[str] = None
@@ -184,10 +190,19 @@ class AugmentConfig:
     rand_augment_ops: int = 2
     erasing: float = 0.0
     augmix: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    feature_mixup: float = 0.0
 
     @property
     def enabled(self) -> bool:
-        return bool(self.preset) or bool(self.flip) or any(getattr(self, name) > 0 for name in AUGMENT_FACTORS)
+        """Whether any random op changes the training images (the image mixers included)."""
+        return (bool(self.preset) or bool(self.flip) or any(getattr(self, name) > 0 for name in AUGMENT_FACTORS)
+                or self.mixes_images)
+
+    @property
+    def mixes_images(self) -> bool:
+        return self.mixup > 0 or self.cutmix > 0
 
     def resolved(self) -> "AugmentConfig":
         """The ops this config runs: the preset's, then the ones given here.
@@ -211,8 +226,12 @@ class AugmentConfig:
         for name in AUGMENT_FACTORS:
             _check_number(f"{prefix}.{name}", getattr(self, name), 0.0, 1.0, low_open=False)
         _check_int(f"{prefix}.rand_augment_ops", self.rand_augment_ops, 1)
+        for name in MIX_ALPHAS:
+            _check_number(f"{prefix}.{name}", getattr(self, name), 0.0, MAX_MIX_ALPHA, low_open=False)
 
 
+MIX_ALPHAS = ("mixup", "cutmix", "feature_mixup")
+MAX_MIX_ALPHA = 4.0  # Beta(alpha, alpha): 0.2-0.4 (ImageNet mixup), 1 (CutMix), 2 (manifold mixup); beyond, ~0.5 always
 AUGMENT_FACTORS = ("rotation", "zoom", "translation", "contrast", "brightness", "rand_augment", "erasing", "augmix")
 # The presets, spelled out (docs/augmentation): "light" is the geometric and colour jitter of fastai's aug_transforms
 # in Keras's units (rotation as a fraction of a full turn: 0.03 is about 10 degrees); "strong" adds RandAugment

@@ -193,7 +193,7 @@ def make_optimizer(stage, learning_rate: float, steps_per_epoch: Optional[int], 
 class SparseCrossentropy(keras.losses.Loss):
     """Categorical cross-entropy on integer labels, with label smoothing (which Keras 3's
     SparseCategoricalCrossentropy lacks): the target is (1 - s) on the true class plus s / C on
-    every class."""
+    every class. Soft targets (rows of C shares, from mixed examples) are taken as they are."""
 
     def __init__(self, label_smoothing: float = 0.0, name="sparse_crossentropy", **kwargs):
         super().__init__(name=name, **kwargs)
@@ -201,8 +201,11 @@ class SparseCrossentropy(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         num_classes = ops.shape(y_pred)[-1]
-        y_true = ops.reshape(ops.cast(y_true, "int32"), (-1,))
-        target = ops.one_hot(y_true, num_classes, dtype=y_pred.dtype)
+        if len(y_true.shape) == 2 and y_true.shape[-1] == y_pred.shape[-1] and y_pred.shape[-1] != 1:
+            target = ops.cast(y_true, y_pred.dtype)  # soft targets
+        else:
+            y_true = ops.reshape(ops.cast(y_true, "int32"), (-1,))
+            target = ops.one_hot(y_true, num_classes, dtype=y_pred.dtype)
         return keras.losses.categorical_crossentropy(target, y_pred, label_smoothing=self.label_smoothing)
 
     def get_config(self):

@@ -119,7 +119,7 @@ def _step_functions(model, task, class_weight, replicas: int = 1):
             probabilities = model(x, training=True)
             losses = per_example(y, probabilities)
             if weights_table is not None:
-                losses = losses * tf.gather(weights_table, tf.cast(y, tf.int32))
+                losses = losses * tf.gather(weights_table, tf.cast(task.dominant_class(y), tf.int32))
             global_batch = tf.cast(tf.shape(y)[0] * replicas, tf.float32)
             penalty = _penalty(model)
             loss = tf.reduce_sum(losses) / global_batch + penalty / replicas
@@ -224,6 +224,7 @@ def fit_arrays(
     verbose=0,
     task=None,
     seed: Optional[int] = None,
+    mix=None,
 ) -> LoopHistory:
     """Train the compiled `model` on data held in memory, `(inputs, labels)` with inputs an array or a
     tuple of arrays: each epoch is one call of a compiled loop over its shuffled batches, the validation
@@ -233,7 +234,8 @@ def fit_arrays(
 
     Same loss, metrics, class weights and model losses as `fit_loop` (and `fit`); batches of
     `batch_size` in a new order every epoch (from `seed`, else NumPy's global generator, which
-    `keras.utils.set_random_seed` seeds). Callbacks get fit's hooks; the batch hooks run after each
+    `keras.utils.set_random_seed` seeds). `mix`, fn(inputs, labels, [epoch, step]) -> a mixed training batch
+    (`tlkeras.mixing.Mixing.feature_step`). Callbacks get fit's hooks; the batch hooks run after each
     epoch's loop, with the running loss and each step's `learning_rate` in their logs.
 
     >>> import numpy as np, keras
@@ -270,10 +272,13 @@ def fit_arrays(
     # layers, the loss, the task) was most of the cost of tracing a stage on cached data, and nothing in a
     # Keras 3 layer needs it.
     @tf.function(autograph=False)
-    def run_epoch(order):
+    def run_epoch(order, epoch):
         def train(step, sums, rates):
             rows = order[step * batch_size:(step + 1) * batch_size]
-            sums = sums.write(step, tf.stack(train_step(batch_of(x, y, rows))))
+            batch = batch_of(x, y, rows)
+            if mix is not None:
+                batch = mix(*batch, tf.stack([epoch, step]))
+            sums = sums.write(step, tf.stack(train_step(batch)))
             return step + 1, sums, rates.write(step, tf.cast(model.optimizer.learning_rate, tf.float32))
 
         _, sums, rates = tf.while_loop(lambda step, *_: step < steps, train, (
@@ -304,7 +309,8 @@ def fit_arrays(
     logs: dict = {}
     for epoch in range(initial_epoch, epochs):
         callback_list.on_epoch_begin(epoch)
-        per_step, rates, *validated = (t.numpy() for t in run_epoch(tf.constant(rng.permutation(n), tf.int32)))
+        order = tf.constant(rng.permutation(n), tf.int32)
+        per_step, rates, *validated = (t.numpy() for t in run_epoch(order, tf.constant(epoch, tf.int32)))
         totals = np.zeros(3)
         for step, (row, rate) in enumerate(zip(per_step, rates)):
             callback_list.on_train_batch_begin(step)

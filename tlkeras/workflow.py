@@ -24,6 +24,7 @@ from tlkeras.model import build_model, set_decision
 from tlkeras.preflight import check_run
 from tlkeras.ranking import is_auto
 from tlkeras.ranking.choose import choose_backbone, load_ranking
+from tlkeras.mixing import Mixing
 from tlkeras.training import check_stages, finetune as _finetune
 from tlkeras.training.budget import resolve_budget, steps_per_epoch
 from tlkeras.training.parts import count_steps
@@ -257,6 +258,7 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
             history = _finetune(
                 model, bundle.train, bundle.val, stage1=stages.stage1, stage2=stages.stage2,
                 run_dir=directory, class_weight=bundle.class_weight, augmenter=bundle.augmenter,
+                mixing=Mixing.from_config(cfg.augment, cfg.seed),
                 callbacks=callbacks, cache_features=cfg.cache_features, cache_views=cfg.cache_views,
                 memory_budget_mb=cfg.memory_budget_mb, jit_compile=cfg.jit_compile,
                 inputs_random=False,  # the augmenter holds all the randomness

@@ -44,4 +44,4 @@ def build_augmenter(augment: AugmentConfig, seed: int) -> Optional[keras.Sequent
         layers.append(keras.layers.AugMix(value_range=(0, 255), factor=augment.augmix, seed=seed + 7))
     if augment.erasing:  # last: a patch erased from what the other ops made
         layers.append(keras.layers.RandomErasing(factor=augment.erasing, value_range=(0, 255), seed=seed + 8))
-    return keras.Sequential(layers, name="augment")
+    return keras.Sequential(layers, name="augment") if layers else None  # the mixers: tlkeras.mixing

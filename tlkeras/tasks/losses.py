@@ -30,3 +30,50 @@ class MultiLabelCrossentropy(keras.losses.Loss):
     def get_config(self):
         return {**super().get_config(), "positive_weights": self.positive_weights,
                 "label_smoothing": self.label_smoothing}
+
+
+@keras.saving.register_keras_serializable(package="tlkeras")
+class ClassAccuracy(keras.metrics.MeanMetricWrapper):
+    """Single-label accuracy on class indices and on soft targets (mixed examples) alike: a soft target counts
+    its largest share as the class. One compiled metric serves a stage's mixed training batches and its
+    validation's plain labels."""
+
+    def __init__(self, name="accuracy", dtype=None):
+        super().__init__(fn=_class_accuracy, name=name, dtype=dtype)
+
+    def get_config(self):
+        return {"name": self.name, "dtype": self.dtype}
+
+
+def _class_accuracy(y_true, y_pred):
+    from tlkeras.tasks.single_label import SingleLabel
+
+    import tensorflow as tf
+
+    y_true = tf.convert_to_tensor(y_true)
+    if y_pred.shape[-1] == 1:  # one sigmoid unit
+        predicted = tf.cast(tf.reshape(y_pred, [-1]) > 0.5, tf.int64)
+    else:
+        predicted = tf.argmax(y_pred, axis=-1, output_type=tf.int64)
+    return tf.cast(tf.equal(predicted, SingleLabel().dominant_class(y_true)), tf.float32)
+
+
+@keras.saving.register_keras_serializable(package="tlkeras")
+class LabelAccuracy(keras.metrics.MeanMetricWrapper):
+    """Multi-label accuracy (the share of labels right at `threshold`) on multi-hot labels and on soft targets
+    alike: a soft target's labels are those at or above one half."""
+
+    def __init__(self, name="accuracy", threshold=0.5, dtype=None):
+        self.threshold = float(threshold)
+        super().__init__(fn=_label_accuracy, name=name, dtype=dtype, threshold=self.threshold)
+
+    def get_config(self):
+        return {"name": self.name, "threshold": self.threshold, "dtype": self.dtype}
+
+
+def _label_accuracy(y_true, y_pred, threshold=0.5):
+    import tensorflow as tf
+
+    present = tf.cast(tf.cast(y_true, tf.float32) >= 0.5, tf.float32)
+    predicted = tf.cast(tf.cast(y_pred, tf.float32) >= threshold, tf.float32)
+    return tf.reduce_mean(tf.cast(tf.equal(predicted, present), tf.float32), axis=-1)

@@ -56,7 +56,8 @@ class MultiLabel(Task):
 
     # === Training ===
 
-    def loss(self, units: int, label_smoothing: float = 0.0, class_weight: Optional[dict] = None):
+    def loss(self, units: int, label_smoothing: float = 0.0, class_weight: Optional[dict] = None,
+             soft: bool = False):  # binary cross-entropy takes soft targets as they are
         positive = None
         if class_weight:
             positive = [float(class_weight.get(c, 1.0)) for c in range(units)]
@@ -67,15 +68,25 @@ class MultiLabel(Task):
     def fit_class_weight(self, class_weight):
         return None  # the loss weighs each label's positives; fit's class_weight is for one class per example
 
-    def training_metrics(self) -> list:
+    def soft_targets(self, labels, units: int):
+        import tensorflow as tf
+
+        return tf.cast(labels, tf.float32)
+
+    def training_metrics(self, soft: bool = False) -> list:
         import keras
 
+        if soft:
+            from tlkeras.tasks.losses import LabelAccuracy
+
+            return [LabelAccuracy(name=self.accuracy_key, threshold=DEFAULT_THRESHOLD)]
         return [keras.metrics.BinaryAccuracy(name=self.accuracy_key, threshold=DEFAULT_THRESHOLD)]
 
     def correct(self, labels, probabilities):
         import tensorflow as tf
 
-        hits = tf.equal(tf.cast(probabilities >= DEFAULT_THRESHOLD, tf.float32), tf.cast(labels, tf.float32))
+        present = tf.cast(tf.cast(labels, tf.float32) >= 0.5, tf.float32)  # a soft target's labels: at least half
+        hits = tf.equal(tf.cast(probabilities >= DEFAULT_THRESHOLD, tf.float32), present)
         return tf.reduce_mean(tf.cast(hits, tf.float32), axis=-1)
 
     # === Labels ===

@@ -55,18 +55,35 @@ class SingleLabel(Task):
 
     # === Training ===
 
-    def loss(self, units: int, label_smoothing: float = 0.0, class_weight: Optional[dict] = None):
+    def loss(self, units: int, label_smoothing: float = 0.0, class_weight: Optional[dict] = None,
+             soft: bool = False):
         import keras
 
         from tlkeras.optimizers import SparseCrossentropy
 
-        if units == 1:
+        if units == 1:  # a soft target is a float in [0, 1], which binary cross-entropy takes as it is
             return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
-        if label_smoothing:
+        if label_smoothing or soft:
             return SparseCrossentropy(label_smoothing)
         return keras.losses.SparseCategoricalCrossentropy()
 
-    def training_metrics(self) -> list:
+    def soft_targets(self, labels, units: int):
+        """One-hot rows (C > 2), or the label as a float (the one sigmoid unit of 2 classes).
+
+        >>> SingleLabel().soft_targets(np.array([2, 0]), 3).numpy().tolist()
+        [[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]
+        """
+        import tensorflow as tf
+
+        if units == 1:
+            return tf.cast(labels, tf.float32)
+        return tf.one_hot(tf.cast(tf.reshape(labels, [-1]), tf.int32), units, dtype=tf.float32)
+
+    def training_metrics(self, soft: bool = False) -> list:
+        if soft:
+            from tlkeras.tasks.losses import ClassAccuracy
+
+            return [ClassAccuracy(name=self.accuracy_key)]
         return ["accuracy"]
 
     def correct(self, labels, probabilities):
@@ -74,7 +91,19 @@ class SingleLabel(Task):
 
         probabilities = self.to_probabilities(probabilities)
         predicted = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
-        return tf.cast(tf.equal(predicted, tf.cast(tf.reshape(labels, [-1]), tf.int64)), tf.float32)
+        return tf.cast(tf.equal(predicted, self.dominant_class(labels)), tf.float32)
+
+    def dominant_class(self, labels):
+        """Class indices [N] (int64) of encoded labels or soft targets (the largest share; a soft binary label
+        rounded)."""
+        import tensorflow as tf
+
+        if labels.shape.rank == 2 and labels.shape[-1] not in (None, 1):
+            return tf.argmax(labels, axis=-1, output_type=tf.int64)
+        labels = tf.reshape(labels, [-1])
+        if labels.dtype.is_floating:
+            labels = tf.round(labels)
+        return tf.cast(labels, tf.int64)
 
     # === Labels ===
 

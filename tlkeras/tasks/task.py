@@ -55,20 +55,34 @@ class Task:
 
     # === Training ===
 
-    def loss(self, units: int, label_smoothing: float = 0.0, class_weight: Optional[dict] = None):
-        """The Keras loss of a model with `units` outputs against encoded labels."""
+    def loss(self, units: int, label_smoothing: float = 0.0, class_weight: Optional[dict] = None,
+             soft: bool = False):
+        """The Keras loss of a model with `units` outputs against encoded labels; `soft`: against encoded labels
+        and against `soft_targets` (mixed examples' labels) alike."""
+        raise NotImplementedError
+
+    def soft_targets(self, labels, units: int):
+        """Encoded labels (a TensorFlow batch) as float targets that can be mixed: a convex combination of two
+        examples' targets is what the loss takes for the mixed example."""
         raise NotImplementedError
 
     def fit_class_weight(self, class_weight: Optional[dict]) -> Optional[dict]:
         """What `fit`'s own `class_weight` gets (None where the loss carries the weights)."""
         return class_weight
 
-    def training_metrics(self) -> list:
-        """Keras metrics compiled into every stage; logged under `accuracy_key`."""
+    def training_metrics(self, soft: bool = False) -> list:
+        """Keras metrics compiled into every stage; logged under `accuracy_key`. `soft`: they also take
+        `soft_targets` (counting the dominant class or the labels at or above one half)."""
         raise NotImplementedError
 
     def correct(self, labels, probabilities):
-        """Per-example share of right answers [N] (TensorFlow), as the training metric counts them."""
+        """Per-example share of right answers [N] (TensorFlow), as the training metric counts them; labels
+        encoded or soft targets."""
+        raise NotImplementedError
+
+    def dominant_class(self, labels):
+        """Class indices [N] of encoded labels or soft targets, for class weights (as Keras's fit: the largest share);
+        only Tasks whose `fit_class_weight` gives fit class weights need it."""
         raise NotImplementedError
 
     # === Labels ===

@@ -105,6 +105,7 @@ def finetune(
     class_weight: Optional[dict] = None,
     callbacks: Optional[list] = None,
     augmenter=None,
+    mixing=None,
     cache_features="auto",
     cache_views: int = 4,
     memory_budget_mb: int = 1024,
@@ -132,6 +133,8 @@ def finetune(
             a callback with a `stage` attribute has it set to 1 or 2 as each stage starts).
         augmenter: random augmentation applied to training batches (e.g. a Sequential of
             keras.layers.Random* layers), on the fly or once per cached view.
+        mixing: a `tlkeras.mixing.Mixing`: MixUp / CutMix of training images (random, like `augmenter`), feature
+            mixup of what the cached stages train on; labels mixed as soft targets.
         cache_features: "auto" (cache what stays frozen unless training inputs are randomly
             augmented), True, or False. See `tlkeras.caching`.
         cache_views: augmented views per image cached for stage 1 when cache_features=True and
@@ -193,7 +196,7 @@ def finetune(
     elif resume:
         raise TrainingError("resume=True needs the run_dir that holds the state to resume from.")
     run = Runner(model, train_ds, val_ds, shared, class_weight, augmenter, jit_compile, verbose, label_smoothing,
-                  nan_guard=nan_guard, run_dir=run_dir, checkpointer=checkpointer)
+                  nan_guard=nan_guard, run_dir=run_dir, checkpointer=checkpointer, mixing=mixing)
 
     freezing.freeze_backbone(model)
     if state is not None:
@@ -212,8 +215,11 @@ def finetune(
     elif cfg.stage2.epochs > 0:
         cut, _ = freezing.plan_cut(model, cfg.stage2.unfreeze, train_bn=cfg.stage2.train_bn)
     plan = plan_caching(cache_features, train_ds, augmenter, cfg.stage1.epochs, cfg.stage2.epochs, cut, cache_views,
-                        inputs_random, bottom_computes=bool(cut) and caching.computes_below(model, cut))
+                        inputs_random, bottom_computes=bool(cut) and caching.computes_below(model, cut),
+                        mixes_images=mixing is not None and mixing.images)
     log.info("caching: %s", plan.reason)
+    if mixing is not None and (mixing.images or mixing.features):
+        log.info("mixing: %s; labels mixed alike (soft targets)", mixing.describe())
     clock = StageClock(state.seconds if state is not None else None)
     if checkpointer is not None:
         checkpointer.clock = clock  # each saved epoch keeps the seconds spent so far

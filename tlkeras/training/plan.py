@@ -28,18 +28,21 @@ class CachePlan:
 
 def plan_caching(
     setting, train_ds, augmenter, stage1_epochs: int, stage2_epochs: int, cut: Optional[int], views: int,
-    inputs_random: Optional[bool] = None, bottom_computes: bool = True,
+    inputs_random: Optional[bool] = None, bottom_computes: bool = True, mixes_images: bool = False,
 ) -> CachePlan:
     """Decide what to cache. `setting` is cache_features: "auto", True or False.
 
     auto caches when the training inputs carry no randomness; with random augmentation it runs
     uncached. True with augmentation caches `views` augmented views per image for stage 1.
     Stage 2's activations at the cut are cached only when the frozen bottom below it does work
-    worth caching (`bottom_computes`, see `tlkeras.caching.computes_below`).
+    worth caching (`bottom_computes`, see `tlkeras.caching.computes_below`). Mixing images (`mixes_images`,
+    MixUp / CutMix) is random augmentation too; cached views are of the augmenter's images (one without it).
     """
     if setting is False:
         return CachePlan(False, False, 1, "cache_features=false: the backbone runs on every batch")
-    random = augmenter is not None or inputs_random
+    random = augmenter is not None or mixes_images or inputs_random
+    if augmenter is None and not inputs_random:  # only the mixers: every view of an image would be the same
+        views = 1
     if not random and inputs_random is None:
         random = caching.has_random_ops(train_ds)
     stage2_frozen_bottom = cut is not None and cut > 0
@@ -51,7 +54,8 @@ def plan_caching(
             return CachePlan(
                 False, False, 1,
                 "random augmentation is on, so the backbone runs on every augmented batch "
-                f"(set cache_features: true to cache {views} augmented views per image for stage 1 instead)",
+                f"(set cache_features: true to cache {views} augmented view{'s' if views > 1 else ''} per image for "
+                "stage 1 instead)",
             )
         return CachePlan(
             stage1_epochs > 0, False, views,

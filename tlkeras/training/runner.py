@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -45,23 +46,47 @@ class Runner:
 
     def __init__(self, model, train_ds, val_ds, callbacks, class_weight, augmenter, jit_compile, verbose,
                  label_smoothing=0.0, nan_guard: Optional[StopOnNaN] = None, run_dir: Optional[str] = None,
-                 checkpointer: Optional[RunCheckpointer] = None):
+                 checkpointer: Optional[RunCheckpointer] = None, mixing=None):
         self.model, self.val_ds, self.callbacks = model, val_ds, callbacks
         self.checkpointer = checkpointer
         self.nan_guard, self.run_dir = nan_guard, run_dir
         self.label_smoothing = label_smoothing
         self.class_weight, self.jit_compile, self.verbose = class_weight, jit_compile, verbose
         self.task = task_of(model)
+        self.units = int(model.output_shape[-1])
         self.train_ds = train_ds
         if augmenter is not None:
             # One batch at a time: the random layers draw from one generator, so batches augmented in parallel
             # would take its draws in whatever order they run, and two runs with one seed would differ.
             self.train_ds = train_ds.map(lambda x, y: (augmenter(x, training=True), y)).prefetch(AUTOTUNE)
+        self.mixing = mixing if mixing is not None and (mixing.images or mixing.features) else None
+        if self.mixing is not None and self.mixing.images:
+            self.train_ds = self.mixing.image_batches(self.train_ds, get_task(self.task), self.units)
         self.steps = count_steps(train_ds)
+
+    def _mixed(self, part: Optional[Part], name: str):
+        """(part, soft targets?, the in-memory loop's mixer) for this stage: the image mixers where the whole model
+        trains on the input pipeline, feature mixup where a part trains on cached inputs."""
+        if self.mixing is None:
+            return part, False, None
+        where = name.replace("stage", "stage ")
+        if part is None:
+            if self.mixing.features and not self.mixing.images:
+                get_logger().info("%s: runs on the input pipeline, so feature mixup has no cached inputs to mix",
+                                  where)
+            return part, self.mixing.images, None
+        if not self.mixing.features:
+            get_logger().info("%s: trains on cached inputs, where the image mixers do not run "
+                              "(augment.feature_mixup mixes cached inputs)", where)
+            return part, False, None
+        task = get_task(self.task)
+        train = self.mixing.feature_batches(part.train, task, self.units)
+        return dataclasses.replace(part, train=train), True, self.mixing.feature_step(task, self.units)
 
     def stage(self, stage: StageConfig, rate: float, initial_epoch: int, part: Optional["Part"] = None,
               *, name: str = "stage1", position: tuple = (1, 0), state: Optional[ResumeState] = None,
               **options) -> int:
+        part, soft, mix = self._mixed(part, name)
         if part is None:  # the full model on the input pipeline
             part = Part(self.model, self.train_ds, self.val_ds, self.steps)
         planned = options.pop("epochs", None)
@@ -81,7 +106,7 @@ class Runner:
             fit_steps=part.steps if part.repeats else None, memory=part.memory, initial_epoch=initial_epoch,
             callbacks=self.callbacks,
             class_weight=self.class_weight, jit_compile=self.jit_compile, verbose=self.verbose, task=self.task,
-            label_smoothing=self.label_smoothing, **options,
+            label_smoothing=self.label_smoothing, soft=soft, mix=mix, **options,
             # On cached inputs a step takes microseconds to milliseconds and Python's per-step
             # overhead would dominate: run up to 16 steps in each call of the compiled function.
             steps_per_execution=min(part.steps or 1, 16) if part.model is not self.model else 1,
@@ -147,6 +172,8 @@ def run_stage(
     resume_from: Optional[ResumeState] = None,
     verbose: int | str = "auto",
     task=None,
+    soft: bool = False,
+    mix=None,
 ) -> int:
     """Compile with this stage's optimizer and fit `epochs` (default: the stage's) epochs;
     return the epoch count reached (initial + run).
@@ -158,7 +185,8 @@ def run_stage(
     With a `checkpointer` the state is saved after every epoch; `resume_from` restores the
     optimizer and early stopping of an interrupted run before fitting on. `task` (the full model's
     Task, `tlkeras.tasks`; single-label when None) gives the loss, the metrics and where class
-    weights go.
+    weights go. `soft`: the training batches carry mixed soft targets (`tlkeras.mixing`), so the loss and metrics
+    take those as well as plain labels; `mix`, the mixer of batches held in memory (`fit_arrays`).
     """
     task = get_task(task or "single_label")
     units = int(model.output_shape[-1])
@@ -168,8 +196,8 @@ def run_stage(
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     model.compile(
         optimizer=optimizer,
-        loss=task.loss(units, label_smoothing, class_weight),
-        metrics=task.training_metrics(),
+        loss=task.loss(units, label_smoothing, class_weight, soft=soft),
+        metrics=task.training_metrics(soft=soft),
         jit_compile=jit_compile,
         steps_per_execution=steps_per_execution,
     )
@@ -198,7 +226,7 @@ def run_stage(
                   callbacks=stage_callbacks, class_weight=task.fit_class_weight(class_weight), verbose=verbose)
     if arrays:
         history = steploop.fit_arrays(model, memory.train, batch_size=memory.batch_size, validation=memory.val,
-                                      task=task, **common)
+                                      task=task, mix=mix, **common)
     elif own_loop:
         history = steploop.fit_loop(model, train_ds, validation_data=val_ds, steps_per_epoch=fit_steps, task=task,
                                     **common)
