@@ -54,3 +54,50 @@ def test_tta_on_texts_is_one_line_before_any_work(tmp_path, hub_text_module, tex
     with pytest.raises(ConfigError, match=r"tta: 'sideways' is not valid: use one of none, flip, flip_all"):
         tlkeras.build_and_finetune(text_csv, tta="sideways", verbose=0)
     assert issubclass(ConfigError, TlkerasError)
+
+
+def test_an_export_with_tta_averages_the_views_inside_its_graph(tmp_path, image_folder, tiny):
+    """The SavedModel made with export_tta answers each image with the views averaged: what the Keras model's
+    own average gives (within the export check's 1e-5), and not what the plain export gives; predict --tta on the run
+    directory agrees with it."""
+    import glob
+    import os
+
+    from tlkeras.predict import load_export, predict_inputs
+
+    out = str(tmp_path / "run")
+    result = tlkeras.build_and_finetune(image_folder, **tiny, tta="flip", export_tta=True, output_dir=out, verbose=0,
+                                        stage1={"epochs": 1}, stage2={"epochs": 0})
+    card = json.load(open(os.path.join(result.export_dir, "assets", "model_card.json")))
+    assert card["tta"] == "flip"
+    plain_dir = tlkeras.export.export_run(out)["saved_model"]  # the same model exported without the views
+    images = sorted(glob.glob(os.path.join(image_folder, "*", "*")))[:4]
+    pixels = np.stack([get_inputs("image").model_batch([open(p, "rb").read()], result.model)[0] for p in images])
+    plain = result.model.predict(pixels, verbose=0)
+    both = (plain + result.model.predict(pixels[:, :, ::-1], verbose=0)) / 2
+    with_views = np.stack([r["probabilities"] for r in _served(load_export(result.export_dir), images)])
+    without = np.stack([r["probabilities"] for r in _served(load_export(plain_dir), images)])
+    np.testing.assert_allclose(with_views, both, atol=1e-5)
+    np.testing.assert_allclose(without, plain, atol=1e-5)
+    assert np.abs(both - plain).max() > 1e-4  # the views do change the answer here
+    rows = predict_inputs(out, images, tta="flip", top_k=3).rows
+    served = _served(load_export(result.export_dir), images)
+    assert [r["classes"] for r in rows] == [[c for c in np.asarray(result.class_names)[np.argsort(-p)][:3]]
+                                            for p in (s["probabilities"] for s in served)]
+
+
+def _served(export, paths):
+    out = export.serve(image_bytes=tf.constant([open(p, "rb").read() for p in paths]))
+    return [{"probabilities": p} for p in out["probabilities"].numpy()]
+
+
+def test_tta_in_exports_and_predict_is_refused_where_it_cannot_go(tmp_path, trained_run):
+    with pytest.raises(ConfigError, match="export_tta: true puts the views of `tta` inside the export, and tta is"):
+        tlkeras.config.resolve_config(None, None, {"export_tta": True})
+    runner = CliRunner()
+    ran = runner.invoke(cli.main, ["export", trained_run.run_dir, "--format", "saved_model,tflite", "--tta", "flip"])
+    assert ran.exit_code != 0
+    assert "tta: flip goes inside a SavedModel only; tflite answer each input alone" in ran.output
+    ran = runner.invoke(cli.main, ["predict", trained_run.export_dir, trained_run.run_dir, "--tta", "flip"])
+    assert ran.exit_code != 0 and "is an export or a model file, which answers each input as it was exported" in \
+        ran.output

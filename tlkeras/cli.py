@@ -285,8 +285,11 @@ def evaluate(path, data, batch_size, top_k, fmt, write, tta, unsafe_load):
 @click.option("--top-k", type=int, default=3, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@click.option("--tta", type=click.Choice(["none", "flip", "flip_all"]), default="none", show_default=True,
+              help="Test-time augmentation with a run directory or .keras file: each image's probabilities averaged "
+                   "with its mirror (flip), or also its upside-down views (flip_all).")
 @_friendly_errors
-def predict(export_dir, inputs, top_k, batch_size, fmt):
+def predict(export_dir, inputs, top_k, batch_size, fmt, tta):
     """Classify images (files or folders, recursively) with a trained model: an export (a SavedModel folder), a
     .tflite, .onnx or .keras file, or a run directory.
 
@@ -304,7 +307,7 @@ def predict(export_dir, inputs, top_k, batch_size, fmt):
         if bar is not None:
             bar.update(done - bar.pos)
 
-    result = predict_inputs(export_dir, list(inputs), top_k=top_k, batch_size=batch_size, progress=progress)
+    result = predict_inputs(export_dir, list(inputs), top_k=top_k, batch_size=batch_size, progress=progress, tta=tta)
     if bar is not None:
         bar.render_finish()
     click.echo(format_predictions(result.rows, fmt), nl=False)
@@ -323,9 +326,12 @@ def predict(export_dir, inputs, top_k, batch_size, fmt):
 @click.option("--int8-min-agreement", type=float, metavar="FRACTION",
               help="Accept an int8 TFLite model that keeps this share of the answers (default 0.97; recorded in the "
                    "model card).")
+@click.option("--tta", type=click.Choice(["none", "flip", "flip_all"]), default="none", show_default=True,
+              help="Test-time augmentation inside the SavedModel: each input's probabilities averaged with its "
+                   "mirror (flip) or its mirror and upside-down views (flip_all). SavedModel only.")
 @click.option("--unsafe-load", is_flag=True, help=_UNSAFE_HELP)
 @_friendly_errors
-def export(run_dir, export_dir, top_k, formats, int8_min_agreement, unsafe_load):
+def export(run_dir, export_dir, top_k, formats, int8_min_agreement, tta, unsafe_load):
     """Export a finished run: the next TF Serving SavedModel version and/or TFLite files, each
     checked against the model before it is written; prints one path per format."""
     _start_tensorflow()
@@ -335,7 +341,7 @@ def export(run_dir, export_dir, top_k, formats, int8_min_agreement, unsafe_load)
     try:
         paths = export_run(run_dir, export_dir, top_k=top_k,
                            formats=[f.strip() for f in formats.split(",") if f.strip()], safe_mode=not unsafe_load,
-                           int8_min_agreement=int8_min_agreement)
+                           int8_min_agreement=int8_min_agreement, tta=tta)
     except SomeExportsFailed as e:  # the formats that worked are printed; each failure is one line
         for path in e.written.values():
             click.echo(path)

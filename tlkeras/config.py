@@ -328,6 +328,7 @@ class FinetuneConfig:
     seed: int = 0
     restore_best: bool = True
     export: bool = True
+    export_tta: bool = False
     top_k: int = 5
     report: bool = True
     tensorboard: bool = True
@@ -852,8 +853,11 @@ def _validate_runtime(cfg: "FinetuneConfig") -> None:
 def _validate_outputs(cfg: "FinetuneConfig") -> None:
     """restore_best, export, top_k, report, tensorboard (output_dir is checked by tlkeras.rundir)."""
     _check_int("top_k", cfg.top_k, 1)
-    for key in ("restore_best", "export", "report", "tensorboard"):
+    for key in ("restore_best", "export", "export_tta", "report", "tensorboard"):
         _check_bool(key, getattr(cfg, key))
+    if cfg.export_tta and cfg.tta == "none":
+        raise ConfigError("export_tta: true puts the views of `tta` inside the export, and tta is none: set tta: flip "
+                          "or flip_all (the run's metrics then show what the views gain).")
 
 
 def validate_stages(stage1: "StageConfig", stage2: "StageConfig") -> None:

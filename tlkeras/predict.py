@@ -90,11 +90,17 @@ def import_serving_ops(modules, folder: str) -> None:
                               f'pip install "tlkeras[text]" (TF Serving\'s model server links them already).') from None
 
 
-def load_export(path) -> LoadedExport:
+def load_export(path, tta: str = "none") -> LoadedExport:
     """A model loaded for prediction: a SavedModel (its serving_default signature), a .tflite / .onnx
     file (labels.txt and model_card.json beside it), a tlkeras `.keras` file, a run directory (its
     latest export, else its model.keras) or a tlkeras keras.Model in memory; called as
-    serve(image_bytes=...) or serve(text=...)."""
+    serve(image_bytes=...) or serve(text=...).
+
+    `tta` ("flip", "flip_all"): test-time augmentation, each input averaged with its views; a Keras model's (a
+    `.keras` file, a run directory's model.keras, a model in memory), since an export or a file answers as it was
+    exported (`tlkeras export --tta` puts the views inside a SavedModel)."""
+    if tta != "none":
+        return _with_views(path, tta)
     if not isinstance(path, (str, os.PathLike)):
         return keras_model_export(path)
     path = os.fspath(path)
@@ -128,9 +134,26 @@ def load_export(path) -> LoadedExport:
                         inputs=inputs, **_card_facts(card))
 
 
-def keras_model_export(model, path: str = "<model in memory>") -> LoadedExport:
+def _with_views(path, tta: str) -> LoadedExport:
+    """The Keras model at `path` (or in memory) served with the `tta` views averaged in."""
+    if not isinstance(path, (str, os.PathLike)):
+        return keras_model_export(path, tta=tta)
+    from tlkeras.rundir import MODEL_FILE, load_model_file
+
+    path = os.fspath(path)
+    model_file = path if path.endswith(".keras") and os.path.isfile(path) else os.path.join(path, MODEL_FILE)
+    if not os.path.isfile(model_file):
+        raise ExportError(f"tta: {path!r} is an export or a model file, which answers each input as it was exported; "
+                          f"predict with the run directory (its model.keras) for --tta {tta}, or export the run with "
+                          f"`tlkeras export RUN --tta {tta}`.")
+    return keras_model_export(load_model_file(model_file), model_file, tta=tta)
+
+
+def keras_model_export(model, path: str = "<model in memory>", tta: str = "none") -> LoadedExport:
     """A tlkeras keras.Model served as its export would be: the Inputs kind's serving_default
-    (the training decode/resize or the strings) and the Task's probabilities."""
+    (the training decode/resize or the strings) and the Task's probabilities (averaged over the `tta` views, as an
+    export made with them)."""
+    from tlkeras.export.saved_model import tta_probabilities
     from tlkeras.model import inputs_of, model_info
 
     info = model_info(model)
@@ -139,10 +162,10 @@ def keras_model_export(model, path: str = "<model in memory>") -> LoadedExport:
         raise ExportError(f"{path!r} keeps no class names (a model from an older tlkeras); predict with its run "
                           "directory or its export instead.")
     task = info.task_role
-    import tensorflow as tf
+    views = kind.tta_views(tta)
 
     def outputs(inputs):
-        return {"probabilities": tf.cast(task.to_probabilities(model(inputs, training=False)), tf.float32)}
+        return {"probabilities": tta_probabilities(lambda x: model(x, training=False), inputs, task, views)}
 
     serve = kind.serving_functions(outputs, model)["serving_default"]
     return LoadedExport(serve, list(info.class_names), path, task=info.task, decision=info.decision, inputs=kind.name)
@@ -170,17 +193,18 @@ def _load_file_model(path: str) -> LoadedExport:
                         **_card_facts(os.path.join(os.path.dirname(path), MODEL_CARD_FILE)))
 
 
-def predict_inputs(export_path, inputs: list[str], **options) -> "Predictions":
-    """Predict with an export whatever it takes (images or texts, as its signature says); loaded once.
+def predict_inputs(export_path, inputs: list[str], tta: str = "none", **options) -> "Predictions":
+    """Predict with an export whatever it takes (images or texts, as its signature says); loaded once. `tta`: see
+    `load_export`.
 
     Example (with an export made by `tlkeras train`):
 
         predict_inputs("runs/flowers/export", ["photos/"]).rows[0]["classes"]
     """
-    return _predict(load_export(export_path), inputs, **options)
+    return _predict(load_export(export_path, tta), inputs, **options)
 
 
-def predict(model, inputs, *, top_k: int = 3, batch_size: int = 32) -> "Predictions":
+def predict(model, inputs, *, top_k: int = 3, batch_size: int = 32, tta: str = "none") -> "Predictions":
     """Classify files with a trained model: what `tlkeras predict` prints, as rows.
 
     Args:
@@ -189,6 +213,8 @@ def predict(model, inputs, *, top_k: int = 3, batch_size: int = 32) -> "Predicti
         inputs: image files and folders (read recursively); for a text classifier, texts or files
             of one text per line. A single string is one input.
         top_k: classes per answer (multi-label models answer with the labels above their thresholds).
+        tta: "flip" or "flip_all" averages each image's probabilities with its views' (a Keras model or a run
+            directory; an export answers as it was exported).
 
     Returns:
         Predictions: `.rows` ({"path", "classes", "scores"}; texts: {"text", "source", ...}) and
@@ -209,7 +235,7 @@ def predict(model, inputs, *, top_k: int = 3, batch_size: int = 32) -> "Predicti
     'not an image: JPEG, PNG, BMP or GIF are read'
     """
     return predict_inputs(model, [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs),
-                          top_k=top_k, batch_size=batch_size)
+                          top_k=top_k, batch_size=batch_size, tta=tta)
 
 
 def _answers(export: LoadedExport, probabilities, k: int) -> list[dict]:

@@ -369,7 +369,7 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
         samples = kind.export_samples(examples, EXPORT_CHECK_IMAGES, task)
         export_dir = export_saved_model(
             model, os.path.join(run_dir, "export"), class_names, top_k=cfg.top_k,
-            verify_images=samples, card=card_facts(record, metrics),
+            verify_images=samples, card=card_facts(record, metrics), tta=cfg.tta if cfg.export_tta else "none",
         )
         timings["export"] = time.time() - clock
     record["seconds"] = {k: round(float(v), 3) for k, v in timings.items()}

@@ -33,6 +33,7 @@ class ExportJob:
     card: Optional[dict]
     export_dir: Optional[str] = None
     thresholds: dict = field(default_factory=dict)  # a kind's parity bar when not its default (--int8-min-agreement)
+    tta: str = "none"  # test-time augmentation inside the SavedModel's graph
     _pixels: dict = field(default_factory=dict)
 
     def pixels(self, split: str, limit: Optional[int] = None) -> np.ndarray:
@@ -63,7 +64,7 @@ def _saved_model(job: ExportJob) -> str:
     from tlkeras.export.saved_model import export_saved_model
 
     return export_saved_model(job.model, job.export_dir or os.path.join(job.run_dir, "export"), job.class_names,
-                              top_k=job.top_k, card=job.card)
+                              top_k=job.top_k, card=job.card, tta=job.tta)
 
 
 def _tflite(kind: str):

@@ -15,7 +15,7 @@ from tlkeras.utils import read_json
 
 def export_run(run_dir: str, export_dir: Optional[str] = None, *, top_k: Optional[int] = None,
                formats: Sequence[str] = ("saved_model",), safe_mode: bool = True,
-               int8_min_agreement: Optional[float] = None) -> dict:
+               int8_min_agreement: Optional[float] = None, tta: str = "none") -> dict:
     """Export a finished run's model.keras in each of `formats` (`tlkeras.export.registry.FORMATS`);
     returns {format: path}.
 
@@ -26,7 +26,8 @@ def export_run(run_dir: str, export_dir: Optional[str] = None, *, top_k: Optiona
     onnx: RUN_DIR/onnx/model.onnx through tf2onnx, checked with onnxruntime (`tlkeras.export.onnx`).
 
     `int8_min_agreement` replaces int8's parity bar (0.97 of the answers; a fraction in (0, 1]),
-    recorded in parity.json and the model card.
+    recorded in parity.json and the model card. `tta` ("flip", "flip_all") puts test-time augmentation inside
+    the SavedModel: each signature averages an input with its views (TFLite and ONNX files answer the input alone).
 
     Each format is exported and checked on its own: one that fails (e.g. int8 below its parity bar)
     does not stop the others, and `SomeExportsFailed` (an ExportError) then names each failure and
@@ -48,6 +49,12 @@ def export_run(run_dir: str, export_dir: Optional[str] = None, *, top_k: Optiona
     if others:
         raise ExportError(f"format {', '.join(others)}: a {kind.classifier} classifier exports as a SavedModel only (TFLite "
                           "and ONNX files take image pixels here); use --format saved_model.")
+    if tta != "none":
+        kind.check_tta(tta)
+        files = [f.name for f in chosen if f.is_file]
+        if files:
+            raise ExportError(f"tta: {tta} goes inside a SavedModel only; {', '.join(files)} answer each input alone: "
+                              "export those without --tta.")
     k = top_k or (cfg.top_k if cfg is not None else 5)
     card = None
     record_path, metrics_path = os.path.join(run_dir, RUN_FILE), os.path.join(run_dir, "metrics.json")
@@ -55,7 +62,7 @@ def export_run(run_dir: str, export_dir: Optional[str] = None, *, top_k: Optiona
         fix = "remove it to export without its facts in the model card, or train the run again with --overwrite"
         card = card_facts(read_json(record_path, fix), read_json(metrics_path, fix))
     thresholds = {"int8": float(int8_min_agreement)} if int8_min_agreement is not None else {}
-    job = ExportJob(model, run_dir, class_names, k, card, export_dir, thresholds)
+    job = ExportJob(model, run_dir, class_names, k, card, export_dir, thresholds, tta=tta)
     out, failed = {}, {}
     for fmt in chosen:
         try:

@@ -9,6 +9,8 @@ Layout: `<export_dir>/<version>/` with an integer version, the next free one. Si
   its probability is at or above its threshold, "" elsewhere) and `label_count` [None] int32: the
   outputs are the model's Task's (`Task.serving_outputs`), its thresholds built into the graph.
 - `serving_images`: `images` (float32 [None, H, W, 3], RGB pixels in [0, 255], any size) -> same outputs.
+- exported with test-time augmentation (`tta`, e.g. "flip"), every signature averages each input's probabilities
+  with its views' (`Inputs.tta_views`) inside the graph; the model card says which.
 - a text classifier's `serving_default`: `text` (tf.string [None], raw strings) -> the same outputs.
 
 Both run `tlkeras.data.images` — the training pipeline's own decode and resize — and the model
@@ -31,7 +33,7 @@ import tensorflow as tf
 
 from tlkeras._logging import get_logger
 from tlkeras.errors import ExportError
-from tlkeras.model import inputs_of, model_info, predict_function, task_of, to_probabilities
+from tlkeras.model import inputs_of, model_info, predict_function, task_of
 from tlkeras.utils import fsync_path, fsync_tree, temp_prefix
 
 from tlkeras.rundir import LABELS_FILE, MODEL_CARD_FILE, export_versions  # noqa: E402  (file names are rundir's)
@@ -42,7 +44,7 @@ VERIFY_TOLERANCE = 1e-5
 
 
 class _ServingModule(tf.Module):
-    def __init__(self, model, class_names: Sequence[str], labels_path: str, top_k: int):
+    def __init__(self, model, class_names: Sequence[str], labels_path: str, top_k: int, tta: str = "none"):
         super().__init__(name="tlkeras_serving")
         # Track the variables, not the Keras model: saving a Keras model as a child also traces
         # and writes its own functions, which TF Serving never calls (measured: most of the save time).
@@ -57,6 +59,7 @@ class _ServingModule(tf.Module):
         self._task, self._decision = info.task_role, info.decision
         # a closure (not an attribute), so tf.Module does not track the Keras model itself
         self._call_model = lambda inputs: model(inputs, training=False)
+        self._views = inputs_of(model).tta_views(tta)
         # The model and its outputs as one function of the model's inputs, traced once and called by every
         # signature (an image model's two signatures would each trace and store the whole network).
         specs = [tf.TensorSpec(t.shape, t.dtype) for t in model.inputs]
@@ -65,8 +68,17 @@ class _ServingModule(tf.Module):
         self.endpoints = inputs_of(model).serving_functions(outputs, model)
 
     def _outputs(self, inputs):
-        probabilities = tf.cast(self._task.to_probabilities(self._call_model(inputs)), tf.float32)
+        probabilities = tta_probabilities(self._call_model, inputs, self._task, self._views)
         return self._task.serving_outputs(probabilities, self._class_names, self._decision, self._k)
+
+
+def tta_probabilities(call, inputs, task, views=()):
+    """The Task's probabilities (float32) of `call(inputs)`, averaged with those of `call(view(inputs))` for each of
+    `views` (test-time augmentation, `Inputs.tta_views`; none: the inputs' own)."""
+    probabilities = tf.cast(task.to_probabilities(call(inputs)), tf.float32)
+    for view in views:
+        probabilities += tf.cast(task.to_probabilities(call(view(inputs))), tf.float32)
+    return probabilities / (1 + len(views))
 
 
 def next_version(export_dir: str) -> int:
@@ -82,6 +94,7 @@ def export_saved_model(
     top_k: int = 5,
     verify_images: Optional[Sequence[bytes]] = None,
     card: Optional[dict] = None,
+    tta: str = "none",
 ) -> str:
     """Write a TF Serving SavedModel of `model` to `<export_dir>/<next version>` and return its path.
 
@@ -95,6 +108,8 @@ def export_saved_model(
         card: what is known of the model's making (backbone, weights, config digest, metrics...),
             written with the image size, preprocessing, class names and library versions to
             assets/model_card.json (see `model_card`).
+        tta: test-time augmentation inside the graph ("flip", "flip_all": `Inputs.tta_views`): each signature
+            averages an input's probabilities with its views'; the check compares with the model's own average.
 
     Raises:
         ExportError: the re-loaded SavedModel does not answer as `model` does; nothing is left behind.
@@ -120,13 +135,15 @@ def export_saved_model(
         labels_path = os.path.join(staging, LABELS_FILE)
         with open(labels_path, "w", encoding="utf-8") as f:
             f.write("\n".join(class_names) + "\n")
-        module = _ServingModule(model, class_names, labels_path, top_k)
+        inputs_of(model).check_tta(tta)
+        module = _ServingModule(model, class_names, labels_path, top_k, tta)
         target = os.path.join(staging, "model")
         tf.saved_model.save(module, target, signatures=module.endpoints)
         with open(os.path.join(target, "assets", MODEL_CARD_FILE), "w", encoding="utf-8") as f:
-            json.dump(model_card(model, class_names, top_k, card), f, indent=2, default=str)
+            extra = {**(card or {}), **({"tta": tta} if tta != "none" else {})}
+            json.dump(model_card(model, class_names, top_k, extra), f, indent=2, default=str)
         images = list(verify_images) if verify_images else inputs_of(model).synthetic_samples(model)
-        verify_export(target, model, images)
+        verify_export(target, model, images, tta=tta)
         fsync_tree(target)  # on disk before it is published: a power loss leaves no empty version
         while True:
             version = next_version(export_dir)
@@ -140,8 +157,8 @@ def export_saved_model(
                     raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    get_logger().info("exported SavedModel version %d to %s (checked on %d %s)", version, final, len(images),
-                      inputs_of(model).noun)
+    get_logger().info("exported SavedModel version %d to %s (checked on %d %s)%s", version, final, len(images),
+                      inputs_of(model).noun, f"; it averages each input with its {tta} views" if tta != "none" else "")
     return final
 
 
@@ -165,9 +182,9 @@ def _serving_resources(layer) -> list:
     return list(resources()) if callable(resources) else []
 
 
-def verify_export(path: str, model, images: Sequence, tolerance: float = VERIFY_TOLERANCE) -> float:
+def verify_export(path: str, model, images: Sequence, tolerance: float = VERIFY_TOLERANCE, tta: str = "none") -> float:
     """Re-load the SavedModel at `path`, run `serving_default` on `images` (what clients send: encoded
-    images, or texts for a text classifier) and compare with `model`.
+    images, or texts for a text classifier) and compare with `model` (averaged over the `tta` views).
 
     Returns the largest absolute probability difference; raises ExportError above `tolerance`.
     """
@@ -177,7 +194,8 @@ def verify_export(path: str, model, images: Sequence, tolerance: float = VERIFY_
     request = kind.request(images)  # {input name: values}, as a client sends them
     inputs = kind.model_batch(images, model)
     served = serve(**{name: tf.constant(values) for name, values in request.items()})
-    expected = np.asarray(to_probabilities(predict_function(model)(inputs), model))
+    expected = np.asarray(tta_probabilities(predict_function(model), inputs, model_info(model).task_role,
+                                            kind.tta_views(tta)))
     diff = float(np.max(np.abs(served["probabilities"].numpy() - expected)))
     if not diff <= tolerance:
         raise ExportError(
