@@ -198,3 +198,37 @@ def test_the_from_scratch_hint_trains_a_model_that_learns(tmp_path, caplog):
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["accuracy"] >= 0.75, metrics
+
+
+def test_a_run_given_relative_paths_is_evaluated_exported_and_resumed_from_any_folder(tmp_path, monkeypatch,
+                                                                                   image_folder, tiny):
+    """config.yaml keeps the data and weights as absolute paths (saying how they were given): `evaluate` and `export`
+    from another folder find them, and the same command with the same relative paths still resumes the run."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from tlkeras import cli
+
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copytree(image_folder, work / "photos")
+    shutil.copy(tiny["weights"], work / "tiny.weights.h5")
+    monkeypatch.chdir(work)
+    options = {**tiny, "weights": "tiny.weights.h5", "export": False}
+    tlkeras.build_and_finetune("photos", **options, output_dir="run", verbose=0, stage1={"epochs": 1},
+                               stage2={"epochs": 0})
+    text = (work / "run" / "config.yaml").read_text()
+    assert f"# data: given as 'photos' in {work}" in text and f"data: {work / 'photos'}" in text
+    assert f"weights: {work / 'tiny.weights.h5'}" in text
+    # the same relative spelling is the same run: resumed (here: completing nothing), not refused as another config
+    with pytest.raises(tlkeras.errors.TlkerasError, match="holds a finished run"):
+        tlkeras.build_and_finetune("photos", **options, output_dir="run", verbose=0, stage1={"epochs": 1},
+                                   stage2={"epochs": 0})
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    ran = runner.invoke(cli.main, ["evaluate", str(work / "run"), "--format", "json"])
+    assert ran.exit_code == 0, ran.output
+    assert json.loads(ran.output[ran.output.index("{"):])["count"] > 0
+    ran = runner.invoke(cli.main, ["export", str(work / "run")])
+    assert ran.exit_code == 0 and ran.output.strip().endswith(os.path.join("run", "export", "1")), ran.output

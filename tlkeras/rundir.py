@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import shutil
 from typing import Iterator, Optional
 
@@ -59,6 +60,39 @@ def has_state(run_dir: str) -> bool:
     rounds = glob.glob(os.path.join(glob.escape(run_dir), SELF_TRAINING_DIR, "round-*"))
     return any(os.path.isfile(os.path.join(d, STATE_PATH)) for d in [run_dir, *rounds]) or any(
         os.path.isfile(os.path.join(d, ROUND_WEIGHTS)) for d in rounds)
+
+
+# Keys that may name a local file or folder: config.yaml keeps them absolute, so that `export`, `evaluate` and
+# `--resume` find them from any folder (the given spelling is kept in a comment line).
+PATH_KEYS = ("data", "val_data", "unlabeled_data", "weights", "backbone")
+
+
+def local_path(key: str, value) -> Optional[str]:
+    """The absolute path of `value` when it names an existing file or folder by a relative path; None for anything
+    else (a name, a scheme such as tfds: or hub:, an absolute path, arrays). A backbone or weights value counts only
+    when it is spelled as a path (a separator or a file ending), not a name that a folder happens to share.
+
+    >>> local_path("data", "tfds:mnist") is None, local_path("backbone", "mobilenetv2") is None
+    (True, True)
+    """
+    if not isinstance(value, str) or not value or os.path.isabs(value) or re.match(r"^[A-Za-z][\w+.-]*:", value):
+        return None
+    if key in ("weights", "backbone") and os.sep not in value and "/" not in value and "." not in value:
+        return None
+    return os.path.abspath(value) if os.path.exists(value) else None
+
+
+def write_config(path: str, cfg) -> None:
+    """Write `cfg` to `path` (a run's config.yaml) with its local paths absolute, saying how they were given."""
+    import dataclasses
+
+    from tlkeras.utils import write_text_atomic
+
+    changed = {key: local_path(key, getattr(cfg, key)) for key in PATH_KEYS}
+    changed = {key: value for key, value in changed.items() if value is not None}
+    text = dataclasses.replace(cfg, **changed).to_yaml() if changed else cfg.to_yaml()
+    notes = "".join(f"# {key}: given as {getattr(cfg, key)!r} in {os.getcwd()}\n" for key in changed)
+    write_text_atomic(path, notes + text)
 
 
 def saved_config(run_dir: Optional[str]):
@@ -199,6 +233,9 @@ def config_differences(saved, cfg) -> list[str]:
         return out
 
     old, new = flat(saved), flat(cfg)
+    for values in (old, new):  # a path compares by what it names, however it was spelled
+        for key in PATH_KEYS:
+            values[key] = local_path(key, values.get(key)) or values.get(key)
     out = []
     for key in old.keys() | new.keys():
         if key in NOT_TRAINING or old.get(key) == new.get(key):

@@ -199,7 +199,7 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
         saved = load_ranking(run_dir)
         ranking = saved if saved and (saved.recommended or {}).get("backbone") == cfg.backbone else None
     if not chief:  # a worker's own temp folder: its config goes in at once, tying its saved state to this run
-        cfg.to_yaml(os.path.join(run_dir, rundir.CONFIG_FILE))
+        rundir.write_config(os.path.join(run_dir, rundir.CONFIG_FILE), cfg)
     if is_multi_worker(strategy):
         _check_workers_agree(strategy, run_dir, resuming)
 
@@ -237,7 +237,7 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
     resolved = _budgeted(train_cfg, data_bundle, quiet=True)[0]
     check_stages(model, resolved.stage1, resolved.stage2)
     input_facts = kind.data_facts(model, data_bundle)  # logged by the kind, kept in run.json
-    cfg.to_yaml(os.path.join(run_dir, rundir.CONFIG_FILE))
+    rundir.write_config(os.path.join(run_dir, rundir.CONFIG_FILE), cfg)
     write_text_atomic(os.path.join(run_dir, rundir.LABELS_FILE), "\n".join(class_names) + "\n")
     if data_bundle.skipped:
         write_text_atomic(
