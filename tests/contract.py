@@ -80,6 +80,9 @@ def check_export_answers_as_the_model(result, served_inputs: dict, model_inputs)
     np.testing.assert_allclose(probabilities, expected, atol=EXPORT_TOLERANCE)
     names = np.array(result.class_names)
     outputs = set(signature_def(result.export_dir).outputs)
+    if "image_bytes" in served_inputs:  # images: each item's status beside the Task's outputs
+        assert outputs >= {"error"} and not any(served["error"].numpy())
+        outputs -= {"error"}
     if info.task == "multi_label":
         assert outputs == {"probabilities", "labels", "label_count"}
         thresholds = np.array(info.decision["thresholds"])

@@ -85,7 +85,8 @@ def test_a_failed_check_leaves_no_version_and_no_partial_folder(tiny_model, tmp_
     import tlkeras.export.saved_model as sm
 
     original = sm.verify_export
-    monkeypatch.setattr(sm, "verify_export", lambda path, model, images: original(path, model, images, tolerance=-1.0))
+    monkeypatch.setattr(sm, "verify_export",
+                        lambda path, model, images, **kw: original(path, model, images, tolerance=-1.0))
     with pytest.raises(ExportError, match=r"does not answer as the trained model.*the export was not written"):
         export_saved_model(tiny_model, base, ["r", "g", "b"])
     assert sorted(os.listdir(base)) == ["1"]

@@ -56,10 +56,11 @@ def test_a_bomb_is_skipped_in_training_with_its_size(tmp_path, image_folder):
 
 def test_a_bomb_is_refused_by_the_serving_graph_and_skipped_by_predict(tmp_path, trained_run):
     serve = tf.saved_model.load(trained_run.export_dir).signatures["serving_default"]
-    with pytest.raises(tf.errors.InvalidArgumentError,
-                       match=r"image of 20000x20000 pixels is above max_image_pixels \(89478485\): refused before "
-                             r"decoding"):
-        serve(image_bytes=tf.constant([BOMB]))
+    out = serve(image_bytes=tf.constant([_png(40, 48), BOMB]))  # refused from its header, the other one answered
+    assert out["error"].numpy()[1].decode() == ("image of 20000x20000 pixels is above max_image_pixels (89478485): "
+                                                "refused before decoding")
+    assert out["error"].numpy()[0] == b"" and np.isfinite(out["probabilities"].numpy()[0]).all()
+    assert np.isnan(out["probabilities"].numpy()[1]).all() and list(out["classes"].numpy()[1]) == [b"", b""]
     (tmp_path / "bomb.png").write_bytes(BOMB)
     (tmp_path / "fine.png").write_bytes(_png(40, 48))
     result = predict_files(trained_run.export_dir, [str(tmp_path)])
@@ -80,9 +81,8 @@ def test_max_image_pixels_is_configurable_and_kept_with_the_model_for_serving(tm
     assert model_info(result.model).input_options == {"max_image_pixels": 2000}
     serve = tf.saved_model.load(result.export_dir).signatures["serving_default"]
     assert serve(image_bytes=tf.constant([_png(40, 48)]))["probabilities"].shape == (1, 3)
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"image of 60x60 pixels is above max_image_pixels "
-                                                             r"\(2000\)"):
-        serve(image_bytes=tf.constant([_png(60, 60)]))
+    assert serve(image_bytes=tf.constant([_png(60, 60)]))["error"].numpy()[0].decode().startswith(
+        "image of 60x60 pixels is above max_image_pixels (2000)")
     with pytest.raises(tlkeras.errors.ConfigError, match=r"max_image_pixels: -1 is not valid: use the largest height "
                                                          r"x width an image may declare .*or 0 for no limit"):
         FinetuneConfig.from_dict({"max_image_pixels": -1})
@@ -136,3 +136,22 @@ def test_skip_reasons_are_words_not_tensorflow_messages(tmp_path, trained_run):
         (root / "a" / name).write_bytes(files[name])
     bundle = make_datasets(FinetuneConfig.from_dict({"data": str(root), "batch_size": 8}), (32, 32))
     assert {os.path.basename(p): why for p, why in bundle.skipped} == expected
+
+
+def test_the_serving_signature_answers_an_empty_batch_and_every_good_item_beside_bad_ones(trained_run):
+    """An empty batch gets empty outputs; empty, non-image and no-pixel items get their reason in `error` and NaN
+    scores, and the good items beside them the answers they get alone."""
+    serve = tf.saved_model.load(trained_run.export_dir).signatures["serving_default"]
+    empty = serve(image_bytes=tf.constant([], tf.string))
+    assert empty["probabilities"].shape == (0, 3) and empty["classes"].shape == (0, 2) and empty["error"].shape == (0,)
+    good = [_png(40, 48), _png(33, 20)]
+    alone = serve(image_bytes=tf.constant(good))["probabilities"].numpy()
+    no_pixels = b"\x89PNG\r\n\x1a\n" + bytes(8)  # a PNG signature and nothing after it
+    out = serve(image_bytes=tf.constant([b"", good[0], b"<html>", no_pixels, good[1]]))
+    assert [e.decode() for e in out["error"].numpy()] == [
+        "an empty input", "", "not an image: JPEG, PNG, BMP, GIF or WebP are read",
+        "an image whose header declares no pixels (damaged or cut short)", ""]
+    np.testing.assert_allclose(out["probabilities"].numpy()[[1, 4]], alone, atol=1e-6)
+    assert np.isnan(out["probabilities"].numpy()[[0, 2, 3]]).all()
+    images = tf.saved_model.load(trained_run.export_dir).signatures["serving_images"]
+    assert images(images=tf.zeros([0, 40, 40, 3]))["probabilities"].shape == (0, 3)

@@ -48,7 +48,7 @@ def test_the_signature_def_is_what_tf_serving_resolves_requests_against(trained_
     assert list(sig.inputs) == ["image_bytes"]
     assert sig.inputs["image_bytes"].dtype == tf.string.as_datatype_enum
     assert [d.size for d in sig.inputs["image_bytes"].tensor_shape.dim] == [-1]
-    assert set(sig.outputs) == {"probabilities", "classes", "scores"}
+    assert set(sig.outputs) == {"probabilities", "classes", "scores", "error"}
 
 
 def test_a_request_with_the_wrong_dtype_or_name_is_refused_as_tf_serving_would(trained_run):
@@ -65,7 +65,8 @@ def test_the_rest_body_with_b64_images_gets_the_models_answer_in_row_format(trai
     assert json.loads(body)["instances"][0]["image_bytes"]["b64"] == base64.b64encode(blobs[0]).decode()
     answer = serving_client.rest_predict(trained_run.export_dir, body)
     rows = answer["predictions"]
-    assert len(rows) == 3 and set(rows[0]) == {"probabilities", "classes", "scores"}
+    assert len(rows) == 3 and set(rows[0]) == {"probabilities", "classes", "scores", "error"}
+    assert [r["error"] for r in rows] == ["", "", ""]
     np.testing.assert_allclose([r["probabilities"] for r in rows], _expected(trained_run.model, blobs), atol=1e-5)
     assert all(isinstance(c, str) for c in rows[0]["classes"])
 

@@ -72,6 +72,37 @@ def image_dimensions(image_bytes: tf.Tensor) -> tf.Tensor:
     ], default=lambda: unknown, exclusive=True)
 
 
+def image_error(image_bytes: tf.Tensor, max_pixels: int | None = None) -> tf.Tensor:
+    """Why the serving graph cannot answer one encoded image, read from its first bytes and its header without
+    decoding it (a tf.string scalar; "" when it can): empty, not a format the decoder reads, a header declaring no
+    pixels, or more than `max_pixels`. Damage past the header is not seen here: decoding it fails the request.
+
+    >>> [image_error(b).numpy().decode() for b in (b"", b"<html>", tf.io.encode_png(tf.zeros([2, 2, 3], tf.uint8)))]
+    ['an empty input', 'not an image: JPEG, PNG, BMP, GIF or WebP are read', '']
+    """
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else int(max_pixels)
+    image_bytes = tf.convert_to_tensor(image_bytes, tf.string)
+    head = tf.strings.substr(tf.strings.join([tf.strings.substr(image_bytes, 0, 16), b"\0" * 16]), 0, 16)
+    known = tf.reduce_any(tf.stack([tf.equal(tf.strings.substr(head, 0, len(magic)), magic) for magic, _ in _FORMATS]
+                                   + [tf.equal(tf.strings.substr(head, 0, 4), b"RIFF")
+                                      & tf.equal(tf.strings.substr(head, 8, 4), b"WEBP")]))
+
+    def from_header():
+        size = image_dimensions(image_bytes)  # [-1, -1]: WebP, whose size the decoder checks
+        over = (size[0] * size[1] > limit) if limit else tf.constant(False)
+        return tf.case([
+            (tf.equal(size[0], 0) | tf.equal(size[1], 0),
+             lambda: tf.constant("an image whose header declares no pixels (damaged or cut short)")),
+            (over, lambda: tf.strings.format("image of {}x{} pixels is above max_image_pixels ({}): refused before "
+                                             "decoding", (size[0], size[1], limit))),
+        ], default=lambda: tf.constant(""))
+
+    return tf.case([
+        (tf.equal(tf.strings.length(image_bytes), 0), lambda: tf.constant("an empty input")),
+        (tf.logical_not(known), lambda: tf.constant("not an image: JPEG, PNG, BMP, GIF or WebP are read")),
+    ], default=from_header)
+
+
 @_plain_graph
 def decode_image(image_bytes: tf.Tensor, max_pixels: int | None = None) -> tf.Tensor:
     """Decode JPEG, PNG, BMP or GIF (first frame) bytes to uint8 RGB [H, W, 3].

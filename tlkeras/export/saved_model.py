@@ -7,7 +7,9 @@ Layout: `<export_dir>/<version>/` with an integer version, the next free one. Si
   `classes` [None, k] tf.string class names, `scores` [None, k] float32 (top k, best first).
   A multi-label model returns `probabilities`, `labels` [None, C] tf.string (a class's name where
   its probability is at or above its threshold, "" elsewhere) and `label_count` [None] int32: the
-  outputs are the model's Task's (`Task.serving_outputs`), its thresholds built into the graph.
+  outputs are the model's Task's (`Task.serving_outputs`), its thresholds built into the graph. `error` [None]
+  tf.string: why an item was not answered (empty, not an image, a header with no pixels or above max_image_pixels;
+  its scores NaN, its names ""), "" for every answered item; an empty batch gets empty outputs.
 - `serving_images`: `images` (float32 [None, H, W, 3], RGB pixels in [0, 255], any size) -> same outputs.
 - exported with test-time augmentation (`tta`, e.g. "flip"), every signature averages each input's probabilities
   with its views' (`Inputs.tta_views`) inside the graph; the model card says which.

@@ -132,6 +132,8 @@ def rest_predict(path: str, body: str, serve=None) -> dict:
 
 
 def _jsonable(value):
+    if isinstance(value, bytes):  # a string scalar of the row (a per-item output such as `error`)
+        return value.decode("utf-8")
     if value.dtype == object:
         return [v.decode("utf-8") for v in value.reshape(-1)] if value.ndim else value.item().decode("utf-8")
     return value.tolist()

@@ -109,23 +109,27 @@ class ImageInputs(Inputs):
     def serving_functions(self, outputs, model):
         import tensorflow as tf
 
-        from tlkeras.data.images import decode_and_resize, prepare_image
+        from tlkeras.data.images import decode_and_resize, image_error, prepare_image
         size, limit = _size(model), _max_pixels(model)
+        blank = tf.zeros([size[0], size[1], 3], tf.float32)
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
         def serve_bytes(image_bytes):
-            # an image above max_image_pixels fails the request (INVALID_ARGUMENT, naming its size)
-            # from its header, before any pixel is decoded
+            # Each item's header is checked first (an empty or non-image item, a header declaring no pixels or more
+            # than max_image_pixels): such an item gets its reason in `error` and NaN scores, the others their
+            # answers. What only decoding finds (damage past the header) fails the request (INVALID_ARGUMENT).
+            errors = tf.map_fn(lambda b: image_error(b, limit), image_bytes, fn_output_signature=tf.string)
+            fine = tf.equal(errors, "")
             images = tf.map_fn(
-                lambda b: decode_and_resize(b, size, limit),
-                image_bytes,
+                lambda item: tf.cond(item[1], lambda: decode_and_resize(item[0], size, limit), lambda: blank),
+                (image_bytes, fine),
                 fn_output_signature=tf.TensorSpec([size[0], size[1], 3], tf.float32),
             )
-            return outputs(images)
+            return {**answer_batch(outputs, images, fine), "error": errors}
 
         @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
         def serve_images(images):
-            return outputs(prepare_image(images, size))
+            return answer_batch(outputs, prepare_image(images, size))
 
         return {"serving_default": serve_bytes, "serving_images": serve_images}
 
@@ -161,8 +165,10 @@ class ImageInputs(Inputs):
             "task": "image classification",
             "image_size": [height, width],
             "inputs": {
-                "serving_default": "image_bytes: encoded JPEG/PNG/BMP/GIF, decoded to RGB and resized (bilinear, "
-                                   f"aspect not kept) to {height}x{width} inside the graph",
+                "serving_default": "image_bytes: encoded JPEG/PNG/BMP/GIF/WebP, decoded to RGB and resized (bilinear, "
+                                   f"aspect not kept) to {height}x{width} inside the graph; `error` says why an item "
+                                   "was not answered (empty, not an image, a header with no pixels or above "
+                                   "max_image_pixels), '' for the answered ones",
                 "serving_images": "images: float32 RGB pixels in [0, 255], any size, resized inside the graph",
             },
             "preprocessing": f"the backbone's own normalisation inside the model ({mode or 'see the model'})",
@@ -197,14 +203,22 @@ class ImageInputs(Inputs):
         if not blobs:
             return [], skipped
         try:
-            probs = serve(image_bytes=tf.constant(list(blobs.values())))["probabilities"].numpy()
-            return list(zip(blobs, probs)), skipped
+            out = serve(image_bytes=tf.constant(list(blobs.values())))
+            probs = out["probabilities"].numpy()
+            errors = out["error"].numpy() if "error" in out else [b""] * len(blobs)  # (older exports have none)
+            served = [(i, p) for (i, p), e in zip(zip(blobs, probs), errors) if not e]
+            skipped += [(i, _served_error(blobs[i], e.decode())) for i, e in zip(blobs, errors) if e]
+            return served, sorted(skipped)
         except tf.errors.InvalidArgumentError:
             pass
         served = []  # one file broke the batch: find it by serving the files one at a time
         for i, blob in blobs.items():
             try:
-                served.append((i, serve(image_bytes=tf.constant([blob]))["probabilities"].numpy()[0]))
+                out = serve(image_bytes=tf.constant([blob]))
+                if "error" in out and out["error"].numpy()[0]:
+                    skipped.append((i, _served_error(blob, out["error"].numpy()[0].decode())))
+                else:
+                    served.append((i, out["probabilities"].numpy()[0]))
             except tf.errors.InvalidArgumentError as e:
                 skipped.append((i, _served_error(blob, e.message)))
         return served, sorted(skipped)
@@ -232,6 +246,31 @@ def _max_pixels(model):
     from tlkeras.model import model_info
 
     return model_info(model).input_options.get("max_image_pixels")
+
+
+def answer_batch(outputs, images, fine=None):
+    """`outputs(images)` for a batch of any size - an empty one gives empty outputs (the model runs on one blank image,
+    whose answer is dropped) - with the items not `fine` masked: NaN scores, "" names, 0 counts."""
+    import tensorflow as tf
+
+    count = tf.shape(images)[0]
+    padded = tf.cond(count > 0, lambda: images,
+                     lambda: tf.zeros(tf.concat([[1], tf.shape(images)[1:]], 0), images.dtype))
+    padded.set_shape(images.shape)
+    out = {name: value[:count] for name, value in outputs(padded).items()}
+    if fine is None:
+        return out
+
+    def masked(value):
+        keep = tf.reshape(fine, [-1] + [1] * (value.shape.rank - 1))
+        keep = tf.broadcast_to(keep, tf.shape(value))
+        if value.dtype.is_floating:
+            return tf.where(keep, value, tf.constant(float("nan"), value.dtype))
+        if value.dtype == tf.string:
+            return tf.where(keep, value, tf.constant(""))
+        return tf.where(keep, value, tf.zeros_like(value))
+
+    return {name: masked(value) for name, value in out.items()}
 
 
 def _size(model) -> tuple[int, int]:
