@@ -232,3 +232,37 @@ def test_a_run_given_relative_paths_is_evaluated_exported_and_resumed_from_any_f
     assert json.loads(ran.output[ran.output.index("{"):])["count"] > 0
     ran = runner.invoke(cli.main, ["export", str(work / "run")])
     assert ran.exit_code == 0 and ran.output.strip().endswith(os.path.join("run", "export", "1")), ran.output
+
+
+def test_copies_of_an_example_never_land_on_both_sides_of_the_split(tmp_path, image_folder, caplog):
+    """Copies by content (a file under another name) and by path (a CSV naming one file twice) stay in training:
+    validation holds only images the model has not seen, and the log counts them."""
+    import hashlib
+    import logging
+    import shutil
+
+    from tlkeras.data.datasets import make_datasets
+
+    root = tmp_path / "photos"
+    shutil.copytree(image_folder, root)
+    for folder in root.iterdir():
+        for i, path in enumerate(sorted(folder.iterdir())):
+            shutil.copy(path, folder / f"copy{i}.png")  # every image twice, under two names
+    caplog.set_level(logging.WARNING, logger="tlkeras")
+    bundle = make_datasets(FinetuneConfig.from_dict({"data": str(root), "batch_size": 8, "val_split": 0.5}), (32, 32))
+
+    def digest(path):
+        return hashlib.sha1(open(path, "rb").read()).hexdigest()
+
+    train = {digest(p) for p in bundle.train_examples.paths}
+    val = [digest(p) for p in bundle.val_examples.paths]
+    assert val and not train & set(val)
+    assert bundle.train_count + bundle.val_count == 48
+    assert "data: 24 images are copies of others (the same file or the same content)" in caplog.text
+    assert "were moved to training, so that validation holds only images the model has not seen" in caplog.text
+    csv = tmp_path / "list.csv"
+    files = sorted(str(p) for p in (root / "red").iterdir())[:4] + sorted(str(p) for p in (root / "blue").iterdir())[:4]
+    csv.write_text("image,label\n" + "".join(f"{p},{p.split(os.sep)[-2]}\n" for p in files + files))
+    bundle = make_datasets(FinetuneConfig.from_dict({"data": str(csv), "batch_size": 8, "val_split": 0.5}), (32, 32))
+    assert not set(map(os.path.realpath, bundle.train_examples.paths)) & set(
+        map(os.path.realpath, bundle.val_examples.paths))

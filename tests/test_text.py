@@ -124,7 +124,8 @@ def test_text_data_errors_say_what_to_fix(tmp_path, hub_text_module, text_csv):
     empty = tmp_path / "empty.csv"
     empty.write_text("review,sentiment\n" + "".join(f'"{" " * (i % 3)}",{("warm", "cool")[i % 2]}\n'
                                                      for i in range(10)), encoding="utf-8")
-    with pytest.raises(DataError, match=r"data: all 8 training texts are empty \(text_column 'review'\): there is "
+    # all 10 train: the copies (the same blank text) the split drew into validation are moved to training
+    with pytest.raises(DataError, match=r"data: all 10 training texts are empty \(text_column 'review'\): there is "
                                         r"nothing to learn from"):
         tlkeras.build_and_finetune(str(empty), backbone=f"hub:{hub_text_module}", **TEXT_RUN,
                                    output_dir=str(tmp_path / "run"))

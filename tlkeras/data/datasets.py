@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -87,6 +88,16 @@ class Examples:
     def identities(self) -> set:
         """What makes two examples the same one: a file's real path (examples without files: none)."""
         return {os.path.realpath(p) for p in self.paths} if self.paths is not None else set()
+
+    def content_keys(self) -> Optional[list]:
+        """A key per row that copies of one example share - a file's bytes whatever its name, an array's values - or
+        None where rows cannot be compared (a tf.data source)."""
+        if self.paths is not None:
+            return file_keys(self.paths)
+        rows = self.arrays if self.arrays is not None else self.pixels
+        if rows is None:
+            return None
+        return [hashlib.sha1(np.ascontiguousarray(row).tobytes()).hexdigest() for row in rows]
 
     def joined(self, other: "Examples") -> "Examples":
         """These examples and `other`'s in one collection (files with files, arrays with arrays of one shape):
@@ -350,6 +361,7 @@ def load_splits(load, cfg: FinetuneConfig, data: Any, val_data: Any, noun: str):
         skipped = skipped + val_skipped
     elif cfg.val_split > 0:
         train_rows, val_rows = task.split(train.labels, cfg.val_split, cfg.seed)
+        train_rows, val_rows = keep_copies_in_training(train.content_keys(), train_rows, val_rows, noun)
         train, val = train.split(train_rows, val_rows)
         val = val if len(val) else None
     else:
@@ -368,6 +380,60 @@ def load_splits(load, cfg: FinetuneConfig, data: Any, val_data: Any, noun: str):
         get_logger().warning("skipped %d %s that could not be read: %s%s", len(skipped), noun,
                              ", ".join(p for p, _ in skipped[:5]), " ..." if len(skipped) > 5 else "")
     return train, val, class_names, skipped, task
+
+
+def file_keys(paths: list[str]) -> list:
+    """A key per file that its copies share: its content's digest where another file has its size (the only files
+    that can be copies: read just those), else its real path (the same file named twice shares that).
+
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> for name, data in (("a", b"x"), ("b", b"x"), ("c", b"yz")):
+    ...     _ = open(os.path.join(folder, name), "wb").write(data)
+    >>> keys = file_keys([os.path.join(folder, n) for n in "abc"])
+    >>> keys[0] == keys[1], keys[0] == keys[2]
+    (True, False)
+    """
+    import collections
+
+    def size(path):
+        try:
+            return os.path.getsize(path) if "://" not in path else None
+        except OSError:
+            return None
+
+    sizes = [size(p) for p in paths]
+    shared = {s for s, n in collections.Counter(sizes).items() if n > 1 and s is not None}
+    keys = []
+    for path, length in zip(paths, sizes):
+        if length in shared:
+            digest = hashlib.sha1()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            keys.append(digest.hexdigest())
+        else:
+            keys.append(os.path.realpath(path) if "://" not in path else path)
+    return keys
+
+
+def keep_copies_in_training(keys: Optional[list], train_rows, val_rows, noun: str):
+    """(train rows, validation rows) with every validation row that has a copy among the training rows (the same
+    `keys`) moved to training: validation then holds only examples the model has not seen. Logged with the count."""
+    if keys is None:
+        return train_rows, val_rows
+    seen = {keys[i] for i in train_rows}
+    copies = np.array([i for i in val_rows if keys[i] in seen], np.int64)
+    repeated = len(keys) - len(set(keys))
+    if repeated:
+        where = (f"; {len(copies)} drawn into validation were moved to training, so that validation holds only "
+                 f"{noun} the model has not seen" if len(copies) else "")
+        get_logger().warning("data: %d %s are copies of others (the same file or the same content)%s", repeated,
+                             noun, where)
+    if not len(copies):
+        return train_rows, val_rows
+    return (np.sort(np.concatenate([np.asarray(train_rows, np.int64), copies])),
+            np.setdiff1d(np.asarray(val_rows, np.int64), copies))
 
 
 def build_pipeline(

@@ -54,6 +54,10 @@ class TextExamples:
         """What makes two examples the same one: the text (a pair's two texts)."""
         return {t if isinstance(t, str) else "\t".join(t) for t in self.texts}
 
+    def content_keys(self) -> list:
+        """A key per row that copies share: the text (a pair's two texts)."""
+        return [t if isinstance(t, str) else "\t".join(t) for t in self.texts]
+
     def joined(self, other: "TextExamples") -> "TextExamples":
         """These texts and `other`'s in one collection (self-training's student, `tlkeras.self_training`)."""
         return TextExamples(np.concatenate([np.asarray(self.labels), np.asarray(other.labels)]),
