@@ -262,6 +262,28 @@ def test_a_one_hot_matrix_under_auto_is_single_label():
     assert bundle.task.name == "single_label" and bundle.train_examples.labels.dtype == np.int64
 
 
+def test_a_split_with_rare_labels_trains_every_label_and_keeps_validation_to_its_share(caplog):
+    """1000 labels over 120 rows (3 each): every label with an example has one in training, validation stays within
+    the asked 20 %, and the log says how many labels have no validation example and what to do."""
+    import logging
+
+    rng = np.random.default_rng(0)
+    y = np.zeros((120, 1000), bool)
+    for row in range(120):
+        y[row, rng.choice(1000, 3, replace=False)] = True
+    caplog.set_level(logging.WARNING, logger="tlkeras")
+    train, val = iterative_stratification(y, 0.2, seed=0)
+    assert sorted(np.concatenate([train, val]).tolist()) == list(range(120))
+    assert len(val) <= 24
+    assert (y[train].sum(axis=0) > 0).sum() == (y.sum(axis=0) > 0).sum()  # no label left without a training row
+    assert "labels have no validation example" in caplog.text and "give each label a few more examples" in caplog.text
+    common = np.zeros((100, 3), bool)
+    common[np.arange(100), np.arange(100) % 3] = True  # plenty of each label: the share is kept, nothing logged
+    caplog.clear()
+    train, val = iterative_stratification(common, 0.2, seed=0)
+    assert len(val) == 20 and not caplog.text
+
+
 def test_iterative_stratification_keeps_every_labels_share_and_is_seeded():
     rng = np.random.default_rng(1)
     y = rng.uniform(size=(400, 6)) < np.array([0.5, 0.3, 0.1, 0.05, 0.6, 0.02])

@@ -307,7 +307,9 @@ def iterative_stratification(positive: np.ndarray, fraction: float, seed: int) -
     rng = np.random.default_rng(seed)
     ratios = np.array([1.0 - fraction, fraction])
     want_rows = n * ratios
+    room = int(round(n * fraction))  # validation never grows past the asked share
     want_labels = positive.sum(axis=0)[None, :] * ratios[:, None]  # [part, label]
+    trained = np.zeros(k, dtype=bool)  # labels with a training example: every label gets one first
     part = np.full(n, -1)
     left = positive.copy()
     while True:
@@ -324,13 +326,27 @@ def iterative_stratification(positive: np.ndarray, fraction: float, seed: int) -
             if len(best) > 1:
                 best = best[want_rows[best] == want_rows[best].max()]
             j = int(best[rng.integers(len(best))]) if len(best) > 1 else int(best[0])
+            if j == 1 and (room == 0 or not trained[positive[row]].all()):
+                j = 0  # validation is full, or one of the row's labels has no training example yet
             part[row] = j
+            room -= j
+            trained |= positive[row] & (j == 0)
             want_labels[j] -= positive[row]
             want_rows[j] -= 1
     unlabelled = np.flatnonzero(part < 0)
     rng.shuffle(unlabelled)
     for row in unlabelled:
-        j = int(np.argmax(want_rows))
+        j = int(np.argmax(want_rows)) if room > 0 else 0
         part[row] = j
+        room -= j
         want_rows[j] -= 1
+    unvalidated = int((positive.sum(axis=0) > 0).sum() - (positive[part == 1].sum(axis=0) > 0).sum())
+    if unvalidated and fraction > 0:
+        rare = int(((positive.sum(axis=0) > 0) & (positive.sum(axis=0) < 2)).sum())
+        get_logger().warning(
+            "multi-label split: %d of %d labels have no validation example (%d of them have a single example, which "
+            "trains; validation holds %d of the %d rows asked, as a row trains while one of its labels has no "
+            "training example): their thresholds cannot be chosen on validation and take the default; give each "
+            "label a few more examples (5+), or pass val_data, or set threshold: global", unvalidated,
+            int((positive.sum(axis=0) > 0).sum()), rare, int((part == 1).sum()), int(round(n * fraction)))
     return np.flatnonzero(part == 0).astype(np.int64), np.flatnonzero(part == 1).astype(np.int64)
