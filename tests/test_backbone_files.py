@@ -81,3 +81,37 @@ def test_model_file_errors(tmp_path, source_file):
     model = tlkeras.build_model(source_file, 3, image_size=32)
     with pytest.raises(BackboneError, match=r"needs a block map"):
         freezing.plan_cut(model, "blocks:2")
+
+
+@pytest.mark.parametrize("style", ["functional", "sequential", "activation layer"])
+def test_a_classifier_file_is_cut_before_its_classifier_and_says_so(tmp_path, caplog, style):
+    """A .keras that ends in softmax class probabilities gives its features to the new head, not its probabilities
+    (which a new head would learn little from), and the log names what was cut."""
+    import logging
+
+    keras.utils.set_random_seed(0)
+    body = [keras.layers.Conv2D(6, 3, activation="relu", name="conv"), keras.layers.GlobalAveragePooling2D(name="pool"),
+            keras.layers.Dropout(0.2, name="drop")]
+    if style == "sequential":
+        model = keras.Sequential([keras.Input((32, 32, 3)), *body, keras.layers.Dense(10, activation="softmax",
+                                                                                        name="classes")])
+    else:
+        inputs = keras.Input((32, 32, 3))
+        x = inputs
+        for layer in body:
+            x = layer(x)
+        if style == "activation layer":
+            x = keras.layers.Activation("softmax", name="probabilities")(keras.layers.Dense(10, name="classes")(x))
+        else:
+            x = keras.layers.Dense(10, activation="softmax", name="classes")(x)
+        model = keras.Model(inputs, x)
+    path = str(tmp_path / "classifier.keras")
+    model.save(path)
+    caplog.set_level(logging.INFO, logger="tlkeras")
+    built = tlkeras.build_model(path, 3, image_size=32)
+    backbone = built.get_layer("backbone")
+    assert backbone.output_shape == (None, 6)  # the pooled features, not the 10 probabilities
+    assert "ends in a classifier (dense 'classes' with 10 outputs, softmax): cut before it" in caplog.text
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    features = keras.Model(model.inputs, model.get_layer("pool").output)(x)
+    np.testing.assert_allclose(backbone(x), features, atol=1e-5)

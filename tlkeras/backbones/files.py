@@ -1,7 +1,9 @@
 """Bring your own backbone: a `.keras` model file whose output is a feature map or a feature vector.
 
 E.g. a backbone you pretrained on your own source domain, saved with `model.save("source.keras")`
-(include_top=False, or cut below its classifier). It is loaded in Keras's safe mode, keeps its
+(include_top=False, or cut below its classifier). A file that ends in a classifier - a Dense layer with softmax or
+sigmoid (or followed by such an activation), and any Dropout before it - is cut before it, and the log says so:
+its features, not its class probabilities, feed the new head. It is loaded in Keras's safe mode, keeps its
 own weights (`weights: imagenet` - the default - and `weights: null` both mean "the file's
 weights"; a weights file path is loaded on top), and trains like any other backbone: frozen in
 stage 1, unfrozen by layer count, fraction or name in stage 2 (it has no block map, so
@@ -40,6 +42,12 @@ def get_spec(path: str, options: dict | None = None) -> BackboneSpec:
     preprocessing = options.get("preprocessing", "none")
     model = _load(path)
     height, width = _input_size(model, path)
+    cut = classifier_cut(model)
+    if cut is not None:
+        from tlkeras._logging import get_logger
+
+        get_logger().info("backbone: %s ends in a classifier (%s): cut before it, so that its features %s feed the "
+                          "new head", os.path.basename(path), cut[1], tuple(cut[0].shape))
     fixed = height if height is not None and height == width else None
     return BackboneSpec(
         name=path,
@@ -85,6 +93,59 @@ def _input_size(model, path: str) -> tuple:
     return shape[1], shape[2]
 
 
+CLASSIFIER_ACTIVATIONS = ("softmax", "sigmoid")
+
+
+def classifier_cut(model):
+    """(the tensor that feeds a classification head at `model`'s end, what the head is) or None: a Dense layer with
+    a softmax or sigmoid activation (or followed by an Activation / Softmax layer of one), and the Dropout layers
+    just before it.
+
+    >>> import keras
+    >>> inputs = keras.Input((8, 8, 3))
+    >>> features = keras.layers.GlobalAveragePooling2D(name="pool")(keras.layers.Conv2D(4, 3)(inputs))
+    >>> model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax", name="predictions")(features))
+    >>> tensor, head = classifier_cut(model)
+    >>> tensor.shape, head
+    ((None, 4), "dense 'predictions' with 10 outputs, softmax")
+    >>> classifier_cut(keras.Model(inputs, features)) is None
+    True
+    """
+    import keras
+
+    def producer(tensor):
+        history = getattr(tensor, "_keras_history", None)
+        return history.operation if history is not None else None
+
+    def activation_name(fn) -> str:
+        return getattr(fn, "__name__", str(fn))
+
+    if len(model.outputs) != 1:
+        return None
+    tensor = model.outputs[0]
+    layer = producer(tensor)
+    squashed = None
+    if isinstance(layer, keras.layers.Softmax):
+        squashed = "softmax"
+    elif isinstance(layer, keras.layers.Activation) and activation_name(layer.activation) in CLASSIFIER_ACTIVATIONS:
+        squashed = activation_name(layer.activation)
+    if squashed is not None:
+        tensor = layer.input
+        layer = producer(tensor)
+    if not isinstance(layer, keras.layers.Dense):
+        return None
+    own = activation_name(layer.activation)
+    if squashed is None and own not in CLASSIFIER_ACTIVATIONS:
+        return None
+    head = f"dense {layer.name!r} with {layer.units} outputs, {squashed or own}"
+    tensor = layer.input
+    while isinstance(producer(tensor), keras.layers.Dropout):
+        tensor = producer(tensor).input
+    if len(tensor.shape) not in (2, 4):
+        return None
+    return tensor, head
+
+
 def _build(path: str, image_size: tuple, weights):
     import keras
 
@@ -101,7 +162,8 @@ def _build(path: str, image_size: tuple, weights):
     # input size of this run.
     if len(loaded.outputs) != 1:
         raise BackboneError(f"backbone: {path!r} has {len(loaded.outputs)} outputs; a backbone has one (features).")
-    backbone = keras.Model(loaded.inputs[0], loaded.outputs[0], name=BACKBONE_LAYER)
+    cut = classifier_cut(loaded)
+    backbone = keras.Model(loaded.inputs[0], cut[0] if cut is not None else loaded.outputs[0], name=BACKBONE_LAYER)
     if weights not in (None, "imagenet"):
         load_weights_file(backbone, weights, os.path.basename(path))
     return backbone
