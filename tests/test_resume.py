@@ -122,6 +122,19 @@ def test_kill_9_in_stage_2_resumes_in_the_right_phase(tmp_path, image_folder, ti
     assert seconds["stage2"] > before["stage2"]
 
 
+@pytest.mark.slow
+def test_kill_9_with_dropout_and_several_batches_resumes_exactly_in_cached_stages(tmp_path, image_folder, tiny):
+    # Several batches per epoch (18 training images, batch 4) and dropout in the head: the batch order of each epoch
+    # and the dropout's random state decide the result. Both stages train on caches (the head on features, the top
+    # on the activations at the cut). Killed in stage 1 and again in stage 2, the run ends where an uninterrupted
+    # one does.
+    options = {**_options(image_folder, tiny, unfreeze="blocks:1"), "batch_size": 4, "head": {"dropout": 0.3}}
+    _assert_resumed_like_uninterrupted(options, tmp_path, kills=[
+        ((1, 3), {"stage": 1, "epochs_done": 2, "finished": False}, "stage 1: going on from epoch 3"),
+        ((2, 6), {"stage": 2, "epochs_done": 5, "finished": False}, "stage 2: going on from epoch 6"),
+    ])
+
+
 def test_ctrl_c_saves_and_says_how_to_resume(tmp_path, image_folder, tiny):
     options = {**_options(image_folder, tiny, unfreeze="blocks:2"), "output_dir": str(tmp_path / "run"),
                "verbose": 0}

@@ -35,11 +35,10 @@ def test_the_in_memory_loop_trains_as_fit_on_the_same_batches():
     looped_model = _model()
     looped = fit_arrays(looped_model, (x, y), batch_size=16, validation=(vx, vy), epochs=3, class_weight=weights,
                         seed=7).history
-    # fit, one epoch at a time, on the batches fit_arrays drew (its orders come from the seed)
+    # fit, one epoch at a time, on the batches fit_arrays drew (each epoch's order comes from the seed and its number)
     fitted_model, fitted = _model(), {}
-    rng = np.random.default_rng(7)
     for epoch in range(3):
-        order = rng.permutation(len(y))
+        order = np.random.default_rng([7, epoch]).permutation(len(y))
         ds = tf.data.Dataset.from_tensor_slices((x[order], y[order])).batch(16)
         history = fitted_model.fit(ds, initial_epoch=epoch, epochs=epoch + 1, class_weight=weights, verbose=0,
                                    validation_data=tf.data.Dataset.from_tensor_slices((vx, vy)).batch(16)).history

@@ -14,6 +14,7 @@ trains on - the head on stage 1's features, the top on stage 2's activations at 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import keras
@@ -86,15 +87,21 @@ class Mixing:
 
     # === Image batches (the whole model on the input pipeline) ===
 
-    def image_batches(self, ds: tf.data.Dataset, task, units: int) -> tf.data.Dataset:
-        """Batches of (pixels, label) mixed by Keras's MixUp / CutMix layers (both: even batches MixUp, odd CutMix),
-        their labels as mixed soft targets. One batch at a time, as the augmenter: the layers draw from one
-        generator, so that one seed mixes one way."""
+    @functools.cached_property
+    def layers(self) -> list:
+        """Keras's MixUp and / or CutMix layers (their seed generators' states go into a run's resume state)."""
         layers = []
         if self.mixup > 0:
             layers.append(keras.layers.MixUp(alpha=self.mixup, seed=self.seed + 11))
         if self.cutmix > 0:
             layers.append(keras.layers.CutMix(factor=self.cutmix, seed=self.seed + 12))
+        return layers
+
+    def image_batches(self, ds: tf.data.Dataset, task, units: int) -> tf.data.Dataset:
+        """Batches of (pixels, label) mixed by Keras's MixUp / CutMix layers (both: even batches MixUp, odd CutMix),
+        their labels as mixed soft targets. One batch at a time, as the augmenter: the layers draw from one
+        generator, so that one seed mixes one way."""
+        layers = self.layers
 
         def apply(layer, pixels, targets):
             out = layer({"images": pixels, "labels": targets}, training=True)

@@ -9,7 +9,10 @@ mid-write leaves the previous one whole). It holds
 - the optimizer's variables (step count, moments), so the schedule and Adam's state go on;
 - early stopping's state (wait, best value, best weights) and the best checkpoint's: its value and epoch, and the
   best epoch's weights while `best.weights.h5` does not hold them yet (`BestCheckpoint` writes that file rarely);
-- the history so far, the stage, the gradual-unfreeze phase and whether it finished.
+- the history so far, the stage, the gradual-unfreeze phase and whether it finished;
+- the random states that decide the next epoch: every Keras seed generator's state in the model (dropout) and in
+  the training pipeline's random layers (augmentation, the image mixers). Each epoch's batch order on cached
+  inputs is a function of the run's seed and the epoch's number (`tlkeras.steploop.fit_arrays`), so it needs none.
 
 No pickle: arrays, and one JSON string stored as a NumPy unicode scalar (`np.load(...,
 allow_pickle=False)` reads it).
@@ -57,6 +60,7 @@ class ResumeState:
     optimizer: list = field(default_factory=list)
     early_stopping_weights: Optional[dict] = None  # index in model.weights -> array
     seconds: dict = field(default_factory=dict)  # wall seconds of each training step so far (`StageClock`)
+    random_states: list = field(default_factory=list)  # the seed generators' states (`RunCheckpointer.random`)
 
     def after(self, stage: int, phase: int = 0) -> bool:
         """Whether (stage, phase) is already finished in this state."""
@@ -95,6 +99,14 @@ class RunCheckpointer:
         self.recorder = None  # RunHistory, whose records are saved
         self.best_checkpoint = None  # BestCheckpoint, whose written value is saved
         self.clock = None  # StageClock, whose seconds so far are saved
+        self.random = seed_states(model)  # the seed generators whose states are saved (`add_random`)
+
+    def add_random(self, *holders) -> None:
+        """Save and restore the seed generators of `holders` too (layers or models outside the model: the
+        augmenter, the image mixers), after the model's own."""
+        for holder in holders:
+            if holder is not None:
+                self.random += [v for v in seed_states(holder) if all(v is not w for w in self.random)]
 
     # --- Writing ---
 
@@ -132,6 +144,9 @@ class RunCheckpointer:
             "paths": {str(self._index_of(w)): w.path for w in part.weights},
             "seconds": {k: round(v, 3) for k, v in self.clock.totals().items()} if self.clock is not None else {},
         }
+        for j, v in enumerate(self.random):
+            arrays[f"r{j}"] = np.asarray(v.numpy())
+        state["random_states"] = len(self.random)
         arrays["state"] = np.array(json.dumps(state))
         with atomic_path(self.path, suffix=".npz") as tmp, open(tmp, "wb") as f:
             np.savez(f, **arrays)
@@ -191,6 +206,7 @@ class RunCheckpointer:
             optimizer=[arrays[f"o{j}"] for j in range(state["optimizer_variables"])],
             early_stopping_weights=es_weights or None,
             seconds={str(k): float(v) for k, v in (state.get("seconds") or {}).items()},  # states written before it had none
+            random_states=[arrays[f"r{j}"] for j in range(state.get("random_states", 0))],
         )
 
     def restore_weights(self, state: ResumeState) -> None:
@@ -202,6 +218,18 @@ class RunCheckpointer:
                     f"the resume state {self.path!r} holds {variable.path} with shape {value.shape}, the model "
                     f"{tuple(variable.shape)}; start again with --overwrite."
                 )
+            variable.assign(value)
+
+    def restore_random(self, state: ResumeState) -> None:
+        """Put the seed generators' saved states back (a state of another layout - written before these were kept, or
+        by another model - leaves them as they are, with a line)."""
+        if len(state.random_states) != len(self.random) or any(
+                tuple(v.shape) != value.shape for v, value in zip(self.random, state.random_states)):
+            if state.random_states or self.random:
+                get_logger().warning("the saved random states (%d) do not fit this run's (%d): dropout and augmentation "
+                                     "draw afresh", len(state.random_states), len(self.random))
+            return
+        for variable, value in zip(self.random, state.random_states):
             variable.assign(value)
 
     def restore_optimizer(self, part: keras.Model, state: ResumeState) -> None:
@@ -224,6 +252,17 @@ class RunCheckpointer:
         if state.early_stopping_weights:
             out["best_weights"] = [state.early_stopping_weights[self._index_of(w)] for w in part.weights]
         return out
+
+
+def seed_states(holder) -> list:
+    """The state variables of the Keras seed generators in `holder` (a model or a layer, with what it holds), in a
+    fixed order: what dropout and the random layers draw from next.
+
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dropout(0.5), keras.layers.Dense(2)])
+    >>> [v.name for v in seed_states(model)]
+    ['seed_generator_state']
+    """
+    return [v for v in holder.variables if v.name == "seed_generator_state"]
 
 
 class _SaveEachEpoch(keras.callbacks.Callback):

@@ -233,8 +233,9 @@ def fit_arrays(
     the training (benchmarks/RESULTS.md, issue 17). One device (`fits_arrays`).
 
     Same loss, metrics, class weights and model losses as `fit_loop` (and `fit`); batches of
-    `batch_size` in a new order every epoch (from `seed`, else NumPy's global generator, which
-    `keras.utils.set_random_seed` seeds). `mix`, fn(inputs, labels, [epoch, step]) -> a mixed training batch
+    `batch_size` in a new order every epoch, a function of `seed` (else one drawn from NumPy's global generator,
+    which `keras.utils.set_random_seed` seeds) and the epoch's number: a run resumed at epoch k takes epoch k's
+    order, as the uninterrupted run did. `mix`, fn(inputs, labels, [epoch, step]) -> a mixed training batch
     (`tlkeras.mixing.Mixing.feature_step`). Callbacks get fit's hooks; the batch hooks run after each
     epoch's loop, with the running loss and each step's `learning_rate` in their logs.
 
@@ -297,7 +298,7 @@ def fit_arrays(
                                    (tf.constant(0), tf.zeros([3])))[1]
         return (*done, totals)
 
-    rng = np.random.default_rng(seed if seed is not None else np.random.randint(2**31))
+    seed = int(seed) if seed is not None else int(np.random.randint(2**31))
     accuracy = task.accuracy_key
     # fit's own progress output (a bar on a terminal, one line per epoch with verbose=2), from the same logger fit uses
     progress = [_ProgressBar()] if verbose not in (0, "0") else []
@@ -309,7 +310,7 @@ def fit_arrays(
     logs: dict = {}
     for epoch in range(initial_epoch, epochs):
         callback_list.on_epoch_begin(epoch)
-        order = tf.constant(rng.permutation(n), tf.int32)
+        order = tf.constant(np.random.default_rng([seed, epoch]).permutation(n), tf.int32)
         per_step, rates, *validated = (t.numpy() for t in run_epoch(order, tf.constant(epoch, tf.int32)))
         totals = np.zeros(3)
         for step, (row, rate) in enumerate(zip(per_step, rates)):

@@ -115,6 +115,7 @@ def finetune(
     resume: bool = False,
     verbose: int | str = "auto",
     keep_cached_validation: bool = False,
+    seed: Optional[int] = None,
 ) -> FinetuneHistory:
     """Train `model` (from `build_model`) in two stages and return the combined history.
 
@@ -150,6 +151,8 @@ def finetune(
         keep_cached_validation: keep the validation split's cached inputs after training when they
             still hold for the whole model (`FinetuneHistory.cached_validation`), so that evaluating
             it need not run the frozen layers again; the caller drops them when done.
+        seed: decides each epoch's batch order on cached inputs (with the epoch's number: a resumed run goes on in
+            the order an uninterrupted one takes); None draws one from NumPy's global generator.
 
     Interrupted (Ctrl-C), it raises `tlkeras.errors.Interrupted` saying how to resume.
 
@@ -189,6 +192,7 @@ def finetune(
         shared.append(best)
         checkpointer = RunCheckpointer(model, os.path.join(run_dir, CHECKPOINT_DIR))
         checkpointer.recorder, checkpointer.best_checkpoint = recorder, best
+        checkpointer.add_random(augmenter)
         if resume:
             state = checkpointer.load()
         elif os.path.exists(checkpointer.path):
@@ -196,11 +200,13 @@ def finetune(
     elif resume:
         raise TrainingError("resume=True needs the run_dir that holds the state to resume from.")
     run = Runner(model, train_ds, val_ds, shared, class_weight, augmenter, jit_compile, verbose, label_smoothing,
-                  nan_guard=nan_guard, run_dir=run_dir, checkpointer=checkpointer, mixing=mixing)
+                  nan_guard=nan_guard, run_dir=run_dir, checkpointer=checkpointer, mixing=mixing,
+                  seed=int(np.random.randint(2**31)) if seed is None else int(seed))
 
     freezing.freeze_backbone(model)
     if state is not None:
         checkpointer.restore_weights(state)
+        checkpointer.restore_random(state)
         recorder.records = list(state.records)
         kept = state.best_checkpoint or {}
         written = kept.get("written_epoch")

@@ -46,13 +46,14 @@ class Runner:
 
     def __init__(self, model, train_ds, val_ds, callbacks, class_weight, augmenter, jit_compile, verbose,
                  label_smoothing=0.0, nan_guard: Optional[StopOnNaN] = None, run_dir: Optional[str] = None,
-                 checkpointer: Optional[RunCheckpointer] = None, mixing=None):
+                 checkpointer: Optional[RunCheckpointer] = None, mixing=None, seed: Optional[int] = None):
         self.model, self.val_ds, self.callbacks = model, val_ds, callbacks
         self.checkpointer = checkpointer
         self.nan_guard, self.run_dir = nan_guard, run_dir
         self.label_smoothing = label_smoothing
         self.class_weight, self.jit_compile, self.verbose = class_weight, jit_compile, verbose
         self.task = task_of(model)
+        self.seed = seed  # each epoch's batch order on cached inputs: from it and the epoch's number
         self.units = int(model.output_shape[-1])
         self.train_ds = train_ds
         if augmenter is not None:
@@ -62,6 +63,8 @@ class Runner:
         self.mixing = mixing if mixing is not None and (mixing.images or mixing.features) else None
         if self.mixing is not None and self.mixing.images:
             self.train_ds = self.mixing.image_batches(self.train_ds, get_task(self.task), self.units)
+            if checkpointer is not None:
+                checkpointer.add_random(*self.mixing.layers)
         self.steps = count_steps(train_ds)
 
     def _mixed(self, part: Optional[Part], name: str):
@@ -106,7 +109,7 @@ class Runner:
             fit_steps=part.steps if part.repeats else None, memory=part.memory, initial_epoch=initial_epoch,
             callbacks=self.callbacks,
             class_weight=self.class_weight, jit_compile=self.jit_compile, verbose=self.verbose, task=self.task,
-            label_smoothing=self.label_smoothing, soft=soft, mix=mix, **options,
+            label_smoothing=self.label_smoothing, soft=soft, mix=mix, seed=self.seed, **options,
             # On cached inputs a step takes microseconds to milliseconds and Python's per-step
             # overhead would dominate: run up to 16 steps in each call of the compiled function.
             steps_per_execution=min(part.steps or 1, 16) if part.model is not self.model else 1,
@@ -174,6 +177,7 @@ def run_stage(
     task=None,
     soft: bool = False,
     mix=None,
+    seed: Optional[int] = None,
 ) -> int:
     """Compile with this stage's optimizer and fit `epochs` (default: the stage's) epochs;
     return the epoch count reached (initial + run).
@@ -186,7 +190,8 @@ def run_stage(
     optimizer and early stopping of an interrupted run before fitting on. `task` (the full model's
     Task, `tlkeras.tasks`; single-label when None) gives the loss, the metrics and where class
     weights go. `soft`: the training batches carry mixed soft targets (`tlkeras.mixing`), so the loss and metrics
-    take those as well as plain labels; `mix`, the mixer of batches held in memory (`fit_arrays`).
+    take those as well as plain labels; `mix`, the mixer of batches held in memory (`fit_arrays`), whose batch order
+    of each epoch comes from `seed` and the epoch's number.
     """
     task = get_task(task or "single_label")
     units = int(model.output_shape[-1])
@@ -226,7 +231,7 @@ def run_stage(
                   callbacks=stage_callbacks, class_weight=task.fit_class_weight(class_weight), verbose=verbose)
     if arrays:
         history = steploop.fit_arrays(model, memory.train, batch_size=memory.batch_size, validation=memory.val,
-                                      task=task, mix=mix, **common)
+                                      task=task, mix=mix, seed=seed, **common)
     elif own_loop:
         history = steploop.fit_loop(model, train_ds, validation_data=val_ds, steps_per_epoch=fit_steps, task=task,
                                     **common)
