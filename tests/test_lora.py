@@ -188,3 +188,22 @@ def test_lora_on_a_kerashub_vit_adapts_its_attention_and_nothing_else(tmp_path, 
     attention = sorted(p for p in original if p.endswith(("/query/kernel", "/value/kernel")))
     assert len(attention) == 4 and changed == attention  # 2 blocks x (query, value); patches, MLPs, norms as they were
     assert result.history["stage"] == [1, 2]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_a_text_run_with_dropout_and_several_batches_resumes_exactly(tmp_path, bert_preset, lora_options, method):
+    """BERT's own dropout and the head's, four batches per epoch: interrupted in stage 2 (the whole encoder on the
+    text pipeline: LoRA adapters, or every layer) and resumed, the run ends where an uninterrupted one does."""
+    options = {**lora_options, "backbone": f"kerashub:{bert_preset}", "batch_size": 8, "head": {"dropout": 0.3},
+               "stage2": {"epochs": 3, "learning_rate": 0.01, **({"method": "lora", "lora_rank": 2} if method == "lora"
+                                                                   else {"unfreeze": "all"})}}
+    whole = tlkeras.build_and_finetune(**options, output_dir=str(tmp_path / "whole"))
+    with pytest.raises(tlkeras.errors.Interrupted):
+        tlkeras.build_and_finetune(**options, output_dir=str(tmp_path / "cut"), callbacks=[CtrlC((2, 4))])
+    resumed = tlkeras.build_and_finetune(**options, output_dir=str(tmp_path / "cut"), resume=True)
+    assert resumed.history["epoch"] == whole.history["epoch"] == [1, 2, 3, 4, 5]
+    np.testing.assert_allclose(resumed.history["loss"], whole.history["loss"], rtol=1e-4)
+    np.testing.assert_allclose(resumed.history["val_loss"], whole.history["val_loss"], rtol=1e-4)
+    np.testing.assert_allclose(resumed.model.predict(tf.constant(TEXTS), verbose=0),
+                               whole.model.predict(tf.constant(TEXTS), verbose=0), atol=1e-5)

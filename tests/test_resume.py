@@ -135,6 +135,19 @@ def test_kill_9_with_dropout_and_several_batches_resumes_exactly_in_cached_stage
     ])
 
 
+@pytest.mark.slow
+def test_kill_9_with_dropout_augmentation_and_several_batches_resumes_exactly_uncached(tmp_path, image_folder, tiny):
+    # Random flips make both stages run on the input pipeline (no caches): each epoch's batch order, the flips'
+    # and the dropout's random states decide the result. Killed in stage 1 and again in stage 2 (the whole model),
+    # the run ends where an uninterrupted one does.
+    options = {**_options(image_folder, tiny, unfreeze="all"), "batch_size": 4, "head": {"dropout": 0.3},
+               "augment": {"flip": "horizontal"}}
+    _assert_resumed_like_uninterrupted(options, tmp_path, kills=[
+        ((1, 3), {"stage": 1, "epochs_done": 2, "finished": False}, "stage 1: going on from epoch 3"),
+        ((2, 6), {"stage": 2, "epochs_done": 5, "finished": False}, "stage 2: going on from epoch 6"),
+    ])
+
+
 def test_ctrl_c_saves_and_says_how_to_resume(tmp_path, image_folder, tiny):
     options = {**_options(image_folder, tiny, unfreeze="blocks:2"), "output_dir": str(tmp_path / "run"),
                "verbose": 0}

@@ -101,14 +101,18 @@ class Mixing:
         """Batches of (pixels, label) mixed by Keras's MixUp / CutMix layers (both: even batches MixUp, odd CutMix),
         their labels as mixed soft targets. One batch at a time, as the augmenter: the layers draw from one
         generator, so that one seed mixes one way."""
+        mix = self.image_mixer(task, units)
+        return ds.enumerate().map(lambda index, batch: mix(index, *batch)).prefetch(AUTOTUNE)
+
+    def image_mixer(self, task, units: int):
+        """fn(batch index, pixels, labels) -> (mixed pixels, mixed soft targets), for a map over training batches."""
         layers = self.layers
 
         def apply(layer, pixels, targets):
             out = layer({"images": pixels, "labels": targets}, training=True)
             return tf.cast(out["images"], pixels.dtype), tf.cast(out["labels"], tf.float32)
 
-        def mix(index, batch):
-            pixels, labels = batch
+        def mix(index, pixels, labels):
             targets = _as_rows(task.soft_targets(labels, units))
             if len(layers) == 1:
                 pixels, targets = apply(layers[0], pixels, targets)
@@ -117,7 +121,7 @@ class Mixing:
                                           lambda: apply(layers[1], pixels, targets))
             return pixels, _as_labels(targets, labels)
 
-        return ds.enumerate().map(mix).prefetch(AUTOTUNE)
+        return mix
 
     # === Cached inputs (a part of the model on features or activations) ===
 

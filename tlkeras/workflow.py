@@ -263,7 +263,7 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
                 memory_budget_mb=cfg.memory_budget_mb, jit_compile=cfg.jit_compile,
                 inputs_random=False,  # the augmenter holds all the randomness
                 label_smoothing=cfg.label_smoothing, resume=resume, verbose=verbose,
-                keep_cached_validation=keep_cached_validation, seed=cfg.seed,
+                keep_cached_validation=keep_cached_validation, seed=cfg.seed, rebuild_train=bundle.rebuild_train,
             )
         evaluated = None
         if directory != run_dir and cfg.restore_best:  # a teacher of self-training

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -204,6 +205,9 @@ class DataBundle:
     cached: bool
     augmenter: Any = None
     task: Any = None  # the Task the labels are encoded for (tlkeras.tasks)
+    # `train` built anew (its shuffle from the start): a stage that trains on the pipeline takes its own, so that
+    # a resumed stage can take the same epoch orders as an uninterrupted one (`tlkeras.training.runner`)
+    rebuild_train: Any = None
 
     @property
     def train_count(self) -> int:
@@ -263,7 +267,9 @@ def make_datasets(
     else:
         cache = bool(cfg.cache_images)
 
-    train_ds = build_pipeline(train, image_size, batch_size, training=True, cache=cache, seed=cfg.seed)
+    rebuild = functools.partial(build_pipeline, train, image_size, batch_size, training=True, cache=cache,
+                                seed=cfg.seed)
+    train_ds = rebuild()
     val_ds = (
         build_pipeline(val, image_size, batch_size, training=False, cache=cache, seed=cfg.seed)
         if val is not None
@@ -271,6 +277,7 @@ def make_datasets(
     )
     return DataBundle(
         train=train_ds,
+        rebuild_train=rebuild,
         val=val_ds,
         class_names=class_names,
         train_examples=train,
@@ -339,9 +346,9 @@ def with_training_images(bundle: DataBundle, examples: Examples, cfg: FinetuneCo
     """`bundle` training on `examples` instead (its validation, classes and augmentation unchanged)."""
     import dataclasses
 
-    train = build_pipeline(examples, image_size, cfg.batch_size, training=True,
-                           cache=bundle.cached, seed=cfg.seed)
-    return dataclasses.replace(bundle, train=train, train_examples=examples,
+    rebuild = functools.partial(build_pipeline, examples, image_size, cfg.batch_size, training=True,
+                                cache=bundle.cached, seed=cfg.seed)
+    return dataclasses.replace(bundle, train=rebuild(), rebuild_train=rebuild, train_examples=examples,
                                class_weight=bundle.task.class_weight(cfg.class_weight, examples.labels,
                                                                      bundle.class_names))
 

@@ -17,6 +17,8 @@ Example:
 
 from __future__ import annotations
 
+import functools
+
 import hashlib
 import os
 from dataclasses import dataclass
@@ -243,8 +245,9 @@ def with_training_texts(bundle, examples: TextExamples, cfg):
     """`bundle` training on `examples` instead (its validation and classes unchanged)."""
     import dataclasses
 
+    rebuild = functools.partial(text_pipeline, examples, cfg.batch_size, training=True, seed=cfg.seed)
     return dataclasses.replace(
-        bundle, train=text_pipeline(examples, cfg.batch_size, training=True, seed=cfg.seed), train_examples=examples,
+        bundle, train=rebuild(), rebuild_train=rebuild, train_examples=examples,
         class_weight=bundle.task.class_weight(cfg.class_weight, examples.labels, bundle.class_names))
 
 
@@ -274,8 +277,9 @@ def make_text_datasets(cfg, *, batch_size: Optional[int] = None):
         columns = " and ".join(repr(c) for c in text_columns(cfg.text_column))
         raise DataError(f"data: all {len(train)} training texts are empty (text_column {columns}): there is nothing "
                         "to learn from. Check that text_column names the column that holds the texts.")
+    rebuild = functools.partial(text_pipeline, train, batch_size, training=True, seed=cfg.seed)
     return DataBundle(
-        train=text_pipeline(train, batch_size, training=True, seed=cfg.seed),
+        train=rebuild(), rebuild_train=rebuild,
         val=text_pipeline(val, batch_size, training=False, seed=cfg.seed) if val is not None else None,
         class_names=class_names, train_examples=train, val_examples=val, skipped=skipped,
         class_weight=task.class_weight(cfg.class_weight, train.labels, class_names), cached=True, augmenter=None,

@@ -116,6 +116,7 @@ def finetune(
     verbose: int | str = "auto",
     keep_cached_validation: bool = False,
     seed: Optional[int] = None,
+    rebuild_train=None,
 ) -> FinetuneHistory:
     """Train `model` (from `build_model`) in two stages and return the combined history.
 
@@ -153,6 +154,9 @@ def finetune(
             it need not run the frozen layers again; the caller drops them when done.
         seed: decides each epoch's batch order on cached inputs (with the epoch's number: a resumed run goes on in
             the order an uninterrupted one takes); None draws one from NumPy's global generator.
+        rebuild_train: fn() -> `train_ds` built anew (its shuffle from the start): each phase that trains the whole
+            model on the pipeline takes its own, so that a resumed phase takes the epoch orders of an uninterrupted
+            one (`DataBundle.rebuild_train`); None trains on `train_ds` throughout.
 
     Interrupted (Ctrl-C), it raises `tlkeras.errors.Interrupted` saying how to resume.
 
@@ -201,7 +205,7 @@ def finetune(
         raise TrainingError("resume=True needs the run_dir that holds the state to resume from.")
     run = Runner(model, train_ds, val_ds, shared, class_weight, augmenter, jit_compile, verbose, label_smoothing,
                   nan_guard=nan_guard, run_dir=run_dir, checkpointer=checkpointer, mixing=mixing,
-                  seed=int(np.random.randint(2**31)) if seed is None else int(seed))
+                  seed=int(np.random.randint(2**31)) if seed is None else int(seed), rebuild_train=rebuild_train)
 
     freezing.freeze_backbone(model)
     if state is not None:

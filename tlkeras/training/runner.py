@@ -18,7 +18,7 @@ from tlkeras.errors import TrainingError
 from tlkeras.config import StageConfig
 from tlkeras.distribute import uses_float16
 from tlkeras.optimizers import make_optimizer
-from tlkeras.resume import ResumableEarlyStopping, ResumeState, RunCheckpointer
+from tlkeras.resume import ResumableEarlyStopping, ResumeState, RunCheckpointer, seed_states
 from tlkeras.rundir import CHECKPOINT_DIR
 from tlkeras.tasks import get_task
 from tlkeras.model import task_of
@@ -27,6 +27,7 @@ from tlkeras.training.parts import InMemory, Part, count_steps
 from tlkeras.utils import progress_verbosity
 
 AUTOTUNE = tf.data.AUTOTUNE
+DRAWS_PER_BATCH = 4096  # room on a random layer's generator for one batch's draws (RandAugment's ops draw several)
 
 
 @dataclass
@@ -46,7 +47,8 @@ class Runner:
 
     def __init__(self, model, train_ds, val_ds, callbacks, class_weight, augmenter, jit_compile, verbose,
                  label_smoothing=0.0, nan_guard: Optional[StopOnNaN] = None, run_dir: Optional[str] = None,
-                 checkpointer: Optional[RunCheckpointer] = None, mixing=None, seed: Optional[int] = None):
+                 checkpointer: Optional[RunCheckpointer] = None, mixing=None, seed: Optional[int] = None,
+                 rebuild_train=None):
         self.model, self.val_ds, self.callbacks = model, val_ds, callbacks
         self.checkpointer = checkpointer
         self.nan_guard, self.run_dir = nan_guard, run_dir
@@ -55,17 +57,54 @@ class Runner:
         self.task = task_of(model)
         self.seed = seed  # each epoch's batch order on cached inputs: from it and the epoch's number
         self.units = int(model.output_shape[-1])
-        self.train_ds = train_ds
-        if augmenter is not None:
-            # One batch at a time: the random layers draw from one generator, so batches augmented in parallel
-            # would take its draws in whatever order they run, and two runs with one seed would differ.
-            self.train_ds = train_ds.map(lambda x, y: (augmenter(x, training=True), y)).prefetch(AUTOTUNE)
+        self.augmenter, self.rebuild_train = augmenter, rebuild_train
         self.mixing = mixing if mixing is not None and (mixing.images or mixing.features) else None
-        if self.mixing is not None and self.mixing.images:
-            self.train_ds = self.mixing.image_batches(self.train_ds, get_task(self.task), self.units)
-            if checkpointer is not None:
-                checkpointer.add_random(*self.mixing.layers)
+        if self.mixing is not None and self.mixing.images and checkpointer is not None:
+            checkpointer.add_random(*self.mixing.layers)
+        self.train_ds = self._randomised(train_ds)
         self.steps = count_steps(train_ds)
+
+    def _randomised(self, ds, first_batch: Optional[int] = None):
+        """The training pipeline with the augmenter and the image mixers on, one batch at a time (the random layers
+        draw from one generator each: batches augmented in parallel would take its draws in whatever order they
+        run). With `first_batch` (the number, counted over the run, of the pipeline's first batch), each batch's draws
+        are a function of its number - every random layer's generator is set from it before the batch - so that they
+        do not depend on what ran before (a resumed run, batches read ahead)."""
+        mixer = self.mixing.image_mixer(get_task(self.task), self.units) if (
+            self.mixing is not None and self.mixing.images) else None
+        if self.augmenter is None and mixer is None:
+            return ds
+        augmenter = self.augmenter
+        states = seed_states(augmenter) if augmenter is not None else []
+        states += [v for layer in (self.mixing.layers if mixer is not None else []) for v in seed_states(layer)]
+
+        def step(index, batch):
+            x, y = batch
+            if first_batch is not None:
+                counter = (index * DRAWS_PER_BATCH) % 2**31
+                with tf.control_dependencies([v.assign(tf.stack([v[0], tf.cast(counter, v.dtype)])) for v in states]):
+                    x = tf.identity(x)
+            if augmenter is not None:
+                x = augmenter(x, training=True)
+            if mixer is not None:
+                x, y = mixer(index, x, y)
+            return x, y
+
+        return ds.enumerate(start=first_batch or 0).map(step).prefetch(AUTOTUNE)
+
+    def _pipeline_for(self, epochs_before: int, epoch: int) -> Part:
+        """The whole model on its training data for a phase whose first `epochs_before` epochs are done: when the data
+        can be built anew and its epoch has a known length, a pipeline of the phase's own, repeated (so that fit
+        keeps one iterator, and each epoch takes the next shuffle), that has taken `epochs_before` shuffles already -
+        the orders an uninterrupted phase takes next; the random layers draw by batch number, from `epoch` (the run's
+        epoch it starts at) on."""
+        if self.rebuild_train is None or not self.steps:
+            return Part(self.model, self.train_ds, self.val_ds, self.steps)
+        base = self.rebuild_train()
+        for _ in range(epochs_before):
+            iter(base)  # a new iterator takes the next epoch's shuffle; nothing is read
+        first = epoch * self.steps
+        return Part(self.model, self._randomised(base.repeat(), first), self.val_ds, self.steps, repeats=True)
 
     def _mixed(self, part: Optional[Part], name: str):
         """(part, soft targets?, the in-memory loop's mixer) for this stage: the image mixers where the whole model
@@ -90,8 +129,6 @@ class Runner:
               *, name: str = "stage1", position: tuple = (1, 0), state: Optional[ResumeState] = None,
               **options) -> int:
         part, soft, mix = self._mixed(part, name)
-        if part is None:  # the full model on the input pipeline
-            part = Part(self.model, self.train_ds, self.val_ds, self.steps)
         planned = options.pop("epochs", None)
         planned = stage.epochs if planned is None else planned
         phase_start = initial_epoch
@@ -100,6 +137,8 @@ class Runner:
             get_logger().info("%s: going on from epoch %d", name.replace("stage", "stage "), initial_epoch + 1)
         else:
             state = None
+        if part is None:  # the full model on the input pipeline, the phase's own, at the phase's epoch
+            part = self._pipeline_for(initial_epoch - phase_start, initial_epoch)
         if self.checkpointer is not None:
             self.checkpointer.stage, self.checkpointer.phase = position
             self.checkpointer.phase_start = phase_start
