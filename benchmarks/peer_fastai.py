@@ -76,7 +76,8 @@ def source_arch():
                                  p_affine=1.0)  # tlkeras's: rotation 0.1 of a turn, zoom 0.1, translation
         dls = dataloaders(x, y, valid, augment, seed=0)
         learn = Learner(dls, torchvision.models.mobilenet_v2(num_classes=5), metrics=accuracy)
-        learn.fit(few_labels.SOURCE_EPOCHS, 2e-3)  # constant rate, as tlkeras's source recipe
+        with learn.no_bar(), learn.no_logging():
+            learn.fit(few_labels.SOURCE_EPOCHS, 2e-3)  # constant rate, as tlkeras's source recipe
         print(f"source model (digits 0-4): validation accuracy {float(learn.validate()[1]):.3f}", flush=True)
         os.makedirs(os.path.dirname(SOURCE), exist_ok=True)
         torch.save(learn.model.state_dict(), SOURCE)
@@ -87,6 +88,10 @@ def source_arch():
             model.load_state_dict(torch.load(SOURCE))
         return model
 
+    from fastai.vision.all import default_split, model_meta
+
+    # fastai's own entry for a torchvision MobileNetV2: the body is `features` (its classifier cut off), two groups
+    model_meta[arch] = {"cut": -1, "split": default_split, "stats": None}
     return arch
 
 
@@ -109,7 +114,7 @@ def run_one(task_name: str, per_class: int, seed: int) -> dict:
     frozen, unfrozen = tlkeras_epochs(len(train_rows))
     dls = dataloaders(x, y, valid_rows, aug_transforms(), seed)
     set_seed(seed, reproducible=True)
-    learn = vision_learner(dls, source_arch(), cut=-1, normalize=False, metrics=accuracy)
+    learn = vision_learner(dls, source_arch(), normalize=False, metrics=accuracy)
     with learn.no_bar(), learn.no_logging():
         learn.fine_tune(unfrozen, base_lr=2e-3, freeze_epochs=frozen)
     probabilities, _ = learn.get_preds(dl=learn.dls.test_dl([np.asarray(image) for image in task.test_x]))

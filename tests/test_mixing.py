@@ -121,7 +121,7 @@ def test_a_run_with_feature_mixup_keeps_the_caches_and_trains_on_mixed_features(
 
     caplog.set_level(logging.INFO, logger="tlkeras")
     runs = {}
-    for name, augment in (("plain", {}), ("mixed", {"feature_mixup": 0.4})):
+    for name, augment in (("plain", "none"), ("mixed", {"feature_mixup": 0.4})):
         runs[name] = tlkeras.build_and_finetune(image_folder, **tiny, augment=augment, export=False,
                                                 output_dir=str(tmp_path / name), verbose=0, stage1={"epochs": 3},
                                                 stage2={"epochs": 0})
@@ -148,3 +148,25 @@ def test_mixing_settings_out_of_range_or_on_text_are_one_line(tmp_path):
 
     with pytest.raises(DataError, match="image augmentation does not apply to text.*feature_mixup"):
         make_text_datasets(resolve_config(None, str(csv), {"augment": {"mixup": 0.2}}))
+
+
+def test_augment_auto_is_the_measured_choice_per_inputs_kind_and_none_turns_it_off(tmp_path, image_folder, tiny,
+                                                                                  caplog):
+    """The default (augment: auto) gives images feature mixup at 0.4 and says so; an op given replaces it; augment:
+    none is off; texts get nothing until something is measured to pay for them."""
+    import logging
+
+    from tlkeras.config import resolve_config
+
+    assert resolve_config(None, None, {}).augment.resolved("image").feature_mixup == 0.4
+    assert resolve_config(None, None, {"augment": {"rotation": 0.1}}).augment.resolved("image").feature_mixup == 0.0
+    assert resolve_config(None, None, {"augment": "none"}).augment.resolved("image").feature_mixup == 0.0
+    assert resolve_config(None, None, {"augment": None}).augment.resolved("image").feature_mixup == 0.0
+    assert not resolve_config(None, None, {}).augment.resolved("text").given
+    caplog.set_level(logging.INFO, logger="tlkeras")
+    tlkeras.build_and_finetune(image_folder, **tiny, export=False, output_dir=str(tmp_path / "run"), verbose=0,
+                               stage1={"epochs": 1}, stage2={"epochs": 0})
+    assert "augment: auto: feature_mixup 0.4 (what the few-labels benchmark measured to pay" in caplog.text
+    assert "mixing: feature mixup (alpha 0.4) on the cached features and activations" in caplog.text
+    with open(tmp_path / "run" / "config.yaml", encoding="utf-8") as f:
+        assert "preset: auto" in f.read()

@@ -217,6 +217,13 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
         f", {len(data_bundle.skipped)} file(s) skipped (see skipped_files.txt)" if data_bundle.skipped else "",
     )
 
+    if cfg.augment.preset == "auto":
+        chosen = cfg.augment.resolved(kind.name)
+        picked = {k: getattr(chosen, k) for k in ("feature_mixup", "mixup", "cutmix") if getattr(chosen, k)}
+        log.info("augment: auto: %s (%s; augment: none turns it off, any op given replaces it)",
+                 ", ".join(f"{k} {v:g}" for k, v in picked.items()) if picked else "nothing for " + kind.noun,
+                 "what the few-labels benchmark measured to pay, benchmarks/RESULTS.md" if picked else
+                 "no augmentation measured to pay for them yet")
     unlabeled = _load_unlabeled(cfg, kind, data_bundle, image_size)
     timings["data"] = time.time() - clock
 
@@ -258,7 +265,7 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
             history = _finetune(
                 model, bundle.train, bundle.val, stage1=stages.stage1, stage2=stages.stage2,
                 run_dir=directory, class_weight=bundle.class_weight, augmenter=bundle.augmenter,
-                mixing=Mixing.from_config(cfg.augment, cfg.seed),
+                mixing=Mixing.from_config(cfg.augment.resolved(kind.name), cfg.seed),
                 callbacks=callbacks, cache_features=cfg.cache_features, cache_views=cfg.cache_views,
                 memory_budget_mb=cfg.memory_budget_mb, jit_compile=cfg.jit_compile,
                 inputs_random=False,  # the augmenter holds all the randomness

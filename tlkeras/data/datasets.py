@@ -285,7 +285,7 @@ def make_datasets(
         skipped=skipped,
         class_weight=task.class_weight(cfg.class_weight, train.labels, class_names),
         cached=cache,
-        augmenter=build_augmenter(cfg.augment, cfg.seed),
+        augmenter=build_augmenter(cfg.augment.resolved("image"), cfg.seed),
         task=task,
     )
 

@@ -263,7 +263,7 @@ def make_text_datasets(cfg, *, batch_size: Optional[int] = None):
     if cfg.data is None:
         raise DataError("data: nothing to train on; pass a .csv/.tsv file of texts and labels, a folder of class "
                         "subfolders of .txt files, or a (texts, labels) pair.")
-    if cfg.augment.enabled:
+    if cfg.augment.resolved("text").enabled:
         raise DataError("augment: image augmentation does not apply to text; remove the augment settings "
                         "(augment.feature_mixup, which mixes cached features, does apply).")
     batch_size = batch_size or cfg.batch_size
