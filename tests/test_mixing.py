@@ -163,6 +163,7 @@ def test_augment_auto_is_the_measured_choice_per_inputs_kind_and_none_turns_it_o
     assert resolve_config(None, None, {"augment": "none"}).augment.resolved("image").feature_mixup == 0.0
     assert resolve_config(None, None, {"augment": None}).augment.resolved("image").feature_mixup == 0.0
     assert not resolve_config(None, None, {}).augment.resolved("text").given
+    assert resolve_config(None, None, {}).augment.resolved("image", "multi_label").feature_mixup == 0.0
     caplog.set_level(logging.INFO, logger="tlkeras")
     tlkeras.build_and_finetune(image_folder, **tiny, export=False, output_dir=str(tmp_path / "run"), verbose=0,
                                stage1={"epochs": 1}, stage2={"epochs": 0})

@@ -211,9 +211,10 @@ class AugmentConfig:
     def mixes_images(self) -> bool:
         return self.mixup > 0 or self.cutmix > 0
 
-    def resolved(self, inputs: str = "image") -> "AugmentConfig":
-        """The ops this config runs on `inputs` (an Inputs kind's name): the preset's, then the ones given here;
-        `preset: auto` gives `AUGMENT_AUTO[inputs]` when no op is given, else just the ops given.
+    def resolved(self, inputs: str = "image", task: str = "single_label") -> "AugmentConfig":
+        """The ops this config runs on `inputs` (an Inputs kind's name) for `task` (a Task's name): the preset's, then
+        the ones given here; `preset: auto` gives `AUGMENT_AUTO[inputs, task]` when no op is given, else just the ops
+        given.
 
         >>> AugmentConfig(preset="light", rotation=0.2).resolved().rotation, AugmentConfig(preset="light").resolved().zoom
         (0.2, 0.1)
@@ -221,7 +222,7 @@ class AugmentConfig:
         (0.4, 0.0)
         """
         if self.preset == "auto":
-            chosen = {} if self.given else AUGMENT_AUTO.get(inputs, {})
+            chosen = {} if self.given else AUGMENT_AUTO.get((inputs, task), {})
             return dataclasses.replace(self, preset=None, **chosen)
         if not self.preset:
             return self
@@ -244,10 +245,11 @@ class AugmentConfig:
 
 
 MIX_ALPHAS = ("mixup", "cutmix", "feature_mixup")
-# augment: auto (the default), per inputs kind: what benchmarks/few_labels.py measured to pay at no cost in time
-# (RESULTS.md, issue 38): feature mixup at 0.4 kept the caches and added 4 to 8 points of test accuracy on all three
-# few-label image tasks (digits, textures, faces; 3 seeds each).
-AUGMENT_AUTO = {"image": {"feature_mixup": 0.4}}
+# augment: auto (the default), per inputs kind and Task: what benchmarks/few_labels.py measured to pay at no cost in
+# time (RESULTS.md, issue 38): feature mixup at 0.4 kept the caches and added 4 to 8 points of test accuracy on all
+# three few-label image tasks (digits, textures, faces; single-label, 3 seeds each). Kinds and Tasks not measured
+# (texts, multi-label) get nothing.
+AUGMENT_AUTO = {("image", "single_label"): {"feature_mixup": 0.4}}
 MAX_MIX_ALPHA = 4.0  # Beta(alpha, alpha): 0.2-0.4 (ImageNet mixup), 1 (CutMix), 2 (manifold mixup); beyond, ~0.5 always
 AUGMENT_FACTORS = ("rotation", "zoom", "translation", "contrast", "brightness", "rand_augment", "erasing", "augmix")
 # The presets, spelled out (docs/augmentation): "light" is the geometric and colour jitter of fastai's aug_transforms

@@ -45,17 +45,27 @@ class ClassAccuracy(keras.metrics.MeanMetricWrapper):
         return {"name": self.name, "dtype": self.dtype}
 
 
-def _class_accuracy(y_true, y_pred):
-    from tlkeras.tasks.single_label import SingleLabel
-
+def dominant_class(labels):
+    """Class indices [N] (int64) of class indices or soft targets (the largest share; a soft binary label rounded)."""
     import tensorflow as tf
 
-    y_true = tf.convert_to_tensor(y_true)
+    labels = tf.convert_to_tensor(labels)
+    if labels.shape.rank == 2 and labels.shape[-1] not in (None, 1):
+        return tf.argmax(labels, axis=-1, output_type=tf.int64)
+    labels = tf.reshape(labels, [-1])
+    if labels.dtype.is_floating:
+        labels = tf.round(labels)
+    return tf.cast(labels, tf.int64)
+
+
+def _class_accuracy(y_true, y_pred):
+    import tensorflow as tf
+
     if y_pred.shape[-1] == 1:  # one sigmoid unit
         predicted = tf.cast(tf.reshape(y_pred, [-1]) > 0.5, tf.int64)
     else:
         predicted = tf.argmax(y_pred, axis=-1, output_type=tf.int64)
-    return tf.cast(tf.equal(predicted, SingleLabel().dominant_class(y_true)), tf.float32)
+    return tf.cast(tf.equal(predicted, dominant_class(y_true)), tf.float32)
 
 
 @keras.saving.register_keras_serializable(package="tlkeras")

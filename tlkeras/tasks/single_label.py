@@ -96,14 +96,9 @@ class SingleLabel(Task):
     def dominant_class(self, labels):
         """Class indices [N] (int64) of encoded labels or soft targets (the largest share; a soft binary label
         rounded)."""
-        import tensorflow as tf
+        from tlkeras.tasks.losses import dominant_class
 
-        if labels.shape.rank == 2 and labels.shape[-1] not in (None, 1):
-            return tf.argmax(labels, axis=-1, output_type=tf.int64)
-        labels = tf.reshape(labels, [-1])
-        if labels.dtype.is_floating:
-            labels = tf.round(labels)
-        return tf.cast(labels, tf.int64)
+        return dominant_class(labels)
 
     # === Labels ===
 

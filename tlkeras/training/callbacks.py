@@ -74,9 +74,10 @@ class AccuracyThenLoss:
 
     def clearly_better(self, best: dict, last: dict, count: int) -> bool:
         """Whether the `best` epoch's accuracy beats the `last` one's by more than `count` examples can tell apart
-        by chance: two standard errors of an accuracy at their mean, and at least one example. The best of many
-        epochs on 20 validation images is mostly the luckiest: restore_best puts an earlier epoch back only when
-        it is clearly better (a stage that diverged), else the last epoch - the end of the schedule - stays.
+        by chance: two standard errors of an accuracy at their mean, and at least one example - or the last epoch's
+        loss diverged (above twice the best's and 1 more). The best of many epochs on 20 validation images is
+        mostly the luckiest: restore_best puts an earlier epoch back only when it is clearly better (a stage that
+        diverged), else the last epoch - the end of the schedule - stays.
 
         >>> rule = AccuracyThenLoss("val_accuracy", "val_loss")
         >>> rule.clearly_better({"val_accuracy": 0.85}, {"val_accuracy": 0.75}, 20)  # 2 images of 20
@@ -85,10 +86,16 @@ class AccuracyThenLoss:
         True
         >>> rule.clearly_better({"val_accuracy": 0.9}, {"val_accuracy": 0.2}, 20)  # diverged
         True
+        >>> rule.clearly_better({"val_accuracy": 0.67, "val_loss": 1.08}, {"val_accuracy": 0.33, "val_loss": 424.0}, 6)
+        True
         """
         mine, theirs = best.get(self.accuracy), last.get(self.accuracy)
         if mine is None or theirs is None or not math.isfinite(theirs):
             return True
+        best_loss, last_loss = best.get(self.loss), last.get(self.loss)
+        if best_loss is not None and last_loss is not None and (
+                not math.isfinite(last_loss) or last_loss > max(2 * best_loss, best_loss + 1.0)):
+            return True  # the loss diverged, whatever a few examples' accuracy says
         p = (mine + theirs) / 2
         margin = max(2 * math.sqrt(max(p * (1 - p), 0.0) / max(count, 1)), 1 / max(count, 1))
         return mine - theirs > margin
