@@ -164,9 +164,17 @@ def test_augment_auto_is_the_measured_choice_per_inputs_kind_and_none_turns_it_o
     assert resolve_config(None, None, {"augment": None}).augment.resolved("image").feature_mixup == 0.0
     assert not resolve_config(None, None, {}).augment.resolved("text").given
     assert resolve_config(None, None, {}).augment.resolved("image", "multi_label").feature_mixup == 0.0
+    # measured with the stages' epochs auto: set epochs get nothing (on 10 + 5 epochs it cost 4 points)
+    assert resolve_config(None, None, {"stage1": {"epochs": 10}}).augment_for("image", "single_label").feature_mixup \
+        == 0.0
     caplog.set_level(logging.INFO, logger="tlkeras")
-    tlkeras.build_and_finetune(image_folder, **tiny, export=False, output_dir=str(tmp_path / "run"), verbose=0,
+    tlkeras.build_and_finetune(image_folder, **tiny, export=False, output_dir=str(tmp_path / "set"), verbose=0,
                                stage1={"epochs": 1}, stage2={"epochs": 0})
+    assert "augment: auto: nothing for single-label classification of images (it was measured to pay with the " \
+           "stages' epochs auto, and they are set here" in caplog.text and "mixing:" not in caplog.text
+    caplog.clear()
+    tlkeras.build_and_finetune(image_folder, **tiny, export=False, output_dir=str(tmp_path / "run"), verbose=0,
+                               stage2={"epochs": 0})  # stage 1's epochs auto
     assert "augment: auto: feature_mixup 0.4 (what the few-labels benchmark measured to pay" in caplog.text
     assert "mixing: feature mixup (alpha 0.4) on the cached features and activations" in caplog.text
     with open(tmp_path / "run" / "config.yaml", encoding="utf-8") as f:

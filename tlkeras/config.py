@@ -247,8 +247,8 @@ class AugmentConfig:
 MIX_ALPHAS = ("mixup", "cutmix", "feature_mixup")
 # augment: auto (the default), per inputs kind and Task: what benchmarks/few_labels.py measured to pay at no cost in
 # time (RESULTS.md, issue 38): feature mixup at 0.4 kept the caches and added 4 to 8 points of test accuracy on all
-# three few-label image tasks (digits, textures, faces; single-label, 3 seeds each). Kinds and Tasks not measured
-# (texts, multi-label) get nothing.
+# three few-label image tasks (digits, textures, faces; single-label, 3 seeds each) with the stages' epochs "auto"
+# (`FinetuneConfig.augment_for`). Kinds and Tasks not measured (texts, multi-label), and set epochs, get nothing.
 AUGMENT_AUTO = {("image", "single_label"): {"feature_mixup": 0.4}}
 MAX_MIX_ALPHA = 4.0  # Beta(alpha, alpha): 0.2-0.4 (ImageNet mixup), 1 (CutMix), 2 (manifold mixup); beyond, ~0.5 always
 AUGMENT_FACTORS = ("rotation", "zoom", "translation", "contrast", "brightness", "rand_augment", "erasing", "augmix")
@@ -477,6 +477,21 @@ class FinetuneConfig:
         _validate_training(self)
         _validate_runtime(self)
         _validate_outputs(self)
+
+    def augment_for(self, inputs: str, task: str) -> "AugmentConfig":
+        """The augmentation this run trains with on `inputs` for `task` (`AugmentConfig.resolved`); `augment: auto`
+        chooses only where it was measured: with the stages' epochs `auto` (the budget the few-labels benchmark
+        ran; on the keras.io recipe's 10 + 5 epochs feature mixup cost 4 points, RESULTS.md), else nothing.
+
+        >>> FinetuneConfig().augment_for("image", "single_label").feature_mixup
+        0.4
+        >>> FinetuneConfig(stage1=StageConfig(epochs=10)).augment_for("image", "single_label").feature_mixup
+        0.0
+        """
+        if self.augment.preset == "auto" and not all(
+                stage.epochs == "auto" for stage in (self.stage1, self.stage2) if stage.runs):
+            return dataclasses.replace(self.augment, preset=None)
+        return self.augment.resolved(inputs, task)
 
     @property
     def stage2_learning_rate(self) -> float:

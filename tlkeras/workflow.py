@@ -218,12 +218,14 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
     )
 
     if cfg.augment.preset == "auto":
-        chosen = cfg.augment.resolved(kind.name, task.name)
+        chosen = cfg.augment_for(kind.name, task.name)
         picked = {k: getattr(chosen, k) for k in ("feature_mixup", "mixup", "cutmix") if getattr(chosen, k)}
+        measured = cfg.augment.resolved(kind.name, task.name)
         log.info("augment: auto: %s (%s; augment: none turns it off, any op given replaces it)",
                  ", ".join(f"{k} {v:g}" for k, v in picked.items()) if picked else
                  f"nothing for {task.description} of {kind.noun}",
                  "what the few-labels benchmark measured to pay, benchmarks/RESULTS.md" if picked else
+                 "it was measured to pay with the stages' epochs auto, and they are set here" if measured.given else
                  "no augmentation measured to pay for them yet")
     unlabeled = _load_unlabeled(cfg, kind, data_bundle, image_size)
     timings["data"] = time.time() - clock
@@ -266,7 +268,7 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
             history = _finetune(
                 model, bundle.train, bundle.val, stage1=stages.stage1, stage2=stages.stage2,
                 run_dir=directory, class_weight=bundle.class_weight, augmenter=bundle.augmenter,
-                mixing=Mixing.from_config(cfg.augment.resolved(kind.name, bundle.task.name), cfg.seed),
+                mixing=Mixing.from_config(cfg.augment_for(kind.name, bundle.task.name), cfg.seed),
                 callbacks=callbacks, cache_features=cfg.cache_features, cache_views=cfg.cache_views,
                 memory_budget_mb=cfg.memory_budget_mb, jit_compile=cfg.jit_compile,
                 inputs_random=False,  # the augmenter holds all the randomness
