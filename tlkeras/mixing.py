@@ -97,13 +97,6 @@ class Mixing:
             layers.append(keras.layers.CutMix(factor=self.cutmix, seed=self.seed + 12))
         return layers
 
-    def image_batches(self, ds: tf.data.Dataset, task, units: int) -> tf.data.Dataset:
-        """Batches of (pixels, label) mixed by Keras's MixUp / CutMix layers (both: even batches MixUp, odd CutMix),
-        their labels as mixed soft targets. One batch at a time, as the augmenter: the layers draw from one
-        generator, so that one seed mixes one way."""
-        mix = self.image_mixer(task, units)
-        return ds.enumerate().map(lambda index, batch: mix(index, *batch)).prefetch(AUTOTUNE)
-
     def image_mixer(self, task, units: int):
         """fn(batch index, pixels, labels) -> (mixed pixels, mixed soft targets), for a map over training batches."""
         layers = self.layers
