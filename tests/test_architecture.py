@@ -10,31 +10,41 @@ import tlkeras
 PACKAGE = os.path.dirname(tlkeras.__file__)
 
 
-def _modules() -> dict[str, str]:
+def _modules(package: str = PACKAGE, root: str = "tlkeras") -> dict[str, str]:
     out = {}
-    for root, _, files in os.walk(PACKAGE):
+    for folder, _, files in os.walk(package):
         for f in files:
             if f.endswith(".py"):
-                path = os.path.join(root, f)
-                name = "tlkeras." + os.path.relpath(path, PACKAGE)[:-3].replace(os.sep, ".")
+                path = os.path.join(folder, f)
+                name = root + "." + os.path.relpath(path, package)[:-3].replace(os.sep, ".")
                 out[name.removesuffix(".__init__")] = path
     return out
 
 
-def import_graph() -> dict[str, set[str]]:
-    """{module: tlkeras modules it imports anywhere in its body}; a package's import of its own
-    submodules (and theirs of the package) is how packages work, not a circle."""
-    modules = _modules()
+def import_graph(package: str = PACKAGE, root: str = "tlkeras") -> dict[str, set[str]]:
+    """{module: modules of `root` it imports anywhere in its body}, lazy imports included, as Python runs them:
+    `from P import n` imports the submodule P.n when there is one (else reads n from P's __init__), and importing
+    a module first runs every package above it - so an edge to `a.b.c` is also one to `a.b`, unless the importer
+    is inside `a.b` itself (a package importing its own submodules, and they each other, is how packages work)."""
+    modules = _modules(package, root)
     graph = {}
     for name, path in modules.items():
-        deps = set()
+        targets = set()
         for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tlkeras"):
-                deps.add(node.module)
-                deps.update(f"{node.module}.{a.name}" for a in node.names)
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == root:
+                for alias in node.names:
+                    submodule = f"{node.module}.{alias.name}"
+                    targets.add(submodule if submodule in modules else node.module)
             elif isinstance(node, ast.Import):
-                deps.update(a.name for a in node.names if a.name.startswith("tlkeras"))
-        graph[name] = {d for d in deps if d in modules and d != name and not d.startswith(name + ".")}
+                targets.update(a.name for a in node.names if a.name.split(".")[0] == root)
+        deps = set()
+        for target in targets:
+            parts = target.split(".")
+            for end in range(2, len(parts) + 1):  # the packages it runs on the way, then the module
+                step = ".".join(parts[:end])
+                if step == target or not (name == step or name.startswith(step + ".")):
+                    deps.add(step)
+        graph[name] = {d for d in deps if d in modules and d != name}
     return graph
 
 
@@ -78,9 +88,52 @@ def test_the_circle_finder_finds_circles():
     assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
-# The owners of a tlkeras model's layer names: the model module, the layers module, the head and
+def _package(tmp_path, files: dict) -> str:
+    for relative, text in files.items():
+        path = tmp_path / "pkg" / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return str(tmp_path / "pkg")
+
+
+def test_the_graph_sees_a_circle_through_a_package(tmp_path):
+    # model imports the package `kinds`, whose __init__ imports kinds.image, which imports model back (lazily):
+    # the circle tlkeras had, which a graph that drops a package's edges to its own submodules does not see.
+    package = _package(tmp_path, {
+        "__init__.py": "",
+        "model.py": "from pkg.kinds import get_kind\n",
+        "kinds/__init__.py": "from pkg.kinds.image import Image\ndef get_kind(n): ...\n",
+        "kinds/image.py": "class Image:\n    def f(self):\n        from pkg.model import build\n",
+    })
+    assert circles(import_graph(package, "pkg")) == [["pkg.kinds", "pkg.kinds.image", "pkg.model"]]
+
+
+def test_the_graph_sees_a_package_run_by_importing_its_submodule(tmp_path):
+    # a imports pkg.b.c: Python runs pkg/b/__init__.py first, which imports pkg.b.d, which imports a.
+    package = _package(tmp_path, {
+        "__init__.py": "",
+        "a.py": "from pkg.b.c import x\n",
+        "b/__init__.py": "from pkg.b import d\n",
+        "b/c.py": "x = 1\n",
+        "b/d.py": "def f():\n    import pkg.a\n",
+    })
+    assert circles(import_graph(package, "pkg")) == [["pkg.a", "pkg.b", "pkg.b.d"]]
+
+
+def test_a_package_importing_its_own_submodules_is_no_circle(tmp_path):
+    package = _package(tmp_path, {
+        "__init__.py": "",
+        "kinds/__init__.py": "from pkg.kinds.image import Image\nfrom pkg.kinds.text import Text\n",
+        "kinds/image.py": "from pkg.kinds.text import Text\nclass Image(Text): ...\n",
+        "kinds/text.py": "class Text: ...\n",
+        "user.py": "from pkg.kinds import Image\n",
+    })
+    assert circles(import_graph(package, "pkg")) == []
+
+
+# The owners of a tlkeras model's layer names: the model module and its read side, the layers module, the head and
 # the backbone spec (which every source builds its base with).
-OWNERS = {"tlkeras.model", "tlkeras.layers", "tlkeras.heads", "tlkeras.backbones.spec"}
+OWNERS = {"tlkeras.model", "tlkeras.modelinfo", "tlkeras.layers", "tlkeras.heads", "tlkeras.backbones.spec"}
 LAYER_NAMES = re.compile(r"""get_layer\(\s*["']|name\s*=\s*["'](backbone|preprocess|head_pool|predictions)["']""")
 
 

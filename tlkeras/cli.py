@@ -236,7 +236,7 @@ def rank(config_path, data, val_data, candidates, weights, image_size, batch_siz
     import time
 
     from tlkeras.preflight import check_run
-    from tlkeras.ranking import parse_candidates
+    from tlkeras.backbones.candidates import parse_candidates
 
     flags = {"data": data, "val_data": val_data, "image_size": image_size, "batch_size": batch_size}
     cfg = _cli_config(config_path, flags, weights, overrides)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from tlkeras.backbones.spec import ALL_MODES
+from tlkeras.modes import ALL_MODES
 
 PREPROCESS_LAYER = "preprocess"  # the name of a tlkeras image model's ImagePreprocessing layer
 _IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)

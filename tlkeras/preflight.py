@@ -24,7 +24,7 @@ from tlkeras.inputs import inputs_for
 def check_run(cfg, *, resume: bool = False) -> None:
     """Refuse, in one line, a config whose backbone, weights, image size, data paths or output
     directory are wrong, without TensorFlow work (a multi-worker cluster is not yet set up)."""
-    from tlkeras.ranking import is_auto, parse_candidates
+    from tlkeras.backbones.candidates import is_auto, parse_candidates
 
     if is_auto(cfg.backbone):  # each candidate is checked when it is ranked; one that cannot run is listed
         parse_candidates(cfg.backbone)

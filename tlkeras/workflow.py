@@ -22,7 +22,7 @@ from tlkeras.export import export_saved_model
 from tlkeras.lora import merge_lora
 from tlkeras.model import build_model, set_decision
 from tlkeras.preflight import check_run
-from tlkeras.ranking import is_auto
+from tlkeras.backbones.candidates import is_auto
 from tlkeras.ranking.choose import choose_backbone, load_ranking
 from tlkeras.mixing import Mixing
 from tlkeras.training import check_stages, finetune as _finetune

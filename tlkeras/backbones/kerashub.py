@@ -20,7 +20,8 @@ initialised, a weights file is loaded on top.
 from __future__ import annotations
 
 from tlkeras.backbones.kerashub_presets import import_keras_hub, load_preset, load_weights
-from tlkeras.backbones.spec import BACKBONE_LAYER, PREPROCESSING_MODES, BackboneSpec, BlockMap, check_options
+from tlkeras.backbones.spec import BACKBONE_LAYER, BackboneSpec, BlockMap, check_options
+from tlkeras.modes import PREPROCESSING_MODES
 from tlkeras.errors import BackboneError
 
 SCHEME = "kerashub:"

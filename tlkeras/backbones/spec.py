@@ -6,11 +6,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
-# Preprocessing modes of `tlkeras.layers.ImagePreprocessing`; the model's input is always
-# RGB pixels in [0, 255] and the mode maps them to what the backbone was trained on.
-PREPROCESSING_MODES = ("none", "tf", "torch", "caffe", "unit")
-# "affine" (x * scale + offset per channel, with parameters) comes from a KerasHub preset's converter.
-ALL_MODES = (*PREPROCESSING_MODES, "affine")
+from tlkeras.modes import PREPROCESSING_MODES
+
 # Every source builds its base as a model of this name: the nested layer `tlkeras.model.get_backbone` finds.
 BACKBONE_LAYER = "backbone"
 

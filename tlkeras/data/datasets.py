@@ -34,7 +34,8 @@ from tlkeras.distribute import static_shapes
 from tlkeras.errors import DataError
 from tlkeras.tasks import get_task
 from tlkeras.tasks import labels as raw_labels
-from tlkeras.tasks.labels import encode_examples, pipeline_labels
+from tlkeras.tasks import encode_examples
+from tlkeras.tasks.labels import pipeline_labels
 from tlkeras.utils import as_tensor, gathered_batches
 
 AUTOTUNE = tf.data.AUTOTUNE

@@ -98,7 +98,7 @@ def load_text_examples(source: Any, key: str, class_names: Optional[list[str]] =
     .txt files, or a (texts, labels) pair; the labels encoded for `task` (see `tlkeras.tasks`).
     With two text columns (`text_column=["question1", "question2"]`) each example is a pair: from a
     table's two columns, or from (an [N, 2] array of strings, labels)."""
-    from tlkeras.tasks.labels import encode_examples
+    from tlkeras.tasks import encode_examples
 
     examples, names, skipped = read_text_examples(source, key, class_names, text_column=text_column,
                                                   label_column=label_column, task=task,

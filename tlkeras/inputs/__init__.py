@@ -33,7 +33,7 @@ def get_inputs(name: "str | Inputs") -> Inputs:
 def inputs_for(spec, cfg) -> Inputs:
     """The Inputs kind of a run: what its backbone takes (`spec.modality`), read from the config's
     columns (two text columns: the kind's sentence-pair twin, or a ConfigError naming why not)."""
-    return get_inputs(spec.modality).for_columns(cfg.text_column)
+    return get_inputs(get_inputs(spec.modality).for_columns(cfg.text_column))
 
 
 def inputs_of_signature(names) -> str:

@@ -243,7 +243,7 @@ def _served_error(blob: bytes, message: str) -> str:
 
 def _max_pixels(model):
     """The model's max_image_pixels (None: the default, `tlkeras.config.MAX_IMAGE_PIXELS`)."""
-    from tlkeras.model import model_info
+    from tlkeras.modelinfo import model_info
 
     return model_info(model).input_options.get("max_image_pixels")
 

@@ -35,10 +35,10 @@ class Inputs:
         """The names of serving_default's inputs, in the model's input order."""
         return (self.signature_input,)
 
-    def for_columns(self, columns) -> "Inputs":
-        """The kind that reads `columns` (the config's text_column: one name, or a list of two for
-        sentence pairs): this kind, or its pair twin; a ConfigError when it has none."""
-        return self
+    def for_columns(self, columns) -> str:
+        """The name of the kind that reads `columns` (the config's text_column: one name, or a list of two
+        for sentence pairs): this kind's, or its pair twin's; a ConfigError when it has none."""
+        return self.name
 
     # === Model ===
 

@@ -31,7 +31,7 @@ class TextInputs(Inputs):
             raise ConfigError(f"text_column: {list(columns)!r} names two columns (sentence pairs), but a "
                               "text-embedding module reads one text; pairs need an encoder that packs them: a KerasHub BERT-class "
                               "preset (backbone: kerashub:<preset>).")
-        return self
+        return self.name
 
     # === Model ===
 

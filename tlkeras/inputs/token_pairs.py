@@ -40,10 +40,8 @@ class TokenPairInputs(TokenizedTextInputs):
 
     def for_columns(self, columns):
         if isinstance(columns, (list, tuple)) and len(columns) == 2:
-            return self
-        from tlkeras.inputs import get_inputs
-
-        return get_inputs("tokens").for_columns(columns)
+            return self.name
+        return super().for_columns(columns)  # one column: the single-text kind's
 
     # === Model ===
 

@@ -27,11 +27,7 @@ class TokenizedTextInputs(TextInputs):
     serving_imports = (TEXT_OPS_MODULE,)
 
     def for_columns(self, columns):
-        if isinstance(columns, (list, tuple)):
-            from tlkeras.inputs import get_inputs
-
-            return get_inputs("token_pairs")  # packed as the encoder packs two segments
-        return self
+        return "token_pairs" if isinstance(columns, (list, tuple)) else "tokens"  # pairs: packed as two segments
 
     # === Model ===
 
@@ -46,7 +42,7 @@ class TokenizedTextInputs(TextInputs):
     def data_facts(self, model, bundle) -> dict:
         """How many training texts the packer cuts (longer than the sequence length), logged when any is."""
         from tlkeras._logging import get_logger
-        from tlkeras.model import get_preprocessing
+        from tlkeras.modelinfo import get_preprocessing
 
         packer = get_preprocessing(model)
         texts = bundle.train_examples.texts
@@ -59,7 +55,7 @@ class TokenizedTextInputs(TextInputs):
         return facts
 
     def card(self, model):
-        from tlkeras.model import get_preprocessing
+        from tlkeras.modelinfo import get_preprocessing
 
         packer = get_preprocessing(model)
         return {

@@ -2,7 +2,7 @@
 linear probe, one frozen feature pass each (`rank_backbones`), and train the winner
 (`backbone="auto:a,b,c"` or a list in `build_and_finetune`)."""
 
-from tlkeras.ranking.candidates import is_auto, parse_candidates
+from tlkeras.backbones.candidates import is_auto, parse_candidates
 from tlkeras.ranking.logme import logme
 from tlkeras.ranking.rank import rank_backbones
 from tlkeras.ranking.result import CHART_FILE, RANKING_FILE, Ranking

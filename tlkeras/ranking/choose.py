@@ -8,7 +8,7 @@ from typing import Optional
 
 from tlkeras._logging import get_logger
 from tlkeras.errors import TlkerasError
-from tlkeras.ranking.candidates import candidate_label, parse_candidates
+from tlkeras.backbones.candidates import candidate_label, parse_candidates
 from tlkeras.ranking.result import RANKING_FILE, Ranking
 
 

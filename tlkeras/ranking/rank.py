@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 from tlkeras._logging import get_logger
 from tlkeras.errors import TlkerasError
-from tlkeras.ranking.candidates import candidate_label, parse_candidates
+from tlkeras.backbones.candidates import candidate_label, parse_candidates
 from tlkeras.ranking.memory import PeakMemory
 from tlkeras.ranking.result import DEFAULT_SCORE, SCORES, Ranking, choose_score
 

@@ -11,6 +11,7 @@ ValueError: task 'multilabel' is not one of single_label, multi_label. Did you m
 from __future__ import annotations
 
 from tlkeras.errors import did_you_mean
+from tlkeras.tasks.labels import auto_task
 from tlkeras.tasks.multi_label import MultiLabel
 from tlkeras.tasks.single_label import SingleLabel
 from tlkeras.tasks.task import Task
@@ -29,6 +30,24 @@ def get_task(name: "str | Task") -> Task:
     if name not in TASKS:
         raise ValueError(f"task {name!r} is not one of {', '.join(TASKS)}.{did_you_mean(str(name), list(TASKS))}")
     return TASKS[name]
+
+
+def resolve_task(setting: str, raw, key: str) -> Task:
+    """The Task for `setting` ("auto", "single_label", "multi_label") and these raw labels; auto says
+    why it chose what it chose (`tlkeras.tasks.labels.auto_task`).
+
+    >>> resolve_task("auto", [["beach", "sunset"], ["beach"]], "data").name
+    'multi_label'
+    """
+    return get_task(auto_task(raw, key) if setting == "auto" else setting)
+
+
+def encode_examples(examples, setting: str, key: str, class_names):
+    """Resolve the Task for `setting` from `examples`' raw labels and encode them in place with
+    `class_names` (None: found from the labels); returns (task, class names)."""
+    task = resolve_task(setting, examples.labels, key)
+    examples.labels, names = task.encode_labels(examples.labels, key, class_names)
+    return task, names
 
 
 def task_of_metrics(metrics: dict) -> Task:
@@ -52,4 +71,5 @@ def headline(metrics: dict):
     return None if value is None else (task.headline_name, value)
 
 
-__all__ = ["TASKS", "TASK_CHOICES", "Task", "get_task", "headline", "task_of_metrics"]
+__all__ = ["TASKS", "TASK_CHOICES", "Task", "encode_examples", "get_task", "headline", "resolve_task",
+           "task_of_metrics"]

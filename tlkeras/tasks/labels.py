@@ -2,11 +2,12 @@
 
 Three forms reach a Task: a 1-D array (one class index or name per example), a 2-D 0/1 array
 (a multi-hot matrix, one column per class) and a list of label sets (a CSV cell split by
-`label_separator`: names, possibly none). `resolve_task` picks the Task for `task: auto`.
+`label_separator`: names, possibly none). `auto_task` names the Task that `task: auto` picks
+(`tlkeras.tasks.resolve_task` looks it up in the registry).
 
->>> resolve_task("auto", [["beach", "sunset"], ["beach"]], "data").name
+>>> auto_task([["beach", "sunset"], ["beach"]], "data")
 'multi_label'
->>> resolve_task("auto", np.array(["cat", "dog"]), "data").name
+>>> auto_task(np.array(["cat", "dog"]), "data")
 'single_label'
 """
 
@@ -54,31 +55,19 @@ def multi_label_evidence(raw):
     return None
 
 
-def resolve_task(setting: str, raw, key: str):
-    """The Task for `setting` ("auto", "single_label", "multi_label") and these raw labels;
-    auto says why it chose what it chose."""
-    from tlkeras.tasks import get_task
-
-    if setting != "auto":
-        return get_task(setting)
+def auto_task(raw, key: str) -> str:
+    """The name of the Task that `task: auto` picks for these raw labels: "multi_label" when an example has
+    several labels (logged, with the example), else "single_label"."""
     evidence = multi_label_evidence(raw)
     if evidence is None:
-        return get_task("single_label")
+        return "single_label"
     row, count = evidence
     example = ""
     if is_label_sets(raw):
         example = f" ({', '.join(map(repr, list(raw[row])[:4]))})"
     get_logger().info("task auto: multi-label, since example %d of %s has %d labels%s; set task: single_label if "
                       "a class name holds the label separator", row + 1, key, count, example)
-    return get_task("multi_label")
-
-
-def encode_examples(examples, setting: str, key: str, class_names):
-    """Resolve the Task for `setting` from `examples`' raw labels and encode them in place with
-    `class_names` (None: found from the labels); returns (task, class names)."""
-    task = resolve_task(setting, examples.labels, key)
-    examples.labels, names = task.encode_labels(examples.labels, key, class_names)
-    return task, names
+    return "multi_label"
 
 
 def check_multi_hot(matrix: np.ndarray, key: str, class_names) -> np.ndarray:
