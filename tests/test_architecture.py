@@ -147,3 +147,19 @@ def test_no_layer_name_is_spelled_outside_the_modules_that_build_the_model():
             if LAYER_NAMES.search(code) and ">>>" not in code:
                 offenders.append(f"{name}:{number}: {line.strip()}")
     assert offenders == []
+
+
+METHOD_BRANCH = re.compile(r"""method\s*[!=]=\s*["']|[!=]=\s*["'](full|lora|bitfit)["']|use_lora""")
+
+
+def test_no_stage_2_method_is_branched_on_outside_the_methods():
+    """Stage 2 asks its method (`tlkeras.methods`): a new one is a module and a registry line, not an `if`."""
+    offenders = []
+    for name, path in _modules().items():
+        if name == "tlkeras.methods" or name.startswith("tlkeras.methods."):
+            continue
+        for number, line in enumerate(open(path, encoding="utf-8"), start=1):
+            code = line.split("#", 1)[0]
+            if METHOD_BRANCH.search(code) and ">>>" not in code:
+                offenders.append(f"{name}:{number}: {line.strip()}")
+    assert offenders == []

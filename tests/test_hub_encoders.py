@@ -19,7 +19,7 @@ from test_text_pairs import COLUMNS, PAIRS, pair_rows, write_pairs
 from tlkeras import backbones, cli, freezing, lora
 from tlkeras.config import StageConfig
 from tlkeras.errors import BackboneError
-from tlkeras.training.plan import unfreeze_phases
+from tlkeras.freezing import unfreeze_phases
 
 MEAN = {"sequence_length": 16, "pooling": "mean"}
 LAYER_1 = [f"transformer/layer_1/{name}" for name in (

@@ -31,7 +31,7 @@ from tlkeras.errors import ConfigError, TlkerasError, closest, did_you_mean
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "one_cycle")
-METHODS = ("full", "lora")  # stage 2: train the backbone (what unfreeze says), or LoRA adapters on it
+METHODS = ("full", "lora", "bitfit")  # tlkeras.methods.METHODS: how stage 2 trains the backbone
 # LoRA's default targets: KerasHub's attention projections, "query"/"value" (BERT-class encoders, ViT)
 # or "query_dense"/"value_dense" (other families), as its own Backbone.enable_lora picks them.
 LORA_TARGETS = ("query", "value", "query_dense", "value_dense")
@@ -114,13 +114,15 @@ class StageConfig:
             MobileNets use 0.999, which leaves the moving statistics near their initial
             values after a few hundred steps; 0.9 (the PyTorch default) tracks them.
         method: stage 2 only. "full" trains what `unfreeze` says; "lora" trains low-rank adapters
-            on the `lora_targets` layers and the head, nothing else (see `tlkeras.lora`).
+            on the `lora_targets` layers and the head, nothing else (see `tlkeras.lora`); "bitfit" trains
+            only the bias terms of what `unfreeze` says (BatchNormalization's too with `train_bn`) and
+            the head (see `tlkeras.methods.bitfit`).
         lora_rank / lora_alpha: the adapters' rank and scale (alpha / rank; alpha null = the rank).
         lora_targets: layer names or paths in the backbone, wildcards allowed (null: the attention
             query and value projections).
         recompute: stage 2 only. Recompute the activations of the backbone's composite layers (transformer
             layers) in the backward pass instead of keeping them: less memory, one more forward pass of
-            those layers per step (`tlkeras.recompute`). None: on with method "lora", off otherwise.
+            those layers per step (`tlkeras.recompute`). None: the method's default (on with "lora").
     """
 
     epochs: Union[int, str] = "auto"
@@ -149,11 +151,6 @@ class StageConfig:
     def runs(self) -> bool:
         """Whether the stage trains at all: epochs "auto" or more than 0."""
         return self.epochs == "auto" or self.epochs > 0
-
-    @property
-    def recomputes(self) -> bool:
-        """Whether stage 2 recomputes activations (`recompute`, or its default: with LoRA)."""
-        return self.method == "lora" if self.recompute is None else self.recompute
 
     @property
     def lora_patterns(self) -> tuple:
@@ -905,12 +902,9 @@ def validate_stages(stage1: "StageConfig", stage2: "StageConfig") -> None:
             )
     if stage1.gradual_unfreeze:
         raise ConfigError("stage1.gradual_unfreeze: stage 1 trains the head only; set stage2.gradual_unfreeze.")
-    if stage1.method != "full":
+    if stage1.method != StageConfig.method:  # stage 1 has no method to choose
         raise ConfigError(f"stage1.method: {stage1.method!r} does not apply: stage 1 trains the head only; set "
                           "stage2.method for the backbone.")
-    if stage2.method == "lora" and stage2.gradual_unfreeze:
-        raise ConfigError("stage2.gradual_unfreeze: does not apply with stage2.method: lora (the adapters train "
-                          "from the first epoch of stage 2); set it to 0, or use method: full.")
     if stage1.learning_rate is None:
         raise ConfigError("stage1.learning_rate: must be a positive number, e.g. 0.001.")
 

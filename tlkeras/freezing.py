@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
@@ -132,6 +133,25 @@ def _unfreeze_layers(model, unfreeze: Unfreeze, train_bn: bool, bn_momentum) -> 
     )
 
 
+def unit_weights(model: keras.Model, unfreeze: Unfreeze, train_bn: bool = False) -> list[tuple]:
+    """[(unit, weight, in a BatchNormalization layer)] of the weights held by the units `unfreeze` lets train
+    (BatchNormalization layers only with `train_bn`), bottom to top, changing nothing; their moving statistics
+    are listed too (they never train: `fit` updates them).
+
+    >>> import tlkeras
+    >>> m = tlkeras.build_model("mobilenetv2", 3, image_size=32, weights=None,
+    ...                         backbone_options={"alpha": 0.35})
+    >>> [(unit, w.name, bn) for unit, w, bn in unit_weights(m, 2)]
+    [('block_16_project', 'kernel', False), ('Conv_1', 'kernel', False)]
+    """
+    return trainable_units(model).unit_weights(unfreeze, train_bn)
+
+
+def count_params(weight) -> int:
+    """The number of values in a weight."""
+    return _count(weight)
+
+
 def plan_cut(model: keras.Model, unfreeze: Unfreeze, *, train_bn: bool = False) -> tuple[int, int]:
     """(cut index, number of backbone layers) that `unfreeze` would give, changing nothing.
 
@@ -139,6 +159,23 @@ def plan_cut(model: keras.Model, unfreeze: Unfreeze, *, train_bn: bool = False) 
     layers means no backbone layer trains, cut == 0 means the whole backbone does.
     """
     return trainable_units(model).cut(unfreeze, train_bn)
+
+
+def unfreeze_phases(model: keras.Model, stage) -> list[tuple]:
+    """[(unfreeze, epochs)] of stage 2: one phase, or with `gradual_unfreeze` N one more block
+    every N epochs from the top block down to what `unfreeze` allows; the last phase is always
+    the full extent and takes the remaining epochs."""
+    if not stage.gradual_unfreeze:
+        return [(stage.unfreeze, stage.epochs)]
+    # what each phase unfreezes, from the top block down (the backbone's own units: layers or module variables)
+    steps = trainable_units(model).gradual(stage.unfreeze, stage.train_bn)
+    if not steps:
+        return [(stage.unfreeze, stage.epochs)]
+    count = min(len(steps), max(1, math.ceil(stage.epochs / stage.gradual_unfreeze)))
+    steps = steps[: count - 1] + [steps[-1]]
+    epochs = [stage.gradual_unfreeze] * (count - 1)
+    epochs.append(stage.epochs - sum(epochs))
+    return list(zip(steps, epochs))
 
 
 # === What a backbone's trainable units are ===
@@ -158,6 +195,11 @@ class LayerUnits:
 
     def unfreeze(self, unfreeze: Unfreeze, train_bn: bool, bn_momentum) -> UnfreezePlan:
         return _unfreeze_layers(self.model, unfreeze, train_bn, bn_momentum)
+
+    def unit_weights(self, unfreeze: Unfreeze, train_bn: bool) -> list[tuple]:
+        cut, _ = self.cut(unfreeze, train_bn)
+        return [(layer.name, weight, is_batch_norm(layer)) for layer in backbone_layers(self.model)[cut:]
+                if train_bn or not is_batch_norm(layer) for weight in layer.weights]
 
     def gradual(self, unfreeze: Unfreeze, train_bn: bool) -> list:
         """The `unfreeze` values of a gradual stage 2, one block more each, from the top block down to
@@ -210,6 +252,12 @@ class ModuleUnits:
 
     def unfreeze(self, unfreeze: Unfreeze, train_bn: bool, bn_momentum) -> UnfreezePlan:
         return _unfreeze_module(self.model, self.module, self.count(unfreeze), train_bn, bn_momentum)
+
+    def unit_weights(self, unfreeze: Unfreeze, train_bn: bool) -> list[tuple]:
+        """The top variables `unfreeze` counts (a module's BatchNormalization is not told apart: False)."""
+        names = self.module.trainable_candidates()
+        top = set(names[len(names) - min(self.count(unfreeze), len(names)):])
+        return [(name, weight, False) for name, weight, _ in self.module.named_variables() if name in top]
 
     def gradual(self, unfreeze: Unfreeze, train_bn: bool) -> list[int]:
         """Variable counts of a gradual stage 2: the top block's, then one block more each, down to

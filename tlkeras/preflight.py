@@ -19,6 +19,7 @@ import os
 from tlkeras import backbones
 from tlkeras.errors import DataError, TlkerasError
 from tlkeras.inputs import inputs_for
+from tlkeras.methods import get_method
 
 
 def check_run(cfg, *, resume: bool = False) -> None:
@@ -35,6 +36,7 @@ def check_run(cfg, *, resume: bool = False) -> None:
         spec.check_weights(cfg.weights)
         inputs_for(spec, cfg).size(spec, cfg.image_size)  # below the backbone's minimum; pairs it cannot read
         inputs_for(spec, cfg).check_tta(cfg.tta)  # views of texts
+    get_method(cfg.stage2.method).check_settings(cfg.stage2)  # what the method cannot take together
     for key in ("data", "val_data", "unlabeled_data"):
         _check_path(key, getattr(cfg, key))
     if resume and not cfg.output_dir:

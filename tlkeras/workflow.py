@@ -19,7 +19,7 @@ from tlkeras.distribute import is_multi_worker, strategy_name, precision_policy,
 from tlkeras.evaluate import predict_probabilities
 from tlkeras.errors import TrainingError
 from tlkeras.export import export_saved_model
-from tlkeras.lora import merge_lora
+from tlkeras.methods import get_method
 from tlkeras.model import build_model, set_decision
 from tlkeras.preflight import check_run
 from tlkeras.backbones.candidates import is_auto
@@ -137,10 +137,9 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
     cfg = resolve_config(config, data, options)
     check_run(cfg, resume=resume)  # names and paths, before any TensorFlow work
     log = get_logger()
-    if cfg.stage2.method == "lora" and "stage2.unfreeze" in cfg.given_keys() and not resume:
-        log.warning("stage2.unfreeze: %r has no effect with stage2.method: lora (only the adapters and the head "
-                    "train; stage2.lora_targets says which layers get adapters); use method: full to unfreeze "
-                    "layers.", cfg.stage2.unfreeze)
+    method = get_method(cfg.stage2.method)  # how stage 2 trains the backbone
+    for line in ([] if resume else method.warnings(cfg.stage2, cfg.given_keys())):
+        log.warning("%s", line)
     ranking = None
     if is_auto(cfg.backbone):  # candidates: rank them on the data, train the winner
         cfg, ranking = choose_backbone(cfg, overwrite=overwrite)
@@ -317,10 +316,7 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
     if kept_round is not None:
         evaluated_epoch = None
         history.cached_validation = None  # the student's; the kept model is evaluated on the pipeline
-    adapters = merge_lora(model, os.path.join(run_dir, rundir.LORA_FILE))  # model.keras and exports: plain kernels
-    if adapters is not None:
-        log.info("LoRA: adapters folded into the kernels; the adapters and the head alone: %s",
-                 os.path.join(run_dir, rundir.LORA_FILE))
+    finished = get_method(cfg.stage2.method).finish(model, run_dir)  # before model.keras and the exports (LoRA folds)
 
     eval_ds, split = (data_bundle.val, "val") if data_bundle.val is not None else (data_bundle.train, "train")
     eval_examples = data_bundle.val_examples if split == "val" else data_bundle.train_examples
@@ -365,8 +361,8 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
                                    "kept": f"round {kept_round['round']}" if kept_round else "student"}
     if ranking is not None:
         record["ranking"] = ranking.as_list()
-    if adapters is not None:
-        record["lora"] = {**adapters.as_record(), "file": rundir.LORA_FILE}
+    if finished is not None:
+        record[cfg.stage2.method] = finished  # e.g. "lora": the adapters' rank, targets and file
     record["status"] = rundir.TRAINED  # the report and export are still to do: a rerun completes them
     write_json_atomic(os.path.join(run_dir, RUN_FILE), record)
     if cfg.report:

@@ -23,10 +23,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tlkeras import caching, freezing, lora, recompute
+from tlkeras import caching, freezing, recompute
 from tlkeras._logging import get_logger
 from tlkeras.errors import Interrupted, TrainingError
 from tlkeras.config import StageConfig
+from tlkeras.methods import get_method
 from tlkeras.resume import RunCheckpointer
 from tlkeras.rundir import CHECKPOINT_DIR
 from tlkeras.utils import write_text_atomic
@@ -34,7 +35,7 @@ from tlkeras.model import task_of
 from tlkeras.training.callbacks import BEST_WEIGHTS, AccuracyThenLoss, BestCheckpoint, RunHistory, StopOnNaN
 from tlkeras.training.budget import MIN_EPOCHS, is_auto, resolve_budget
 from tlkeras.training.parts import CachedValidation, Caches, count_steps
-from tlkeras.training.plan import CachePlan, plan_caching, unfreeze_phases
+from tlkeras.training.plan import CachePlan, plan_caching
 from tlkeras.training.runner import Runner, Stages
 
 
@@ -125,10 +126,11 @@ def finetune(
         train_ds / val_ds: batched tf.data of (pixels in [0, 255], integer label).
         stage1 / stage2: `StageConfig` or dicts of its fields, over the defaults (stage 1: Adam
             at 1e-2; stage 2: everything unfrozen, layer_decay 0.7, cosine with 1 warm-up epoch,
-            peak rate stage 1's / 3). epochs=0 skips a stage. stage2 `method: "lora"` trains
-            adapters on the `lora_targets` layers and the head only (`tlkeras.lora`); the model then
-            comes back with its adapters on, and `tlkeras.lora.merge_lora(model, path)` folds them into
-            the kernels (build_and_finetune does, after putting the best epoch back).
+            peak rate stage 1's / 3). epochs=0 skips a stage. stage2 `method` says how the backbone trains
+            (`tlkeras.methods`): "full" (what `unfreeze` says), "bitfit" (only its bias terms) or "lora"
+            (adapters on the `lora_targets` layers, the head too; the model then comes back with its adapters
+            on, and the method's `finish(model, run_dir)` folds them into the kernels: build_and_finetune
+            calls it after putting the best epoch back).
         run_dir: where the best checkpoint and history.json go (nothing is written if None).
         class_weight: Keras class weights {class index: weight}.
         callbacks: extra Keras callbacks, used in both stages (their `model` is the part that fits;
@@ -182,9 +184,9 @@ def finetune(
     if budget.reason:
         log.info("epochs: %s", budget.reason)
     cfg = Stages(budget.stage1, budget.stage2)
-    use_lora = cfg.stage2.method == "lora" and cfg.stage2.epochs > 0
-    if use_lora:  # before the checkpointer indexes the weights: the adapters are weights of the run
-        lora.enable_lora(model, cfg.stage2.lora_rank, cfg.stage2.lora_alpha, cfg.stage2.lora_patterns)
+    method = get_method(cfg.stage2.method)  # how stage 2 trains the backbone (tlkeras.methods)
+    if cfg.stage2.epochs > 0:
+        method.prepare(model, cfg.stage2)  # before the checkpointer indexes the weights (LoRA's adapters)
     recorder = RunHistory(os.path.join(run_dir, "history.json") if run_dir else None)
     nan_guard = StopOnNaN()
     shared = [recorder, nan_guard, *(callbacks or [])]
@@ -219,11 +221,7 @@ def finetune(
         elif state.best is not None:  # the file holds the best epoch
             best.restore(state.best, kept.get("epoch", written), None, state.best, written)
         log.info("resuming: %s; finished epochs are kept", state.describe())
-    cut = None
-    if use_lora:  # below the lowest adapted layer nothing trains
-        cut = lora.cut_index(model)
-    elif cfg.stage2.epochs > 0:
-        cut, _ = freezing.plan_cut(model, cfg.stage2.unfreeze, train_bn=cfg.stage2.train_bn)
+    cut = method.cut(model, cfg.stage2) if cfg.stage2.epochs > 0 else None  # below it nothing trains in stage 2
     plan = plan_caching(cache_features, train_ds, augmenter, cfg.stage1.epochs, cfg.stage2.epochs, cut, cache_views,
                         inputs_random, bottom_computes=bool(cut) and caching.computes_below(model, cut),
                         mixes_images=mixing is not None and mixing.images)
@@ -259,14 +257,11 @@ def finetune(
                 last_part = part
 
         # === Stage 2: unfreeze (the top of) the backbone, layer-wise rates ===
-        phases = [] if cfg.stage2.epochs == 0 else [(None, cfg.stage2.epochs)] if use_lora else unfreeze_phases(
-            model, cfg.stage2)
+        phases = method.phases(model, cfg.stage2) if cfg.stage2.epochs > 0 else []
         if phases and not (state is not None and state.after(2, len(phases) - 1)):
             with clock.timing("stage2"):
                 rate = cfg.stage2_learning_rate
-                multipliers = None
-                if cfg.stage2.layer_decay is not None and cfg.stage2.layer_decay < 1 and not use_lora:
-                    multipliers = freezing.layer_multipliers(model, cfg.stage2.layer_decay)
+                multipliers = method.multipliers(model, cfg.stage2)
                 _enter_stage(shared, 2)
                 part = None
                 if plan.stage2:
@@ -276,32 +271,20 @@ def finetune(
                     caches.close()  # free memory before the full model trains
                 last_part = part
                 steps_done = 0
-                with recompute.recomputed(_recomputed_layers(model, cfg.stage2, cut)):
+                with recompute.recomputed(_recomputed_layers(model, cfg.stage2, cut, method)):
                     for index, (unfreeze, epochs) in enumerate(phases):
                         if state is not None and state.after(2, index):
                             steps_done += epochs * ((part.steps if part else run.steps) or 0)
                             if (state.stage, state.phase) == (2, index):
                                 epochs_done = state.epochs_done
                             continue
-                        if use_lora:
-                            adapters = lora.train_adapters(model)
-                            trained = [f"{path} (LoRA adapters)" for path in adapters.targets]
-                            log.info("stage 2: %s, at learning rate %g (one rate: layer_decay does not apply)",
-                                     adapters.describe(), rate)
-                        else:
-                            layers = freezing.unfreeze(
-                                model, unfreeze, train_bn=cfg.stage2.train_bn,
-                                bn_momentum=cfg.stage2.bn_momentum if cfg.stage2.train_bn else None,
-                            )
-                            trained = layers.layers
-                            where = f" phase {index + 1}/{len(phases)} ({epochs} epochs)" if len(phases) > 1 else ""
-                            decay = f", layer_decay {cfg.stage2.layer_decay}" if multipliers else ""
-                            log.info("stage 2%s: unfreeze=%r at learning rate %g%s: %s", where, unfreeze, rate, decay,
-                                     layers.describe())
+                        trained = method.train(model, cfg.stage2, unfreeze, rate, multipliers)
+                        where = f" phase {index + 1}/{len(phases)} ({epochs} epochs)" if len(phases) > 1 else ""
+                        log.info("stage 2%s: %s", where, trained.summary)
                         last = index == len(phases) - 1
                         if last and run_dir:
                             write_text_atomic(os.path.join(run_dir, "stage2_trainable_layers.txt"),
-                                              "".join(name + "\n" for name in trained))
+                                              "".join(name + "\n" for name in trained.units))
                         epochs_done = run.stage(cfg.stage2, rate, epochs_done, part, name="stage2", epochs=epochs,
                                                 multipliers=multipliers, step_offset=steps_done, early_stopping=last,
                                                 position=(2, index), state=state)
@@ -334,14 +317,16 @@ def best_epoch_monitor(task, validation: bool):
     return prefix + "loss"
 
 
-def _recomputed_layers(model: keras.Model, stage2: StageConfig, cut: Optional[int]) -> list:
-    """The backbone's layers whose activations stage 2 recomputes (`stage2.recompute`): the composite ones
-    (transformer layers) from the cut up, where the backward pass goes; logged, or why there are none."""
-    if not stage2.recomputes:
+def _recomputed_layers(model: keras.Model, stage2: StageConfig, cut: Optional[int], method) -> list:
+    """The backbone's layers whose activations stage 2 recomputes (`stage2.recompute`, else the method's default):
+    the composite ones (transformer layers) from the cut up, where the backward pass goes; logged, or why there are
+    none."""
+    if not method.recomputes(stage2):
         return []
     names = [layer.name for layer in freezing.backbone_layers(model)][cut or 0:]
     layers = recompute.candidates(model, names)
-    why = "stage2.recompute" if stage2.recompute else "the default with method: lora; stage2.recompute: false keeps them"
+    why = ("stage2.recompute" if stage2.recompute else
+           f"the default with method: {method.name}; stage2.recompute: false keeps them")
     if layers:
         get_logger().info("stage 2: the activations of %d layer(s) (%s ... %s) are recomputed in the backward pass, "
                           "not kept (%s)", len(layers), layers[0].name, layers[-1].name, why)
@@ -369,11 +354,10 @@ def check_stages(model: keras.Model, stage1: StageConfig | dict | None = None,
     _, second = stage_configs(stage1, stage2)
     if is_auto(second.epochs):  # the phases' shape, not their length, is checked here
         second = dataclasses.replace(second, epochs=MIN_EPOCHS)
-    if second.runs and second.method == "lora":
-        lora.check_rank(lora.find_targets(model, second.lora_patterns), second.lora_rank)
-    elif second.runs:
-        freezing.plan_cut(model, second.unfreeze, train_bn=second.train_bn)
-        unfreeze_phases(model, second)
+    if second.runs:
+        method = get_method(second.method)
+        method.check_settings(second)
+        method.check(model, second)
 
 
 def _enter_stage(callbacks: list, stage: int) -> None:

@@ -1,16 +1,12 @@
-"""The plan of a run: what is cached in each stage, and the phases of a gradual stage 2."""
+"""The plan of a run: what is cached in each stage (the phases of a gradual stage 2: `tlkeras.freezing`)."""
 
 from __future__ import annotations
 
-
-import math
 from dataclasses import dataclass
 from typing import Optional
 
-import keras
-
-from tlkeras import caching, freezing
-from tlkeras.config import StageConfig
+from tlkeras import caching
+from tlkeras.freezing import unfreeze_phases  # noqa: F401  (reached as tlkeras.training.unfreeze_phases)
 
 
 # === What to cache ===
@@ -75,21 +71,3 @@ def plan_caching(
         "inputs are not randomly augmented: stage 1 trains the head on cached backbone features"
         + (f"; {why2}" if why2 else ""),
     )
-
-
-
-def unfreeze_phases(model: keras.Model, stage: StageConfig) -> list[tuple]:
-    """[(unfreeze, epochs)] of stage 2: one phase, or with `gradual_unfreeze` N one more block
-    every N epochs from the top block down to what `unfreeze` allows; the last phase is always
-    the full extent and takes the remaining epochs."""
-    if not stage.gradual_unfreeze:
-        return [(stage.unfreeze, stage.epochs)]
-    # what each phase unfreezes, from the top block down (the backbone's own units: layers or module variables)
-    steps = freezing.trainable_units(model).gradual(stage.unfreeze, stage.train_bn)
-    if not steps:
-        return [(stage.unfreeze, stage.epochs)]
-    count = min(len(steps), max(1, math.ceil(stage.epochs / stage.gradual_unfreeze)))
-    steps = steps[: count - 1] + [steps[-1]]
-    epochs = [stage.gradual_unfreeze] * (count - 1)
-    epochs.append(stage.epochs - sum(epochs))
-    return list(zip(steps, epochs))
