@@ -1,6 +1,6 @@
-"""The README's quick starts run as written, on a new user's machine against the loopback internet (the `internet`
-fixture): the blocks marked `<!-- tested: NAME -->` in README.md are run verbatim, in a folder holding the `photos/`
-they name. A README example that cannot run is a bug."""
+"""The README's quick starts and the guides' examples run as written, on a new user's machine against the loopback
+internet (the `internet` fixture): the blocks marked `<!-- tested: NAME -->` in README.md and docs/ are run verbatim,
+in a folder holding the `photos/` they name. An example that cannot run is a bug."""
 
 from __future__ import annotations
 
@@ -22,13 +22,20 @@ PHOTOS = {"cats": (220, 40, 40), "dogs": (40, 60, 220)}
 
 
 def readme_block(name: str) -> str:
-    """The fenced block right after `<!-- tested: NAME ... -->` in README.md."""
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(f"<!-- tested: {name}"))
-    assert lines[start + 1].startswith("```"), f"no code block after the {name} marker"
-    end = next(i for i in range(start + 2, len(lines)) if lines[i].startswith("```"))
-    return "\n".join(lines[start + 2:end])
+    """The fenced block right after `<!-- tested: NAME ... -->` in README.md or a page of docs/."""
+    pages = [os.path.join(ROOT, "README.md")] + [os.path.join(folder, f) for folder, _, files in
+                                                 os.walk(os.path.join(ROOT, "docs")) for f in sorted(files)
+                                                 if f.endswith(".md")]
+    for page in pages:
+        with open(page, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        found = [i for i, line in enumerate(lines) if line.startswith(f"<!-- tested: {name}")]
+        if found:
+            start = found[0]
+            assert lines[start + 1].startswith("```"), f"no code block after the {name} marker in {page}"
+            end = next(i for i in range(start + 2, len(lines)) if lines[i].startswith("```"))
+            return "\n".join(lines[start + 2:end])
+    raise AssertionError(f"no <!-- tested: {name} --> block in README.md or docs/")
 
 
 @pytest.fixture

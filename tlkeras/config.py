@@ -88,7 +88,9 @@ class StageConfig:
 
     Args:
         epochs: epochs of this stage; 0 skips it; "auto" (the default): as many as the data's size needs - at
-            least 5, and enough for a few hundred optimizer steps on small data (`tlkeras.training.budget`).
+            least 5, and enough optimizer steps (stage 1: 200, on cached features; stage 2: 300), at most 100
+            (`tlkeras.training.budget`): 10-50 images per class gained 5 to 20 points against 5 epochs; the log
+            says what it chose and run.json records it.
         learning_rate: peak rate. In stage 2, None means stage 1's rate / 3.
         optimizer: "adam", "adamw" or "sgd" (with `momentum`).
         momentum: SGD momentum.
@@ -102,24 +104,27 @@ class StageConfig:
         unfreeze: stage 2 only. What of the backbone trains: an int (top N layers with
             weights), a float in (0, 1] (that fraction of them), a layer name (it and
             everything above it), "blocks:N" (the top N blocks of the family's block map)
-            or "all".
+            or "all" (the default; keras.applications backbones default to 0.5: as accurate, 2-3x
+            faster, benchmarks/RESULTS.md). For a hub module the same counts of its trainable
+            variables, or a variable name (`blocks:N` needs a block map).
         layer_decay: stage 2 only. Discriminative rates: the head trains at the stage rate, the
             backbone block below it at rate x layer_decay, the next at rate x layer_decay^2, ...
             (blocks from the family's block map). None trains everything at the stage rate.
         gradual_unfreeze: stage 2 only. Unfreeze one more block every this many epochs, from the
             top block down to what `unfreeze` allows (ULMFiT); 0 unfreezes all at once.
-        train_bn: let BatchNormalization layers of the unfrozen part train (default:
+        train_bn: stage 2 only. Let BatchNormalization layers of the unfrozen part train (default:
             they stay frozen and in inference mode, so their statistics never change).
-        bn_momentum: momentum of BatchNormalization layers that do train. keras.applications
+        bn_momentum: stage 2 only. Momentum of BatchNormalization layers that do train. keras.applications
             MobileNets use 0.999, which leaves the moving statistics near their initial
             values after a few hundred steps; 0.9 (the PyTorch default) tracks them.
         method: stage 2 only. "full" trains what `unfreeze` says; "lora" trains low-rank adapters
             on the `lora_targets` layers and the head, nothing else (see `tlkeras.lora`); "bitfit" trains
             only the bias terms of what `unfreeze` says (BatchNormalization's too with `train_bn`) and
             the head (see `tlkeras.methods.bitfit`).
-        lora_rank / lora_alpha: the adapters' rank and scale (alpha / rank; alpha null = the rank).
-        lora_targets: layer names or paths in the backbone, wildcards allowed (null: the attention
-            query and value projections).
+        lora_rank / lora_alpha: stage 2 only. The LoRA adapters' rank and scale (alpha / rank; alpha null =
+            the rank).
+        lora_targets: stage 2 only. The layers that get LoRA adapters: names or paths in the backbone,
+            wildcards allowed (null: the attention query and value projections, KerasHub's names).
         recompute: stage 2 only. Recompute the activations of the backbone's composite layers (transformer
             layers) in the backward pass instead of keeping them: less memory, one more forward pass of
             those layers per step (`tlkeras.recompute`). None: the method's default (on with "lora").
@@ -175,6 +180,26 @@ class AugmentConfig:
     any random image op they make the backbone run on every batch. `feature_mixup` mixes what a cached stage trains
     on - stage 1's features, stage 2's activations at the cut (manifold mixup) - so the caches stay; it applies to
     texts too.
+
+    Args:
+        preset: `auto` (the default): what the few-labels benchmark measured to pay for the inputs kind, when no op
+            is given and the stages' epochs are `auto` - for single-label images feature mixup at 0.4 (+4.0 to +7.9
+            points of test accuracy on digits, textures and faces with 20 labels per class, at no cost in time),
+            for texts and multi-label nothing yet (not measured); on set epochs nothing (on the keras.io recipe's
+            10 + 5 epochs feature mixup cost 4 points). `light`: flip horizontal, rotation 0.03 of a turn, zoom 0.1,
+            translation 0.05, contrast 0.2, brightness 0.2 (fastai's `aug_transforms` in Keras's units); `strong`:
+            light + RandAugment (2 ops at 0.5) + random erasing in a quarter of the images. `augment: none` turns
+            augmentation off.
+        flip: `horizontal`, `vertical` or `horizontal_and_vertical`.
+        rotation / zoom / translation / contrast / brightness: the factors of Keras's Random* layers of those names.
+        rand_augment: RandAugment's strength; `rand_augment_ops` operations per image.
+        rand_augment_ops: RandAugment's operations per image.
+        erasing: the share of images that get a patch erased (RandomErasing).
+        augmix: AugMix's strength.
+        mixup / cutmix: the Beta(alpha, alpha) of Keras's MixUp / CutMix on training images (both: batches alternate;
+            like any image op they turn the caches off).
+        feature_mixup: alpha of manifold mixup on the cached features and cut activations the stages train on (the
+            caches stay; texts too).
     """
 
     preset: Optional[str] = "auto"
@@ -300,10 +325,94 @@ def _stage2() -> StageConfig:
 
 @dataclass
 class FinetuneConfig:
-    """Everything a fine-tuning run needs. See the README's config reference.
+    """Everything a fine-tuning run needs: every key is also a keyword of `build_and_finetune` and a `--set` path.
+    The sections have their own classes (`HeadConfig`, `StageConfig` for stage1 and stage2, `AugmentConfig`,
+    `SelfTrainingConfig`); the documentation's config reference is generated from these fields and docstrings
+    (`tlkeras.configdoc`).
 
     `data` and `val_data` may hold in-memory data (NumPy arrays, a tf.data.Dataset);
     such values are written to config.yaml as null with a comment.
+
+    Attributes:
+        data: a folder of class subfolders, a CSV/TSV of image paths or texts and labels, `tfds:NAME[:SPLIT]`
+            (extra `tfds`), `(x, y)` arrays or a `tf.data.Dataset` of `(input, label)`.
+        backbone: a keras.applications family (`tlkeras backbones` lists them); `hub:<URL, Kaggle handle or
+            folder>` (a TF Hub / Kaggle Models image feature-vector or text-embedding module, or a BERT-class text
+            encoder with `backbone_options.preprocessor`); `kerashub:<preset or folder>`; a path to your own
+            backbone, a `.keras` model file or a SavedModel folder whose output is a feature map or vector (loaded in
+            safe mode); or `auto:A,B,...` (or a list): rank those candidates on the data first and train the best
+            (config.yaml then records the winner).
+        weights: `imagenet` (for hub modules, KerasHub presets and your own files: their own weights), null
+            (random init; not for hub modules), or a path to a weights file of the backbone.
+        backbone_options: constructor options of a keras.applications backbone, e.g. `{alpha: 0.35}`; for other
+            sources `preprocessing: none|unit|tf|torch|caffe` (what its input expects; defaults: hub `unit`, KerasHub
+            its converter, your files `none`), for a hub module returning a dict `output_key`; for a KerasHub or TF
+            Hub text encoder `sequence_length` (tokens per text with the start and end tokens; default 128 or the
+            encoder's maximum if smaller) and `pooling` (`mean`, the default: masked mean over tokens; `pooled`: the
+            encoder's pooled/CLS output; `first`: the first token's vector); for a TF Hub text encoder
+            `preprocessor: hub:<its preprocessing model>`.
+        val_data: explicit validation data; else a stratified split of `data`.
+        unlabeled_data: unlabelled examples of the same kind (`--unlabeled-data`): a folder of images (any
+            layout), a CSV of image paths, a list of paths or an array of images beside array data; for texts a
+            `.txt` of one text per line, a CSV with `text_column`, or a list. Turns on self-training (single-label,
+            see `self_training`): a teacher trained on the labelled data labels them, those it is sure of train the
+            run's model (the student) with the labelled ones; never in validation; a student below the teacher on
+            validation is not kept. Each round in `self_training/round-N/`, resumable. Costs one more training per
+            round.
+        val_split: validation fraction per class, seeded.
+        class_names: names for integer labels of arrays and datasets.
+        task: `single_label`, `multi_label`, or `auto` (multi-label when any example has more than one label;
+            logged).
+        text_column: the text column of a CSV/TSV of texts; `[a, b]` (two different columns) makes a sentence-pair
+            classifier on a KerasHub or TF Hub text encoder, whose export takes `text_a` and `text_b`.
+        image_column: the image path column of a CSV/TSV of images (paths relative to the CSV).
+        label_column: the label column of a CSV/TSV of images or texts.
+        label_separator: what separates several labels in one cell of `label_column` (multi-label).
+        threshold: multi-label decisions: `per_class` (each class's F1-maximising threshold on the validation
+            split), `global` (one, maximising micro-F1), or a number in (0, 1).
+        tta: test-time augmentation in the run's evaluation: `flip` averages each validation image's probabilities
+            with its mirror's, `flip_all` also upside down and both; metrics.json keeps the plain metrics and adds
+            `tta`. For images without a left and right (textures: +1.5 to +3.5 points); on digits a flip costs
+            16-27 points. Images only.
+        image_size: an int or `[height, width]`; at least the backbone's minimum, at most 4096; null: the
+            backbone's default size.
+        max_image_pixels: images whose header declares more pixels (height x width) are refused before decoding -
+            skipped with the reason in training, an error naming the size from the export, a skip in `predict`
+            (decompression bombs); kept with the model; Pillow's default; 0: no limit.
+        batch_size: per replica: the global batch is this x the replicas in sync.
+        class_weight: `balanced`, `auto` (balanced when the largest class has more than 2x the examples of the
+            smallest; logged), or `{class: weight}`; multi-label: weights of each label's positive examples
+            (`balanced` = negatives / positives, `auto` when that exceeds 2).
+        label_smoothing: cross-entropy label smoothing in [0, 1).
+        cache_images: decode and resize each image once and keep the pixels in memory: `auto` (when they fit
+            `memory_budget_mb`), true, false (stream from files every epoch).
+        cache_features: train each stage on what its frozen part computes, computed once: `auto` (unless training
+            inputs are randomly augmented), true, false.
+        cache_views: with `cache_features: true` and augmentation: augmented views per image cached for stage 1.
+        memory_budget_mb: larger caches are not held in memory: pixels stream from files, features spill to
+            float16 files (deleted afterwards).
+        jit_compile: XLA: `auto` (on with a GPU or TPU, off on CPU: 10x slower there, measured), true, false.
+        mixed_precision: `auto` (`mixed_float16` on GPU, `mixed_bfloat16` on TPU, `float32` on CPU), or one of
+            those names.
+        strategy: `auto` (a strategy already in scope; else a TPU if one is configured; MultiWorkerMirroredStrategy
+            when TF_CONFIG names more than one machine; MirroredStrategy with more than one GPU; else the default),
+            `default`, `one_device`, `mirrored`, `multi_worker`, `tpu`.
+        tpu: a TPU name or `grpc://` address; else `TPU_NAME`, Colab's `COLAB_TPU_ADDR`, or `local` on a TPU VM.
+        scale_learning_rate: multiply both stages' rates by the number of replicas (linear scaling).
+        output_dir: the run directory; null: `runs/<backbone>-<time>`.
+        seed: seeds Python, NumPy, TensorFlow, the split and the shuffles.
+        restore_best: evaluate and export the weights of the run's best epoch over both stages when it is clearly
+            better than the last epoch: single-label by the highest validation accuracy (the loss breaking ties),
+            put back only when it beats the last epoch's by more than two standard errors on the validation
+            examples; multi-label by the lowest validation loss. metrics.json says which epoch (`epoch`,
+            `restored_best`) and the log why.
+        export: write the SavedModel (`export/<version>/`), checked against the model before it lands.
+        export_tta: put the `tta` views inside the export's graph (every signature averages them; checked against
+            the model's own average within 1e-5; SavedModel only).
+        top_k: classes listed per image in the export and `predict` (and the k of the top-k accuracy).
+        report: plots and report.html in the run directory.
+        tensorboard: TensorBoard logs of both stages in `output_dir/tensorboard`.
+        deterministic: TensorFlow op determinism (process-wide; same config, seed and machine: same metrics).
     """
 
     data: Any = None

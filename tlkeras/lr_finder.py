@@ -53,7 +53,7 @@ def find_learning_rate(
     """Run the LR range test for `stage` (1 or 2) and suggest a learning rate.
 
     Args:
-        data, config, **options: as for `build_and_finetune`.
+        data, config, options: as for `build_and_finetune` (options: its other keyword arguments).
         min_lr / max_lr: the range scanned, geometrically, over `steps` training steps.
         output: where the plot goes (PNG); default <output_dir>/lr_finder_stage<N>.png.
 
