@@ -74,7 +74,7 @@ def cluster_workers(tf_config: Optional[str]) -> int:
     try:
         cluster = json.loads(tf_config).get("cluster", {})
     except (ValueError, AttributeError):
-        raise ConfigError(f"TF_CONFIG is not valid JSON: {tf_config[:80]!r}. See the README's multi-worker section.") from None
+        raise ConfigError(f"TF_CONFIG is not valid JSON: {tf_config[:80]!r}. See the scaling guide (docs/guides/scaling.md).") from None
     return len(cluster.get("chief", [])) + len(cluster.get("worker", []))
 
 
