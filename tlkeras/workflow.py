@@ -173,49 +173,113 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
     os.makedirs(run_dir, exist_ok=True)
     try:
         with rundir.lock(run_dir), fewer_full_collections():  # one run per directory, released however it ends
-            return _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, started=started,
-                        resume=resume, overwrite=overwrite, verbose=verbose, callbacks=extra_callbacks,
-                        ranking=ranking)
+            run = _Run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, started, verbose,
+                       extra_callbacks, ranking)
+            return _run(run, resume=resume, overwrite=overwrite)
     except BaseException:
         if created and os.path.isdir(run_dir) and not os.listdir(run_dir):
             os.rmdir(run_dir)  # refused before anything was written: leave nothing behind
         raise
 
 
-def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *, started, resume, overwrite, verbose,
-         callbacks, ranking=None) -> FinetuneResult:
-    """build_and_finetune from the run directory on, holding its lock."""
-    log = get_logger()
-    chief, task = worker_role(strategy)
-    extra_callbacks = callbacks
-    # A worker's own folder without a resume state holds nothing worth keeping: start it afresh.
-    stale_worker_dir = not chief and not resume and not rundir.has_state(run_dir)
-    resuming = rundir.prepare(run_dir, cfg, resume=resume, overwrite=overwrite or stale_worker_dir)
-    log.info("run directory: %s%s", run_dir, " (resuming)" if resuming else "")
-    if ranking is not None:
-        ranking.write(run_dir)
-    else:  # a resumed run keeps the ranking its backbone was chosen by
-        saved = load_ranking(run_dir)
-        ranking = saved if saved and (saved.recommended or {}).get("backbone") == cfg.backbone else None
-    if not chief:  # a worker's own temp folder: its config goes in at once, tying its saved state to this run
-        rundir.write_config(os.path.join(run_dir, rundir.CONFIG_FILE), cfg)
-    if is_multi_worker(strategy):
-        _check_workers_agree(strategy, run_dir, resuming)
+@dataclass
+class _Run:
+    """What every step of a run shares, from the run directory on: the resolved config (and the one training uses,
+    with distributed settings), the backbone spec, the Inputs kind, the image size, where files go, the strategy,
+    and the wall time of each step so far."""
 
-    # Everything that can be checked without training is checked before the run directory is
-    # written: the data (paths, classes, class_weight), the backbone and its weights, the stages.
-    timings = {}
+    cfg: FinetuneConfig
+    train_cfg: FinetuneConfig
+    spec: Any
+    kind: Any
+    image_size: Any
+    run_dir: str
+    chief_dir: str
+    strategy: Any
+    started: float
+    verbose: Any
+    callbacks: list
+    ranking: Any = None
+    timings: dict = field(default_factory=dict)
+    input_facts: dict = field(default_factory=dict)  # what the Inputs kind says of the data (run.json's "inputs")
+    settled_at: float = 0.0  # when training ended: the "evaluate" step's clock starts there
+
+    @property
+    def chief(self) -> bool:
+        return worker_role(self.strategy)[0]
+
+
+@dataclass
+class _Evaluation:
+    """The trained model's answers on the evaluated split, and what was made of them."""
+
+    split: str
+    examples: Any
+    probabilities: Any
+    labels: Any
+    metrics: dict
+
+
+def _run(run: _Run, *, resume: bool, overwrite: bool) -> FinetuneResult:
+    """build_and_finetune from the run directory on, holding its lock: the plan."""
+    resuming = _prepare_directory(run, resume, overwrite)
+    bundle, unlabeled = _load_data(run)
     clock = time.time()
-    with strategy.scope():  # pipelines for a TPU keep one batch shape (drop_remainder)
-        data_bundle = kind.make_datasets(train_cfg, image_size)
-    class_names, task = data_bundle.class_names, data_bundle.task
-    log.info(
-        "data: %d training and %d validation %s, %d classes%s%s",
-        data_bundle.train_count, data_bundle.val_count, kind.noun, len(class_names),
-        f" ({task.description})" if task.qualifier else "",
-        f", {len(data_bundle.skipped)} file(s) skipped (see skipped_files.txt)" if data_bundle.skipped else "",
+    model = _build(run, bundle)
+    run.timings["build"] = time.time() - clock
+    _check_and_write_inputs(run, model, bundle)
+    model, history, budget, rounds = _train_all(run, model, bundle, unlabeled, resuming)
+    epoch, kept_round, finished = _settle(run, model, history, bundle, rounds)
+    evaluation = _evaluate(run, model, history, bundle, epoch)
+    record = _record(run, bundle, history, budget, evaluation, unlabeled, rounds, epoch, kept_round, finished)
+    if run.cfg.report:
+        _write_report(run.run_dir, history, evaluation.metrics, evaluation.probabilities, evaluation.labels,
+                      bundle.class_names, run.kind.pictures(evaluation.examples, run.image_size), evaluation.examples,
+                      run.cfg, record, bundle.task)
+    export_dir = _export(run, model, bundle, record, evaluation.metrics)
+    run_dir = run.run_dir
+    if not run.chief:
+        shutil.rmtree(run.run_dir, ignore_errors=True)
+        run_dir, export_dir = run.chief_dir, None
+    return FinetuneResult(
+        model=model, history=history, metrics=evaluation.metrics, class_names=bundle.class_names, run_dir=run_dir,
+        export_dir=export_dir, config=run.cfg, skipped_files=bundle.skipped, timings=run.timings,
     )
 
+
+def _prepare_directory(run: _Run, resume: bool, overwrite: bool) -> bool:
+    """Claim the run directory (a new run, or going on from its state); keep the ranking the backbone was chosen by;
+    on a cluster, check that the workers go on from the same epoch. Whether the run resumes."""
+    log = get_logger()
+    # A worker's own folder without a resume state holds nothing worth keeping: start it afresh.
+    stale_worker_dir = not run.chief and not resume and not rundir.has_state(run.run_dir)
+    resuming = rundir.prepare(run.run_dir, run.cfg, resume=resume, overwrite=overwrite or stale_worker_dir)
+    log.info("run directory: %s%s", run.run_dir, " (resuming)" if resuming else "")
+    if run.ranking is not None:
+        run.ranking.write(run.run_dir)
+    else:  # a resumed run keeps the ranking its backbone was chosen by
+        saved = load_ranking(run.run_dir)
+        run.ranking = saved if saved and (saved.recommended or {}).get("backbone") == run.cfg.backbone else None
+    if not run.chief:  # a worker's own temp folder: its config goes in at once, tying its saved state to this run
+        rundir.write_config(os.path.join(run.run_dir, rundir.CONFIG_FILE), run.cfg)
+    if is_multi_worker(run.strategy):
+        _check_workers_agree(run.strategy, run.run_dir, resuming)
+    return resuming
+
+
+def _load_data(run: _Run):
+    """(the Inputs kind's DataBundle, the unlabelled examples or None), logged; what `augment: auto` chose."""
+    log, cfg, kind = get_logger(), run.cfg, run.kind
+    clock = time.time()
+    with run.strategy.scope():  # pipelines for a TPU keep one batch shape (drop_remainder)
+        bundle = kind.make_datasets(run.train_cfg, run.image_size)
+    task = bundle.task
+    log.info(
+        "data: %d training and %d validation %s, %d classes%s%s",
+        bundle.train_count, bundle.val_count, kind.noun, len(bundle.class_names),
+        f" ({task.description})" if task.qualifier else "",
+        f", {len(bundle.skipped)} file(s) skipped (see skipped_files.txt)" if bundle.skipped else "",
+    )
     if cfg.augment.preset == "auto":
         chosen = cfg.augment_for(kind.name, task.name)
         picked = {k: getattr(chosen, k) for k in ("feature_mixup", "mixup", "cutmix") if getattr(chosen, k)}
@@ -226,77 +290,90 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
                  "what the few-labels benchmark measured to pay, benchmarks/RESULTS.md" if picked else
                  "it was measured to pay with the stages' epochs auto, and they are set here" if measured.given else
                  "no augmentation measured to pay for them yet")
-    unlabeled = _load_unlabeled(cfg, kind, data_bundle, image_size)
-    timings["data"] = time.time() - clock
+    unlabeled = _load_unlabeled(cfg, kind, bundle, run.image_size)
+    run.timings["data"] = time.time() - clock
+    return bundle, unlabeled
 
-    def build(offset: int = 0):
-        # every build starts from the seed: self-training's teacher (offset 0) is the model a labelled-only run
-        # trains; each later round's model, the student included, starts from the next seed (not the teacher's copy)
-        keras.utils.set_random_seed((cfg.seed + offset) % 2**32)
-        with precision_policy(resolve_precision(cfg.mixed_precision)), strategy.scope():
-            return build_model(
-                spec, len(class_names), image_size=image_size, weights=cfg.weights,
-                head=cfg.head, backbone_options=cfg.backbone_options, task=task.name, class_names=class_names,
-                input_options=kind.input_options(cfg), inputs=kind.name,
-            )
 
-    clock = time.time()
-    model = build()
-    timings["build"] = time.time() - clock
-    resolved = _budgeted(train_cfg, data_bundle, quiet=True)[0]
-    check_stages(model, resolved.stage1, resolved.stage2)
-    input_facts = kind.data_facts(model, data_bundle)  # logged by the kind, kept in run.json
-    rundir.write_config(os.path.join(run_dir, rundir.CONFIG_FILE), cfg)
-    write_text_atomic(os.path.join(run_dir, rundir.LABELS_FILE), "\n".join(class_names) + "\n")
-    if data_bundle.skipped:
-        write_text_atomic(
-            os.path.join(run_dir, "skipped_files.txt"),
-            "".join(f"{path}\t{reason}\n" for path, reason in data_bundle.skipped),
+def _build(run: _Run, bundle, offset: int = 0):
+    """The model, from the seed: self-training's teacher (offset 0) is the model a labelled-only run trains; each
+    later round's model, the student included, starts from the next seed (not the teacher's copy)."""
+    keras.utils.set_random_seed((run.cfg.seed + offset) % 2**32)
+    with precision_policy(resolve_precision(run.cfg.mixed_precision)), run.strategy.scope():
+        return build_model(
+            run.spec, len(bundle.class_names), image_size=run.image_size, weights=run.cfg.weights,
+            head=run.cfg.head, backbone_options=run.cfg.backbone_options, task=bundle.task.name,
+            class_names=bundle.class_names, input_options=run.kind.input_options(run.cfg), inputs=run.kind.name,
         )
+
+
+def _check_and_write_inputs(run: _Run, model, bundle) -> None:
+    """What can be checked without training is checked before the run directory is written (the stages against
+    this model); then the config, the labels and the skipped files go in."""
+    resolved = _budgeted(run.train_cfg, bundle, quiet=True)[0]
+    check_stages(model, resolved.stage1, resolved.stage2)
+    run.input_facts = run.kind.data_facts(model, bundle)  # logged by the kind, kept in run.json
+    rundir.write_config(os.path.join(run.run_dir, rundir.CONFIG_FILE), run.cfg)
+    write_text_atomic(os.path.join(run.run_dir, rundir.LABELS_FILE), "\n".join(bundle.class_names) + "\n")
+    if bundle.skipped:
+        write_text_atomic(
+            os.path.join(run.run_dir, "skipped_files.txt"),
+            "".join(f"{path}\t{reason}\n" for path, reason in bundle.skipped),
+        )
+
+
+def _train(run: _Run, model, bundle, directory, resume, callbacks=None, keep_cached_validation=False):
+    """Both stages on `bundle` into `directory`, with the epochs its size needs: (history, budget, the epoch put
+    back for a self-training teacher or None)."""
+    cfg = run.cfg
+    stages, budget = _budgeted(run.train_cfg, bundle)
+    with run.strategy.scope():  # the parts, optimizers and the stage-2 recompile are created under it
+        history = _finetune(
+            model, bundle.train, bundle.val, stage1=stages.stage1, stage2=stages.stage2,
+            run_dir=directory, class_weight=bundle.class_weight, augmenter=bundle.augmenter,
+            mixing=Mixing.from_config(cfg.augment_for(run.kind.name, bundle.task.name), cfg.seed),
+            callbacks=run.callbacks if callbacks is None else callbacks, cache_features=cfg.cache_features,
+            cache_views=cfg.cache_views, memory_budget_mb=cfg.memory_budget_mb, jit_compile=cfg.jit_compile,
+            inputs_random=False,  # the augmenter holds all the randomness
+            label_smoothing=cfg.label_smoothing, resume=resume, verbose=run.verbose,
+            keep_cached_validation=keep_cached_validation, seed=cfg.seed, rebuild_train=bundle.rebuild_train,
+        )
+    evaluated = None
+    if directory != run.run_dir and cfg.restore_best:  # a teacher of self-training
+        evaluated = _restore_best(model, history, directory, bundle.val_count)
+    return history, budget, evaluated
+
+
+def _train_all(run: _Run, model, bundle, unlabeled, resuming: bool):
+    """Self-training's rounds (with unlabeled data), then the run's model: (model, history, budget, rounds)."""
+    cfg, kind = run.cfg, run.kind
     callbacks = []
     if cfg.tensorboard:
         from tlkeras.tensorboard import tensorboard_callbacks
 
-        callbacks = tensorboard_callbacks(run_dir)
-    callbacks += extra_callbacks
-
-    def train(model, bundle, directory, resume, callbacks=extra_callbacks, keep_cached_validation=False):
-        """Both stages on `bundle` into `directory`, with the epochs its size needs."""
-        stages, budget = _budgeted(train_cfg, bundle)
-        with strategy.scope():  # the parts, optimizers and the stage-2 recompile are created under it
-            history = _finetune(
-                model, bundle.train, bundle.val, stage1=stages.stage1, stage2=stages.stage2,
-                run_dir=directory, class_weight=bundle.class_weight, augmenter=bundle.augmenter,
-                mixing=Mixing.from_config(cfg.augment_for(kind.name, bundle.task.name), cfg.seed),
-                callbacks=callbacks, cache_features=cfg.cache_features, cache_views=cfg.cache_views,
-                memory_budget_mb=cfg.memory_budget_mb, jit_compile=cfg.jit_compile,
-                inputs_random=False,  # the augmenter holds all the randomness
-                label_smoothing=cfg.label_smoothing, resume=resume, verbose=verbose,
-                keep_cached_validation=keep_cached_validation, seed=cfg.seed, rebuild_train=bundle.rebuild_train,
-            )
-        evaluated = None
-        if directory != run_dir and cfg.restore_best:  # a teacher of self-training
-            evaluated = _restore_best(model, history, directory, bundle.val_count)
-        return history, budget, evaluated
+        callbacks = tensorboard_callbacks(run.run_dir)
+    callbacks += run.callbacks
 
     def teach(model, bundle, directory, resume):  # a round of self-training: its validation accuracy
-        history, _, evaluated = train(model, bundle, directory, resume)
+        history, _, evaluated = _train(run, model, bundle, directory, resume)
         return _val_accuracy(history, evaluated)
 
     try:
-        self_training, train_bundle = None, data_bundle
+        rounds, train_bundle = None, bundle
         if unlabeled is not None:  # run.json's data stays the labelled data; self_training says what joined it
             from tlkeras import self_training as st
 
             del model  # each round, and the student, start from the pretrained weights
-            train_bundle, self_training = st.run_rounds(
-                cfg.self_training, bundle=data_bundle, unlabeled=unlabeled, class_names=class_names,
-                run_dir=run_dir, resuming=resuming, build=build, train=teach,
+            train_bundle, rounds = st.run_rounds(
+                cfg.self_training, bundle=bundle, unlabeled=unlabeled, class_names=bundle.class_names,
+                run_dir=run.run_dir, resuming=resuming, build=lambda offset=0: _build(run, bundle, offset),
+                train=teach,
                 predict=lambda m, examples: predict_probabilities(
-                    m, kind.evaluation_pipeline(examples, m, train_cfg.batch_size))[0],
-                with_training=lambda bundle, examples: kind.with_training(bundle, examples, train_cfg, image_size))
-            model = build(cfg.self_training.rounds)
-        history, budget, _ = train(model, train_bundle, run_dir, resuming, callbacks, keep_cached_validation=True)
+                    m, kind.evaluation_pipeline(examples, m, run.train_cfg.batch_size))[0],
+                with_training=lambda b, examples: kind.with_training(b, examples, run.train_cfg, run.image_size))
+            model = _build(run, bundle, cfg.self_training.rounds)
+        history, budget, _ = _train(run, model, train_bundle, run.run_dir, resuming, callbacks,
+                                    keep_cached_validation=True)
     except tf.errors.UnavailableError as e:
         raise TrainingError(
             "lost contact with a worker of the cluster (tf.errors.UnavailableError: a peer stopped responding; "
@@ -306,20 +383,33 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
     except tf.errors.ResourceExhaustedError as e:
         raise TrainingError(
             f"out of memory while training ({e.message.strip().splitlines()[0][:120]}): use a smaller batch_size "
-            f"(now {cfg.batch_size}){_size_hint(image_size)}, mixed_precision: "
+            f"(now {cfg.batch_size}){_size_hint(run.image_size)}, mixed_precision: "
             "mixed_float16 on a GPU, or a lower stage2.unfreeze (fewer layers hold activations for the backward pass)."
         ) from None
-    timings.update(history.stage_seconds)
-    clock = time.time()
-    evaluated_epoch = _restore_best(model, history, run_dir, data_bundle.val_count) if cfg.restore_best else None
-    kept_round = _keep_the_better(model, self_training, history, evaluated_epoch, run_dir)
-    if kept_round is not None:
-        evaluated_epoch = None
-        history.cached_validation = None  # the student's; the kept model is evaluated on the pipeline
-    finished = get_method(cfg.stage2.method).finish(model, run_dir)  # before model.keras and the exports (LoRA folds)
+    run.timings.update(history.stage_seconds)
+    return model, history, budget, rounds
 
-    eval_ds, split = (data_bundle.val, "val") if data_bundle.val is not None else (data_bundle.train, "train")
-    eval_examples = data_bundle.val_examples if split == "val" else data_bundle.train_examples
+
+def _settle(run: _Run, model, history, bundle, rounds):
+    """Which weights the run keeps: the best epoch's (restore_best), an earlier self-training round's when it beat
+    the student, and what the stage-2 method does at the end (LoRA folds its adapters). (the evaluated epoch or
+    None, the kept round or None, the method's record or None)."""
+    run.settled_at = time.time()
+    epoch = _restore_best(model, history, run.run_dir, bundle.val_count) if run.cfg.restore_best else None
+    kept_round = _keep_the_better(model, rounds, history, epoch, run.run_dir)
+    if kept_round is not None:
+        epoch = None
+        history.cached_validation = None  # the student's; the kept model is evaluated on the pipeline
+    finished = get_method(run.cfg.stage2.method).finish(model, run.run_dir)  # before model.keras and the exports
+    return epoch, kept_round, finished
+
+
+def _evaluate(run: _Run, model, history, bundle, epoch) -> _Evaluation:
+    """The Task's decision and metrics on the validation split (else the training data), with TTA beside them when
+    asked; metrics.json and model.keras written; a model no better than guessing called so."""
+    log, cfg, kind, task, class_names = get_logger(), run.cfg, run.kind, bundle.task, bundle.class_names
+    eval_ds, split = (bundle.val, "val") if bundle.val is not None else (bundle.train, "train")
+    examples = bundle.val_examples if split == "val" else bundle.train_examples
     cached, history.cached_validation = history.cached_validation, None  # held no longer than needed
     if cached is not None and split == "val":  # the frozen layers' outputs are cached: not run again
         log.info("evaluation: the frozen layers' outputs for the validation %s are cached; not run again", kind.noun)
@@ -341,55 +431,56 @@ def _run(cfg, train_cfg, spec, kind, image_size, run_dir, chief_dir, strategy, *
         log.info("tta %s: %s %s %.4f -> %.4f with the views averaged", cfg.tta, split, task.headline_name,
                  metrics.get(task.headline_key, float("nan")), with_tta.get(task.headline_key, float("nan")))
     if history.get("epoch"):  # whose weights these are: the best epoch's (restore_best) or the last one's
-        metrics["epoch"] = evaluated_epoch or history["epoch"][-1]
-        metrics["restored_best"] = bool(evaluated_epoch and evaluated_epoch != history["epoch"][-1])
-    write_json_atomic(os.path.join(run_dir, "metrics.json"), metrics)
-    save_model_atomic(model, os.path.join(run_dir, "model.keras"))
+        metrics["epoch"] = epoch or history["epoch"][-1]
+        metrics["restored_best"] = bool(epoch and epoch != history["epoch"][-1])
+    write_json_atomic(os.path.join(run.run_dir, "metrics.json"), metrics)
+    save_model_atomic(model, os.path.join(run.run_dir, "model.keras"))
     _warn_at_chance(task, metrics, labels, split, cfg)
     log.info("%s %s %.4f on %d %s", split, task.headline_name, metrics.get(task.headline_key, float("nan")),
              metrics.get("count", 0), kind.noun)
-    timings["evaluate"] = time.time() - clock
-    record = build_record(cfg=cfg, bundle=data_bundle, run_dir=run_dir, timings=timings, started=started,
-                          plan=history.cache_plan, policy=keras.config.dtype_policy().name, strategy=strategy)
-    if input_facts:
-        record["inputs"] = input_facts
+    run.timings["evaluate"] = time.time() - run.settled_at
+    return _Evaluation(split, examples, probabilities, labels, metrics)
+
+
+def _record(run: _Run, bundle, history, budget, evaluation, unlabeled, rounds, epoch, kept_round, finished) -> dict:
+    """run.json as the training left it (status "trained": the report and the export are still to do)."""
+    cfg = run.cfg
+    record = build_record(cfg=cfg, bundle=bundle, run_dir=run.run_dir, timings=run.timings, started=run.started,
+                          plan=history.cache_plan, policy=keras.config.dtype_policy().name, strategy=run.strategy)
+    if run.input_facts:
+        record["inputs"] = run.input_facts
     record["epochs"] = budget.as_record()
-    if self_training is not None:
-        record["self_training"] = {"unlabeled": len(unlabeled), "rounds": self_training,
+    if rounds is not None:
+        record["self_training"] = {"unlabeled": len(unlabeled), "rounds": rounds,
                                    "threshold": cfg.self_training.threshold, "cap": cfg.self_training.cap,
-                                   "student_val_accuracy": _val_accuracy(history, evaluated_epoch),
+                                   "student_val_accuracy": _val_accuracy(history, epoch),
                                    "kept": f"round {kept_round['round']}" if kept_round else "student"}
-    if ranking is not None:
-        record["ranking"] = ranking.as_list()
+    if run.ranking is not None:
+        record["ranking"] = run.ranking.as_list()
     if finished is not None:
         record[cfg.stage2.method] = finished  # e.g. "lora": the adapters' rank, targets and file
     record["status"] = rundir.TRAINED  # the report and export are still to do: a rerun completes them
-    write_json_atomic(os.path.join(run_dir, RUN_FILE), record)
-    if cfg.report:
-        _write_report(run_dir, history, metrics, probabilities, labels, class_names,
-                      kind.pictures(eval_examples, image_size), eval_examples, cfg, record, task)
-    clock = time.time()
-    export_dir = None
+    write_json_atomic(os.path.join(run.run_dir, RUN_FILE), record)
+    return record
+
+
+def _export(run: _Run, model, bundle, record: dict, metrics: dict) -> Optional[str]:
+    """The SavedModel (checked before it lands), then run.json complete: the version folder, or None."""
+    cfg, clock, export_dir = run.cfg, time.time(), None
     if cfg.export:
-        examples = data_bundle.val_examples if data_bundle.val_examples is not None else data_bundle.train_examples
-        samples = kind.export_samples(examples, EXPORT_CHECK_IMAGES, task)
+        examples = bundle.val_examples if bundle.val_examples is not None else bundle.train_examples
+        samples = run.kind.export_samples(examples, EXPORT_CHECK_IMAGES, bundle.task)
         export_dir = export_saved_model(
-            model, os.path.join(run_dir, "export"), class_names, top_k=cfg.top_k,
+            model, os.path.join(run.run_dir, "export"), bundle.class_names, top_k=cfg.top_k,
             verify_images=samples, card=card_facts(record, metrics), tta=cfg.tta if cfg.export_tta else "none",
         )
-        timings["export"] = time.time() - clock
-    record["seconds"] = {k: round(float(v), 3) for k, v in timings.items()}
+        run.timings["export"] = time.time() - clock
+    record["seconds"] = {k: round(float(v), 3) for k, v in run.timings.items()}
     if export_dir:
         record["export_dir"] = export_dir
     record["status"] = rundir.COMPLETE  # everything asked for is done
-    write_json_atomic(os.path.join(run_dir, RUN_FILE), record)
-    if not chief:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        run_dir, export_dir = chief_dir, None
-    return FinetuneResult(
-        model=model, history=history, metrics=metrics, class_names=class_names, run_dir=run_dir,
-        export_dir=export_dir, config=cfg, skipped_files=data_bundle.skipped, timings=timings,
-    )
+    write_json_atomic(os.path.join(run.run_dir, RUN_FILE), record)
+    return export_dir
 
 
 def _budgeted(train_cfg: FinetuneConfig, bundle, quiet: bool = False):

@@ -177,135 +177,209 @@ def finetune(
     >>> history["epoch"], history["stage"]
     ([1, 2], [1, 2])
     """
-    from tlkeras.config import stage_configs
+    options = FinetuneOptions(
+        run_dir=run_dir, class_weight=class_weight, callbacks=list(callbacks or []), augmenter=augmenter,
+        mixing=mixing, cache_features=cache_features, cache_views=cache_views, memory_budget_mb=memory_budget_mb,
+        jit_compile=jit_compile, inputs_random=inputs_random, label_smoothing=label_smoothing, resume=resume,
+        verbose=verbose, keep_cached_validation=keep_cached_validation, seed=seed, rebuild_train=rebuild_train)
+    training = _Training(model, train_ds, val_ds, stage1, stage2, options)
+    training.go_on_from_saved_state()
+    training.plan()
+    try:
+        training.stage1()
+        training.stage2()
+    except KeyboardInterrupt:
+        raise training.interrupted() from None
+    finally:
+        training.caches.close()
+    return training.history()
 
-    log = get_logger()
-    budget = resolve_budget(*stage_configs(stage1, stage2), count_steps(train_ds))
-    if budget.reason:
-        log.info("epochs: %s", budget.reason)
-    cfg = Stages(budget.stage1, budget.stage2)
-    method = get_method(cfg.stage2.method)  # how stage 2 trains the backbone (tlkeras.methods)
-    if cfg.stage2.epochs > 0:
-        method.prepare(model, cfg.stage2)  # before the checkpointer indexes the weights (LoRA's adapters)
-    recorder = RunHistory(os.path.join(run_dir, "history.json") if run_dir else None)
-    nan_guard = StopOnNaN()
-    shared = [recorder, nan_guard, *(callbacks or [])]
-    best = checkpointer = state = None
-    if run_dir:
-        os.makedirs(os.path.join(run_dir, CHECKPOINT_DIR), exist_ok=True)
-        best = BestCheckpoint(model, os.path.join(run_dir, CHECKPOINT_DIR, BEST_WEIGHTS),
-                              best_epoch_monitor(task_of(model), validation=val_ds is not None))
-        shared.append(best)
-        checkpointer = RunCheckpointer(model, os.path.join(run_dir, CHECKPOINT_DIR))
-        checkpointer.recorder, checkpointer.best_checkpoint = recorder, best
-        checkpointer.add_random(augmenter)
-        if resume:
-            state = checkpointer.load()
-        elif os.path.exists(checkpointer.path):
-            os.remove(checkpointer.path)  # a fresh run: an old state must not be mixed in later
-    elif resume:
-        raise TrainingError("resume=True needs the run_dir that holds the state to resume from.")
-    run = Runner(model, train_ds, val_ds, shared, class_weight, augmenter, jit_compile, verbose, label_smoothing,
-                  nan_guard=nan_guard, run_dir=run_dir, checkpointer=checkpointer, mixing=mixing,
-                  seed=int(np.random.randint(2**31)) if seed is None else int(seed), rebuild_train=rebuild_train)
 
-    freezing.freeze_backbone(model)
-    if state is not None:
-        checkpointer.restore_weights(state)
-        checkpointer.restore_random(state)
-        recorder.records = list(state.records)
+@dataclasses.dataclass
+class FinetuneOptions:
+    """The settings of `finetune` beyond the model, the data and the stages (see its arguments)."""
+
+    run_dir: Optional[str] = None
+    class_weight: Optional[dict] = None
+    callbacks: list = dataclasses.field(default_factory=list)
+    augmenter: object = None
+    mixing: object = None
+    cache_features: object = "auto"
+    cache_views: int = 4
+    memory_budget_mb: int = 1024
+    jit_compile: object = "auto"
+    inputs_random: Optional[bool] = None
+    label_smoothing: float = 0.0
+    resume: bool = False
+    verbose: object = "auto"
+    keep_cached_validation: bool = False
+    seed: Optional[int] = None
+    rebuild_train: object = None
+
+
+class _Training:
+    """One `finetune` call: the stages' settings and method, the callbacks every stage shares, the resume state,
+    what is cached, and the clock. Its steps are `finetune`'s plan."""
+
+    def __init__(self, model, train_ds, val_ds, stage1, stage2, options: FinetuneOptions):
+        from tlkeras.config import stage_configs
+
+        self.log, self.model, self.train_ds, self.val_ds, self.options = get_logger(), model, train_ds, val_ds, options
+        budget = resolve_budget(*stage_configs(stage1, stage2), count_steps(train_ds))
+        if budget.reason:
+            self.log.info("epochs: %s", budget.reason)
+        self.cfg = Stages(budget.stage1, budget.stage2)
+        self.method = get_method(self.cfg.stage2.method)  # how stage 2 trains the backbone (tlkeras.methods)
+        if self.cfg.stage2.epochs > 0:
+            self.method.prepare(model, self.cfg.stage2)  # before the checkpointer indexes the weights (LoRA's adapters)
+        run_dir = options.run_dir
+        self.recorder = RunHistory(os.path.join(run_dir, "history.json") if run_dir else None)
+        nan_guard = StopOnNaN()
+        self.shared = [self.recorder, nan_guard, *options.callbacks]
+        self.best = self.checkpointer = self.state = None
+        if run_dir:
+            os.makedirs(os.path.join(run_dir, CHECKPOINT_DIR), exist_ok=True)
+            self.best = BestCheckpoint(model, os.path.join(run_dir, CHECKPOINT_DIR, BEST_WEIGHTS),
+                                       best_epoch_monitor(task_of(model), validation=val_ds is not None))
+            self.shared.append(self.best)
+            self.checkpointer = RunCheckpointer(model, os.path.join(run_dir, CHECKPOINT_DIR))
+            self.checkpointer.recorder, self.checkpointer.best_checkpoint = self.recorder, self.best
+            self.checkpointer.add_random(options.augmenter)
+            if options.resume:
+                self.state = self.checkpointer.load()
+            elif os.path.exists(self.checkpointer.path):
+                os.remove(self.checkpointer.path)  # a fresh run: an old state must not be mixed in later
+        elif options.resume:
+            raise TrainingError("resume=True needs the run_dir that holds the state to resume from.")
+        seed = int(np.random.randint(2**31)) if options.seed is None else int(options.seed)
+        self.run = Runner(model, train_ds, val_ds, self.shared, options.class_weight, options.augmenter,
+                          options.jit_compile, options.verbose, options.label_smoothing, nan_guard=nan_guard,
+                          run_dir=run_dir, checkpointer=self.checkpointer, mixing=options.mixing, seed=seed,
+                          rebuild_train=options.rebuild_train)
+        self.epochs_done = 0
+        self.last_part = None  # what the last stage that ran here trained: a cached part, or None (the whole model)
+        freezing.freeze_backbone(model)
+
+    def go_on_from_saved_state(self) -> None:
+        """A resumed run: its weights, random states, history and best epoch as the last finished epoch left them."""
+        state, best = self.state, self.best
+        if state is None:
+            return
+        self.checkpointer.restore_weights(state)
+        self.checkpointer.restore_random(state)
+        self.recorder.records = list(state.records)
         kept = state.best_checkpoint or {}
         written = kept.get("written_epoch")
         if state.best_weights is not None:  # the best epoch's weights were newer than the file
             best.restore(kept.get("best"), kept.get("epoch"), state.best_weights, state.best, written)
         elif state.best is not None:  # the file holds the best epoch
             best.restore(state.best, kept.get("epoch", written), None, state.best, written)
-        log.info("resuming: %s; finished epochs are kept", state.describe())
-    cut = method.cut(model, cfg.stage2) if cfg.stage2.epochs > 0 else None  # below it nothing trains in stage 2
-    plan = plan_caching(cache_features, train_ds, augmenter, cfg.stage1.epochs, cfg.stage2.epochs, cut, cache_views,
-                        inputs_random, bottom_computes=bool(cut) and caching.computes_below(model, cut),
-                        mixes_images=mixing is not None and mixing.images)
-    log.info("caching: %s", plan.reason)
-    if mixing is not None and (mixing.images or mixing.features):
-        log.info("mixing: %s; labels mixed alike (soft targets)", mixing.describe())
-    clock = StageClock(state.seconds if state is not None else None)
-    if checkpointer is not None:
-        checkpointer.clock = clock  # each saved epoch keeps the seconds spent so far
-    caches = Caches(model, train_ds, val_ds, int(memory_budget_mb * 2**20), run_dir,
-                     progress=verbose not in (0, "0"))
-    epochs_done = 0
-    last_part = None  # what the last stage that ran here trained: a cached part, or None (the whole model)
-    try:
-        # === Stage 1: the head on a frozen backbone ===
-        if state is not None and state.after(1):
-            epochs_done = state.epochs_done
-            if cfg.stage1.epochs > 0:
-                log.info("stage 1: finished before the interruption, skipped")
-        elif cfg.stage1.epochs > 0:
-            log.info("stage 1: backbone frozen; training the head (%s)", _trainable_summary(model))
-            _enter_stage(shared, 1)
-            with clock.timing("stage1"):
-                part = None
-                if plan.stage1:
-                    with clock.timing("cache"):
-                        part = caches.for_head(
-                            augmenter=augmenter if plan.views > 1 else None,
-                            views=plan.views,
-                            cut=cut if plan.stage2 else None,
-                        )
-                epochs_done = run.stage(cfg.stage1, cfg.stage1.learning_rate, 0, part, position=(1, 0), state=state)
-                last_part = part
+        self.log.info("resuming: %s; finished epochs are kept", state.describe())
 
-        # === Stage 2: unfreeze (the top of) the backbone, layer-wise rates ===
-        phases = method.phases(model, cfg.stage2) if cfg.stage2.epochs > 0 else []
-        if phases and not (state is not None and state.after(2, len(phases) - 1)):
-            with clock.timing("stage2"):
-                rate = cfg.stage2_learning_rate
-                multipliers = method.multipliers(model, cfg.stage2)
-                _enter_stage(shared, 2)
-                part = None
-                if plan.stage2:
-                    names = [layer.name for layer in freezing.backbone_layers(model)]
-                    part = caches.for_cut(names[cut] if cut < len(names) else None)  # the lowest cut of all phases
-                else:
-                    caches.close()  # free memory before the full model trains
-                last_part = part
-                steps_done = 0
-                with recompute.recomputed(_recomputed_layers(model, cfg.stage2, cut, method)):
-                    for index, (unfreeze, epochs) in enumerate(phases):
-                        if state is not None and state.after(2, index):
-                            steps_done += epochs * ((part.steps if part else run.steps) or 0)
-                            if (state.stage, state.phase) == (2, index):
-                                epochs_done = state.epochs_done
-                            continue
-                        trained = method.train(model, cfg.stage2, unfreeze, rate, multipliers)
-                        where = f" phase {index + 1}/{len(phases)} ({epochs} epochs)" if len(phases) > 1 else ""
-                        log.info("stage 2%s: %s", where, trained.summary)
-                        last = index == len(phases) - 1
-                        if last and run_dir:
-                            write_text_atomic(os.path.join(run_dir, "stage2_trainable_layers.txt"),
-                                              "".join(name + "\n" for name in trained.units))
-                        epochs_done = run.stage(cfg.stage2, rate, epochs_done, part, name="stage2", epochs=epochs,
-                                                multipliers=multipliers, step_offset=steps_done, early_stopping=last,
-                                                position=(2, index), state=state)
-                        steps_done += epochs * ((part.steps if part else run.steps) or 0)
-    except KeyboardInterrupt:
-        if best is not None:
-            best.flush()
-        done = recorder.records[-1]["epoch"] if recorder.records else 0
+    def plan(self) -> None:
+        """Where stage 2's cut is, what each stage caches (and why), the clock and the caches."""
+        cfg, options, model = self.cfg, self.options, self.model
+        self.cut = self.method.cut(model, cfg.stage2) if cfg.stage2.epochs > 0 else None  # below it nothing trains
+        mixing = options.mixing
+        self.cache_plan = plan_caching(
+            options.cache_features, self.train_ds, options.augmenter, cfg.stage1.epochs, cfg.stage2.epochs, self.cut,
+            options.cache_views, options.inputs_random,
+            bottom_computes=bool(self.cut) and caching.computes_below(model, self.cut),
+            mixes_images=mixing is not None and mixing.images)
+        self.log.info("caching: %s", self.cache_plan.reason)
+        if mixing is not None and (mixing.images or mixing.features):
+            self.log.info("mixing: %s; labels mixed alike (soft targets)", mixing.describe())
+        self.clock = StageClock(self.state.seconds if self.state is not None else None)
+        if self.checkpointer is not None:
+            self.checkpointer.clock = self.clock  # each saved epoch keeps the seconds spent so far
+        self.caches = Caches(model, self.train_ds, self.val_ds, int(options.memory_budget_mb * 2**20),
+                             options.run_dir, progress=options.verbose not in (0, "0"))
+
+    def stage1(self) -> None:
+        """The head on a frozen backbone (on cached features when the plan says so)."""
+        cfg, state, plan = self.cfg, self.state, self.cache_plan
+        if state is not None and state.after(1):
+            self.epochs_done = state.epochs_done
+            if cfg.stage1.epochs > 0:
+                self.log.info("stage 1: finished before the interruption, skipped")
+            return
+        if cfg.stage1.epochs == 0:
+            return
+        self.log.info("stage 1: backbone frozen; training the head (%s)", _trainable_summary(self.model))
+        _enter_stage(self.shared, 1)
+        with self.clock.timing("stage1"):
+            part = None
+            if plan.stage1:
+                with self.clock.timing("cache"):
+                    part = self.caches.for_head(augmenter=self.options.augmenter if plan.views > 1 else None,
+                                                views=plan.views, cut=self.cut if plan.stage2 else None)
+            self.epochs_done = self.run.stage(cfg.stage1, cfg.stage1.learning_rate, 0, part, position=(1, 0),
+                                              state=state)
+            self.last_part = part
+
+    def stage2(self) -> None:
+        """The method's phases (one, or a block more each): what trains is the method's, at layer-wise rates."""
+        cfg, state, model = self.cfg, self.state, self.model
+        phases = self.method.phases(model, cfg.stage2) if cfg.stage2.epochs > 0 else []
+        if not phases or (state is not None and state.after(2, len(phases) - 1)):
+            return
+        with self.clock.timing("stage2"):
+            rate = cfg.stage2_learning_rate
+            multipliers = self.method.multipliers(model, cfg.stage2)
+            _enter_stage(self.shared, 2)
+            part = None
+            if self.cache_plan.stage2:
+                names = [layer.name for layer in freezing.backbone_layers(model)]
+                part = self.caches.for_cut(names[self.cut] if self.cut < len(names) else None)  # the lowest cut
+            else:
+                self.caches.close()  # free memory before the full model trains
+            self.last_part = part
+            steps_done = 0
+            with recompute.recomputed(_recomputed_layers(model, cfg.stage2, self.cut, self.method)):
+                for index, (unfreeze, epochs) in enumerate(phases):
+                    if state is not None and state.after(2, index):
+                        steps_done += epochs * ((part.steps if part else self.run.steps) or 0)
+                        if (state.stage, state.phase) == (2, index):
+                            self.epochs_done = state.epochs_done
+                        continue
+                    self._phase(index, phases, unfreeze, epochs, rate, multipliers, part, steps_done)
+                    steps_done += epochs * ((part.steps if part else self.run.steps) or 0)
+
+    def _phase(self, index, phases, unfreeze, epochs, rate, multipliers, part, steps_done) -> None:
+        cfg, run_dir = self.cfg, self.options.run_dir
+        trained = self.method.train(self.model, cfg.stage2, unfreeze, rate, multipliers)
+        where = f" phase {index + 1}/{len(phases)} ({epochs} epochs)" if len(phases) > 1 else ""
+        self.log.info("stage 2%s: %s", where, trained.summary)
+        last = index == len(phases) - 1
+        if last and run_dir:
+            write_text_atomic(os.path.join(run_dir, "stage2_trainable_layers.txt"),
+                              "".join(name + "\n" for name in trained.units))
+        self.epochs_done = self.run.stage(cfg.stage2, rate, self.epochs_done, part, name="stage2", epochs=epochs,
+                                          multipliers=multipliers, step_offset=steps_done, early_stopping=last,
+                                          position=(2, index), state=self.state)
+
+    def interrupted(self) -> Interrupted:
+        """Ctrl-C: the best epoch written, and what the user can do next."""
+        run_dir = self.options.run_dir
+        if self.best is not None:
+            self.best.flush()
+        done = self.recorder.records[-1]["epoch"] if self.recorder.records else 0
         saved = (f"{done} finished epoch(s) are saved in {os.path.join(run_dir, CHECKPOINT_DIR)}; run the same "
                  "command again (or add --resume) to continue from there" if run_dir and done else
                  "no epoch had finished, so there is nothing to resume")
-        raise Interrupted(f"interrupted: {saved}.") from None
-    finally:
-        caches.close()
-    if best is not None:
-        best.flush()  # the run's best epoch, written once at its end
-    # Nothing below the cached part has trained since its inputs were computed (stage 2's cut is the lowest
-    # of all its phases; restore_best puts back weights those layers never changed), so they stay valid.
-    kept = (CachedValidation(last_part.model, last_part.val)
-            if keep_cached_validation and last_part is not None and last_part.val_exact else None)
-    return FinetuneHistory(recorder.as_dict(), clock.totals(), plan, best, kept)
+        return Interrupted(f"interrupted: {saved}.")
+
+    def history(self) -> FinetuneHistory:
+        """Both stages' history, the best epoch written once at the end, and the cached validation inputs when they
+        still hold for the whole model."""
+        if self.best is not None:
+            self.best.flush()  # the run's best epoch, written once at its end
+        # Nothing below the cached part has trained since its inputs were computed (stage 2's cut is the lowest
+        # of all its phases; restore_best puts back weights those layers never changed), so they stay valid.
+        part = self.last_part
+        kept = (CachedValidation(part.model, part.val)
+                if self.options.keep_cached_validation and part is not None and part.val_exact else None)
+        return FinetuneHistory(self.recorder.as_dict(), self.clock.totals(), self.cache_plan, self.best, kept)
 
 
 def best_epoch_monitor(task, validation: bool):
