@@ -163,3 +163,19 @@ def test_no_stage_2_method_is_branched_on_outside_the_methods():
             if METHOD_BRANCH.search(code) and ">>>" not in code:
                 offenders.append(f"{name}:{number}: {line.strip()}")
     assert offenders == []
+
+
+SCHEME_LITERAL = re.compile(r"""["'](hub|kerashub|auto):["']""")
+
+
+def test_no_backbone_scheme_is_spelled_outside_the_backbone_sources():
+    """A source says what it is (`tlkeras.backbones.BackboneSource`: its usage line, its own weights, what loading a
+    model on it needs); nothing else compares a backbone name with "hub:", "kerashub:" or "auto:"."""
+    offenders = []
+    for name, path in _modules().items():
+        if name == "tlkeras.backbones" or name.startswith("tlkeras.backbones."):
+            continue
+        for number, line in enumerate(open(path, encoding="utf-8"), start=1):
+            if SCHEME_LITERAL.search(line.split("#", 1)[0]):
+                offenders.append(f"{name}:{number}: {line.strip()}")
+    assert offenders == []

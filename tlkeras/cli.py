@@ -236,13 +236,13 @@ def rank(config_path, data, val_data, candidates, weights, image_size, batch_siz
     import time
 
     from tlkeras.preflight import check_run
-    from tlkeras.backbones.candidates import parse_candidates
+    from tlkeras.backbones.candidates import as_auto, parse_candidates
 
     flags = {"data": data, "val_data": val_data, "image_size": image_size, "batch_size": batch_size}
     cfg = _cli_config(config_path, flags, weights, overrides)
     chosen = parse_candidates(candidates)
     folder = output_dir or os.path.join("runs", f"ranking-{time.strftime('%Y%m%d-%H%M%S')}")
-    _start_tensorflow(lambda: check_run(cfg.merged({"backbone": "auto:" + candidates})))
+    _start_tensorflow(lambda: check_run(cfg.merged({"backbone": as_auto(candidates)})))
     from tlkeras.ranking import rank_backbones
 
     result = rank_backbones(config=cfg, candidates=chosen, by=by, output_dir=folder, probe=not no_probe, sample=sample)
@@ -352,24 +352,13 @@ def export(run_dir, export_dir, top_k, formats, int8_min_agreement, tta, unsafe_
         click.echo(path)
 
 
-BACKBONE_SCHEMES = (
-    ("hub:<handle>", 'a TF Hub / Kaggle Models URL or handle, or a module folder (pip install "tlkeras[hub]"): '
-                     "image feature-vector modules take [0, 1] pixels at their own size; text-embedding modules "
-                     "(strings -> vectors) make a text classifier (--data a CSV or folder of .txt files)"),
-    ("kerashub:<preset>", 'a KerasHub preset name or a save_to_preset folder (pip install "tlkeras[kerashub]"), '
-                          "normalised by the preset's own image converter"),
-    ("path/to/model.keras", "your own backbone (output a feature map or vector); say what its input expects with "
-                            "--set backbone_options.preprocessing=none|unit|tf|torch|caffe"),
-    ("path/to/saved_model/", "your own backbone as a SavedModel folder (e.g. Keras's model.export()); same option"),
-    ("auto:A,B,...", "rank these candidates on the data first (LogME and a linear probe, `tlkeras rank`) and "
-                     "train the best"),
-)
 
 
 @main.command(context_settings=_CONTEXT)
 def backbones():
     """List the backbones `--backbone` accepts."""
-    from tlkeras.backbones import list_backbones, resolve
+    from tlkeras.backbones import list_backbones, resolve, scheme_usage
+    from tlkeras.backbones.candidates import USAGE as CANDIDATES_USAGE
 
     click.echo(f"{'name':<20} {'source':<20} {'default size':>12} {'min size':>9}  preprocessing")
     for name in list_backbones():
@@ -379,7 +368,7 @@ def backbones():
         )
     click.echo("\nNames are case-insensitive; pass constructor options with --set backbone_options.alpha=0.5.")
     click.echo("\nOther backbones, by scheme:")
-    for scheme, text in BACKBONE_SCHEMES:
+    for scheme, text in [*scheme_usage(), CANDIDATES_USAGE]:  # what each source says about itself
         click.echo(f"  {scheme:<22} {text}")
 
 

@@ -783,7 +783,9 @@ def _set_key(cfg: FinetuneConfig, key: str, value: Any) -> None:
     if key == "backbone_options" and value is None:
         value = {}
     if key == "backbone" and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        value = "auto:" + ",".join(v.strip() for v in value)  # candidates to rank first (tlkeras.ranking)
+        from tlkeras.backbones.candidates import as_auto
+
+        value = as_auto(value)  # candidates to rank first (tlkeras.ranking)
     hints = typing.get_type_hints(FinetuneConfig)
     setattr(cfg, key, _coerce(key, value, hints[key]))
 

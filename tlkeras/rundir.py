@@ -351,10 +351,10 @@ def load_model_file(model_path: str, *, safe_mode: bool = True, config=None):
 
     if config is None and os.path.isfile(os.path.join(os.path.dirname(model_path), CONFIG_FILE)):
         config = saved_config(os.path.dirname(model_path) or ".")
-    if config is not None and str(config.backbone).startswith("kerashub:"):
-        from tlkeras.backbones.kerashub_presets import import_keras_hub
+    if config is not None:
+        from tlkeras.backbones import source_of
 
-        import_keras_hub(config.backbone)  # KerasHub's layers register themselves on import
+        source_of(config.backbone).before_loading(config.backbone)  # e.g. KerasHub's layers register on import
     try:
         model = keras.models.load_model(model_path, safe_mode=safe_mode)
     except Exception as e:  # noqa: BLE001 - a damaged file is named, not shown as Keras's traceback

@@ -91,13 +91,13 @@ def fingerprint(examples, root: Optional[str] = None) -> dict:
 
 def weights_source(weights, backbone: str = "") -> dict:
     """Where the backbone's starting weights came from: ImageNet (Keras's download), none, or a
-    file with its sha256; for a `.keras` backbone file, that file."""
-    if str(backbone).lower().endswith(".keras") and weights in (None, "imagenet"):
-        return {**weights_source(backbone), "note": "the backbone file's own weights"}
-    if str(backbone).startswith("hub:") and weights == "imagenet":
-        return {"weights": backbone, "note": "the hub module's own weights"}
-    if str(backbone).startswith("kerashub:") and weights == "imagenet":
-        return {"weights": backbone, "note": "the KerasHub preset's own weights"}
+    file with its sha256; the source's own (a hub module's, a preset's, a backbone file's, with its sha256) when
+    `weights` means them (`BackboneSource.own_weights`)."""
+    from tlkeras.backbones import source_of
+
+    source = source_of(backbone) if backbone else None
+    if source is not None and source.own_weights and weights in source.own_weights_when:
+        return {**weights_source(backbone), "note": source.own_weights}
     if weights is None:
         return {"weights": None, "note": "random initialisation"}
     if weights == "imagenet":

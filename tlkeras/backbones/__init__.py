@@ -20,19 +20,30 @@ from tlkeras.backbones.spec import BackboneSpec, BlockMap
 from tlkeras.errors import BackboneError
 
 __all__ = ["SOURCES", "BackboneSource", "BackboneSpec", "BlockMap", "resolve", "peek", "list_backbones", "block_map_for",
-           "resolve_image_size"]
+           "resolve_image_size", "scheme_usage", "source_of"]
+
+
+def _nothing_to_import(name: str) -> None:
+    return None
 
 
 @dataclass(frozen=True)
 class BackboneSource:
-    """Where backbones come from: `matches(name)` says whether a name is one of its, `get_spec(name,
-    options)` resolves it, `peek(name, options)` checks the name without loading anything (no
-    TensorFlow work): the spec when it can be had that way, else None."""
+    """Where backbones come from, and what it says about itself: `matches(name)` says whether a name is one of its,
+    `get_spec(name, options)` resolves it, `peek(name, options)` checks the name without loading anything (no
+    TensorFlow work): the spec when it can be had that way, else None. `usage` is its line in `tlkeras backbones`
+    (the name as users write it, what it is); `own_weights` what a run records when `weights` means the source's
+    own (a module's, a preset's, a file's; None: Keras's ImageNet download); `before_loading(name)` what must be
+    imported before a model built on it loads from model.keras."""
 
     name: str
     matches: Callable[[str], bool]
     get_spec: Callable[..., BackboneSpec]
     peek: Callable[..., Optional[BackboneSpec]] = lambda name, options=None: None
+    usage: Optional[tuple] = None
+    own_weights: Optional[str] = None
+    own_weights_when: tuple = ("imagenet",)  # the `weights` values that mean the source's own
+    before_loading: Callable[[str], None] = _nothing_to_import
 
 
 def _saved_model_folder(name: str, options):  # a Keras (or any TF2) SavedModel folder: loaded as a module
@@ -41,12 +52,30 @@ def _saved_model_folder(name: str, options):  # a Keras (or any TF2) SavedModel 
 
 # Tried in order; a new source is one module plus its line here.
 SOURCES: tuple[BackboneSource, ...] = (
-    BackboneSource("tensorflow hub", hub.is_hub, hub.get_spec, hub.peek),
-    BackboneSource("kerashub", kerashub.is_kerashub, kerashub.get_spec),
-    BackboneSource("saved model folder", hub.is_saved_model_dir, _saved_model_folder),
-    BackboneSource("model file", files.is_model_file, files.get_spec, files.peek),
+    BackboneSource("tensorflow hub", hub.is_hub, hub.get_spec, hub.peek, usage=hub.USAGE,
+                   own_weights="the hub module's own weights"),
+    BackboneSource("kerashub", kerashub.is_kerashub, kerashub.get_spec, usage=kerashub.USAGE,
+                   own_weights="the KerasHub preset's own weights", before_loading=kerashub.before_loading),
+    BackboneSource("model file", files.is_model_file, files.get_spec, files.peek, usage=files.USAGE,
+                   own_weights="the backbone file's own weights", own_weights_when=(None, "imagenet")),
+    BackboneSource("saved model folder", hub.is_saved_model_dir, _saved_model_folder, usage=hub.SAVED_MODEL_USAGE,
+                   own_weights="the SavedModel folder's own weights"),
     BackboneSource("keras.applications", lambda name: True, applications.get_spec, applications.get_spec),  # any other
 )
+
+
+def source_of(name: str) -> BackboneSource:
+    """The source that takes the backbone name `name` (the first in `SOURCES`).
+
+    >>> source_of("hub:https://tfhub.dev/google/nnlm-en-dim128/2").name, source_of("mobilenetv2").name
+    ('tensorflow hub', 'keras.applications')
+    """
+    return next(source for source in SOURCES if source.matches(str(name).strip()))
+
+
+def scheme_usage() -> list[tuple]:
+    """(how a name is written, what it is) of every source that has a scheme, for `tlkeras backbones`."""
+    return [source.usage for source in SOURCES if source.usage]
 
 
 def resolve(name: str, options: dict | None = None) -> BackboneSpec:

@@ -7,6 +7,8 @@ import os
 from tlkeras.errors import ConfigError
 
 AUTO = "auto:"
+USAGE = ("auto:A,B,...", "rank these candidates on the data first (LogME and a linear probe, `tlkeras rank`) and "
+                         "train the best")
 
 
 def is_auto(backbone) -> bool:
@@ -16,6 +18,17 @@ def is_auto(backbone) -> bool:
     (True, False)
     """
     return isinstance(backbone, (list, tuple)) or (isinstance(backbone, str) and backbone.strip().startswith(AUTO))
+
+
+def as_auto(names) -> str:
+    """The `backbone` value that ranks these candidates first.
+
+    >>> as_auto(["mobilenetv2", " efficientnetb0"]), as_auto("mobilenetv2,resnet50")
+    ('auto:mobilenetv2,efficientnetb0', 'auto:mobilenetv2,resnet50')
+    """
+    if isinstance(names, str):
+        names = names.split(",")
+    return AUTO + ",".join(name.strip() for name in names)
 
 
 def parse_candidates(value) -> list[dict]:

@@ -24,6 +24,10 @@ from tlkeras.errors import BackboneError
 MIN_SIZE = 32  # for files with a free input size
 
 
+USAGE = ("path/to/model.keras", "your own backbone (output a feature map or vector); say what its input expects with "
+                               "--set backbone_options.preprocessing=none|unit|tf|torch|caffe")
+
+
 def is_model_file(name: str) -> bool:
     return str(name).lower().endswith(".keras")
 

@@ -38,6 +38,11 @@ from tlkeras.backbones.spec import BACKBONE_LAYER, BackboneSpec, check_options
 from tlkeras.errors import BackboneError
 
 SCHEME = "hub:"
+USAGE = ("hub:<handle>", 'a TF Hub / Kaggle Models URL or handle, or a module folder (pip install "tlkeras[hub]"): '
+                         "image feature-vector modules take [0, 1] pixels at their own size; text-embedding modules "
+                         "(strings -> vectors) make a text classifier (--data a CSV or folder of .txt files)")
+SAVED_MODEL_USAGE = ("path/to/saved_model/", "your own backbone as a SavedModel folder (e.g. Keras's model.export()); "
+                                             "same option")
 ENCODER_OPTIONS = ("preprocessor", "sequence_length", "pooling")  # a Transformer encoder's (hub_text)
 OPTIONS = ("output_key", "preprocessing", *ENCODER_OPTIONS)
 MIN_SIZE = 32  # for image modules with a free input size

@@ -25,6 +25,8 @@ from tlkeras.modes import PREPROCESSING_MODES
 from tlkeras.errors import BackboneError
 
 SCHEME = "kerashub:"
+USAGE = ("kerashub:<preset>", 'a KerasHub preset name or a save_to_preset folder (pip install "tlkeras[kerashub]"), '
+                              "normalised by the preset's own image converter")
 OPTIONS = ("preprocessing",)
 MIN_SIZE = 32
 
@@ -38,6 +40,11 @@ BLOCK_MAPS = {
 
 def is_kerashub(name: str) -> bool:
     return str(name).startswith(SCHEME)
+
+
+def before_loading(name: str) -> None:
+    """KerasHub's layers register themselves when it is imported: a model on a preset needs it to load."""
+    import_keras_hub(name)
 
 
 def _converter(keras_hub, preset: str):
