@@ -36,7 +36,7 @@ if __name__ == "__main__":
     options = json.loads(sys.argv[1])
     if sys.argv[2:3] == ["report"]:
         import tlkeras.report
-        from tlkeras.utils import atomic_path
+        from tlkeras.atomic import atomic_path
 
         def killed_in_the_report(*args, **kwargs):
             with atomic_path(os.path.join(options["output_dir"], "training_curves.png"), suffix=".png"):

@@ -323,7 +323,7 @@ def test_kept_pixels_are_held_once_split_and_scanned_in_place(tmp_path):
 
 
 def test_the_training_pipeline_on_kept_pixels_shuffles_row_numbers_in_the_images_own_order(tmp_path):
-    from tlkeras.utils import gathered_batches
+    from tlkeras.memory import gathered_batches
 
     pixels = np.random.default_rng(0).uniform(0, 255, (1000, 128, 128, 3)).astype(np.float32)  # 197 MB
     labels = np.arange(1000) % 7

@@ -59,7 +59,7 @@ def test_weights_none_means_random_initialisation_wherever_it_is_written(tmp_pat
 
 
 def test_files_a_run_publishes_follow_the_umask(tmp_path):
-    from tlkeras.utils import write_json_atomic, write_text_atomic
+    from tlkeras.atomic import write_json_atomic, write_text_atomic
 
     previous = os.umask(0o022)
     try:

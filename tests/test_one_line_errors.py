@@ -124,7 +124,7 @@ def test_disk_full_and_read_only_are_one_line(run_copy, monkeypatch):
 def test_a_full_disk_names_the_file_being_written(tmp_path):
     # A full disk found by write() or close() raises OSError without a file name (a 3 MB disk filled
     # by a run's resume.npz did): the message names the file being written, not a bare "could not write".
-    from tlkeras.utils import atomic_path
+    from tlkeras.atomic import atomic_path
 
     target = tmp_path / "checkpoints" / "resume.npz"
     with pytest.raises(OSError) as caught:

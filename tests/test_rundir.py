@@ -88,7 +88,7 @@ def test_leftovers_of_dead_runs_are_removed_and_a_live_exports_are_kept(tmp_path
 
 
 def test_files_and_their_folder_are_synced_around_the_rename(tmp_path, monkeypatch):
-    from tlkeras import utils
+    from tlkeras import atomic
 
     events = []
     real_fsync, real_replace = os.fsync, os.replace
@@ -96,7 +96,7 @@ def test_files_and_their_folder_are_synced_around_the_rename(tmp_path, monkeypat
                         or real_fsync(fd))
     monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", b)) or real_replace(a, b))
     target = tmp_path / "history.json"
-    utils.write_json_atomic(target, {"epoch": [1]})
+    atomic.write_json_atomic(target, {"epoch": [1]})
     assert [e[0] for e in events] == ["fsync", "replace", "fsync"]
     assert os.path.basename(events[0][1]).startswith(f".tmp-{os.getpid()}-")  # the new file, before it is published
     assert events[2][1] == str(tmp_path)  # the folder's entry, after

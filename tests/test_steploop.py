@@ -106,7 +106,7 @@ def test_fit_prints_what_keras_fit_prints(capfd):
 def test_cached_arrays_of_texts_are_held_as_they_are():
     """Strings (a text module's inputs) are Python objects: the aligned buffer for tensors is not for them."""
     from tlkeras.caching import _concatenate
-    from tlkeras.utils import aligned_empty
+    from tlkeras.memory import aligned_empty
 
     assert aligned_empty((2, 3), object).shape == (2, 3)
     parts = [np.array(["a b", "c"], dtype=object), np.array(["d"], dtype=object)]

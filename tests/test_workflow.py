@@ -101,7 +101,7 @@ def test_a_run_sweeps_all_objects_rarely_and_leaves_the_collector_as_it_found_it
         gc.set_threshold(500, 7, 3)
         tlkeras.build_and_finetune(image_folder, **tiny, stage1={"epochs": 1}, stage2={"epochs": 0}, export=False,
                                    output_dir=str(tmp_path / "r"), verbose=0, callbacks=[Thresholds()])
-        assert seen == [(500, 7, tlkeras.utils.FULL_COLLECTION_EVERY)]  # the young generations as the user set them
+        assert seen == [(500, 7, tlkeras.runtime.FULL_COLLECTION_EVERY)]  # the young generations as the user set them
         assert gc.get_threshold() == (500, 7, 3)
 
         def fails(*args, **kwargs):

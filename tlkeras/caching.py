@@ -33,7 +33,8 @@ import tensorflow as tf
 from tlkeras.distribute import static_shapes
 from tlkeras import freezing
 from tlkeras.model import get_backbone, get_head_pool, get_preprocessing
-from tlkeras.utils import aligned_empty, gathered_batches, progress_verbosity
+from tlkeras.memory import aligned_empty, gathered_batches
+from tlkeras.runtime import progress_verbosity
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -315,7 +316,7 @@ def compute_cache(
 
 
 def _concatenate(parts: list) -> np.ndarray:
-    """np.concatenate into a buffer TensorFlow can share without a copy (`tlkeras.utils.as_tensor`)."""
+    """np.concatenate into a buffer TensorFlow can share without a copy (`tlkeras.memory.as_tensor`)."""
     out = aligned_empty((sum(len(p) for p in parts), *parts[0].shape[1:]), parts[0].dtype)
     return np.concatenate(parts, out=out)
 

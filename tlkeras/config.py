@@ -568,7 +568,7 @@ class FinetuneConfig:
         ]
         text = "".join(notes) + text
         if path is not None:
-            from tlkeras.utils import write_text_atomic
+            from tlkeras.atomic import write_text_atomic
 
             write_text_atomic(path, text)
         return text
@@ -700,7 +700,7 @@ def parse_yaml(text_or_stream, where: str):
 
 
 def load_yaml(path: str | os.PathLike) -> dict:
-    from tlkeras.utils import read_text
+    from tlkeras.atomic import read_text
 
     if not os.path.isfile(path):
         raise ConfigError(f"Config file {str(path)!r} does not exist.")

@@ -136,7 +136,7 @@ def run_demo(output_dir: str = "runs/demo", echo: Callable[[str], None] = print,
     from tlkeras.model import get_backbone
     from tlkeras.predict import predict_files
     from tlkeras.workflow import build_and_finetune
-    from tlkeras.utils import safe_filename
+    from tlkeras.atomic import safe_filename
 
     log = get_logger()
     level = log.level

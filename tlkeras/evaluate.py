@@ -71,7 +71,7 @@ def evaluate_run(path: str, data=None, *, batch_size: int = 32, top_k: int = 5, 
     from tlkeras.predict import is_export, load_export
     from tlkeras.rundir import load_run
     from tlkeras.tasks import get_task
-    from tlkeras.utils import write_json_atomic
+    from tlkeras.atomic import write_json_atomic
 
     from tlkeras.errors import TlkerasError
 

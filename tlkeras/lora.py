@@ -34,7 +34,7 @@ import numpy as np
 from tlkeras.config import LORA_TARGETS as DEFAULT_TARGETS
 from tlkeras.errors import BackboneError
 from tlkeras.model import get_backbone
-from tlkeras.utils import atomic_path
+from tlkeras.atomic import atomic_path
 
 DEFAULT_RANK = 8
 ADAPTER_KINDS = "Dense, EinsumDense, Embedding or Conv"

@@ -21,7 +21,7 @@ from typing import Optional
 
 import numpy as np
 
-from tlkeras.utils import atomic_path, write_text_atomic
+from tlkeras.atomic import atomic_path, write_text_atomic
 
 CURVES_FILE = "training_curves.png"
 CONFUSION_FILE = "confusion_matrix.png"

@@ -37,7 +37,7 @@ import numpy as np
 from tlkeras._logging import get_logger
 from tlkeras.errors import TlkerasError
 from tlkeras.rundir import STATE_FILE
-from tlkeras.utils import atomic_path
+from tlkeras.atomic import atomic_path
 
 FORMAT = 1
 

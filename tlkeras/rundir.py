@@ -35,7 +35,7 @@ ARTEFACTS = (
 )
 # Settings that do not change what is trained: a resumed run may differ in them.
 NOT_TRAINING = ("output_dir", "export", "report", "tensorboard", "top_k", "restore_best")
-# Where a dead run may have left temporary files (".tmp-*", see tlkeras.utils.atomic_path).
+# Where a dead run may have left temporary files (".tmp-*", see tlkeras.atomic.atomic_path).
 TEMP_FOLDERS = ("", CHECKPOINT_DIR, EXPORT_DIR, "tflite", "onnx")
 
 # run.json's "status": what a run has done. A run is complete only when everything it was asked to
@@ -86,7 +86,7 @@ def write_config(path: str, cfg) -> None:
     """Write `cfg` to `path` (a run's config.yaml) with its local paths absolute, saying how they were given."""
     import dataclasses
 
-    from tlkeras.utils import write_text_atomic
+    from tlkeras.atomic import write_text_atomic
 
     changed = {key: local_path(key, getattr(cfg, key)) for key in PATH_KEYS}
     changed = {key: value for key, value in changed.items() if value is not None}
@@ -271,7 +271,7 @@ def export_versions(export_dir: str) -> list[int]:
 def _remove_leftovers(run_dir: str) -> None:
     """What killed runs left: feature caches spilled to disk (tlkeras-cache-*) and temporary files and
     folders (".tmp-*") whose process is gone; a live export's temporary folder stays."""
-    from tlkeras.utils import is_stale_temp
+    from tlkeras.atomic import is_stale_temp
 
     removed = []
     for folder in glob.glob(os.path.join(glob.escape(run_dir), "tlkeras-cache-*")):
@@ -296,7 +296,7 @@ def _remove_leftovers(run_dir: str) -> None:
 
 
 def read_labels(path: str) -> list[str]:
-    from tlkeras.utils import read_text
+    from tlkeras.atomic import read_text
 
     text = read_text(path, "write its class names in UTF-8, one per line")
     return [line for line in text.split("\n") if line]

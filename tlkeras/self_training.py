@@ -26,7 +26,7 @@ import numpy as np
 
 from tlkeras._logging import get_logger
 from tlkeras.rundir import ROUND_WEIGHTS, SELF_TRAINING_DIR, STATE_PATH
-from tlkeras.utils import atomic_path, write_text_atomic
+from tlkeras.atomic import atomic_path, write_text_atomic
 
 PSEUDO_FILE = "pseudo_labels.csv"  # row of the unlabelled data, class, confidence
 SCORE_FILE = "score.json"  # the round's model's validation accuracy

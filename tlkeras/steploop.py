@@ -248,7 +248,7 @@ def fit_arrays(
     >>> history.epoch, sorted(history.history)
     ([0, 1], ['accuracy', 'loss', 'val_accuracy', 'val_loss'])
     """
-    from tlkeras.utils import as_tensor
+    from tlkeras.memory import as_tensor
 
     task = get_task(task or "single_label")
     if not model.optimizer.built:

@@ -29,9 +29,10 @@ from tlkeras.training import check_stages, finetune as _finetune
 from tlkeras.training.budget import resolve_budget, steps_per_epoch
 from tlkeras.training.parts import count_steps
 from tlkeras.runrecord import RUN_FILE, build_record, card_facts
-from tlkeras.utils import atomic_path, fewer_full_collections, write_json_atomic, write_text_atomic
+from tlkeras.atomic import atomic_path, write_json_atomic, write_text_atomic
 
 # What the weights=None warning tells a user who wants to train from scratch: the demo's scratch stage
+from tlkeras.runtime import fewer_full_collections
 # (tlkeras.demo._scratch_stage) as CLI flags; tests/test_edges.py runs them and checks that they learn.
 FROM_SCRATCH_FLAGS = ("--set stage1.epochs=0 --set stage2.unfreeze=all --set stage2.train_bn=true "
                       "--set stage2.bn_momentum=0.9 --set stage2.layer_decay=null --set stage2.schedule=constant "

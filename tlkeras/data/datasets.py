@@ -36,7 +36,7 @@ from tlkeras.tasks import get_task
 from tlkeras.tasks import labels as raw_labels
 from tlkeras.tasks import encode_examples
 from tlkeras.tasks.labels import pipeline_labels
-from tlkeras.utils import as_tensor, gathered_batches
+from tlkeras.memory import as_tensor, gathered_batches
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -119,7 +119,7 @@ class Examples:
         """Unbatched (float32 [h, w, 3] in [0, 255], label) in a fixed order: int32 class indices,
         or float32 multi-hot rows. With `shuffle_seed`, files are read in an order shuffled anew
         each epoch (their names are shuffled, before decoding). Decoded pixels kept in memory are
-        batched by `build_pipeline` itself (`utils.gathered_batches`)."""
+        batched by `build_pipeline` itself (`tlkeras.memory.gathered_batches`)."""
         labels = pipeline_labels(self.labels)
         if self.paths is not None:
             ds = tf.data.Dataset.from_tensor_slices((image_io.file_names(self.paths), labels))
@@ -639,7 +639,7 @@ def _load_arrays(x, y, key: str, class_names):
 def check_class_names(class_names) -> None:
     """Class names go into labels.txt (one per line) and the SavedModel's vocabulary: refuse names
     that are empty or hold line breaks or control characters. Names are never used as paths
-    unsanitised (see `tlkeras.utils.safe_filename`), so "../../x" is a harmless name.
+    unsanitised (see `tlkeras.atomic.safe_filename`), so "../../x" is a harmless name.
 
     >>> check_class_names(["cat", "../../x", "naïve café"])
     >>> check_class_names(["cat", "two\\nlines"])

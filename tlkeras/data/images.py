@@ -28,7 +28,7 @@ IGNORED_FILES = {"thumbs.db", "desktop.ini"}
 # 100-kilobyte PNG can declare 20000 x 20000 and take 7 GB to decode. The config key
 # `max_image_pixels` changes it.
 from tlkeras.config import MAX_IMAGE_PIXELS  # noqa: E402
-from tlkeras.utils import aligned_empty  # noqa: E402
+from tlkeras.memory import aligned_empty  # noqa: E402
 
 # The functions below branch only on Python values (a limit, a channel count) and use tf.case for the
 # rest: AutoGraph has nothing to convert, and converting them anyway cost seconds of every trace (the
@@ -343,7 +343,7 @@ def scan_images(paths: list[str], image_size: tuple[int, int] | None = None, max
         pixels = None
     else:
         # One buffer for all files, filled in place (batched: the Python loop runs once per 64
-        # images), aligned so that TensorFlow can use it without a copy (`utils.as_tensor`); rows
+        # images), aligned so that TensorFlow can use it without a copy (`tlkeras.memory.as_tensor`); rows
         # of undecodable files are dropped at the end, in place.
         pixels = aligned_empty((len(paths), *image_size, 3), np.float32)
         ok = set()

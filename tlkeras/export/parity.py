@@ -19,7 +19,7 @@ from tlkeras._logging import get_logger
 from tlkeras.errors import ExportError, TlkerasError
 from tlkeras.rundir import LABELS_FILE
 from tlkeras.model import model_info, predict_function, to_probabilities
-from tlkeras.utils import read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
+from tlkeras.atomic import read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
 
 PARITY_FILE = "parity.json"
 

@@ -10,7 +10,7 @@ from tlkeras._logging import get_logger
 from tlkeras.errors import ExportError, SomeExportsFailed
 from tlkeras.export.saved_model import MODEL_CARD_FILE, model_card
 from tlkeras.model import inputs_of
-from tlkeras.utils import read_json
+from tlkeras.atomic import read_json
 
 
 def export_run(run_dir: str, export_dir: Optional[str] = None, *, top_k: Optional[int] = None,
@@ -87,7 +87,7 @@ def export_run(run_dir: str, export_dir: Optional[str] = None, *, top_k: Optiona
 def _write_side_card(folder: str, card: dict) -> None:
     """model_card.json beside TFLite / ONNX files: the SavedModel's card plus their measured parity."""
     from tlkeras.export.parity import PARITY_FILE
-    from tlkeras.utils import write_json_atomic
+    from tlkeras.atomic import write_json_atomic
 
     card = {**card, "parity": read_json(os.path.join(folder, PARITY_FILE))}
     card["inputs"] = {"pixels": "RGB pixels at image_size, [0, 255]: float32, or uint8 for int8 TFLite; decode "

@@ -36,7 +36,7 @@ import tensorflow as tf
 from tlkeras._logging import get_logger
 from tlkeras.errors import ExportError
 from tlkeras.model import inputs_of, model_info, predict_function, task_of
-from tlkeras.utils import fsync_path, fsync_tree, temp_prefix
+from tlkeras.atomic import fsync_path, fsync_tree, temp_prefix
 
 from tlkeras.rundir import LABELS_FILE, MODEL_CARD_FILE, export_versions  # noqa: E402  (file names are rundir's)
 # Float32 graphs of the same ops on the same device agree to rounding; 1e-5 is far above

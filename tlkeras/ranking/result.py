@@ -6,7 +6,7 @@ import os
 from typing import Optional
 
 from tlkeras._logging import get_logger
-from tlkeras.utils import atomic_path, write_json_atomic
+from tlkeras.atomic import atomic_path, write_json_atomic
 
 RANKING_FILE = "ranking.json"
 CHART_FILE = "ranking.png"

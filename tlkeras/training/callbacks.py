@@ -10,7 +10,7 @@ from typing import Optional
 import keras
 import numpy as np
 
-from tlkeras.utils import check_free_space, atomic_path, write_json_atomic
+from tlkeras.atomic import check_free_space, atomic_path, write_json_atomic
 
 BEST_WEIGHTS = "best.weights.h5"
 

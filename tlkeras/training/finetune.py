@@ -30,7 +30,7 @@ from tlkeras.config import StageConfig
 from tlkeras.methods import get_method
 from tlkeras.resume import RunCheckpointer
 from tlkeras.rundir import CHECKPOINT_DIR
-from tlkeras.utils import write_text_atomic
+from tlkeras.atomic import write_text_atomic
 from tlkeras.model import task_of
 from tlkeras.training.callbacks import BEST_WEIGHTS, AccuracyThenLoss, BestCheckpoint, RunHistory, StopOnNaN
 from tlkeras.training.budget import MIN_EPOCHS, is_auto, resolve_budget

@@ -24,7 +24,7 @@ from tlkeras.tasks import get_task
 from tlkeras.model import task_of
 from tlkeras.training.callbacks import BEST_WEIGHTS, StopOnNaN
 from tlkeras.training.parts import InMemory, Part, count_steps
-from tlkeras.utils import progress_verbosity
+from tlkeras.runtime import progress_verbosity
 
 AUTOTUNE = tf.data.AUTOTUNE
 DRAWS_PER_BATCH = 4096  # room on a random layer's generator for one batch's draws (RandAugment's ops draw several)
