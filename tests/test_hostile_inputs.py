@@ -16,7 +16,7 @@ import tlkeras
 from tlkeras.config import FinetuneConfig
 from tlkeras.data.datasets import make_datasets
 from tlkeras.model import model_info
-from tlkeras.predict import predict_files
+from tlkeras.predict import predict
 
 
 def _png_declaring(width: int, height: int, rows: int = 8) -> bytes:
@@ -63,7 +63,7 @@ def test_a_bomb_is_refused_by_the_serving_graph_and_skipped_by_predict(tmp_path,
     assert np.isnan(out["probabilities"].numpy()[1]).all() and list(out["classes"].numpy()[1]) == [b"", b""]
     (tmp_path / "bomb.png").write_bytes(BOMB)
     (tmp_path / "fine.png").write_bytes(_png(40, 48))
-    result = predict_files(trained_run.export_dir, [str(tmp_path)])
+    result = predict(trained_run.export_dir, [str(tmp_path)])
     assert [row["path"] for row in result.rows] == [str(tmp_path / "fine.png")]
     assert result.skipped == [(str(tmp_path / "bomb.png"),
                                "an image of 20000x20000 pixels (400 megapixels), above the model's max_image_pixels "
@@ -126,7 +126,7 @@ def test_skip_reasons_are_words_not_tensorflow_messages(tmp_path, trained_run):
     expected = {"empty.png": "an empty file", "notes.png": "not an image: JPEG, PNG, BMP or GIF are read",
                 "cut.png": "not a decodable PNG image (damaged or cut short)",
                 "cut.jpg": "not a decodable JPEG image (damaged or cut short)"}
-    predicted = predict_files(trained_run.export_dir, [str(tmp_path)])
+    predicted = predict(trained_run.export_dir, [str(tmp_path)])
     assert {os.path.basename(p): why for p, why in predicted.skipped} == expected
     root = tmp_path / "data"
     for i, name in enumerate(files):

@@ -229,9 +229,9 @@ def test_a_multi_label_text_run_keeps_the_contract(tmp_path, hub_text_module):
     served = contract.check_export_answers_as_the_model(result, {"text": tf.constant(texts)}, tf.constant(texts))
     assert served["labels"].shape == (5, 2)
     assert result.metrics["micro_f1"] >= 0.7, result.metrics
-    from tlkeras.predict import predict_inputs
+    from tlkeras.predict import predict
 
-    rows = predict_inputs(result.export_dir, texts[:2]).rows
+    rows = predict(result.export_dir, texts[:2]).rows
     assert rows[0]["text"] == texts[0] and "warm" in rows[0]["labels"]
 
 

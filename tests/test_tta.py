@@ -63,7 +63,7 @@ def test_an_export_with_tta_averages_the_views_inside_its_graph(tmp_path, image_
     import glob
     import os
 
-    from tlkeras.predict import load_export, predict_inputs
+    from tlkeras.predict import load_export, predict
 
     out = str(tmp_path / "run")
     result = tlkeras.build_and_finetune(image_folder, **tiny, tta="flip", export_tta=True, output_dir=out, verbose=0,
@@ -80,7 +80,7 @@ def test_an_export_with_tta_averages_the_views_inside_its_graph(tmp_path, image_
     np.testing.assert_allclose(with_views, both, atol=1e-5)
     np.testing.assert_allclose(without, plain, atol=1e-5)
     assert np.abs(both - plain).max() > 1e-4  # the views do change the answer here
-    rows = predict_inputs(out, images, tta="flip", top_k=3).rows
+    rows = predict(out, images, tta="flip", top_k=3).rows
     served = _served(load_export(result.export_dir), images)
     assert [r["classes"] for r in rows] == [[c for c in np.asarray(result.class_names)[np.argsort(-p)][:3]]
                                             for p in (s["probabilities"] for s in served)]

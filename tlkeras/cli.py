@@ -296,7 +296,7 @@ def predict(export_dir, inputs, top_k, batch_size, fmt, tta):
     With a text classifier's export, each input is a text, or a file of one text per line ("-": standard input).
     """
     _start_tensorflow()
-    from tlkeras.predict import format_predictions, predict_inputs
+    from tlkeras.predict import format_predictions, predict
 
     bar = None
 
@@ -307,7 +307,7 @@ def predict(export_dir, inputs, top_k, batch_size, fmt, tta):
         if bar is not None:
             bar.update(done - bar.pos)
 
-    result = predict_inputs(export_dir, list(inputs), top_k=top_k, batch_size=batch_size, progress=progress, tta=tta)
+    result = predict(export_dir, list(inputs), top_k=top_k, batch_size=batch_size, progress=progress, tta=tta)
     if bar is not None:
         bar.render_finish()
     click.echo(format_predictions(result.rows, fmt), nl=False)
@@ -350,8 +350,6 @@ def export(run_dir, export_dir, top_k, formats, int8_min_agreement, tta, unsafe_
         sys.exit(1)
     for path in paths.values():
         click.echo(path)
-
-
 
 
 @main.command(context_settings=_CONTEXT)

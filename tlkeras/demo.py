@@ -134,7 +134,7 @@ def run_demo(output_dir: str = "runs/demo", echo: Callable[[str], None] = print,
     from tlkeras.data.datasets import build_pipeline, load_examples
     from tlkeras.evaluate import evaluate_model
     from tlkeras.model import get_backbone
-    from tlkeras.predict import predict_files
+    from tlkeras.predict import predict
     from tlkeras.workflow import build_and_finetune
     from tlkeras.atomic import safe_filename
 
@@ -225,7 +225,7 @@ def run_demo(output_dir: str = "runs/demo", echo: Callable[[str], None] = print,
             tf.io.write_file(path, tf.io.encode_png(image))
             paths.append(path)
             truth[path] = str(target_names[row])
-        rows = predict_files(transfer.export_dir, paths, top_k=1).rows
+        rows = predict(transfer.export_dir, paths, top_k=1).rows
         right = sum(row["classes"][0] == truth[row["path"]] for row in rows)
         echo(f"    one random test image per digit, classified through its serving_default signature: {right} of "
              f"{len(rows)} right (test accuracy {transfer_acc:.3f})")

@@ -193,18 +193,8 @@ def _load_file_model(path: str) -> LoadedExport:
                         **_card_facts(os.path.join(os.path.dirname(path), MODEL_CARD_FILE)))
 
 
-def predict_inputs(export_path, inputs: list[str], tta: str = "none", **options) -> "Predictions":
-    """Predict with an export whatever it takes (images or texts, as its signature says); loaded once. `tta`: see
-    `load_export`.
-
-    Example (with an export made by `tlkeras train`):
-
-        predict_inputs("runs/flowers/export", ["photos/"]).rows[0]["classes"]
-    """
-    return _predict(load_export(export_path, tta), inputs, **options)
-
-
-def predict(model, inputs, *, top_k: int = 3, batch_size: int = 32, tta: str = "none") -> "Predictions":
+def predict(model, inputs, *, top_k: int = 3, batch_size: int = 32, tta: str = "none",
+            progress=None) -> "Predictions":
     """Classify files with a trained model: what `tlkeras predict` prints, as rows.
 
     Args:
@@ -215,6 +205,7 @@ def predict(model, inputs, *, top_k: int = 3, batch_size: int = 32, tta: str = "
         top_k: classes per answer (multi-label models answer with the labels above their thresholds).
         tta: "flip" or "flip_all" averages each image's probabilities with its views' (a Keras model or a run
             directory; an export answers as it was exported).
+        progress: `progress(done, total)`, if given, is called after each batch.
 
     Returns:
         Predictions: `.rows` ({"path", "classes", "scores"}; texts: {"text", "source", ...}) and
@@ -234,8 +225,8 @@ def predict(model, inputs, *, top_k: int = 3, batch_size: int = 32, tta: str = "
     >>> result.skipped[0][1]
     'not an image: JPEG, PNG, BMP or GIF are read'
     """
-    return predict_inputs(model, [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs),
-                          top_k=top_k, batch_size=batch_size, tta=tta)
+    inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    return _predict(load_export(model, tta), inputs, top_k=top_k, batch_size=batch_size, progress=progress)
 
 
 def _answers(export: LoadedExport, probabilities, k: int) -> list[dict]:
@@ -243,49 +234,10 @@ def _answers(export: LoadedExport, probabilities, k: int) -> list[dict]:
     return get_task(export.task).answers(np.asarray(probabilities), export.class_names, export.decision, k)
 
 
-def expand_texts(inputs: list[str]) -> list[tuple[str, str]]:
-    """(source, text) pairs: an existing file gives one text per non-empty line ("file:line"),
-    "-" the lines of standard input, anything else is a text itself."""
-    return [(fields["source"], text) for fields, text in get_inputs("text").collect(inputs)]
-
-
-def expand_inputs(inputs: list[str]) -> list[str]:
-    """Image files from files and folders (searched recursively), in a stable order."""
-    return [fields["path"] for fields, _ in get_inputs("image").collect(inputs)]
-
-
 @dataclass
 class Predictions:
     rows: list[dict] = field(default_factory=list)  # {"path" (or "text", "source"), "classes", "scores"}
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
-
-
-def predict_texts(export_path: str, inputs: list[str], *, top_k: int = 3, batch_size: int = 32,
-                  progress=None) -> Predictions:
-    """Classify texts with an exported text classifier: each input is a text, or a file (or "-"
-    for standard input) of one text per line. Rows: {"text", "source", "classes", "scores"}
-    (multi-label: "labels", "scores", "probabilities").
-
-    Example (with an export made by `tlkeras train` on a CSV of reviews):
-
-        predict_texts("runs/reviews/export", ["loved every minute", "reviews.txt"]).rows[0]["classes"]
-    """
-    return _predict(load_export(export_path), inputs, top_k=top_k, batch_size=batch_size, progress=progress)
-
-
-def predict_files(export_path: str, inputs: list[str], *, top_k: int = 3, batch_size: int = 32,
-                  progress=None) -> Predictions:
-    """Classify image files (and folders of them) with an exported SavedModel, .tflite or .onnx file.
-
-    Unreadable or undecodable files are skipped and reported in `Predictions.skipped`.
-    `progress(done, total)`, if given, is called after each batch (files done of all files).
-
-    Example (with an export made by `tlkeras train`):
-
-        preds = predict_files("runs/flowers/export", ["photos/"], top_k=2)
-        preds.rows[0]  # {"path": "photos/a.jpg", "classes": ["tulip", "rose"], "scores": [0.91, 0.06]}
-    """
-    return _predict(load_export(export_path), inputs, top_k=top_k, batch_size=batch_size, progress=progress)
 
 
 def _predict(export: LoadedExport, inputs, *, top_k=3, batch_size=32, progress=None) -> Predictions:

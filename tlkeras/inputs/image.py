@@ -156,10 +156,10 @@ class ImageInputs(Inputs):
         return tf.stack([decode_and_resize(tf.constant(b), size, _max_pixels(model)) for b in samples])
 
     def card(self, model):
-        from tlkeras.layers import PREPROCESS_LAYER
+        from tlkeras.modelinfo import get_preprocessing
 
-        names = {layer.name for layer in model.layers}
-        mode = model.get_layer(PREPROCESS_LAYER).mode if PREPROCESS_LAYER in names else None
+        preprocessing = get_preprocessing(model)
+        mode = preprocessing.mode if preprocessing is not None else None
         height, width = _size(model)
         return {
             "task": "image classification",
