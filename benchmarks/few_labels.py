@@ -361,7 +361,7 @@ def run_one(task_name: str, per_class: int, seed: int, options: dict) -> dict:
     seconds = time.perf_counter() - start
     history = result.history
     if task.inputs == "image":  # test-time augmentation of the same model: what each view set gains
-        extra["test_accuracy_tta"] = {views: _test_accuracy(result.model, task, views) for views in ("flip", "flip_all")}
+        extra["test_accuracy_tta"] = {views: _test_accuracy(result.model, task, views) for views in TTA_VIEWS}
     out = {"test_accuracy": _test_accuracy(result.model, task), "val_accuracy": result.metrics.get("accuracy"),
            "seconds": seconds, "epochs": [history["stage"].count(1), history["stage"].count(2)],
            "train_count": len(y), **extra}
@@ -498,15 +498,18 @@ def cmd_run(args):
                   f"{mean([r['seconds'] for r in found]):.0f} |")
 
 
+TTA_VIEWS = ("flip", "flip_all", "crops:5")
+
+
 def cmd_tta(args):
-    """Test-time augmentation of the defaults' models: the test accuracy plain, with flip and with flip_all."""
+    """Test-time augmentation of the defaults' models: the test accuracy plain and with each view set."""
     jobs = [(t, n, s, "defaults", {}) for t, n in parse_tasks(args.tasks) for s in args.seeds]
     done = measure(jobs, args.fresh)
-    print("\n| task | plain | tta flip | tta flip_all |\n| --- | --- | --- | --- |")
+    print("\n| task | plain | " + " | ".join(f"tta {v}" for v in TTA_VIEWS) + " |\n|" + " --- |" * (len(TTA_VIEWS) + 2))
     for t, n in parse_tasks(args.tasks):
         found = [done[run_key(t, n, s, {})] for s in args.seeds]
         cells = [[r["test_accuracy"] for r in found]] + [[r["test_accuracy_tta"][v] for r in found]
-                                                          for v in ("flip", "flip_all")]
+                                                          for v in TTA_VIEWS]
         print(f"| {t}:{n} | " + " | ".join(f"{' / '.join(f'{a:.3f}' for a in c)} ({mean(c):.4f})" for c in cells)
               + " |")
 

@@ -30,6 +30,32 @@ def test_the_views_are_averaged_exactly(tiny_model):
                                (plain + mirrored + upside_down + both) / 4, atol=1e-5)
 
 
+def test_crops_are_the_named_boxes_resized_back_and_averaged(tiny_model):
+    rows, cols = np.meshgrid(np.arange(32.0), np.arange(32.0), indexing="ij")
+    ramps = np.stack([rows, cols, rows + cols], axis=-1).astype("float32")[None]  # bilinear sampling keeps ramps
+    views = get_inputs("image").tta_views("crops:2")
+    centre, corner = (view(tf.constant(ramps)).numpy()[0] for view in views)
+    # the centre box spans 1/16 .. 15/16 of the image (7/8 of each side), the first corner 0 .. 7/8
+    np.testing.assert_allclose(centre[:, 0, 0], np.linspace(31 / 16, 31 * 15 / 16, 32), atol=1e-3)
+    np.testing.assert_allclose(centre[0, :, 1], np.linspace(31 / 16, 31 * 15 / 16, 32), atol=1e-3)
+    np.testing.assert_allclose(corner[:, 0, 0], np.linspace(0, 31 * 7 / 8, 32), atol=1e-3)
+    assert views[0](tf.constant(ramps)).dtype == tf.float32 and centre.shape == ramps.shape[1:]
+    x = np.random.default_rng(1).uniform(0, 255, (5, 32, 32, 3)).astype("float32")
+    ds = tf.data.Dataset.from_tensor_slices((x, np.arange(5) % 3)).batch(4)
+    made = [tiny_model.predict(view(tf.constant(x)), verbose=0) for view in views]
+    expected = (tiny_model.predict(x, verbose=0) + made[0] + made[1]) / 3
+    np.testing.assert_allclose(predict_probabilities(tiny_model, ds, views=views)[0], expected, atol=1e-5)
+
+
+def test_a_bad_crops_count_is_one_line_before_any_work(tmp_path, trained_run):
+    runner = CliRunner()
+    for value, message in (("crops:12", "crops:N takes N from 1 to 8"), ("crops:x", "is not valid: use one of")):
+        ran = runner.invoke(cli.main, ["predict", trained_run.run_dir, "x.png", "--tta", value])
+        assert ran.exit_code == 2 and message in ran.output, ran.output
+    with pytest.raises(ConfigError, match=r"^tta: 'crops:0': crops:N takes N from 1 to 8\.$"):
+        tlkeras.build_and_finetune(str(tmp_path), tta="crops:0", verbose=0)
+
+
 def test_a_run_with_tta_reports_both_and_evaluate_agrees(tmp_path, image_folder, tiny):
     out = str(tmp_path / "run")
     result = tlkeras.build_and_finetune(image_folder, **tiny, tta="flip", export=True, output_dir=out, verbose=0,

@@ -108,6 +108,16 @@ def _start_tensorflow(*checks) -> None:
         start_tensorflow()
 
 
+def _tta_value(ctx, param, value):
+    """--tta checked as the config checks `tta`, before any work (no TensorFlow)."""
+    from tlkeras.config import tta_problem
+
+    problem = tta_problem(value)
+    if problem:
+        raise click.BadParameter(problem)
+    return value
+
+
 @main.command(context_settings=_CONTEXT)
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), help="YAML config file.")
 @click.option("--data", help="Folder with one subfolder per class, or tfds:NAME[:SPLIT]; for a text backbone a "
@@ -262,9 +272,9 @@ def rank(config_path, data, val_data, candidates, weights, image_size, batch_siz
 @click.option("--top-k", type=int, default=5, show_default=True, help="k of the top-k accuracy.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--write/--no-write", default=False, help="Rewrite the run's metrics.json with the result.")
-@click.option("--tta", type=click.Choice(["none", "flip", "flip_all"]), default="none", show_default=True,
-              help="Test-time augmentation: average each image's probabilities with its mirror (flip), or also "
-                   "upside down (flip_all); for data without a left and right (or an up).")
+@click.option("--tta", default="none", show_default=True, callback=_tta_value,
+              help="Test-time augmentation: average each image's probabilities with its mirror (flip), also "
+                   "upside down (flip_all; for data without a left and right, or an up), or N zoomed crops (crops:N).")
 @click.option("--unsafe-load", is_flag=True, help=_UNSAFE_HELP)
 @_friendly_errors
 def evaluate(path, data, batch_size, top_k, fmt, write, tta, unsafe_load):
@@ -285,9 +295,9 @@ def evaluate(path, data, batch_size, top_k, fmt, write, tta, unsafe_load):
 @click.option("--top-k", type=int, default=3, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
-@click.option("--tta", type=click.Choice(["none", "flip", "flip_all"]), default="none", show_default=True,
+@click.option("--tta", default="none", show_default=True, callback=_tta_value,
               help="Test-time augmentation with a run directory or .keras file: each image's probabilities averaged "
-                   "with its mirror (flip), or also its upside-down views (flip_all).")
+                   "with its mirror (flip), also its upside-down views (flip_all), or N zoomed crops (crops:N).")
 @_friendly_errors
 def predict(export_dir, inputs, top_k, batch_size, fmt, tta):
     """Classify images (files or folders, recursively) with a trained model: an export (a SavedModel folder), a
@@ -326,9 +336,10 @@ def predict(export_dir, inputs, top_k, batch_size, fmt, tta):
 @click.option("--int8-min-agreement", type=float, metavar="FRACTION",
               help="Accept an int8 TFLite model that keeps this share of the answers (default 0.97; recorded in the "
                    "model card).")
-@click.option("--tta", type=click.Choice(["none", "flip", "flip_all"]), default="none", show_default=True,
+@click.option("--tta", default="none", show_default=True, callback=_tta_value,
               help="Test-time augmentation inside the SavedModel: each input's probabilities averaged with its "
-                   "mirror (flip) or its mirror and upside-down views (flip_all). SavedModel only.")
+                   "mirror (flip), its mirror and upside-down views (flip_all), or N zoomed crops (crops:N). "
+                   "SavedModel only.")
 @click.option("--unsafe-load", is_flag=True, help=_UNSAFE_HELP)
 @_friendly_errors
 def export(run_dir, export_dir, top_k, formats, int8_min_agreement, tta, unsafe_load):

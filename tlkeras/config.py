@@ -48,8 +48,26 @@ MAX_IMAGE_SIZE = 4096
 MAX_IMAGE_PIXELS = 89_478_485
 TASK_CHOICES = ("auto", "single_label", "multi_label")  # tlkeras.tasks.TASKS, plus auto
 THRESHOLDS = ("per_class", "global")  # or a number in (0, 1)
-# Test-time augmentation: the views whose probabilities are averaged (`Inputs.tta_views`); none = the input alone.
-TTA_CHOICES = ("none", "flip", "flip_all")
+# Test-time augmentation: the views whose probabilities are averaged (`Inputs.tta_views`); none = the input alone;
+# "crops:N" (N in 1..MAX_TTA_CROPS) also takes N zoomed crops.
+TTA_CHOICES = ("none", "flip", "flip_all", "crops:N")
+MAX_TTA_CROPS = 8
+
+
+def tta_problem(value) -> Optional[str]:
+    """What is wrong with a `tta` value, or None.
+
+    >>> tta_problem("crops:4"), tta_problem("flip"), tta_problem("crops:12")
+    (None, None, "'crops:12': crops:N takes N from 1 to 8")
+    """
+    if value in TTA_CHOICES[:3]:
+        return None
+    match = re.fullmatch(r"crops:(\d+)", str(value))
+    if match is None:
+        return f"{value!r} is not valid: use one of none, flip, flip_all or crops:N (N zoomed crops, e.g. crops:4)"
+    if not 1 <= int(match.group(1)) <= MAX_TTA_CROPS:
+        return f"{value!r}: crops:N takes N from 1 to {MAX_TTA_CROPS}"
+    return None
 
 
 # === Sections ===
@@ -371,9 +389,10 @@ class FinetuneConfig:
         threshold: multi-label decisions: `per_class` (each class's F1-maximising threshold on the validation
             split), `global` (one, maximising micro-F1), or a number in (0, 1).
         tta: test-time augmentation in the run's evaluation: `flip` averages each validation image's probabilities
-            with its mirror's, `flip_all` also upside down and both; metrics.json keeps the plain metrics and adds
-            `tta`. For images without a left and right (textures: +1.5 to +3.5 points); on digits a flip costs
-            16-27 points. Images only.
+            with its mirror's, `flip_all` also upside down and both, `crops:N` with N crops of 7/8 of each side
+            resized back (centre, corners, edges' middles; N from 1 to 8); metrics.json keeps the plain metrics and
+            adds `tta`. Flips are for images without a left and right (textures: +1.5 to +3.5 points); on digits a
+            flip costs 16-27 points. Images only.
         image_size: an int or `[height, width]`; at least the backbone's minimum, at most 4096; null: the
             backbone's default size.
         max_image_pixels: images whose header declares more pixels (height x width) are refused before decoding -
@@ -949,7 +968,8 @@ def _validate_model(cfg: "FinetuneConfig") -> None:
         _check_choice("threshold", cfg.threshold, THRESHOLDS)
     else:
         _check_number("threshold", cfg.threshold, 0.0, 1.0, low_open=True, high_open=True)
-    _check_choice("tta", cfg.tta, TTA_CHOICES)
+    if tta_problem(cfg.tta):
+        raise ConfigError(f"tta: {tta_problem(cfg.tta)}.")
     cfg.head.validate()
 
 

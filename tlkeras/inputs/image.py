@@ -24,7 +24,7 @@ class ImageInputs(Inputs):
     signature_input = "image_bytes"
     predict_argument = "IMAGE_OR_FOLDER"
     file_formats = ("tflite", "tflite-float16", "tflite-int8", "onnx")
-    tta_names = ("none", "flip", "flip_all")
+    tta_names = ("none", "flip", "flip_all", "crops:N")
 
     # === Model ===
 
@@ -67,13 +67,18 @@ class ImageInputs(Inputs):
     def tta_views(self, name):
         """flip: the mirror image; flip_all: the mirror, upside down, and both (for what has no up: textures, cells,
         aerial views). On digits flips cost 16-27 points (benchmarks/RESULTS.md): a choice, never a default.
+        crops:N: N crops of 7/8 of each side, resized back (the centre first, then the corners, then the edges'
+        middles): what a model sees when the object is a little larger or off centre; no mirror, so it suits images
+        with a left and right too.
 
-        >>> len(ImageInputs().tta_views("flip")), len(ImageInputs().tta_views("flip_all"))
-        (1, 3)
+        >>> [len(ImageInputs().tta_views(n)) for n in ("flip", "flip_all", "crops:5")]
+        [1, 3, 5]
         """
         import tensorflow as tf
 
         self.check_tta(name)
+        if name.startswith("crops:"):
+            return [_crop_view(box) for box in crop_boxes(int(name.split(":")[1]))]
         views = {"none": [], "flip": [tf.image.flip_left_right],
                  "flip_all": [tf.image.flip_left_right, tf.image.flip_up_down,
                               lambda x: tf.image.flip_up_down(tf.image.flip_left_right(x))]}
@@ -277,3 +282,34 @@ def _size(model) -> tuple[int, int]:
     """(height, width) of an image model's input."""
     _, height, width, _ = model.input_shape
     return int(height), int(width)
+
+
+CROP_SIDE = 0.875  # each TTA crop keeps 7/8 of the image's height and width
+
+
+def crop_boxes(count: int) -> list[tuple]:
+    """(y1, x1, y2, x2) in [0, 1] of `count` TTA crops of CROP_SIDE: the centre, the four corners, the middles of the
+    four edges, in that order.
+
+    >>> crop_boxes(2)
+    [(0.0625, 0.0625, 0.9375, 0.9375), (0.0, 0.0, 0.875, 0.875)]
+    """
+    m = 1 - CROP_SIDE
+    corners = [(m / 2, m / 2), (0.0, 0.0), (0.0, m), (m, 0.0), (m, m), (0.0, m / 2), (m, m / 2), (m / 2, 0.0),
+               (m / 2, m)]
+    return [(y, x, y + CROP_SIDE, x + CROP_SIDE) for y, x in corners[:count]]
+
+
+def _crop_view(box):
+    """A batch of images [N, H, W, C] -> the same crop of each, resized back to H x W (bilinear)."""
+    import tensorflow as tf
+
+    def view(images):
+        images = tf.convert_to_tensor(images)
+        count = tf.shape(images)[0]
+        boxes = tf.tile(tf.constant([box], tf.float32), [count, 1])
+        cropped = tf.image.crop_and_resize(tf.cast(images, tf.float32), boxes, tf.range(count), tf.shape(images)[1:3])
+        return tf.cast(cropped, images.dtype)
+
+    return view
+

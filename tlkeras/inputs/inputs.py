@@ -73,17 +73,22 @@ class Inputs:
         """(examples, class names, skipped) of labelled data, for `evaluate` and the export checks."""
         raise NotImplementedError
 
-    #: the test-time augmentations this kind has (`tta_views`), "none" first
+    #: the test-time augmentations this kind has (`tta_views`), "none" first; "crops:N" stands for every N
     tta_names: tuple = ("none",)
 
     def check_tta(self, name: str) -> None:
         """A ConfigError when this kind has no `name` views (no TensorFlow needed: checked before any work)."""
-        if name not in self.tta_names:
+        from tlkeras.config import tta_problem
+
+        known = name in self.tta_names or ("crops:N" in self.tta_names and str(name).startswith("crops:"))
+        if not known or tta_problem(name):
             from tlkeras.errors import ConfigError
 
             if self.tta_names == ("none",):
                 raise ConfigError(f"tta: {name!r} does not apply to {self.noun}: they have no views to average; use "
                                   "tta: none.")
+            if known:
+                raise ConfigError(f"tta: {tta_problem(name)}.")
             raise ConfigError(f"tta: {name!r} is not valid for {self.noun}: use one of {', '.join(self.tta_names)}.")
 
     def tta_views(self, name: str) -> list:
