@@ -102,7 +102,7 @@ def tlkeras_epochs(train_count: int, batch_size: int = 32) -> tuple[int, int]:
     return tuple(min(100, max(5, -(-need // steps))) for need in (200, 300))
 
 
-def run_one(task_name: str, per_class: int, seed: int) -> dict:
+def run_one(task_name: str, per_class: int, seed: int, flip: bool = True) -> dict:
     from fastai.vision.all import aug_transforms, set_seed, vision_learner, accuracy
 
     from tlkeras.tasks.single_label import SingleLabel
@@ -112,7 +112,7 @@ def run_one(task_name: str, per_class: int, seed: int) -> dict:
     x, y, _ = task.draw(per_class, seed)
     train_rows, valid_rows = SingleLabel().split(y, 0.2, seed)  # the rows tlkeras validates on
     frozen, unfrozen = tlkeras_epochs(len(train_rows))
-    dls = dataloaders(x, y, valid_rows, aug_transforms(), seed)
+    dls = dataloaders(x, y, valid_rows, aug_transforms(do_flip=flip), seed)
     set_seed(seed, reproducible=True)
     learn = vision_learner(dls, source_arch(), normalize=False, metrics=accuracy)
     with learn.no_bar(), learn.no_logging():
@@ -127,6 +127,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", default="digits:20")
     p.add_argument("--seeds", default="0", type=lambda s: [int(v) for v in s.split(",")])
+    p.add_argument("--no-flip", action="store_true", help="aug_transforms(do_flip=False): for data with a left and "
+                                                          "right (digits), where a mirror is another class's picture")
     args = p.parse_args(argv)
     import torch
 
@@ -137,10 +139,12 @@ def main(argv=None):
     for name, n in few_labels.parse_tasks(args.tasks):
         accuracies, seconds = [], []
         for seed in args.seeds:
-            key = json.dumps([name, n, seed, RECIPE, torch.__version__])
+            recipe = RECIPE + (", do_flip=False" if args.no_flip else "")
+            key = json.dumps([name, n, seed, RECIPE, torch.__version__] if not args.no_flip else
+                             [name, n, seed, recipe, torch.__version__])
             if key not in done:
                 row = {"key": key, "task": f"{name}:{n}", "seed": seed, "when": time.strftime("%Y-%m-%d %H:%M"),
-                       **run_one(name, n, seed)}
+                       "recipe": recipe, **run_one(name, n, seed, flip=not args.no_flip)}
                 with open(RESULTS, "a", encoding="utf-8") as f:
                     f.write(json.dumps(row) + "\n")
                 done[key] = row
@@ -148,7 +152,7 @@ def main(argv=None):
                       f" {row['seconds']:.0f} s, epochs {row['epochs']}", flush=True)
             accuracies.append(done[key]["test_accuracy"])
             seconds.append(done[key]["seconds"])
-        print(f"| {name}:{n} | fastai | {' / '.join(f'{a:.3f}' for a in accuracies)} | {np.mean(accuracies):.4f} | "
+        print(f"| {name}:{n} | fastai{' (no flip)' if args.no_flip else ''} | {' / '.join(f'{a:.3f}' for a in accuracies)} | {np.mean(accuracies):.4f} | "
               f"{np.mean(seconds):.0f} |", flush=True)
 
 
