@@ -86,6 +86,16 @@ def test_a_damaged_file_of_a_run_is_one_line_naming_it(run_copy, image_folder, d
     _one_line(_cli(*args), expected.format(run=run_copy))
 
 
+@pytest.mark.parametrize("suffix, says", [(".onnx", "INVALID_PROTOBUF"), (".tflite", "not a valid Flatbuffer")])
+def test_a_damaged_onnx_or_tflite_file_is_one_line_naming_it(tmp_path, image_folder, suffix, says):
+    damaged = tmp_path / f"model{suffix}"
+    damaged.write_bytes(b"\x08\x01 not a model at all" * 40)
+    (tmp_path / "labels.txt").write_text("red\ngreen\nblue\n")
+    result = _cli("predict", damaged, os.path.join(image_folder, "red", "000.png"))
+    _one_line(result, f"'{damaged}' cannot be read as a {suffix} model (")
+    assert says in result.output and f"tlkeras export RUN --format {suffix[1:]}" in result.output
+
+
 def test_a_damaged_resume_state_is_one_line(tmp_path, tiny_model):
     from tlkeras.errors import TlkerasError
     from tlkeras.resume import RunCheckpointer

@@ -142,7 +142,15 @@ def file_classifier(path: str):
     if fmt is None:
         raise ExportError(f"{path!r} is not a file of an export format ({', '.join(sorted({f.suffix for f in FORMATS.values() if f.suffix}))}).")
     module, name = fmt.classifier.split(":")
-    return getattr(importlib.import_module(module), name)(path)
+    runtime = getattr(importlib.import_module(module), name)
+    try:
+        return runtime(path)
+    except (ImportError, ExportError):
+        raise
+    except Exception as e:  # noqa: BLE001 - the runtime's parse error, in one line naming the file
+        first = (str(e).strip().splitlines() or [type(e).__name__])[-1][:160]
+        raise ExportError(f"{path!r} cannot be read as a {fmt.suffix} model ({first}); export it again with "
+                          f"`tlkeras export RUN --format {fmt.name}`.") from None
 
 
 def _run_pixels(job: ExportJob, split: str, limit: Optional[int]) -> np.ndarray:
