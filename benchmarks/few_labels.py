@@ -474,11 +474,11 @@ def cmd_check(args):
         ours = [done[run_key(t, n, s, {})]["test_accuracy"] for s in args.seeds]
         theirs = [done[run_key(t, n, s, grid[best])]["test_accuracy"] for s in args.seeds]
         seconds = [done[run_key(t, n, s, {})]["seconds"] for s in args.seeds]
-        gap = 100 * (mean(theirs) - mean(ours))
+        gap = 100 * (mean(ours) - mean(theirs))  # above 0: the defaults ahead
         lines.append(f"| {t}:{n} | {' / '.join(f'{a:.3f}' for a in ours)} | {best} | "
                      f"{' / '.join(f'{a:.3f}' for a in theirs)} | {gap:+.1f} | {mean(seconds):.0f} |")
     print(f"\ndefaults against the grid's best (chosen on seed {args.choose_seed}), test accuracy on seeds "
-          f"{args.seeds}\n\n| task | defaults | the grid's best | its accuracy | best - defaults (points) | "
+          f"{args.seeds}\n\n| task | defaults | the grid's best | its accuracy | defaults - best (points) | "
           "seconds (defaults) |\n| --- | --- | --- | --- | ---: | ---: |")
     print("\n".join(lines))
 
