@@ -135,6 +135,14 @@ def test_lora_on_a_text_encoder_changes_only_the_query_and_value_kernels(lora_ru
         assert f.read().splitlines()[0] == "transformer_layer_0/self_attention_layer/query (LoRA adapters)"
 
 
+def test_every_layer_on_a_text_encoder_adapts_its_kernels_and_names_the_tables_it_passes_over(still_bert, caplog):
+    model = tlkeras.build_model(f"kerashub:{still_bert}", 2, backbone_options={"sequence_length": 8})
+    plan = lora.enable_lora(model, rank=2, targets=["*"])  # was: a traceback (an embedding table has no kernel)
+    assert len(plan.targets) == 12 and all("embedding" not in path for path in plan.targets)  # 2 layers x 6 kernels
+    assert "stage2.lora_targets: 2 embedding table(s) matched (token_embedding, segment_embedding) and get no " \
+           "adapters" in caplog.text
+
+
 def test_stage_2_caches_activations_only_above_a_bottom_that_computes(lora_run):
     from tlkeras import caching, freezing
 

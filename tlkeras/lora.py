@@ -1,7 +1,7 @@
 """LoRA for stage 2: low-rank adapters on chosen backbone layers instead of training the backbone.
 
 `stage2.method: lora` puts Keras 3's own adapters (`layer.enable_lora(rank, lora_alpha)`, on Dense,
-EinsumDense, Embedding and Conv layers) on the layers that `stage2.lora_targets` names - by default
+EinsumDense and Conv layers; embedding tables take none) on the layers that `stage2.lora_targets` names - by default
 the attention query and value projections - and trains only them and the head: everything else in
 the backbone stays as it was, BatchNormalization included. A layer is named by its name or its path
 inside the backbone ("transformer_layer_0/self_attention_layer/query"), with shell-style wildcards.
@@ -37,7 +37,7 @@ from tlkeras.model import get_backbone
 from tlkeras.atomic import atomic_path
 
 DEFAULT_RANK = 8
-ADAPTER_KINDS = "Dense, EinsumDense, Embedding or Conv"
+ADAPTER_KINDS = "Dense, EinsumDense or Conv"
 
 
 @dataclass
@@ -77,8 +77,32 @@ class _State:
 _STATES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
+def _is_embedding(layer) -> bool:
+    """An embedding table (KerasHub's ReversibleEmbedding included): Keras gives it adapters of its own kind
+    (`lora_embeddings_a`), which tlkeras's folding of kernels does not handle, so it takes none here."""
+    return isinstance(layer, keras.layers.Embedding)
+
+
+def embedding_layers(backbone) -> list[tuple[str, keras.layers.Layer]]:
+    """(path, layer) of the backbone's embedding tables (`_is_embedding`)."""
+    found = []
+
+    def walk(layer, prefix: str):
+        for sub in getattr(layer, "_layers", []):
+            if isinstance(sub, keras.layers.InputLayer):
+                continue
+            path = f"{prefix}/{sub.name}" if prefix else sub.name
+            if _is_embedding(sub):
+                found.append((path, sub))
+            walk(sub, path)
+
+    walk(backbone, "")
+    return found
+
+
 def adaptable_layers(backbone) -> list[tuple[str, keras.layers.Layer]]:
-    """(path inside the backbone, layer) of every built layer that takes adapters, bottom to top."""
+    """(path inside the backbone, layer) of every built layer that takes adapters, bottom to top: Dense, EinsumDense
+    and Conv layers (embedding tables take none: `_is_embedding`)."""
     found, seen = [], set()
 
     def walk(layer, prefix: str):
@@ -87,7 +111,7 @@ def adaptable_layers(backbone) -> list[tuple[str, keras.layers.Layer]]:
                 continue
             seen.add(id(sub))
             path = f"{prefix}/{sub.name}" if prefix else sub.name
-            if hasattr(sub, "enable_lora") and sub.built and sub.weights:
+            if hasattr(sub, "enable_lora") and sub.built and sub.weights and not _is_embedding(sub):
                 found.append((path, sub))
             walk(sub, path)
 
@@ -99,9 +123,19 @@ def find_targets(model: keras.Model, patterns: Sequence[str] = DEFAULT_TARGETS, 
                  setting: str = "stage2.lora_targets") -> list[tuple[str, keras.layers.Layer]]:
     """The backbone layers that `patterns` name (by name or path, wildcards allowed); a
     BackboneError naming the layers there are when none does - LoRA never trains nothing."""
-    candidates = adaptable_layers(get_backbone(model))
-    chosen = [(path, layer) for path, layer in candidates
-              if any(fnmatch.fnmatchcase(path, p) or fnmatch.fnmatchcase(layer.name, p) for p in patterns)]
+    backbone = get_backbone(model)
+    candidates = adaptable_layers(backbone)
+
+    def named(path, layer):
+        return any(fnmatch.fnmatchcase(path, p) or fnmatch.fnmatchcase(layer.name, p) for p in patterns)
+
+    chosen = [(path, layer) for path, layer in candidates if named(path, layer)]
+    tables = [path for path, layer in embedding_layers(backbone) if named(path, layer)]
+    if tables and chosen:
+        from tlkeras._logging import get_logger
+
+        get_logger().warning("%s: %d embedding table(s) matched (%s) and get no adapters: tlkeras adapts the kernels "
+                             "of Dense, EinsumDense and Conv layers", setting, len(tables), ", ".join(tables[:4]))
     if chosen:
         return chosen
     wanted = ", ".join(repr(p) for p in patterns)
