@@ -227,7 +227,9 @@ def test_cli_rank_prints_the_table_and_the_recommendation(tmp_path, candidates, 
     assert lines[header + 2].split()[:2] == ["2", constant]
     assert any(line.startswith("not ranked: efficientnetb9: Unknown backbone 'efficientnetb9'. Did you mean") for line in lines)
     assert f"recommended:    {informative} (best by LogME: LogME " in result.output
-    assert f"train it:       tlkeras train --data {colour_folder} --backbone {informative}" in result.output
+    # the command keeps every setting rank was given (it dropped --image-size and --set)
+    assert (f"train it:       tlkeras train --data {colour_folder} --image-size 32 --set stage1.epochs=15 "
+            f"--set stage1.learning_rate=0.05 --backbone {informative}\n") in result.output
     assert json.loads((out / "ranking.json").read_text())[0]["ranked_by"] == "logme"
 
 
