@@ -30,7 +30,7 @@ def test_folder_example_runs_on_a_folder(tmp_path, image_folder):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"TF Serving model:   {tmp_path}/export/1" in proc.stdout
-    assert "weights=None: the backbone starts from random weights" in proc.stderr
+    assert "weights: null (random initialisation): the backbone starts from random weights" in proc.stderr
 
 
 @pytest.mark.slow

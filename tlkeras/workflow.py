@@ -158,7 +158,8 @@ def build_and_finetune(data: Any = None, *, config: FinetuneConfig | str | None 
     train_cfg = _distributed_settings(cfg, replicas)
     if cfg.weights is None and cfg.stage1.runs and spec.random_init:
         log.warning(
-            "weights=None: the backbone starts from random weights, so stage 1 trains the head on random "
+            "weights: null (random initialisation): the backbone starts from random weights, so stage 1 trains the "
+            "head on random "
             "features. To train from scratch (the demo's recipe for its baseline: every layer and its "
             "BatchNormalization at one constant rate): %s", FROM_SCRATCH_FLAGS)
     spec.check_weights(cfg.weights)
