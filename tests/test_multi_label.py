@@ -180,10 +180,12 @@ def test_evaluate_gives_the_same_metrics_from_the_run_and_from_its_export(multil
     assert out.exit_code == 0 and "micro-F1" in out.output and "Hamming loss" in out.output
 
 
-def test_tflite_parity_is_per_label_agreement_at_the_thresholds(multilabel_run):
+def test_tflite_parity_is_per_label_agreement_at_the_thresholds(multilabel_run, caplog):
     from tlkeras.export import export_run
 
-    out = export_run(multilabel_run.run_dir, formats=["tflite"])
+    with caplog.at_level("INFO", logger="tlkeras"):
+        out = export_run(multilabel_run.run_dir, formats=["tflite"])
+    assert "(each label at its threshold)" in caplog.text and "top-1" not in caplog.text  # the log says what agreed
     parity = json.load(open(os.path.join(os.path.dirname(out["tflite"]), "parity.json"), encoding="utf-8"))
     assert parity["float32"]["measure"] == "each label at its threshold"
     assert parity["float32"]["top1_agreement"] >= 0.995

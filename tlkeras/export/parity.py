@@ -94,7 +94,7 @@ def write_measured(parity: Parity, content: bytes, out_dir: str, filename: str, 
             record = {}
     record[parity.kind] = asdict(parity)
     write_json_atomic(path, record)
-    get_logger().info("%s: %s (%.1f kB), top-1 agreement %.2f%%, max |dp| %.2g on %d images", what,
+    get_logger().info("%s: %s (%.1f kB), agreement %.2f%% (%s), max |dp| %.2g on %d images", what,
                       os.path.join(out_dir, filename), len(content) / 1024, 100 * parity.top1_agreement,
-                      parity.max_abs_diff, parity.images)
+                      parity.measure, parity.max_abs_diff, parity.images)
     return parity
