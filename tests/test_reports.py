@@ -231,3 +231,21 @@ def test_the_report_names_the_restored_epoch_and_marks_it_on_the_curves(tmp_path
     os.makedirs(tmp_path / "again")
     report.plot_training_curves(history, str(tmp_path / "again" / "c.png"), evaluated_epoch=4)
     assert (tmp_path / "again" / "c.png").read_bytes() == curves[1]  # the last epoch: nothing marked
+
+
+def test_the_report_shows_a_blank_value_quoted_leaves_the_status_to_run_json_and_does_not_magnify_a_flat_curve(
+        tmp_path):
+    history = {"epoch": [1, 2, 3], "stage": [1, 1, 2], "loss": [0.5, 0.5002, 0.5001], "accuracy": [0.5, 0.5, 0.5]}
+    record = {"status": "trained", "tlkeras_version": "0"}
+    report.write_report(str(tmp_path), history=history, metrics=classification_metrics(PROBS, LABELS, NAMES),
+                        probabilities=PROBS, labels=LABELS, class_names=NAMES, images_of=None,
+                        config={"label_separator": " "}, record=record)
+    page = (tmp_path / "report.html").read_text()
+    assert "<th>label_separator</th><td class='l'>&quot; &quot;</td>" in page  # was a blank cell
+    assert "<th>status</th>" not in page  # the export comes after the report: run.json says when it is complete
+    fig = report._figure(3, 3)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot([1, 2, 3], history["loss"])
+    report._not_zoomed_in(ax, 0.0)
+    low, high = ax.get_ylim()
+    assert high - low >= report.MIN_SPAN and low >= 0.0  # matplotlib alone zooms to 0.0002 + margins

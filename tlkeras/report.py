@@ -46,6 +46,27 @@ def _save(fig, path: str) -> str:
     return path
 
 
+MIN_SPAN = 0.05  # a curve's y axis spans at least this much: a flat curve reads flat, not as noise magnified
+
+
+def _not_zoomed_in(ax, floor: Optional[float] = None) -> None:
+    """Widen the y axis to at least MIN_SPAN around its data (matplotlib zooms a flat curve until rounding looks like
+    movement); never below `floor` (a loss is not negative).
+
+    >>> fig = _figure(2, 2); ax = fig.add_subplot(1, 1, 1); _ = ax.plot([1, 2, 3], [0.5, 0.5002, 0.5001])
+    >>> _not_zoomed_in(ax); lo, hi = ax.get_ylim(); round(hi - lo, 3) >= MIN_SPAN
+    True
+    """
+    lo, hi = ax.get_ylim()
+    if hi - lo >= MIN_SPAN:
+        return
+    middle = (lo + hi) / 2
+    lo, hi = middle - MIN_SPAN / 2, middle + MIN_SPAN / 2
+    if floor is not None and lo < floor:
+        lo, hi = floor, floor + MIN_SPAN
+    ax.set_ylim(lo, hi)
+
+
 def plot_training_curves(history: dict, path: str, accuracy_key: str = "accuracy",
                          evaluated_epoch: Optional[int] = None) -> str:
     """Loss and accuracy (training and validation; `accuracy_key` is the Task's, e.g.
@@ -71,6 +92,7 @@ def plot_training_curves(history: dict, path: str, accuracy_key: str = "accuracy
             ax.axvline(evaluated_epoch, color="tab:red", alpha=0.6, label=f"exported: epoch {evaluated_epoch}")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _not_zoomed_in(ax, 0.0 if metric == "loss" else None)
         ax.set_title(metric)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -166,7 +188,9 @@ def plot_pr_curves(probabilities: np.ndarray, labels: np.ndarray, class_names: l
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("recall", fontsize=8)
         ax.set_ylabel("precision", fontsize=8)
+        ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
+    fig.tight_layout(h_pad=1.2, w_pad=1.0)  # each panel's title, ticks and axis labels clear of its neighbours'
     return _save(fig, path)
 
 
@@ -239,8 +263,15 @@ def _flatten(value, prefix: str = "") -> list[tuple[str, object]]:
 
 
 def _cell(value) -> str:
+    """A table cell; a string that would show blank or hide its spaces is quoted.
+
+    >>> _cell(" "), _cell("per_class"), _cell(None)
+    ('&quot; &quot;', 'per_class', '-')
+    """
     if value is None:
         return "-"
+    if isinstance(value, str) and (not value.strip() or value.strip() != value):
+        return html.escape(json.dumps(value))
     if isinstance(value, float):
         return format(value, ".6g")
     if isinstance(value, (list, tuple, dict)):
@@ -258,8 +289,9 @@ def _record_tables(record: dict) -> list[str]:
     is the Config section's)."""
     counts = record.get("class_counts") or {}
     seconds = record.get("seconds") or {}
+    # "status" is left out: the report is written before the export, so the run's status is run.json's to say
     facts = {k: v for k, v in record.items()
-             if k not in ("config", "class_counts", "seconds", "class_names", "ranking")}
+             if k not in ("config", "class_counts", "seconds", "class_names", "ranking", "status")}
     out = ["<h2>Run (run.json)</h2>", _key_table(_flatten(facts))]
     if record.get("ranking"):
         out += _ranking_table(record["ranking"])
