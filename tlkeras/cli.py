@@ -261,40 +261,32 @@ def rank(config_path, data, val_data, candidates, weights, image_size, batch_siz
         raise TlkerasError("no candidate could be ranked; see the reasons above.")
     click.echo(f"recommended:    {result.recommended['backbone']} ({result.describe(result.recommended)})")
     click.echo(f"ranking:        {os.path.join(folder, 'ranking.json')}")
-    line = _train_command(config_path, data, val_data, weights, image_size, batch_size, overrides, result.recommended)
+    line = _train_command(config_path, data, val_data, weights, image_size, batch_size, overrides,
+                          result.recommended["backbone"])
     click.echo(f"train it:       {line}")
 
 
-def _train_command(config_path, data, val_data, weights, image_size, batch_size, overrides, chosen: dict) -> str:
-    """The `tlkeras train` line that trains the recommended candidate with the settings `rank` was given (its own
-    weights and options, when the candidate carries them, instead of the shared ones).
+def _train_command(config_path, data, val_data, weights, image_size, batch_size, overrides, backbone: str) -> str:
+    """The `tlkeras train` line that trains the recommended backbone with the settings `rank` was given (the
+    candidates of `--backbones` are names: they carry no settings of their own).
 
-    >>> _train_command(None, "photos", None, "none", 64, None, ("val_split=0.3",), {"backbone": "mobilenetv2"})
+    >>> _train_command(None, "photos", None, "none", 64, None, ("val_split=0.3",), "mobilenetv2")
     'tlkeras train --data photos --weights none --image-size 64 --set val_split=0.3 --backbone mobilenetv2'
-    >>> _train_command("c.yaml", "my photos", None, None, None, 8, (), {"backbone": "resnet50", "weights": "w.h5",
-    ...                                                                 "name": "mine"})
-    "tlkeras train --config c.yaml --data 'my photos' --batch-size 8 --backbone resnet50 --weights w.h5"
+    >>> _train_command("c.yaml", "my photos", None, None, None, 8, (), "resnet50")
+    "tlkeras train --config c.yaml --data 'my photos' --batch-size 8 --backbone resnet50"
     """
     import shlex
 
-    own = {k: v for k, v in chosen.items() if k not in ("backbone", "name")}
     parts = ["tlkeras", "train"]
-    for flag, value in (("--config", config_path), ("--data", data), ("--val-data", val_data),
-                        ("--weights", None if "weights" in own else weights), ("--image-size", image_size),
-                        ("--batch-size", batch_size)):
+    if config_path is None and data is None:
+        parts += ["--data", "DATA"]
+    for flag, value in (("--config", config_path), ("--data", data), ("--val-data", val_data), ("--weights", weights),
+                        ("--image-size", image_size), ("--batch-size", batch_size)):
         if value is not None:
             parts += [flag, str(value)]
     for assignment in overrides:
         parts += ["--set", assignment]
-    parts += ["--backbone", chosen["backbone"]]
-    if "weights" in own:
-        parts += ["--weights", "none" if own["weights"] is None else str(own.pop("weights"))]
-        own.pop("weights", None)
-    for key, value in own.items():
-        parts += ["--set", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
-    if data is None and config_path is None:
-        parts[2:2] = ["--data", "DATA"]
-    return " ".join(shlex.quote(part) for part in parts)
+    return " ".join(shlex.quote(part) for part in [*parts, "--backbone", backbone])
 
 
 @main.command(context_settings=_CONTEXT)

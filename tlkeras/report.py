@@ -54,7 +54,7 @@ def _not_zoomed_in(ax, floor: Optional[float] = None) -> None:
     movement); never below `floor` (a loss is not negative).
 
     >>> fig = _figure(2, 2); ax = fig.add_subplot(1, 1, 1); _ = ax.plot([1, 2, 3], [0.5, 0.5002, 0.5001])
-    >>> _not_zoomed_in(ax); lo, hi = ax.get_ylim(); round(hi - lo, 3) >= MIN_SPAN
+    >>> _not_zoomed_in(ax); lo, hi = ax.get_ylim(); bool(round(hi - lo, 3) >= MIN_SPAN)
     True
     """
     lo, hi = ax.get_ylim()
