@@ -131,6 +131,20 @@ def test_a_package_importing_its_own_submodules_is_no_circle(tmp_path):
     assert circles(import_graph(package, "pkg")) == []
 
 
+def lines_outside(owners, pattern, skip_examples: bool = True) -> list[str]:
+    """"module:line: text" of every line of a tlkeras module outside `owners` (names, or packages ending in ".")
+    whose code (comments dropped; doctest examples too, with `skip_examples`) matches `pattern`."""
+    offenders = []
+    for name, path in _modules().items():
+        if any(name == owner.rstrip(".") or (owner.endswith(".") and name.startswith(owner)) for owner in owners):
+            continue
+        for number, line in enumerate(open(path, encoding="utf-8"), start=1):
+            code = line.split("#", 1)[0]
+            if pattern.search(code) and not (skip_examples and ">>>" in code):
+                offenders.append(f"{name}:{number}: {line.strip()}")
+    return offenders
+
+
 # The owners of a tlkeras model's layer names: the model module and its read side, the layers module, the head and
 # the backbone spec (which every source builds its base with).
 OWNERS = {"tlkeras.model", "tlkeras.modelinfo", "tlkeras.layers", "tlkeras.heads", "tlkeras.backbones.spec"}
@@ -140,15 +154,7 @@ LAYER_NAMES = re.compile(r"""get_layer\(|name\s*=\s*["'](backbone|preprocess|hea
 
 
 def test_no_layer_name_is_spelled_outside_the_modules_that_build_the_model():
-    offenders = []
-    for name, path in _modules().items():
-        if name in OWNERS:
-            continue
-        for number, line in enumerate(open(path, encoding="utf-8"), start=1):
-            code = line.split("#", 1)[0]
-            if LAYER_NAMES.search(code) and ">>>" not in code:
-                offenders.append(f"{name}:{number}: {line.strip()}")
-    assert offenders == []
+    assert lines_outside(OWNERS, LAYER_NAMES) == []
 
 
 METHOD_BRANCH = re.compile(r"""method\s*[!=]=\s*["']|[!=]=\s*["'](full|lora|bitfit)["']|use_lora""")
@@ -156,15 +162,7 @@ METHOD_BRANCH = re.compile(r"""method\s*[!=]=\s*["']|[!=]=\s*["'](full|lora|bitf
 
 def test_no_stage_2_method_is_branched_on_outside_the_methods():
     """Stage 2 asks its method (`tlkeras.methods`): a new one is a module and a registry line, not an `if`."""
-    offenders = []
-    for name, path in _modules().items():
-        if name == "tlkeras.methods" or name.startswith("tlkeras.methods."):
-            continue
-        for number, line in enumerate(open(path, encoding="utf-8"), start=1):
-            code = line.split("#", 1)[0]
-            if METHOD_BRANCH.search(code) and ">>>" not in code:
-                offenders.append(f"{name}:{number}: {line.strip()}")
-    assert offenders == []
+    assert lines_outside({"tlkeras.methods."}, METHOD_BRANCH) == []
 
 
 SCHEME_LITERAL = re.compile(r"""["'](hub|kerashub|auto):["']""")
@@ -173,11 +171,4 @@ SCHEME_LITERAL = re.compile(r"""["'](hub|kerashub|auto):["']""")
 def test_no_backbone_scheme_is_spelled_outside_the_backbone_sources():
     """A source says what it is (`tlkeras.backbones.BackboneSource`: its usage line, its own weights, what loading a
     model on it needs); nothing else compares a backbone name with "hub:", "kerashub:" or "auto:"."""
-    offenders = []
-    for name, path in _modules().items():
-        if name == "tlkeras.backbones" or name.startswith("tlkeras.backbones."):
-            continue
-        for number, line in enumerate(open(path, encoding="utf-8"), start=1):
-            if SCHEME_LITERAL.search(line.split("#", 1)[0]):
-                offenders.append(f"{name}:{number}: {line.strip()}")
-    assert offenders == []
+    assert lines_outside({"tlkeras.backbones."}, SCHEME_LITERAL, skip_examples=False) == []

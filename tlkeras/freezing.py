@@ -126,8 +126,8 @@ def _unfreeze_layers(model, unfreeze: Unfreeze, train_bn: bool, bn_momentum) -> 
             trainable.append(layer)
     return UnfreezePlan(
         layers=[layer.name for layer in trainable],
-        trainable_params=sum(_count(w) for layer in trainable for w in layer.trainable_weights),
-        backbone_params=sum(_count(w) for w in backbone.weights),
+        trainable_params=sum(count_params(w) for layer in trainable for w in layer.trainable_weights),
+        backbone_params=sum(count_params(w) for w in backbone.weights),
         bn_frozen=not train_bn,
         cut_layer=layers[cut].name if cut < len(layers) else None,
     )
@@ -145,11 +145,6 @@ def unit_weights(model: keras.Model, unfreeze: Unfreeze, train_bn: bool = False)
     [('block_16_project', 'kernel', False), ('Conv_1', 'kernel', False)]
     """
     return trainable_units(model).unit_weights(unfreeze, train_bn)
-
-
-def count_params(weight) -> int:
-    """The number of values in a weight."""
-    return _count(weight)
 
 
 def plan_cut(model: keras.Model, unfreeze: Unfreeze, *, train_bn: bool = False) -> tuple[int, int]:
@@ -340,8 +335,8 @@ def _unfreeze_module(model, module, count: int, train_bn: bool, bn_momentum) -> 
     trained = [w for _, w, _ in module.named_variables() if w.trainable]
     return UnfreezePlan(
         layers=names,
-        trainable_params=sum(_count(w) for w in trained),
-        backbone_params=sum(_count(w) for w in module.weights),
+        trainable_params=sum(count_params(w) for w in trained),
+        backbone_params=sum(count_params(w) for w in module.weights),
         bn_frozen=not train_bn,
         cut_layer=module.name if names else None,  # the lowest layer that trains: the module itself
         notes=notes,
@@ -349,7 +344,8 @@ def _unfreeze_module(model, module, count: int, train_bn: bool, bn_momentum) -> 
     )
 
 
-def _count(weight) -> int:
+def count_params(weight) -> int:
+    """The number of values in a weight."""
     n = 1
     for d in weight.shape:
         n *= int(d)

@@ -83,26 +83,8 @@ def _is_embedding(layer) -> bool:
     return isinstance(layer, keras.layers.Embedding)
 
 
-def embedding_layers(backbone) -> list[tuple[str, keras.layers.Layer]]:
-    """(path, layer) of the backbone's embedding tables (`_is_embedding`)."""
-    found = []
-
-    def walk(layer, prefix: str):
-        for sub in getattr(layer, "_layers", []):
-            if isinstance(sub, keras.layers.InputLayer):
-                continue
-            path = f"{prefix}/{sub.name}" if prefix else sub.name
-            if _is_embedding(sub):
-                found.append((path, sub))
-            walk(sub, path)
-
-    walk(backbone, "")
-    return found
-
-
-def adaptable_layers(backbone) -> list[tuple[str, keras.layers.Layer]]:
-    """(path inside the backbone, layer) of every built layer that takes adapters, bottom to top: Dense, EinsumDense
-    and Conv layers (embedding tables take none: `_is_embedding`)."""
+def _nested_layers(backbone) -> list[tuple[str, keras.layers.Layer]]:
+    """(path inside the backbone, layer) of every layer nested in it, each once, bottom to top."""
     found, seen = [], set()
 
     def walk(layer, prefix: str):
@@ -111,12 +93,23 @@ def adaptable_layers(backbone) -> list[tuple[str, keras.layers.Layer]]:
                 continue
             seen.add(id(sub))
             path = f"{prefix}/{sub.name}" if prefix else sub.name
-            if hasattr(sub, "enable_lora") and sub.built and sub.weights and not _is_embedding(sub):
-                found.append((path, sub))
+            found.append((path, sub))
             walk(sub, path)
 
     walk(backbone, "")
     return found
+
+
+def embedding_layers(backbone) -> list[tuple[str, keras.layers.Layer]]:
+    """(path, layer) of the backbone's embedding tables (`_is_embedding`)."""
+    return [(path, layer) for path, layer in _nested_layers(backbone) if _is_embedding(layer)]
+
+
+def adaptable_layers(backbone) -> list[tuple[str, keras.layers.Layer]]:
+    """(path inside the backbone, layer) of every built layer that takes adapters, bottom to top: Dense, EinsumDense
+    and Conv layers (embedding tables take none: `_is_embedding`)."""
+    return [(path, layer) for path, layer in _nested_layers(backbone)
+            if hasattr(layer, "enable_lora") and layer.built and layer.weights and not _is_embedding(layer)]
 
 
 def find_targets(model: keras.Model, patterns: Sequence[str] = DEFAULT_TARGETS, *,

@@ -6,7 +6,8 @@ guard, resume bookkeeping) and `callbacks` (history, best checkpoint, NaN guard)
 
 from tlkeras.training.callbacks import BEST_WEIGHTS, BestCheckpoint, RunHistory, StopOnNaN, current_learning_rate
 from tlkeras.training.finetune import FinetuneHistory, check_stages, finetune
-from tlkeras.training.plan import CachePlan, plan_caching, unfreeze_phases
+from tlkeras.freezing import unfreeze_phases  # a gradual stage 2's phases: the backbone's units decide
+from tlkeras.training.plan import CachePlan, plan_caching
 from tlkeras.training.runner import run_stage
 
 __all__ = ["BEST_WEIGHTS", "BestCheckpoint", "CachePlan", "FinetuneHistory", "RunHistory", "StopOnNaN",

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Optional
 
 from tlkeras import caching
-from tlkeras.freezing import unfreeze_phases  # noqa: F401  (reached as tlkeras.training.unfreeze_phases)
 
 
 # === What to cache ===
