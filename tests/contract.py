@@ -7,7 +7,7 @@ backbone source x task x inputs kind.
   BatchNormalization statistics stay fixed;
 - the `.keras` file reloads (safe mode) with the same metadata and predicts identically;
 - the export's `serving_default` answers as `model.predict` within 1e-5 and returns the Task's
-  outputs, consistent with its probabilities.
+  outputs, consistent with its probabilities (a regression's values).
 """
 
 from __future__ import annotations
@@ -72,18 +72,24 @@ def check_reload_predicts_identically(result, inputs) -> None:
 
 def check_export_answers_as_the_model(result, served_inputs: dict, model_inputs) -> dict:
     """Run the export's serving_default; its probabilities match model.predict (1e-5) and its outputs
-    are the Task's: top-k classes for single-label, labels at the thresholds for multi-label."""
+    are the Task's: top-k classes for single-label, labels at the thresholds for multi-label, the values (with
+    the targets' scaling in the card) for regression."""
     info = model_info(result.model)
     served = tf.saved_model.load(result.export_dir).signatures["serving_default"](**served_inputs)
     expected = np.asarray(info.task_role.to_probabilities(result.model.predict(model_inputs, verbose=0)))
-    probabilities = served["probabilities"].numpy()
+    probabilities = served[info.task_role.output_key].numpy()
     np.testing.assert_allclose(probabilities, expected, atol=EXPORT_TOLERANCE)
     names = np.array(result.class_names)
     outputs = set(signature_def(result.export_dir).outputs)
     if "image_bytes" in served_inputs:  # images: each item's status beside the Task's outputs
         assert outputs >= {"error"} and not any(served["error"].numpy())
         outputs -= {"error"}
-    if info.task == "multi_label":
+    with open(os.path.join(result.export_dir, "assets", "model_card.json"), encoding="utf-8") as f:
+        card = json.load(f)
+    if info.task == "regression":
+        assert outputs == {"value"} and probabilities.shape[1] == len(names)
+        assert card["task_options"] == info.task_options and set(info.task_options) >= {"mean", "std"}
+    elif info.task == "multi_label":
         assert outputs == {"probabilities", "labels", "label_count"}
         thresholds = np.array(info.decision["thresholds"])
         above = probabilities >= thresholds
@@ -94,7 +100,5 @@ def check_export_answers_as_the_model(result, served_inputs: dict, model_inputs)
         assert outputs == {"probabilities", "classes", "scores"}
         best = served["classes"].numpy()[:, 0].astype(str)
         np.testing.assert_array_equal(best, names[probabilities.argmax(axis=1)])
-    with open(os.path.join(result.export_dir, "assets", "model_card.json"), encoding="utf-8") as f:
-        card = json.load(f)
     assert card["task_name"] == info.task and card["decision"] == info.decision
     return {k: v.numpy() for k, v in served.items()}

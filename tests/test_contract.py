@@ -1,8 +1,8 @@
 """The shared contract (tests/contract.py) over backbone sources x tasks x inputs kinds: a
 keras.applications family from a weights file, a TF Hub module, a KerasHub preset and a `.keras`
-model file, single-label on the colour folder; multi-label on a KerasHub preset. (Multi-label
-applications images and multi-label hub texts keep it in tests/test_multi_label.py, single-label
-hub texts in tests/test_text.py.)"""
+model file, single-label on the colour folder; multi-label on a KerasHub preset; regression of two targets on
+keras.applications. (Multi-label applications images and multi-label hub texts keep it in
+tests/test_multi_label.py, single-label hub texts in tests/test_text.py.)"""
 
 import os
 
@@ -16,6 +16,7 @@ import tlkeras
 from conftest import TINY
 from test_backbone_files import source_file  # noqa: F401  (the .keras backbone fixture)
 from test_multi_label import write_multilabel_csv
+from test_regression import write_regression_csv
 
 RUN = {"batch_size": 8, "report": False, "tensorboard": False, "verbose": 0, "image_size": 32}
 
@@ -23,6 +24,11 @@ RUN = {"batch_size": 8, "report": False, "tensorboard": False, "verbose": 0, "im
 @pytest.fixture(scope="module")
 def multilabel_csv(tmp_path_factory):
     return write_multilabel_csv(str(tmp_path_factory.mktemp("contract-ml")), per_set=3)
+
+
+@pytest.fixture(scope="module")
+def regression_csv(tmp_path_factory):
+    return write_regression_csv(str(tmp_path_factory.mktemp("contract-regression")), count=24)
 
 
 def _source(name, request):
@@ -39,12 +45,16 @@ def _source(name, request):
 
 @pytest.mark.parametrize("source,task", [("applications", "single_label"), ("hub", "single_label"),
                                          ("kerashub", "single_label"), ("model file", "single_label"),
-                                         ("kerashub", "multi_label")])
+                                         ("kerashub", "multi_label"), ("applications", "regression")])
 def test_every_source_and_task_keeps_the_contract(source, task, request, tmp_path, image_folder):
     backbone, options, unfreeze = _source(source, request)
-    data = request.getfixturevalue("multilabel_csv") if task == "multi_label" else image_folder
+    data = {"multi_label": "multilabel_csv", "regression": "regression_csv"}.get(task)
+    data = request.getfixturevalue(data) if data else image_folder
+    if task == "regression":
+        options = {**options, "label_column": ["age", "score"]}
     keras.utils.set_random_seed(0)
-    fresh = tlkeras.build_model(backbone, 3, image_size=32, task=task, **options)
+    fresh = tlkeras.build_model(backbone, 3, image_size=32, task=task,
+                                **{k: v for k, v in options.items() if k != "label_column"})
     initial = contract.backbone_arrays(fresh)
 
     frozen = tlkeras.build_and_finetune(data, backbone=backbone, **RUN, **options, stage1={"epochs": 2},

@@ -46,7 +46,8 @@ MAX_IMAGE_SIZE = 4096
 # Images declaring more pixels (height x width) are refused before decoding (decompression bombs):
 # Pillow's MAX_IMAGE_PIXELS default, ~89.5 megapixels. See tlkeras.data.images.decode_image.
 MAX_IMAGE_PIXELS = 89_478_485
-TASK_CHOICES = ("auto", "single_label", "multi_label")  # tlkeras.tasks.TASKS, plus auto
+TASK_CHOICES = ("auto", "single_label", "multi_label", "regression")  # tlkeras.tasks.TASKS, plus auto
+REGRESSION_LOSSES = ("huber", "mse", "mae")  # tlkeras.tasks.regression.LOSSES
 THRESHOLDS = ("per_class", "global")  # or a number in (0, 1)
 # Test-time augmentation: the views whose probabilities are averaged (`Inputs.tta_views`); none = the input alone;
 # "crops:N" (N in 1..MAX_TTA_CROPS) also takes N zoomed crops.
@@ -379,12 +380,18 @@ class FinetuneConfig:
             round.
         val_split: validation fraction per class, seeded.
         class_names: names for integer labels of arrays and datasets.
-        task: `single_label`, `multi_label`, or `auto` (multi-label when any example has more than one label;
-            logged).
+        task: `single_label`, `multi_label`, `regression`, or `auto` (logged with its reason: regression for several
+            label columns, or when every label is a number and more than max(20, 5% of the rows) are distinct - an
+            array of integers is class indices; multi-label when any example has more than one label).
+        loss: regression: the loss on errors in standard units (the training targets' deviations) - `huber` (the
+            default; quadratic within one deviation), `mse` or `mae`.
+        target_range: regression: `[low, high]` bounds every value with a scaled sigmoid (a target that cannot
+            leave a range, e.g. a score from 1 to 5; a little wider than the range trains better).
         text_column: the text column of a CSV/TSV of texts; `[a, b]` (two different columns) makes a sentence-pair
             classifier on a KerasHub or TF Hub text encoder, whose export takes `text_a` and `text_b`.
         image_column: the image path column of a CSV/TSV of images (paths relative to the CSV).
-        label_column: the label column of a CSV/TSV of images or texts.
+        label_column: the label column of a CSV/TSV of images or texts; a list of columns for several regression
+            targets (`[age, weight]`: one value each).
         label_separator: what separates several labels in one cell of `label_column` (multi-label).
         threshold: multi-label decisions: `per_class` (each class's F1-maximising threshold on the validation
             split), `global` (one, maximising micro-F1), or a number in (0, 1).
@@ -443,9 +450,11 @@ class FinetuneConfig:
     val_split: float = 0.2
     class_names: Optional[list[str]] = None
     task: str = "auto"
+    loss: Optional[str] = None
+    target_range: Optional[list[float]] = None
     text_column: Union[str, list[str]] = "text"  # two columns: sentence pairs
     image_column: str = "image"
-    label_column: str = "label"
+    label_column: Union[str, list[str]] = "label"  # several columns: regression targets
     label_separator: str = " "
     threshold: Union[str, float] = "per_class"
     tta: str = "none"
@@ -602,6 +611,10 @@ class FinetuneConfig:
         _validate_training(self)
         _validate_runtime(self)
         _validate_outputs(self)
+
+    def task_settings(self) -> dict:
+        """The keys a Task reads when it fixes its options from the training data (`Task.options`)."""
+        return {"loss": self.loss, "target_range": self.target_range}
 
     def augment_for(self, inputs: str, task: str) -> "AugmentConfig":
         """The augmentation this run trains with on `inputs` for `task` (`AugmentConfig.resolved`); `augment: auto`
@@ -923,9 +936,19 @@ def _validate_data(cfg: "FinetuneConfig") -> None:
         or len(set(cfg.class_names)) != len(cfg.class_names)
     ):
         raise ConfigError(f"class_names: {cfg.class_names!r} is not valid: use a list of distinct, non-empty names.")
-    for key in ("image_column", "label_column"):
-        if not isinstance(getattr(cfg, key), str) or not getattr(cfg, key):
-            raise ConfigError(f"{key}: {getattr(cfg, key)!r} is not valid: use the name of a column of the CSV.")
+    if not isinstance(cfg.image_column, str) or not cfg.image_column:
+        raise ConfigError(f"image_column: {cfg.image_column!r} is not valid: use the name of a column of the CSV.")
+    label = cfg.label_column
+    if isinstance(label, (list, tuple)):
+        if not label or not all(isinstance(c, str) and c for c in label) or len(set(label)) != len(label):
+            raise ConfigError(f"label_column: {label!r} is not valid: use the name of a column of the CSV, or a list "
+                              "of distinct columns for several regression targets, e.g. [age, weight].")
+        if len(label) > 1 and cfg.task not in ("auto", "regression"):
+            raise ConfigError(f"label_column: {len(label)} columns {label!r} are several regression targets, but "
+                              f"task is {cfg.task}; set task: regression (or auto), or name one column.")
+        cfg.label_column = list(label) if len(label) > 1 else label[0]
+    elif not isinstance(label, str) or not label:
+        raise ConfigError(f"label_column: {label!r} is not valid: use the name of a column of the CSV.")
     column = cfg.text_column
     if isinstance(column, (list, tuple)):
         if len(column) != 2 or not all(isinstance(c, str) and c for c in column) or column[0] == column[1]:
@@ -964,6 +987,7 @@ def _validate_model(cfg: "FinetuneConfig") -> None:
                 "trained for and would not fit in memory; use the backbone's own size (e.g. 224) or a few hundred."
             )
     _check_choice("task", cfg.task, TASK_CHOICES)
+    _validate_regression(cfg)
     if isinstance(cfg.threshold, str):
         _check_choice("threshold", cfg.threshold, THRESHOLDS)
     else:
@@ -971,6 +995,30 @@ def _validate_model(cfg: "FinetuneConfig") -> None:
     if tta_problem(cfg.tta):
         raise ConfigError(f"tta: {tta_problem(cfg.tta)}.")
     cfg.head.validate()
+
+
+def _validate_regression(cfg: "FinetuneConfig") -> None:
+    """loss and target_range: a regression's, refused for the classifiers; what regression refuses."""
+    if cfg.loss is not None:
+        _check_choice("loss", cfg.loss, REGRESSION_LOSSES)
+    if cfg.target_range is not None:
+        bounds = cfg.target_range
+        if (not isinstance(bounds, (list, tuple)) or len(bounds) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bounds)
+                or not bounds[0] < bounds[1]):
+            raise ConfigError(f"target_range: {bounds!r} is not valid: use [low, high] with low < high, e.g. [0, 5].")
+        cfg.target_range = [float(v) for v in bounds]
+    given = [key for key in ("loss", "target_range") if getattr(cfg, key) is not None]
+    if given and cfg.task in ("single_label", "multi_label"):
+        raise ConfigError(f"{given[0]}: {getattr(cfg, given[0])!r} is a regression setting, but task is {cfg.task}; "
+                          "drop it, or set task: regression.")
+    if cfg.task == "regression":
+        if cfg.class_weight is not None:
+            raise ConfigError(f"class_weight: {cfg.class_weight!r} weighs classes, and a regression task has none; "
+                              "drop class_weight.")
+        if cfg.label_smoothing:
+            raise ConfigError(f"label_smoothing: {cfg.label_smoothing!r} smooths class labels, and a regression task "
+                              "has none; drop label_smoothing.")
 
 
 def _validate_training(cfg: "FinetuneConfig") -> None:

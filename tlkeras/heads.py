@@ -8,6 +8,7 @@ import keras
 
 HEAD_PREFIX = "head_"
 HEAD_POOL = f"{HEAD_PREFIX}pool"
+OUTPUT_LAYER = "predictions"
 
 
 def build_head(
@@ -19,9 +20,11 @@ def build_head(
     dropout: float = 0.2,
     l2: float = 0.0,
     pooling: str = "avg",
+    output=None,
 ):
     """Pool `features`, then optional hidden Dense layers, dropout and the output layer of `units`
-    units with `activation` (what the model's Task asks for: `Task.output_units`, `Task.activation`).
+    units with `activation` (what the model's Task asks for: `Task.output_units`, `Task.activation`), or
+    `output(kernel_regularizer, name)`, the Task's own output layer (`Task.output_layer`).
 
     The output layer always computes in float32, so the probabilities stay exact under a
     mixed-precision policy. Layer names start with "head_" except the output, "predictions".
@@ -51,10 +54,12 @@ def build_head(
         x = keras.layers.Dense(width, activation="relu", kernel_regularizer=regularizer, name=f"{HEAD_PREFIX}dense_{i}")(x)
     if dropout > 0:
         x = keras.layers.Dropout(dropout, name=f"{HEAD_PREFIX}dropout")(x)
+    if output is not None:
+        return output(regularizer, OUTPUT_LAYER)(x)
     return keras.layers.Dense(
         units,
         activation=activation,
         kernel_regularizer=regularizer,
         dtype="float32",
-        name="predictions",
+        name=OUTPUT_LAYER,
     )(x)

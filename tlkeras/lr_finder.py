@@ -80,8 +80,9 @@ def find_learning_rate(
     bundle = kind.make_datasets(cfg, image_size)
     model = build_model(spec, len(bundle.class_names), image_size=image_size, weights=cfg.weights,
                         head=cfg.head, backbone_options=cfg.backbone_options, task=bundle.task.name,
-                        class_names=bundle.class_names, inputs=kind.name)
-    loss_fn = bundle.task.loss(int(model.output_shape[-1]), cfg.label_smoothing, bundle.class_weight)
+                        class_names=bundle.class_names, inputs=kind.name, task_options=bundle.task_options)
+    loss_fn = bundle.task.loss(int(model.output_shape[-1]), cfg.label_smoothing, bundle.class_weight,
+                               options=bundle.task_options)
     stage_cfg = cfg.stage1 if stage == 1 else cfg.stage2
     multipliers = None
     if stage == 1:

@@ -314,3 +314,74 @@ def format_multilabel_metrics(metrics: dict, noun: str = "images") -> str:
         lines.append(f"{avg.replace('_avg', ' avg'):<{width}}  {'':9}  {v['precision']:9.4f}  {v['recall']:6.4f}  "
                      f"{v['f1']:5.4f}")
     return "\n".join(lines) + "\n"
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Spearman's rank correlation (average ranks for ties); None when either side is constant.
+
+    >>> spearman(np.array([1.0, 2.0, 3.0, 4.0]), np.array([10.0, 20.0, 40.0, 30.0]))
+    0.8
+    """
+    ra, rb = _average_ranks(np.asarray(a, np.float64)), _average_ranks(np.asarray(b, np.float64))
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = np.sqrt((ra**2).sum() * (rb**2).sum())
+    return float((ra * rb).sum() / denominator) if denominator > 0 else None
+
+
+def regression_metrics(values: np.ndarray, targets: np.ndarray, names: list[str]) -> dict:
+    """MAE, RMSE, R2 and Spearman's rho of each target (`per_target`, in the targets' units) and their mean over the
+    targets (R2 is the headline: 1 is exact, 0 is what answering the targets' mean scores).
+
+    >>> m = regression_metrics(np.array([[1.0], [2.0], [2.5]]), np.array([[1.0], [2.0], [3.0]]), ["age"])
+    >>> m["mae"], m["rmse"], m["r2"], m["per_target"]["age"]["spearman"]
+    (0.1667, 0.2887, 0.875, 1.0)
+    """
+    values = np.asarray(values, np.float64).reshape(len(values), -1)
+    targets = np.asarray(targets, np.float64).reshape(len(targets), -1)
+    per_target = {}
+    for column, name in enumerate(names):
+        v, t = values[:, column], targets[:, column]
+        error = v - t
+        spread = ((t - t.mean()) ** 2).sum() if len(t) else 0.0
+        rho = spearman(v, t) if len(t) > 1 else None
+        per_target[name] = {
+            "mae": _r(np.abs(error).mean()) if len(t) else None,
+            "rmse": _r(np.sqrt((error**2).mean())) if len(t) else None,
+            "r2": _r(1.0 - (error**2).sum() / spread) if spread > 0 else None,
+            "spearman": _r(rho) if rho is not None else None,
+            "mean": _r(t.mean()) if len(t) else None,
+            "std": _r(t.std()) if len(t) else None,
+        }
+
+    def mean_of(key):
+        found = [m[key] for m in per_target.values() if m[key] is not None]
+        return _r(np.mean(found)) if found else None
+
+    return {"count": int(len(targets)), "mae": mean_of("mae"), "rmse": mean_of("rmse"), "r2": mean_of("r2"),
+            "spearman": mean_of("spearman"), "per_target": per_target}
+
+
+def format_regression_metrics(metrics: dict, noun: str = "images") -> str:
+    """The console report of `regression_metrics`.
+
+    >>> print(format_regression_metrics(regression_metrics(np.array([[1.0], [2.0]]), np.array([[1.0], [3.0]]),
+    ...                                                    ["age"])))
+    images 2   R2 0.5000   MAE 0.5000   RMSE 0.7071   Spearman 1.0000
+    <BLANKLINE>
+    target  MAE     RMSE    R2      Spearman
+    age     0.5000  0.7071  0.5000  1.0000
+    <BLANKLINE>
+    """
+    def number(value):
+        return "-" if value is None else f"{value:.4f}"
+
+    if not metrics.get("count"):
+        return f"no {noun} evaluated\n"
+    lines = ["   ".join([f"{noun} {metrics['count']}"] + [f"{label} {number(metrics[key])}" for key, label in (
+        ("r2", "R2"), ("mae", "MAE"), ("rmse", "RMSE"), ("spearman", "Spearman"))]), ""]
+    rows = [("target", "MAE", "RMSE", "R2", "Spearman")] + [
+        (name, number(m["mae"]), number(m["rmse"]), number(m["r2"]), number(m["spearman"]))
+        for name, m in metrics["per_target"].items()]
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines) + "\n"

@@ -11,6 +11,7 @@ import dataclasses
 from typing import Optional
 
 import keras
+import numpy as np
 
 from tlkeras import backbones
 from tlkeras.config import HeadConfig, head_config
@@ -40,6 +41,7 @@ def build_model(
     class_names: Optional[list] = None,
     input_options: Optional[dict] = None,
     inputs: Optional[str] = None,
+    task_options: Optional[dict] = None,
 ) -> keras.Model:
     """Build a transfer-learning classifier.
 
@@ -60,13 +62,15 @@ def build_model(
             the backbone (e.g. saved with `model.get_layer("backbone").save_weights(...)`).
         head: `HeadConfig` or a dict of its fields (hidden_units, dropout, l2, pooling).
         backbone_options: extra constructor arguments of the backbone (e.g. {"alpha": 0.35}).
-        task: "single_label" (softmax, or one sigmoid unit for 2 classes) or "multi_label" (one
-            sigmoid per class); see `tlkeras.tasks`.
+        task: "single_label" (softmax, or one sigmoid unit for 2 classes), "multi_label" (one
+            sigmoid per class) or "regression" (`num_classes` values); see `tlkeras.tasks`.
         class_names: the class names, kept in the model's metadata (`model_info`).
         input_options: how the inputs are read in serving, kept in the metadata (an image model's
             {"max_image_pixels": N}: larger images are refused before decoding).
         inputs: the Inputs kind (`tlkeras.inputs`) when it is not the backbone's own, e.g.
             "token_pairs": a text encoder reading sentence pairs (two string inputs).
+        task_options: what the Task fixed from the training data (`Task.options`, e.g. a regression
+            model's target mean and standard deviation), kept in the metadata; None: the Task's defaults.
 
     Example:
 
@@ -83,6 +87,7 @@ def build_model(
                          f"{role.min_classes} classes.")
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(f"class_names: {len(class_names)} names for {num_classes} classes.")
+    task_options = dict(task_options) if task_options is not None else role.options(np.zeros((0, num_classes)), {})
     head_cfg = head_config(head)
     spec = backbone if isinstance(backbone, backbones.BackboneSpec) else backbones.resolve(backbone, backbone_options)
     kind = get_inputs(inputs or spec.modality)
@@ -96,13 +101,14 @@ def build_model(
         dropout=head_cfg.dropout,
         l2=head_cfg.l2,
         pooling=head_cfg.pooling,
+        output=lambda regularizer, name: role.output_layer(num_classes, task_options, regularizer, name),
     )
     # === Metadata ===
     metadata = dataclasses.asdict(ModelInfo(
         task=role.name, inputs=kind.name, backbone=spec.name, source=spec.source,
         block_map=dataclasses.asdict(spec.block_map) if spec.block_map else None,
         class_names=[str(c) for c in class_names] if class_names is not None else None,
-        input_options=dict(input_options or {}),
+        input_options=dict(input_options or {}), task_options=task_options,
     ))
     metadata.pop("extra")
     return Classifier(inputs, outputs, name=f"tlkeras_{spec.slug}", metadata=metadata)

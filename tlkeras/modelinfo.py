@@ -56,6 +56,8 @@ class ModelInfo:
             model's per-class {"thresholds": [...]}), or None.
         input_options: how its Inputs kind reads what clients send, in training and in serving (an
             image model's {"max_image_pixels": ...}); {} for the defaults.
+        task_options: what the Task fixed from the training split before training (`Task.options`: a regression
+            model's target mean and standard deviation, loss and range); {} for the classifiers.
     """
 
     task: str = "single_label"
@@ -66,6 +68,7 @@ class ModelInfo:
     class_names: Optional[list] = None
     decision: Optional[dict] = None
     input_options: dict = field(default_factory=dict)
+    task_options: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
     @property

@@ -130,8 +130,24 @@ def load_export(path, tta: str = "none") -> LoadedExport:
     serve._tlkeras_keepalive = loaded  # the signature needs its object alive
     signature = getattr(serve, "structured_input_signature", None)
     inputs = inputs_of_signature(signature[1]) if signature else "image"
-    return LoadedExport(serve, read_labels(os.path.join(folder, "assets", LABELS_FILE)), folder,
-                        inputs=inputs, **_card_facts(card))
+    facts = _card_facts(card)
+    key = get_task(facts.get("task", "single_label")).output_key
+    return LoadedExport(serve if key == "probabilities" else _Renamed(serve, key),
+                        read_labels(os.path.join(folder, "assets", LABELS_FILE)), folder, inputs=inputs, **facts)
+
+
+class _Renamed:
+    """A signature whose `key` output (a regression's `value`) is handed on as "probabilities", the name every
+    reader of an export's outputs takes the model's outputs by."""
+
+    def __init__(self, serve, key: str):
+        self.serve, self.key = serve, key
+        self.structured_input_signature = getattr(serve, "structured_input_signature", None)
+
+    def __call__(self, **inputs):
+        outputs = dict(self.serve(**inputs))
+        outputs["probabilities"] = outputs.pop(self.key)
+        return outputs
 
 
 def _with_views(path, tta: str) -> LoadedExport:
@@ -265,12 +281,19 @@ def _name(fields: dict) -> str:
 def format_predictions(rows: list[dict], fmt: str) -> str:
     """Render prediction rows (of images: "path"; of texts: "text") as an aligned table, JSON lines or
     CSV. Multi-label rows ("labels", "probabilities") list the labels above their thresholds in the
-    table, and every class's probability in JSON and CSV."""
+    table, and every class's probability in JSON and CSV; regression rows ("values") a column per target.
+
+    >>> print(format_predictions([{"path": "a.png", "values": {"age": 31.25, "score": 4.0}}], "table"), end="")
+    path   age      score
+    a.png  31.2500  4.0000
+    """
     key = "text" if rows and "text" in rows[0] else "path"
     if fmt == "json":
         return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     if rows and "labels" in rows[0]:
         return _format_labels(rows, fmt, key)
+    if rows and "values" in rows[0]:
+        return _format_values(rows, fmt, key)
     if fmt == "csv":
         k = max((len(r["classes"]) for r in rows), default=0)
         buf = io.StringIO()
@@ -288,6 +311,23 @@ def format_predictions(rows: list[dict], fmt: str) -> str:
             lines.append(f"{s:<{width}}  {guesses}")
         return "\n".join(lines) + "\n"
     raise ValueError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
+
+
+def _format_values(rows: list[dict], fmt: str, key: str) -> str:
+    names = list(rows[0]["values"])
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow([key] + names)
+        for r in rows:
+            writer.writerow([r[key]] + [repr(float(r["values"][n])) for n in names])
+        return buf.getvalue()
+    if fmt != "table":
+        raise ValueError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
+    table = [[key] + names] + [[_short(r[key]) if key == "text" else r[key]] + [f"{r['values'][n]:.4f}" for n in names]
+                               for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return "".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() + "\n" for row in table)
 
 
 def _format_labels(rows: list[dict], fmt: str, key: str) -> str:

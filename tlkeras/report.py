@@ -27,6 +27,7 @@ CURVES_FILE = "training_curves.png"
 CONFUSION_FILE = "confusion_matrix.png"
 MISTAKES_FILE = "confident_mistakes.png"
 PR_CURVES_FILE = "precision_recall_curves.png"
+VALUES_FILE = "predicted_vs_true.png"
 REPORT_FILE = "report.html"
 MISTAKES_SHOWN = 16
 
@@ -194,6 +195,35 @@ def plot_pr_curves(probabilities: np.ndarray, labels: np.ndarray, class_names: l
     return _save(fig, path)
 
 
+def plot_regression(values: np.ndarray, targets: np.ndarray, names: list[str], path: str, shown: int = 6) -> str:
+    """Each target (up to `shown`): the predicted value against the true one (the diagonal is exact), and the
+    residuals against the predicted value (a pattern is a bias the model left)."""
+    values = np.asarray(values, np.float64).reshape(len(values), -1)
+    targets = np.asarray(targets, np.float64).reshape(len(targets), -1)
+    columns = list(range(min(shown, len(names))))
+    fig = _figure(7.0, 3.2 * len(columns))
+    for row, c in enumerate(columns):
+        v, t = values[:, c], targets[:, c]
+        ax = fig.add_subplot(len(columns), 2, 2 * row + 1)
+        ax.scatter(t, v, s=10, alpha=0.7)
+        if len(t):
+            low, high = float(min(t.min(), v.min())), float(max(t.max(), v.max()))
+            ax.plot([low, high], [low, high], color="grey", linestyle=":", label="exact")
+            ax.legend(fontsize=7, loc="upper left")
+        ax.set_xlabel(f"true {names[c]}", fontsize=8)
+        ax.set_ylabel(f"predicted {names[c]}", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax = fig.add_subplot(len(columns), 2, 2 * row + 2)
+        ax.scatter(v, v - t, s=10, alpha=0.7)
+        ax.axhline(0.0, color="grey", linestyle=":")
+        ax.set_xlabel(f"predicted {names[c]}", fontsize=8)
+        ax.set_ylabel("residual (predicted - true)", fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle("validation: predicted against true values, and residuals")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _embedded(path: str) -> str:
     with open(path, "rb") as f:
         data = base64.b64encode(f.read()).decode("ascii")
@@ -321,16 +351,19 @@ def write_report(run_dir: str, *, history: dict, metrics: dict, probabilities: n
                  class_names: list[str], images_of, config: dict, record: Optional[dict] = None,
                  task=None) -> list[str]:
     """Every picture and report.html of a run; `images_of(rows)` gives the images of validation
-    rows (for the mistakes grid). A multi-label `task` gets per-class precision-recall curves with
-    the chosen thresholds instead of the confusion matrix and mistakes. Returns the files written."""
+    rows (for the mistakes grid). The training curves, then the pictures the `task` (a Task; None:
+    single-label) names (`Task.pictures`, one of `PICTURES`). Returns the files written."""
     accuracy_key = task.accuracy_key if task is not None else "accuracy"
     pictures = [plot_training_curves(history, os.path.join(run_dir, CURVES_FILE), accuracy_key,
                                      metrics.get("epoch") if metrics.get("restored_best") else None)]
-    if np.ndim(labels) == 2:
-        if len(labels):
-            pictures.append(plot_pr_curves(probabilities, labels, class_names, metrics["thresholds"],
-                                           os.path.join(run_dir, PR_CURVES_FILE)))
-        return pictures + [write_html(run_dir, metrics=metrics, config=config, record=record, pictures=pictures)]
+    draw = PICTURES[task.pictures if task is not None else "classes"]
+    pictures += draw(run_dir, probabilities, labels, class_names, metrics, images_of)
+    return pictures + [write_html(run_dir, metrics=metrics, config=config, record=record, pictures=pictures)]
+
+
+def _class_pictures(run_dir, probabilities, labels, class_names, metrics, images_of) -> list[str]:
+    """The confusion matrix and the most confidently wrong examples (when `images_of` shows them)."""
+    pictures = []
     if metrics.get("confusion_matrix"):
         pictures.append(plot_confusion_matrix(metrics["confusion_matrix"], class_names,
                                               os.path.join(run_dir, CONFUSION_FILE)))
@@ -338,4 +371,22 @@ def write_report(run_dir: str, *, history: dict, metrics: dict, probabilities: n
         rows = confident_mistakes(probabilities, labels)
         pictures.append(plot_mistakes(images_of(rows) if len(rows) else [], rows, probabilities, labels, class_names,
                                       os.path.join(run_dir, MISTAKES_FILE)))
-    return pictures + [write_html(run_dir, metrics=metrics, config=config, record=record, pictures=pictures)]
+    return pictures
+
+
+def _label_pictures(run_dir, probabilities, labels, class_names, metrics, images_of) -> list[str]:
+    """Each label's precision-recall curve with its threshold."""
+    if not len(labels):
+        return []
+    return [plot_pr_curves(probabilities, labels, class_names, metrics["thresholds"],
+                           os.path.join(run_dir, PR_CURVES_FILE))]
+
+
+def _value_pictures(run_dir, probabilities, labels, class_names, metrics, images_of) -> list[str]:
+    """Predicted against true values, and the residuals, of each target."""
+    return [plot_regression(probabilities, labels, class_names, os.path.join(run_dir, VALUES_FILE))] if len(
+        labels) else []
+
+
+# The pictures of each kind of answer, by the name a Task gives (`Task.pictures`)
+PICTURES = {"classes": _class_pictures, "labels": _label_pictures, "values": _value_pictures}

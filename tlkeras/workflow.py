@@ -277,8 +277,9 @@ def _load_data(run: _Run):
         bundle = kind.make_datasets(run.train_cfg, run.image_size)
     task = bundle.task
     log.info(
-        "data: %d training and %d validation %s, %d classes%s%s",
+        "data: %d training and %d validation %s, %d %s%s%s",
         bundle.train_count, bundle.val_count, kind.noun, len(bundle.class_names),
+        task.names_noun[len(bundle.class_names) != 1],
         f" ({task.description})" if task.qualifier else "",
         f", {len(bundle.skipped)} file(s) skipped (see skipped_files.txt)" if bundle.skipped else "",
     )
@@ -306,6 +307,7 @@ def _build(run: _Run, bundle, offset: int = 0):
             run.spec, len(bundle.class_names), image_size=run.image_size, weights=run.cfg.weights,
             head=run.cfg.head, backbone_options=run.cfg.backbone_options, task=bundle.task.name,
             class_names=bundle.class_names, input_options=run.kind.input_options(run.cfg), inputs=run.kind.name,
+            task_options=bundle.task_options,
         )
 
 
@@ -664,8 +666,8 @@ def _warn_at_chance(task, metrics, labels, split, cfg) -> None:
     causes = ["too few epochs", "a learning rate far off (`tlkeras find-lr` suggests one)"]
     if cfg.weights is None:
         causes.insert(0, "random backbone weights (weights: null)")
-    get_logger().warning("%s %s %.3f is at chance level (%.3f by %s): the model has not learned to tell the classes "
-                         "apart. Likely causes: %s.", split, name, value, guess, how, ", ".join(causes))
+    get_logger().warning("%s %s %.3f is at chance level (%.3f by %s): the model has not learned %s. Likely causes: "
+                         "%s.", split, name, value, guess, how, task.learns, ", ".join(causes))
 
 
 def _size_hint(image_size) -> str:

@@ -206,6 +206,8 @@ class DataBundle:
     cached: bool
     augmenter: Any = None
     task: Any = None  # the Task the labels are encoded for (tlkeras.tasks)
+    # what the Task fixed from the training split (`Task.options`: a regression's target mean and deviation)
+    task_options: dict = field(default_factory=dict)
     # `train` built anew (its shuffle from the start): a stage that trains on the pipeline takes its own, so that
     # a resumed stage can take the same epoch orders as an uninterrupted one (`tlkeras.training.runner`)
     rebuild_train: Any = None
@@ -288,6 +290,7 @@ def make_datasets(
         cached=cache,
         augmenter=build_augmenter(cfg.augment.resolved("image"), cfg.seed),
         task=task,
+        task_options=task.options(train.labels, cfg.task_settings()),
     )
 
 
@@ -360,9 +363,13 @@ def load_splits(load, cfg: FinetuneConfig, data: Any, val_data: Any, noun: str):
     labels, which it then encodes; `val_data` likewise or else the Task's stratified `val_split` of
     `data`; the classes checked (at least 2 for one label each, each with training examples, names
     fit for labels.txt)."""
+    from tlkeras.data.tables import label_columns
+
     train, class_names, skipped = load(data, "data", cfg.class_names, cfg.task)
+    table = isinstance(data, str) and os.path.isfile(data)
     task, class_names = encode_examples(train, cfg.task, "data",
-                                        class_names if class_names is not None else cfg.class_names)
+                                        class_names if class_names is not None else cfg.class_names,
+                                        columns=label_columns(cfg.label_column) if table else None)
     if val_data is not None:
         val, _, val_skipped = load(val_data, "val_data", class_names, task.name)
         val.labels, _ = task.encode_labels(val.labels, "val_data", class_names)
@@ -591,9 +598,10 @@ def _load_image_table(path: str, key: str, class_names, image_size, budget_bytes
                       label_column: str, separator: str, max_pixels=None):
     """A CSV/TSV with an image path column and a labels column (several labels in a cell separated
     by `separator` make a multi-label task); paths relative to the table's folder."""
-    from tlkeras.data.tables import read_table
+    from tlkeras.data.tables import label_cell, label_columns, read_table
 
-    table = read_table(path, key, {image_column: "image_column", label_column: "label_column"})
+    table = read_table(path, key, {image_column: "image_column",
+                                   **{c: "label_column" for c in label_columns(label_column)}})
     folder = os.path.dirname(os.path.abspath(path))
     cells, paths, skipped = [], [], []
     for line, row in table:
@@ -606,7 +614,7 @@ def _load_image_table(path: str, key: str, class_names, image_size, budget_bytes
             skipped.append((image, f"no such file (row {line} of {os.path.basename(path)})"))
             continue
         paths.append(image)
-        cells.append(row.get(label_column) or "")
+        cells.append(label_cell(row, label_column))
     labels, rows = raw_labels.read_label_cells(cells, task, separator)
     skipped += [(paths[i], f"empty {label_column!r}") for i in sorted(set(range(len(paths))) - set(rows))]
     paths = [paths[i] for i in rows]

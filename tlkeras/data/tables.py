@@ -63,3 +63,23 @@ def _delimiter(path: str, expected: str, columns: list[str]) -> str:
             get_logger().info("%s: its columns are separated by %r, not %r: read that way", path, sep, expected)
             return sep
     return expected
+
+
+def label_columns(label_column) -> list[str]:
+    """The label column(s) a config names: one, or several (a regression's targets).
+
+    >>> label_columns("label"), label_columns(["age", "weight"])
+    (['label'], ['age', 'weight'])
+    """
+    return list(label_column) if isinstance(label_column, (list, tuple)) else [label_column]
+
+
+def label_cell(row: dict, label_column):
+    """The label cell of a row: a string, or a tuple of strings when several columns hold the labels.
+
+    >>> label_cell({"age": "31", "weight": ""}, ["age", "weight"]), label_cell({"label": None}, "label")
+    (('31', ''), '')
+    """
+    if isinstance(label_column, (list, tuple)):
+        return tuple(row.get(c) or "" for c in label_column)
+    return row.get(label_column) or ""

@@ -146,11 +146,12 @@ def read_text_examples(source: Any, key: str, class_names: Optional[list[str]] =
 
 def _load_table(path: str, key: str, class_names, columns: list[str], label_column: str, task: str,
                 separator: str):
-    from tlkeras.data.tables import read_table
+    from tlkeras.data.tables import label_cell, label_columns, read_table
     from tlkeras.tasks.labels import read_label_cells
 
-    rows = read_table(path, key, {**{c: "text_column" for c in columns}, label_column: "label_column"})
-    cells = [(row.get(label_column) or "") for _, row in rows]
+    rows = read_table(path, key, {**{c: "text_column" for c in columns},
+                                  **{c: "label_column" for c in label_columns(label_column)}})
+    cells = [label_cell(row, label_column) for _, row in rows]
     labels, kept = read_label_cells(cells, task, separator)
     skipped = [(f"{path}:{rows[i][0]}", f"empty {label_column!r}") for i in sorted(set(range(len(rows))) - set(kept))]
     if len(columns) == 2:  # a sentence pair per row
@@ -283,5 +284,5 @@ def make_text_datasets(cfg, *, batch_size: Optional[int] = None):
         val=text_pipeline(val, batch_size, training=False, seed=cfg.seed) if val is not None else None,
         class_names=class_names, train_examples=train, val_examples=val, skipped=skipped,
         class_weight=task.class_weight(cfg.class_weight, train.labels, class_names), cached=True, augmenter=None,
-        task=task,
+        task=task, task_options=task.options(train.labels, cfg.task_settings()),
     )

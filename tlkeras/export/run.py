@@ -92,5 +92,7 @@ def _write_side_card(folder: str, card: dict) -> None:
     card = {**card, "parity": read_json(os.path.join(folder, PARITY_FILE))}
     card["inputs"] = {"pixels": "RGB pixels at image_size, [0, 255]: float32, or uint8 for int8 TFLite; decode "
                                 "and resize with tlkeras.data.images.decode_and_resize"}
-    card["outputs"] = {"probabilities": f"[N, {len(card['class_names'])}]"}
+    from tlkeras.tasks import get_task
+
+    card["outputs"] = {get_task(card.get("task_name", "single_label")).output_key: f"[N, {len(card['class_names'])}]"}
     write_json_atomic(os.path.join(folder, MODEL_CARD_FILE), card)

@@ -173,9 +173,10 @@ def model_card(model, class_names: Sequence[str], top_k: int, extra: Optional[di
     common = {"class_names": list(class_names), "task_name": info.task, "decision": info.decision,
               "versions": library_versions(), **(extra or {})}
     card = {"format": "tlkeras model card 1", **inputs_of(model).card(model)}
-    if info.task_role.qualifier:  # e.g. "multi-label image classification"
-        card["task"] = f"{info.task_role.qualifier} {card['task']}"
+    card["task"] = info.task_role.card_task(card["task"])  # e.g. "multi-label image classification"
     card["outputs"] = outputs
+    if info.task_options:  # a regression's target mean and deviation: what the values are scaled by
+        common["task_options"] = info.task_options
     return {**card, **common}
 
 
@@ -198,10 +199,11 @@ def verify_export(path: str, model, images: Sequence, tolerance: float = VERIFY_
     served = serve(**{name: tf.constant(values) for name, values in request.items()})
     expected = np.asarray(tta_probabilities(predict_function(model), inputs, model_info(model).task_role,
                                             kind.tta_views(tta)))
-    diff = float(np.max(np.abs(served["probabilities"].numpy() - expected)))
+    key = model_info(model).task_role.output_key
+    diff = float(np.max(np.abs(served[key].numpy() - expected)))
     if not diff <= tolerance:
         raise ExportError(
-            f"the exported SavedModel does not answer as the trained model: probabilities differ by {diff:.2e} "
+            f"the exported SavedModel does not answer as the trained model: its {key} differ by {diff:.2e} "
             f"(tolerance {tolerance:.0e}); the export was not written."
         )
     # What TF Serving's clients would read: a REST body, and a gRPC PredictRequest when its library is here.
@@ -210,10 +212,10 @@ def verify_export(path: str, model, images: Sequence, tolerance: float = VERIFY_
     clients = ["rest"]
     body = serving_client.rest_body(request)
     rest = serving_client.rest_predict(path, body, serve)["predictions"]
-    serving_client.compare("rest", np.asarray([row["probabilities"] for row in rest]), expected, tolerance)
+    serving_client.compare("rest", np.asarray([row[key] for row in rest]), expected, tolerance)
     if serving_client.have_client_library():
         _, response = serving_client.grpc_predict(path, request, serve=serve)
-        serving_client.compare("grpc", tf.make_ndarray(response.outputs["probabilities"]), expected, tolerance)
+        serving_client.compare("grpc", tf.make_ndarray(response.outputs[key]), expected, tolerance)
         clients.append("grpc")
     else:
         get_logger().info("gRPC client check skipped: pip install tensorflow-serving-api (extra 'serving') to run it")

@@ -37,8 +37,9 @@ _LIMIT = 1e12  # alpha and beta stay within [1/_LIMIT, _LIMIT]: a target that F 
 
 
 def logme(features, labels, *, max_iterations: int = 1000, tolerance: float = 1e-9) -> float:
-    """The LogME score of `features` [n, D] for `labels`: class indices [n] (single-label) or
-    0/1 rows [n, K] (multi-label; one column per label). Higher is better; scores of different
+    """The LogME score of `features` [n, D] for `labels`: class indices [n] (single-label),
+    0/1 rows [n, K] (multi-label; one column per label) or float targets [n, K] (regression: the paper's
+    own form, the evidence of each target column). Higher is better; scores of different
     backbones on the same labels compare (their feature sizes may differ).
 
     Example: features that carry the class score above the same features with shuffled labels.
@@ -71,7 +72,8 @@ def _targets(labels, n: int) -> np.ndarray:
         return (y[:, None] == classes[None, :]).astype(np.float64)
     if y.ndim == 2:
         return y.astype(np.float64)
-    raise ValueError(f"logme: labels must be class indices [n] or 0/1 rows [n, labels], got shape {y.shape}.")
+    raise ValueError(f"logme: labels must be class indices [n], or rows [n, labels] of 0/1 or of targets; got shape "
+                     f"{y.shape}.")
 
 
 def _spectrum(f: np.ndarray, targets: np.ndarray):

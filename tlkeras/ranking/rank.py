@@ -152,7 +152,7 @@ def _score(base, candidate: dict, label: str, probe: bool, bundles: dict, sample
         model = build_model(spec, len(bundle.class_names), image_size=size, weights=cfg.weights, head=cfg.head,
                             backbone_options=cfg.backbone_options, task=bundle.task.name,
                             class_names=bundle.class_names, input_options=kind.input_options(cfg),
-                            inputs=kind.name)
+                            inputs=kind.name, task_options=bundle.task_options)
         freezing.freeze_backbone(model)
         train, examples = _sampled(bundle, sample, kind, model, cfg)
         # LogME needs the training features only; the probe is scored on the validation split's.

@@ -5,7 +5,7 @@
 >>> get_task("multilabel")
 Traceback (most recent call last):
 ...
-ValueError: task 'multilabel' is not one of single_label, multi_label. Did you mean 'multi_label'?
+ValueError: task 'multilabel' is not one of single_label, multi_label, regression. Did you mean 'multi_label'?
 """
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ from __future__ import annotations
 from tlkeras.errors import did_you_mean
 from tlkeras.tasks.labels import auto_task
 from tlkeras.tasks.multi_label import MultiLabel
+from tlkeras.tasks.regression import Regression
 from tlkeras.tasks.single_label import SingleLabel
 from tlkeras.tasks.task import Task
 
 TASKS: dict[str, Task] = {
     "single_label": SingleLabel(),
     "multi_label": MultiLabel(),
+    "regression": Regression(),
 }
 TASK_CHOICES = ("auto", *TASKS)
 
@@ -42,10 +44,13 @@ def resolve_task(setting: str, raw, key: str) -> Task:
     return get_task(auto_task(raw, key) if setting == "auto" else setting)
 
 
-def encode_examples(examples, setting: str, key: str, class_names):
+def encode_examples(examples, setting: str, key: str, class_names, columns=None):
     """Resolve the Task for `setting` from `examples`' raw labels and encode them in place with
-    `class_names` (None: found from the labels); returns (task, class names)."""
+    `class_names` (None: found from the labels, or named after the table's label `columns` where the Task
+    names its outputs so: a regression's targets); returns (task, class names)."""
     task = resolve_task(setting, examples.labels, key)
+    if class_names is None and columns:
+        class_names = task.names_of_columns(columns)
     examples.labels, names = task.encode_labels(examples.labels, key, class_names)
     return task, names
 

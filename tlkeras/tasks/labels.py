@@ -56,8 +56,27 @@ def multi_label_evidence(raw):
 
 
 def auto_task(raw, key: str) -> str:
-    """The name of the Task that `task: auto` picks for these raw labels: "multi_label" when an example has
-    several labels (logged, with the example), else "single_label"."""
+    """The name of the Task that `task: auto` picks for these raw labels: "regression" for several label columns, or
+    when every label is a number and more than `max(20, 5% of the rows)` of them are distinct (an array of integers
+    is class indices); "multi_label" when an example has several labels; else "single_label". A choice other than
+    single-label is logged with its reason.
+
+    >>> auto_task(np.array([str(v / 2) for v in range(30)]), "data")
+    'regression'
+    >>> auto_task(np.arange(30), "data")
+    'single_label'
+    """
+    if is_matrix(raw) and (np.asarray(raw).dtype.kind in "USO" or not np.isin(raw, (0, 1)).all()):
+        get_logger().info("task auto: regression, since %s has %d label columns%s; set task: regression to say so",
+                          key, np.asarray(raw).shape[1], "" if np.asarray(raw).dtype.kind in "USO" else
+                          " holding numbers other than 0 and 1")
+        return "regression"
+    distinct = numeric_distinct(raw)
+    if distinct is not None and distinct > regression_threshold(len(raw)):
+        get_logger().info("task auto: regression, since every label of %s is a number and %d of them are distinct "
+                          "(more than %d); set task: single_label to read them as classes", key, distinct,
+                          regression_threshold(len(raw)))
+        return "regression"
     evidence = multi_label_evidence(raw)
     if evidence is None:
         return "single_label"
@@ -68,6 +87,32 @@ def auto_task(raw, key: str) -> str:
     get_logger().info("task auto: multi-label, since example %d of %s has %d labels%s; set task: single_label if "
                       "a class name holds the label separator", row + 1, key, count, example)
     return "multi_label"
+
+
+def regression_threshold(rows: int) -> int:
+    """More distinct numbers than this make `task: auto` a regression: max(20, 5% of the rows)."""
+    return max(20, int(0.05 * rows))
+
+
+def numeric_distinct(raw):
+    """How many distinct values labels have when each is a number given as a float or as text, else None (integer
+    arrays are class indices, label sets are classes).
+
+    >>> numeric_distinct(np.array(["1.5", "2", "1.5"])), numeric_distinct(np.array(["1", "cat"]))
+    (2, None)
+    """
+    if is_label_sets(raw) or is_matrix(raw):
+        return None
+    values = np.asarray(raw)
+    if values.ndim != 1 or not len(values) or values.dtype.kind in "biu":
+        return None
+    if values.dtype.kind == "f":
+        return int(len(np.unique(values)))
+    try:
+        numbers = np.asarray([float(str(v).strip()) for v in values])
+    except ValueError:
+        return None
+    return int(len(np.unique(numbers))) if np.isfinite(numbers).all() else None
 
 
 def check_multi_hot(matrix: np.ndarray, key: str, class_names) -> np.ndarray:
@@ -87,18 +132,25 @@ def pipeline_labels(labels: np.ndarray) -> np.ndarray:
     return labels.astype(np.int32) if labels.dtype.kind in "iu" else labels.astype(np.float32)
 
 
-def read_label_cells(cells: list[str], setting: str, separator: str):
-    """Raw labels of a table's label column, and the rows kept: with `single_label` each non-empty
-    cell is one label (empty cells are dropped); with `multi_label` each cell is split on
+def read_label_cells(cells: list, setting: str, separator: str):
+    """Raw labels of a table's label column, and the rows kept: with `single_label` or `regression` each
+    non-empty cell is one label (empty cells are dropped); with `multi_label` each cell is split on
     `separator` (an empty cell is an example with no label); `auto` splits, and reads the column
-    as single-label when no cell holds two labels.
+    as single-label when no cell holds two labels. Cells of several columns (tuples: a regression's
+    targets) are a [rows, columns] array of strings, rows with an empty cell dropped.
 
     >>> read_label_cells(["a", "", "b"], "auto", " ")
     (array(['a', 'b'], dtype='<U1'), [0, 2])
     >>> read_label_cells(["a b", "", "b"], "auto", " ")
     ([['a', 'b'], [], ['b']], [0, 1, 2])
+    >>> read_label_cells([("31", "70.5"), ("", "60"), ("45", "82")], "auto", " ")
+    (array([['31', '70.5'],
+           ['45', '82']], dtype='<U4'), [0, 2])
     """
-    if setting != "single_label":
+    if cells and isinstance(cells[0], tuple):
+        rows = [i for i, cell in enumerate(cells) if all(c.strip() for c in cell)]
+        return np.asarray([[c.strip() for c in cells[i]] for i in rows]).reshape(len(rows), len(cells[0])), rows
+    if setting in ("auto", "multi_label"):
         sets = [split_cell(cell, separator) for cell in cells]
         if setting == "multi_label" or any(len(s) >= 2 for s in sets):
             return sets, list(range(len(cells)))

@@ -87,3 +87,55 @@ def _label_accuracy(y_true, y_pred, threshold=0.5):
     present = tf.cast(tf.cast(y_true, tf.float32) >= 0.5, tf.float32)
     predicted = tf.cast(tf.cast(y_pred, tf.float32) >= threshold, tf.float32)
     return tf.reduce_mean(tf.cast(tf.equal(predicted, present), tf.float32), axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="tlkeras")
+class TargetOutput(keras.layers.Dense):
+    """A regression head's output layer: a Dense layer whose linear outputs are values in standard units, returned in
+    the targets' own units (times `std`, plus `mean`: the training split's), or within `target_range` [low, high]
+    through a scaled sigmoid. The constants are the layer's config, so the model and its export carry them."""
+
+    def __init__(self, units, mean=None, std=None, target_range=None, **kwargs):
+        kwargs.pop("activation", None)
+        super().__init__(units, **kwargs)
+        self.mean = [float(v) for v in mean] if mean is not None else [0.0] * units
+        self.std = [float(v) for v in std] if std is not None else [1.0] * units
+        self.target_range = [float(v) for v in target_range] if target_range else None
+
+    def call(self, inputs, training=None):
+        z = super().call(inputs, training=training)
+        if self.target_range:
+            low, high = self.target_range
+            return low + (high - low) * ops.sigmoid(z)
+        return z * ops.convert_to_tensor(self.std, dtype=z.dtype) + ops.convert_to_tensor(self.mean, dtype=z.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "mean": self.mean, "std": self.std, "target_range": self.target_range}
+
+
+@keras.saving.register_keras_serializable(package="tlkeras")
+class StandardisedLoss(keras.losses.Loss):
+    """A regression loss on errors in standard units ((target - value) / `scale`, per target), averaged over the
+    targets: "huber" (threshold 1 standard deviation), "mse" or "mae"."""
+
+    def __init__(self, kind: str = "huber", scale=None, name=None, **kwargs):
+        super().__init__(name=name or f"standardised_{kind}", **kwargs)
+        self.kind = kind
+        self.scale = [float(v) for v in scale] if scale is not None else None
+
+    def call(self, y_true, y_pred):
+        y_true = ops.reshape(ops.cast(y_true, y_pred.dtype), ops.shape(y_pred))
+        error = y_true - y_pred
+        if self.scale is not None:
+            error = error / ops.convert_to_tensor(self.scale, dtype=y_pred.dtype)
+        size = ops.abs(error)
+        if self.kind == "mse":
+            values = ops.square(error)
+        elif self.kind == "mae":
+            values = size
+        else:
+            values = ops.where(size <= 1.0, 0.5 * ops.square(error), size - 0.5)
+        return ops.mean(values, axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "kind": self.kind, "scale": self.scale}

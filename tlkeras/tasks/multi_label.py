@@ -45,6 +45,7 @@ class MultiLabel(Task):
     qualifier = "multi-label"
     min_classes = 1
     agreement_measure = "each label at its threshold"
+    pictures = "labels"
 
     # === Model ===
 
@@ -57,7 +58,7 @@ class MultiLabel(Task):
     # === Training ===
 
     def loss(self, units: int, label_smoothing: float = 0.0, class_weight: Optional[dict] = None,
-             soft: bool = False):  # binary cross-entropy takes soft targets as they are
+             soft: bool = False, options: Optional[dict] = None):  # binary cross-entropy takes soft targets as they are
         positive = None
         if class_weight:
             positive = [float(class_weight.get(c, 1.0)) for c in range(units)]

@@ -56,7 +56,7 @@ class SingleLabel(Task):
     # === Training ===
 
     def loss(self, units: int, label_smoothing: float = 0.0, class_weight: Optional[dict] = None,
-             soft: bool = False):
+             soft: bool = False, options: Optional[dict] = None):
         import keras
 
         from tlkeras.optimizers import SparseCrossentropy
@@ -262,7 +262,6 @@ class SingleLabel(Task):
         if metrics["accuracy"] <= guess + CHANCE_MARGIN:
             return "accuracy", float(metrics["accuracy"]), guess, "always answering the most frequent class"
         return None
-
 
 def named_weights(setting: dict, class_names: list[str], default: float) -> dict:
     """{class index: weight} from a mapping of class names or indices to weights."""

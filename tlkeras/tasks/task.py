@@ -40,6 +40,16 @@ class Task:
     min_classes: int = 2
     #: what `agreement` counts, as parity.json says it
     agreement_measure: str = ""
+    #: what its class names name, one and several ("2 classes", "1 target")
+    names_noun: tuple = ("class", "classes")
+    #: what a model no better than guessing has not learned (the chance warning)
+    learns: str = "to tell the classes apart"
+    #: the report's pictures of the answers (`tlkeras.report.PICTURES`): "classes" (the confusion matrix and the
+    #: most confidently wrong examples), "labels" (precision-recall curves at the thresholds), "values" (predicted
+    #: against true values, and residuals)
+    pictures: str = "classes"
+    #: the export's output holding the model's own outputs (what its parity checks compare)
+    output_key: str = "probabilities"
 
     # === Model ===
 
@@ -49,6 +59,20 @@ class Task:
     def activation(self, num_classes: int) -> str:
         raise NotImplementedError
 
+    def options(self, labels: np.ndarray, settings: dict) -> dict:
+        """What the Task fixes from the training split's encoded `labels` before the model is built (kept in the
+        model's metadata as `task_options`): a regression model's target mean and standard deviation. `settings`:
+        the config's task keys (`loss`, `target_range`)."""
+        return {}
+
+    def output_layer(self, num_classes: int, options: dict, kernel_regularizer=None, name: Optional[str] = None):
+        """The head's output layer, computing in float32 (exact outputs under mixed precision), named `name` (the
+        head's, `tlkeras.heads`); `options` are the model's `task_options`."""
+        import keras
+
+        return keras.layers.Dense(self.output_units(num_classes), activation=self.activation(num_classes),
+                                  kernel_regularizer=kernel_regularizer, dtype="float32", name=name)
+
     def to_probabilities(self, outputs):
         """Model outputs -> per-class probabilities [N, C] (any backend tensor)."""
         return outputs
@@ -56,9 +80,9 @@ class Task:
     # === Training ===
 
     def loss(self, units: int, label_smoothing: float = 0.0, class_weight: Optional[dict] = None,
-             soft: bool = False):
+             soft: bool = False, options: Optional[dict] = None):
         """The Keras loss of a model with `units` outputs against encoded labels; `soft`: against encoded labels
-        and against `soft_targets` (mixed examples' labels) alike."""
+        and against `soft_targets` (mixed examples' labels) alike; `options`: the model's `task_options`."""
         raise NotImplementedError
 
     def soft_targets(self, labels, units: int):
@@ -93,6 +117,10 @@ class Task:
 
     def label_dtype(self) -> str:
         return "int64"
+
+    def names_of_columns(self, columns: list[str]) -> Optional[list[str]]:
+        """The class names a table's label columns give (None: the labels' values name the classes)."""
+        return None
 
     def encode_labels(self, raw, key: str, class_names: Optional[Sequence[str]]):
         """(encoded labels, class names) from a data source's raw labels (see `tlkeras.tasks.labels`)."""
@@ -174,6 +202,14 @@ class Task:
     def format_metrics(self, metrics: dict, noun: str = "images") -> str:
         """The console report of `metrics`."""
         raise NotImplementedError
+
+    def card_task(self, inputs_task: str) -> str:
+        """What the model card calls the model, from its Inputs kind's name for it ("image classification").
+
+        >>> Task().card_task("image classification")
+        'image classification'
+        """
+        return f"{self.qualifier} {inputs_task}" if self.qualifier else inputs_task
 
     def chance(self, metrics: dict, labels: np.ndarray) -> Optional[tuple[str, float, float, str]]:
         """(metric, its value, what guessing gets, how one guesses) when the model does no better

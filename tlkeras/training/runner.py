@@ -21,7 +21,7 @@ from tlkeras.optimizers import make_optimizer
 from tlkeras.resume import ResumableEarlyStopping, ResumeState, RunCheckpointer, seed_states
 from tlkeras.rundir import CHECKPOINT_DIR
 from tlkeras.tasks import get_task
-from tlkeras.model import task_of
+from tlkeras.model import model_info, task_of
 from tlkeras.training.callbacks import BEST_WEIGHTS, StopOnNaN
 from tlkeras.training.parts import InMemory, Part, count_steps
 from tlkeras.runtime import progress_verbosity
@@ -55,6 +55,7 @@ class Runner:
         self.label_smoothing = label_smoothing
         self.class_weight, self.jit_compile, self.verbose = class_weight, jit_compile, verbose
         self.task = task_of(model)
+        self.task_options = model_info(model).task_options  # the parts trained carry no metadata
         self.seed = seed  # each epoch's batch order on cached inputs: from it and the epoch's number
         self.units = int(model.output_shape[-1])
         self.augmenter, self.rebuild_train = augmenter, rebuild_train
@@ -148,7 +149,8 @@ class Runner:
             fit_steps=part.steps if part.repeats else None, memory=part.memory, initial_epoch=initial_epoch,
             callbacks=self.callbacks,
             class_weight=self.class_weight, jit_compile=self.jit_compile, verbose=self.verbose, task=self.task,
-            label_smoothing=self.label_smoothing, soft=soft, mix=mix, seed=self.seed, **options,
+            task_options=self.task_options, label_smoothing=self.label_smoothing, soft=soft, mix=mix, seed=self.seed,
+            **options,
             # On cached inputs a step takes microseconds to milliseconds and Python's per-step
             # overhead would dominate: run up to 16 steps in each call of the compiled function.
             steps_per_execution=min(part.steps or 1, 16) if part.model is not self.model else 1,
@@ -214,6 +216,7 @@ def run_stage(
     resume_from: Optional[ResumeState] = None,
     verbose: int | str = "auto",
     task=None,
+    task_options: Optional[dict] = None,
     soft: bool = False,
     mix=None,
     seed: Optional[int] = None,
@@ -228,8 +231,8 @@ def run_stage(
     With a `checkpointer` the state is saved after every epoch; `resume_from` restores the
     optimizer and early stopping of an interrupted run before fitting on. `task` (the full model's
     Task, `tlkeras.tasks`; single-label when None) gives the loss, the metrics and where class
-    weights go. `soft`: the training batches carry mixed soft targets (`tlkeras.mixing`), so the loss and metrics
-    take those as well as plain labels; `mix`, the mixer of batches held in memory (`fit_arrays`), whose batch order
+    weights go; `task_options` are the full model's (`Task.options`). `soft`: the training batches carry mixed
+    soft targets (`tlkeras.mixing`), so the loss and metrics take those as well as plain labels; `mix`, the mixer of batches held in memory (`fit_arrays`), whose batch order
     of each epoch comes from `seed` and the epoch's number.
     """
     task = get_task(task or "single_label")
@@ -240,7 +243,7 @@ def run_stage(
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     model.compile(
         optimizer=optimizer,
-        loss=task.loss(units, label_smoothing, class_weight, soft=soft),
+        loss=task.loss(units, label_smoothing, class_weight, soft=soft, options=task_options),
         metrics=task.training_metrics(soft=soft),
         jit_compile=jit_compile,
         steps_per_execution=steps_per_execution,
