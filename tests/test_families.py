@@ -1,12 +1,17 @@
-"""Every keras.applications family `tlkeras backbones` lists is built as keras.applications builds it (so it asks for
-Keras's own ImageNet weights file) and answers a forward pass; each architecture (the families that share a block map
-and differ only in width and depth, e.g. EfficientNetB0-B7) trains its top block, by its block map, in a stage-2 step.
+"""Every keras.applications family `tlkeras backbones` lists is built as keras.applications builds it - its own
+constructor with the arguments a plain `keras.applications.X(include_top=False, weights="imagenet", input_shape=...)`
+call takes, so it asks for Keras's own no-top ImageNet weights file - and answers a forward pass; each architecture
+(the families that share a block map and differ only in width and depth, e.g. EfficientNetB0-B7) trains its top
+block, by its block map, in a stage-2 step.
 
 The weights file each build asks for is recorded where every family asks for it (keras.utils.get_file) and not
-downloaded: the models keep their random weights. tests/test_downloads.py downloads files from the loopback host."""
+downloaded: the models keep their random weights. tests/test_downloads.py downloads files from the loopback host.
+(The constructor's arguments are compared rather than the file of a second, plain build: Keras names the file from
+the constructor and its arguments alone, and a second build of every family doubled this module's time.)"""
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 
@@ -56,13 +61,36 @@ def weights_requests(monkeypatch):
     return asked
 
 
-def plain_request(cls_name: str, size: int, options: dict, asked: list) -> tuple:
-    """What plain keras.applications asks for: include_top=False, ImageNet weights, this input size and options."""
-    getattr(keras.applications, cls_name)(include_top=False, weights="imagenet", input_shape=(size, size, 3),
-                                          **options)
+@pytest.fixture
+def constructor_calls(monkeypatch):
+    """Each keras.applications constructor call, as (class name, its keyword arguments); the call goes through."""
+    calls = []
+
+    def recording(cls_name):
+        real = getattr(keras.applications, cls_name)
+
+        @functools.wraps(real)  # its signature too: tlkeras checks backbone_options against it
+        def construct(*args, **kwargs):
+            calls.append((cls_name, args, kwargs))
+            return real(*args, **kwargs)
+
+        return construct
+
+    for cls_name in applications.APPLICATIONS:
+        monkeypatch.setattr(keras.applications, cls_name, recording(cls_name))
+    return calls
+
+
+def check_plain_request(cls_name: str, size: int, options: dict, calls: list, asked: list) -> None:
+    """The one constructor call is keras.applications' own with a plain call's arguments (include_top=False, ImageNet
+    weights, this input size and options, no name: a family finds its file by its own name), and it asked Keras's
+    host for one weights file, a no-top one."""
+    assert calls == [(cls_name, (), {"include_top": False, "weights": "imagenet", "input_shape": (size, size, 3),
+                                     **options})]
     (request,) = asked
-    asked.clear()
-    return request
+    fname, origin, _, _ = request
+    assert origin.startswith("https://storage.googleapis.com/") and "keras-applications/" in origin, request
+    assert all("notop" in name.lower().replace("-", "").replace("_", "") for name in (fname, origin)), request
 
 
 def digests(model) -> dict[str, bytes]:
@@ -83,12 +111,11 @@ ARCHITECTURES = list({id(family): cls
 
 
 @pytest.mark.parametrize("cls_name", [_param(name) for name in tlkeras.list_backbones()])
-def test_every_family_asks_for_keras_s_weights_file_and_answers(cls_name, weights_requests):
+def test_every_family_asks_for_keras_s_weights_file_and_answers(cls_name, weights_requests, constructor_calls):
     family, _ = applications.APPLICATIONS[cls_name]
     size = family.min_size
-    expected = plain_request(cls_name, size, {}, weights_requests)
     model = tlkeras.build_model(cls_name.lower(), 2, image_size=size, weights="imagenet")
-    assert weights_requests == [expected]  # the same file, URL and hash as keras.applications
+    check_plain_request(cls_name, size, {}, constructor_calls, weights_requests)
     assert get_backbone(model).name == "backbone"
     pixels = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype("float32")
     probabilities = np.asarray(model(pixels))
@@ -135,7 +162,6 @@ def test_every_architecture_is_trained():
     ("ConvNeXtTiny", {"include_preprocessing": False}, 32),
 ])
 def test_options_and_sizes_that_name_the_weights_file_ask_for_keras_s_file(
-        cls_name, options, size, weights_requests):
-    expected = plain_request(cls_name, size, options, weights_requests)
+        cls_name, options, size, weights_requests, constructor_calls):
     tlkeras.build_model(cls_name, 2, image_size=size, weights="imagenet", backbone_options=options)
-    assert weights_requests == [expected]
+    check_plain_request(cls_name, size, options, constructor_calls, weights_requests)
