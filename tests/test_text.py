@@ -177,3 +177,14 @@ def test_a_semicolon_csv_is_read_by_its_separator(tmp_path, caplog):
     plain.write_text('review,sentiment\n"red; fire",warm\nsea,cool\n', encoding="utf-8")
     assert load_text_examples(str(plain), "data", text_column="review", label_column="sentiment")[0].texts == [
         "red; fire", "sea"]
+
+
+def test_a_semicolon_csv_whose_columns_have_other_names_is_told_them_split(tmp_path):
+    # the header read as one column "text;stars" gave "did you mean 'text;stars'", and setting that looped
+    path = tmp_path / "semicolons.csv"
+    path.write_text("review;stars\nred fire;warm\nblue sea;cool\n", encoding="utf-8")
+    with pytest.raises(DataError) as caught:
+        load_text_examples(str(path), "data", text_column="text", label_column="stars")
+    message = str(caught.value)
+    assert "Its columns, separated by ';', are review, stars" in message and "--set text_column=review" in message
+    assert "did you mean" not in message.lower() and "\n" not in message

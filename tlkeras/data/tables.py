@@ -29,10 +29,7 @@ def read_table(path: str, key: str, required: dict[str, str]) -> list[tuple[int,
             columns = reader.fieldnames or []
             for column, setting in required.items():
                 if column not in columns:
-                    raise DataError(
-                        f"{key}: {path!r} has no column {column!r}.{did_you_mean(column, columns)} Its columns "
-                        f"are {', '.join(columns) or '(none: an empty file?)'}; set {setting} to the right one."
-                    )
+                    raise DataError(_missing_column(key, path, column, setting, columns, delimiter, list(required)))
             for line, row in enumerate(reader, start=2):
                 rows.append((line, row))
     except UnicodeDecodeError as e:
@@ -41,6 +38,34 @@ def read_table(path: str, key: str, required: dict[str, str]) -> list[tuple[int,
         raise DataError(f"{key}: {path!r} is not a readable {'TSV' if delimiter == chr(9) else 'CSV'} file ({e}).") \
             from None
     return rows
+
+
+def _missing_column(key: str, path: str, column: str, setting: str, columns: list[str], delimiter: str,
+                    named: tuple = ()) -> str:
+    """The one line that says a required column is missing: the columns as another separator splits the header
+    when the file reads as one column with it (a spreadsheet's ";" CSV whose columns have other names), with the
+    closest one that no other setting `named` as the example.
+
+    >>> print(_missing_column("data", "t.csv", "image", "image_column", ["img;class"], ","))
+    data: 't.csv' has no column 'image'. Its columns, separated by ';', are img, class (read that way once the \
+column settings name them); set image_column to the right one (e.g. --set image_column=img).
+    """
+    if len(columns) == 1:
+        for sep in (";", "\t", "|", ","):
+            parts = [c.strip().strip('"') for c in columns[0].split(sep)]
+            if sep != delimiter and len(parts) > 1:
+                free = [p for p in parts if p not in named] or parts
+                return (f"{key}: {path!r} has no column {column!r}. Its columns, separated by {sep!r}, are "
+                        f"{', '.join(parts)} (read that way once the column settings name them); set {setting} to "
+                        f"the right one (e.g. --set {setting}={_closest(column, free)}).")
+    return (f"{key}: {path!r} has no column {column!r}.{did_you_mean(column, columns)} Its columns "
+            f"are {', '.join(columns) or '(none: an empty file?)'}; set {setting} to the right one.")
+
+
+def _closest(name: str, choices: list[str]) -> str:
+    import difflib
+
+    return (difflib.get_close_matches(name, choices, n=1, cutoff=0.0) or choices)[0]
 
 
 def _delimiter(path: str, expected: str, columns: list[str]) -> str:
