@@ -39,13 +39,32 @@ _STARTUP_LINES = re.compile(
     r"^To enable the following instructions|failed call to cuInit|Unable to register cu(DNN|FFT|BLAS) factory|"
     r"TF-TRT Warning|computation placer already registered|This TensorFlow binary is optimized"
 )
+# What TFLite's C++ side prints while a model is converted or an interpreter made, at any log level: the XNNPACK
+# delegate's line (once per interpreter), the quantiser's "fully_quantize: 0, inference_type: 6, ..." (once per
+# int8 conversion, so dozens in a selective int8 search) and the MLIR converter's statistics
+_TFLITE_LINES = re.compile(
+    r"Created TensorFlow Lite XNNPACK delegate|fully_quantize: \d|^Estimated count of arithmetic ops|"
+    r"tf_tfl_flatbuffer_helpers|Ignored output_format|Ignored drop_control_dependency|"
+    r"TFLite interpreter needs to link Flex delegate|Summary on the non-converted ops"
+)
 
 
-@contextlib.contextmanager
 def tensorflow_startup_hidden():
     """Run the block with stderr (file descriptor 2, where TensorFlow's C++ side writes) captured,
     then write back every captured line that is not TensorFlow's start-up chatter, in order.
     For short blocks that import TensorFlow: nothing reaches the terminal until the block ends."""
+    return native_lines_hidden(_STARTUP_LINES)
+
+
+def tflite_lines_hidden():
+    """`native_lines_hidden` for TFLite's converter and interpreter chatter (`_TFLITE_LINES`)."""
+    return native_lines_hidden(_TFLITE_LINES)
+
+
+@contextlib.contextmanager
+def native_lines_hidden(pattern: "re.Pattern"):
+    """Run the block with stderr (file descriptor 2, where C++ code writes) captured, then write back every
+    captured line that `pattern` does not match, in order (a Python exception still propagates)."""
     sys.stderr.flush()
     try:
         saved = os.dup(2)
@@ -62,7 +81,7 @@ def tensorflow_startup_hidden():
             os.close(saved)
             capture.seek(0)
             lines = capture.read().decode("utf-8", "replace").splitlines()
-            kept = [line for line in lines if not _STARTUP_LINES.search(line)]
+            kept = [line for line in lines if not pattern.search(line)]
             if kept:
                 sys.stderr.write("\n".join(kept) + "\n")
                 sys.stderr.flush()

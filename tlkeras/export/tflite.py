@@ -90,7 +90,9 @@ def convert(model, kind: str, representative: Optional[np.ndarray] = None) -> by
     `representative` pixels [N, H, W, 3] in [0, 255])."""
     if kind not in FILES:
         raise ExportError(f"TFLite kind {kind!r} is not one of {', '.join(FILES)}.")
-    with tempfile.TemporaryDirectory(prefix="tlkeras-tflite-") as folder:
+    from tlkeras._logging import tflite_lines_hidden
+
+    with tempfile.TemporaryDirectory(prefix="tlkeras-tflite-") as folder, tflite_lines_hidden():
         return _converter(model, kind, representative, folder).convert()
 
 
@@ -100,8 +102,11 @@ class TFLiteClassifier:
     def __init__(self, path_or_content):
         kwargs = {"model_path": path_or_content} if isinstance(path_or_content, str) else {
             "model_content": path_or_content}
-        self.interpreter = interpreter(**kwargs)
-        self.interpreter.allocate_tensors()
+        from tlkeras._logging import tflite_lines_hidden
+
+        with tflite_lines_hidden():  # the XNNPACK delegate says it was made as the tensors are allocated
+            self.interpreter = interpreter(**kwargs)
+            self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         self.image_size = tuple(int(d) for d in self.input["shape"][1:3])
@@ -173,7 +178,9 @@ def _selective_int8(model, plain: bytes, plain_parity, representative, check_pix
     def score(content):
         return measure(model, TFLiteClassifier(content), check_pixels, "int8", bar)
 
-    with tempfile.TemporaryDirectory(prefix="tlkeras-int8-") as folder:
+    from tlkeras._logging import tflite_lines_hidden
+
+    with tempfile.TemporaryDirectory(prefix="tlkeras-int8-") as folder, tflite_lines_hidden():
         converter = _converter(model, "int8", representative, folder, integer_io=False)
         found = selective_int8.search(converter, score, bar)
     plain_text = f"plain int8 agreed on {plain_parity.top1_agreement:.1%}"
