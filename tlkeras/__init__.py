@@ -34,6 +34,8 @@ __getattr__, __dir__ = _lazy_names(__name__, {
     "finetune": ("tlkeras.training", "finetune"),
     "FinetuneResult": ("tlkeras.workflow", "FinetuneResult"),
     "build_and_finetune": ("tlkeras.workflow", "build_and_finetune"),
+    "tune": ("tlkeras.tuning", "tune"),
+    "TuneResult": ("tlkeras.tuning", "TuneResult"),
     "load_model": ("tlkeras.rundir", "load_model_file"),
 })
 
@@ -44,6 +46,7 @@ except _NotFound:  # running from a source tree that was not installed
 
 __all__ = [
     "build_and_finetune",
+    "tune",
     "build_model",
     "finetune",
     "export_saved_model",
@@ -55,5 +58,6 @@ __all__ = [
     "list_backbones",
     "FinetuneConfig",
     "FinetuneResult",
+    "TuneResult",
     "__version__",
 ]

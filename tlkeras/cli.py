@@ -221,6 +221,87 @@ def find_lr(config_path, data, backbone, weights, image_size, output_dir, stage,
 
 @main.command(context_settings=_CONTEXT)
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
+              help="YAML config file: the settings every trial starts from.")
+@click.option("--data", help="Folder with one subfolder per class, a CSV, arrays' file, or tfds:NAME[:SPLIT].")
+@click.option("--val-data", help="Validation folder or file (default: a stratified split of --data); trials are "
+                                 "scored on it.")
+@click.option("--backbone", help="Backbone name, hub:..., kerashub:... or a model file (one: rank first to choose).")
+@click.option("--weights", help="imagenet, none, or a path to a backbone weights file.")
+@click.option("--image-size", type=int, help="Input side length in pixels (default: the backbone's).")
+@click.option("--batch-size", type=int)
+@click.option("--output-dir", help="The search's folder: tune.db, trials.csv, best.yaml (default: runs/tune-<time>).")
+@click.option("--seed", type=int)
+@click.option("--search", "search_path", type=click.Path(dir_okay=False),
+              help="YAML mapping of config keys to {low, high[, log]} or a list of choices (a top-level `search:` "
+                   "key too); default: both stages' rates, unfreeze, stage-2 epochs, layer decay, head dropout, ...")
+@click.option("--trials", type=int, help="Stop when the study holds this many finished trials (an interrupted "
+                                         "search's included).")
+@click.option("--minutes", type=float, help="Stop starting trials after this many minutes.")
+@click.option("--storage", help="Optuna storage URL (default sqlite:///OUTPUT_DIR/tune.db); postgresql://... or "
+                                "mysql://... lets several machines work on one study.")
+@click.option("--train-best", is_flag=True, help="Then train, evaluate and export the best settings (OUTPUT_DIR/best).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any config key, e.g. --set val_split=0.3.")
+@_friendly_errors
+def tune(config_path, data, val_data, backbone, weights, image_size, batch_size, output_dir, seed, search_path,
+         trials, minutes, storage, train_best, overrides):
+    """Search the two-stage recipe on your data (Optuna): trials share the data, the model and the cached features.
+
+    The same command goes on after an interruption: finished trials are kept and counted once.
+    """
+    from tlkeras.config import load_yaml
+    from tlkeras.preflight import check_run
+    from tlkeras.tuning.space import SearchSpace
+
+    flags = {"data": data, "val_data": val_data, "backbone": backbone, "image_size": image_size,
+             "batch_size": batch_size, "output_dir": output_dir, "seed": seed}
+    cfg = _cli_config(config_path, flags, weights, overrides)
+    space = None
+    if search_path:
+        spec = load_yaml(search_path)
+        spec = spec.get("search", spec) if isinstance(spec, dict) and set(spec) == {"search"} else spec
+        space = SearchSpace.parse(spec)
+        space.check(cfg)
+    if trials is None and minutes is None:
+        raise click.UsageError("say when to stop: --trials N or --minutes M.")
+    _start_tensorflow(lambda: check_run(cfg))
+    from tlkeras.tuning import tune as run_tune
+
+    result = run_tune(config=cfg, search_space=space.to_dict() if space else None, n_trials=trials,
+                      timeout=minutes * 60 if minutes is not None else None, storage=storage, train_best=train_best,
+                      verbose=0)
+    click.echo("")
+    click.echo(_trials_table(result))
+    click.echo(f"best:           trial {result.best_trial} ({result.metric} {result.best_value:.4f})")
+    click.echo(f"its config:     {result.best_config}")
+    click.echo(f"trials:         {os.path.join(result.output_dir, 'trials.csv')}")
+    if result.trained is not None:
+        click.echo(f"trained:        {result.trained.run_dir}")
+        if result.trained.export_dir:
+            click.echo(f"SavedModel:     {result.trained.export_dir}")
+    else:
+        click.echo(f"train it:       tlkeras train --config {result.best_config}")
+
+
+def _trials_table(result, shown: int = 10) -> str:
+    """The best `shown` finished trials, best first, and how many were pruned or failed."""
+    done = sorted((t for t in result.trials if t["value"] is not None), key=lambda t: -t["value"])
+    keys = list(result.best_params)
+    rows = [["trial", result.metric, *keys, "epochs", "seconds"]]
+    for t in done[:shown]:
+        rows.append([str(t["number"]), f"{t['value']:.4f}",
+                     *[f"{t[k]:.3g}" if isinstance(t[k], float) else str(t[k]) for k in keys],
+                     str(t["epochs"]), f"{t['seconds']:.1f}" if t["seconds"] is not None else ""])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    states = {}
+    for t in result.trials:
+        states[t["state"]] = states.get(t["state"], 0) + 1
+    lines.append(", ".join(f"{n} {state}" for state, n in sorted(states.items())))
+    return "\n".join(lines)
+
+
+@main.command(context_settings=_CONTEXT)
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
               help="YAML config file (data, image_size, stage1, ... shared by the candidates).")
 @click.option("--data", help="Folder with one subfolder per class, a CSV, or tfds:NAME[:SPLIT].")
 @click.option("--val-data", help="Validation folder or file (default: a stratified split of --data).")

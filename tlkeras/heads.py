@@ -63,3 +63,11 @@ def build_head(
         dtype="float32",
         name=OUTPUT_LAYER,
     )(x)
+
+
+def set_head_dropout(model, rate: float) -> None:
+    """Set the rate of the head's Dropout before its output layer (a search's trials share one model; a rate, not
+    a layer, so the model stays the same; rate 0 passes its inputs as they are)."""
+    for layer in model.layers:
+        if layer.name == f"{HEAD_PREFIX}dropout":
+            layer.rate = float(rate)

@@ -205,6 +205,7 @@ class _Run:
     timings: dict = field(default_factory=dict)
     input_facts: dict = field(default_factory=dict)  # what the Inputs kind says of the data (run.json's "inputs")
     settled_at: float = 0.0  # when training ended: the "evaluate" step's clock starts there
+    caches: Any = None  # frozen outputs shared with other runs on this model and data (a search's trials), or None
 
     @property
     def chief(self) -> bool:
@@ -341,6 +342,7 @@ def _train(run: _Run, model, bundle, directory, resume, callbacks=None, keep_cac
             inputs_random=False,  # the augmenter holds all the randomness
             label_smoothing=cfg.label_smoothing, resume=resume, verbose=run.verbose,
             keep_cached_validation=keep_cached_validation, seed=cfg.seed, rebuild_train=bundle.rebuild_train,
+            caches=run.caches,
         )
     evaluated = None
     if directory != run.run_dir and cfg.restore_best:  # a teacher of self-training

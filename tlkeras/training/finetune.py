@@ -118,6 +118,7 @@ def finetune(
     keep_cached_validation: bool = False,
     seed: Optional[int] = None,
     rebuild_train=None,
+    caches=None,
 ) -> FinetuneHistory:
     """Train `model` (from `build_model`) in two stages and return the combined history.
 
@@ -159,6 +160,8 @@ def finetune(
         rebuild_train: fn() -> `train_ds` built anew (its shuffle from the start): each phase that trains the whole
             model on the pipeline takes its own, so that a resumed phase takes the epoch orders of an uninterrupted
             one (`DataBundle.rebuild_train`); None trains on `train_ds` throughout.
+        caches: a `tlkeras.training.parts.SharedCaches` on this model and data, kept across calls (a search's
+            trials); None: the frozen part's outputs are computed for this call and freed at its end.
 
     Interrupted (Ctrl-C), it raises `tlkeras.errors.Interrupted` saying how to resume.
 
@@ -181,7 +184,8 @@ def finetune(
         run_dir=run_dir, class_weight=class_weight, callbacks=list(callbacks or []), augmenter=augmenter,
         mixing=mixing, cache_features=cache_features, cache_views=cache_views, memory_budget_mb=memory_budget_mb,
         jit_compile=jit_compile, inputs_random=inputs_random, label_smoothing=label_smoothing, resume=resume,
-        verbose=verbose, keep_cached_validation=keep_cached_validation, seed=seed, rebuild_train=rebuild_train)
+        verbose=verbose, keep_cached_validation=keep_cached_validation, seed=seed, rebuild_train=rebuild_train,
+        caches=caches)
     training = _Training(model, train_ds, val_ds, stage1, stage2, options)
     training.go_on_from_saved_state()
     training.plan()
@@ -215,6 +219,7 @@ class FinetuneOptions:
     keep_cached_validation: bool = False
     seed: Optional[int] = None
     rebuild_train: object = None
+    caches: object = None
 
 
 class _Training:
@@ -292,8 +297,9 @@ class _Training:
         self.clock = StageClock(self.state.seconds if self.state is not None else None)
         if self.checkpointer is not None:
             self.checkpointer.clock = self.clock  # each saved epoch keeps the seconds spent so far
-        self.caches = Caches(model, self.train_ds, self.val_ds, int(options.memory_budget_mb * 2**20),
-                             options.run_dir, progress=options.verbose not in (0, "0"))
+        self.caches = options.caches or Caches(model, self.train_ds, self.val_ds,
+                                               int(options.memory_budget_mb * 2**20), options.run_dir,
+                                               progress=options.verbose not in (0, "0"))
 
     def stage1(self) -> None:
         """The head on a frozen backbone (on cached features when the plan says so)."""

@@ -163,6 +163,75 @@ class Caches:
 
 
 
+class SharedCaches:
+    """What several `finetune` calls on one model and one data share (`tlkeras.tune`'s trials): the frozen part's
+    outputs, computed once per place they are taken (stage 1's features, alone or with the activations crossing
+    one stage-2 cut) and kept across the calls, the least recently used dropped when they would pass `budget`
+    bytes. Valid while nothing below what they were taken at has trained: each trial starts from the pretrained
+    weights, and stage 2 never trains below its cut. `passes` counts the frozen passes over the data.
+
+    A `finetune` given one (`caches=`) asks it as it asks its own `Caches`; closing it between stages keeps
+    everything (`release` frees it at the end)."""
+
+    def __init__(self, model, train_ds, val_ds, budget: int, progress: bool = False):
+        self.model, self.train_ds, self.val_ds, self.budget, self.progress = model, train_ds, val_ds, budget, progress
+        self.entries: dict = {}  # key -> Caches, most recently used last
+        self.passes = 0
+
+    def _entry(self, key):
+        entry = self.entries.pop(key, None)
+        if entry is None:
+            entry = Caches(self.model, self.train_ds, self.val_ds, self.budget, None, progress=self.progress)
+        self.entries[key] = entry
+        return entry
+
+    def _computed(self, entry, before: bool) -> None:
+        if entry.train is not None and not before:
+            self.passes += 1
+            self._fit_budget(keep=entry)
+
+    def _fit_budget(self, keep) -> None:
+        def size(caches):
+            return sum(c.nbytes for c in (caches.train, caches.val) if c is not None)
+
+        for key in list(self.entries):
+            if sum(size(e) for e in self.entries.values()) <= self.budget:
+                break
+            if self.entries[key] is not keep:
+                get_logger().info("tune: dropping the cached outputs at %s (memory_budget_mb)", key[0] or "the head")
+                self.entries.pop(key).close()
+
+    def for_head(self, augmenter=None, views=1, cut: Optional[int] = None):
+        if views > 1:  # augmented views: random, so never shared
+            entry, key = Caches(self.model, self.train_ds, self.val_ds, self.budget, None, self.progress), None
+        else:
+            layers = freezing.backbone_layers(self.model)
+            key = (layers[cut].name if cut is not None and 0 < cut < len(layers) else "", "head")
+            entry = self._entry(key)
+        before = entry.train is not None
+        part = entry.for_head(augmenter=augmenter, views=views, cut=cut)
+        self._computed(entry, before)
+        return part
+
+    def for_cut(self, cut_layer: Optional[str]):
+        if cut_layer is None:
+            return self.for_head()
+        key = (cut_layer, "head") if (cut_layer, "head") in self.entries else (cut_layer, "cut")
+        entry = self._entry(key)  # computed with stage 1's features at this cut, or else on its own
+        before = entry.train is not None and entry.cut == cut_layer
+        part = entry.for_cut(cut_layer)
+        self._computed(entry, before)
+        return part
+
+    def close(self):
+        """Between stages and at the end of a `finetune`: the caches stay for the next one."""
+
+    def release(self):
+        for entry in self.entries.values():
+            entry.close()
+        self.entries.clear()
+
+
 def count_steps(ds) -> Optional[int]:
     n = int(ds.cardinality())
     return n if n > 0 else None
