@@ -189,3 +189,26 @@ def test_a_study_of_another_config_in_the_folder_is_refused(tmp_path, colours, b
                                           r"output_dir"):
         tlkeras.tune(colours, backbone=backbone, **{**BASE, "stage2": {"epochs": 0}, "batch_size": 4},
                      search_space=STAGE1_SPACE, n_trials=2, output_dir=folder)
+
+
+def test_k_folds_validate_each_training_example_once_and_leave_the_validation_split_alone(tmp_path, colours,
+                                                                                        backbone, monkeypatch):
+    from tlkeras.inputs.image import ImageInputs
+
+    seen = []
+    real = ImageInputs.with_split
+
+    def with_split(self, bundle, train, val, cfg, size):
+        seen.append((len(train), len(val), len(bundle.train_examples), len(bundle.val_examples)))
+        return real(self, bundle, train, val, cfg, size)
+
+    monkeypatch.setattr(ImageInputs, "with_split", with_split)
+    result = tlkeras.tune(colours, backbone=backbone, **{**BASE, "stage2": {"epochs": 0}}, search_space=STAGE1_SPACE,
+                          n_trials=2, folds=3, output_dir=str(tmp_path / "search"))
+    (train_count, val_count), = {row[2:] for row in seen}  # the whole training split, the same validation split
+    assert len(seen) == 3 and sum(val for _, val, _, _ in seen) == train_count  # each training example validates once
+    assert all(train + val == train_count for train, val, _, _ in seen) and val_count > 0
+    with open(os.path.join(str(tmp_path / "search"), "tune.json"), encoding="utf-8") as f:
+        trials = json.load(f)["trials"]
+    assert [t["backbone_passes"] for t in trials] == [3, 0]  # a pass per fold, shared by the next trial
+    assert result.best_value == pytest.approx(max(t["value"] for t in trials))

@@ -239,11 +239,13 @@ def find_lr(config_path, data, backbone, weights, image_size, output_dir, stage,
 @click.option("--minutes", type=float, help="Stop starting trials after this many minutes.")
 @click.option("--storage", help="Optuna storage URL (default sqlite:///OUTPUT_DIR/tune.db); postgresql://... or "
                                 "mysql://... lets several machines work on one study.")
+@click.option("--folds", type=int, help="Score each trial by the mean over K stratified folds of the training split "
+                                        "(small data); the validation split is left for --train-best.")
 @click.option("--train-best", is_flag=True, help="Then train, evaluate and export the best settings (OUTPUT_DIR/best).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any config key, e.g. --set val_split=0.3.")
 @_friendly_errors
 def tune(config_path, data, val_data, backbone, weights, image_size, batch_size, output_dir, seed, search_path,
-         trials, minutes, storage, train_best, overrides):
+         trials, minutes, storage, folds, train_best, overrides):
     """Search the two-stage recipe on your data (Optuna): trials share the data, the model and the cached features.
 
     The same command goes on after an interruption: finished trials are kept and counted once.
@@ -267,8 +269,8 @@ def tune(config_path, data, val_data, backbone, weights, image_size, batch_size,
     from tlkeras.tuning import tune as run_tune
 
     result = run_tune(config=cfg, search_space=space.to_dict() if space else None, n_trials=trials,
-                      timeout=minutes * 60 if minutes is not None else None, storage=storage, train_best=train_best,
-                      verbose=0)
+                      timeout=minutes * 60 if minutes is not None else None, storage=storage, folds=folds,
+                      train_best=train_best, verbose=0)
     click.echo("")
     click.echo(_trials_table(result))
     click.echo(f"best:           trial {result.best_trial} ({result.metric} {result.best_value:.4f})")

@@ -94,6 +94,15 @@ class ImageInputs(Inputs):
 
         return with_training_images(bundle, examples, cfg, size)
 
+    def with_split(self, bundle, train, val, cfg, size):
+        from tlkeras.data.datasets import build_pipeline, with_training_images
+
+        bundle = with_training_images(bundle, train, cfg, size)
+        import dataclasses
+
+        return dataclasses.replace(bundle, val_examples=val, val=build_pipeline(
+            val, size, cfg.batch_size, training=False, cache=bundle.cached, seed=cfg.seed))
+
     def input_options(self, cfg):
         return {"max_image_pixels": cfg.max_image_pixels}
 

@@ -105,6 +105,11 @@ class Inputs:
         """`bundle` (a `DataBundle`) training on `examples` instead, its validation unchanged."""
         raise NotImplementedError
 
+    def with_split(self, bundle, train, val, cfg, size):
+        """`bundle` (a `DataBundle`) training on `train` and validated on `val` instead (its classes, Task and
+        augmentation unchanged): a fold of a k-fold search."""
+        raise NotImplementedError
+
     def evaluation_pipeline(self, examples, model, batch_size: int):
         raise NotImplementedError
 

@@ -71,6 +71,15 @@ class TextInputs(Inputs):
 
         return with_training_texts(bundle, examples, cfg)
 
+    def with_split(self, bundle, train, val, cfg, size):
+        import dataclasses
+
+        from tlkeras.data.text import text_pipeline, with_training_texts
+
+        bundle = with_training_texts(bundle, train, cfg)
+        return dataclasses.replace(bundle, val_examples=val,
+                                   val=text_pipeline(val, cfg.batch_size, training=False, seed=cfg.seed))
+
     def evaluation_pipeline(self, examples, model, batch_size):
         from tlkeras.data.text import text_pipeline
 

@@ -156,3 +156,23 @@ def read_label_cells(cells: list, setting: str, separator: str):
             return sets, list(range(len(cells)))
     rows = [i for i, cell in enumerate(cells) if cell.strip()]
     return np.asarray([cells[i].strip() for i in rows]), rows
+
+
+def k_folds(strata: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """The fold (0 .. k-1) of each example: each stratum's examples shuffled (seeded) and dealt round the folds in
+    turn, the deal of each stratum starting where the last one ended - every fold holds each stratum's share, and
+    the fold sizes differ by one at most.
+
+    >>> folds = k_folds(np.array([0] * 6 + [1] * 3), 3, seed=0)
+    >>> np.bincount(folds).tolist(), [np.bincount(folds[:6]).tolist(), np.bincount(folds[6:]).tolist()]
+    ([3, 3, 3], [[2, 2, 2], [1, 1, 1]])
+    """
+    strata = np.asarray(strata)
+    rng = np.random.default_rng(seed)
+    folds = np.empty(len(strata), dtype=np.int64)
+    at = 0
+    for stratum in np.unique(strata):
+        rows = rng.permutation(np.flatnonzero(strata == stratum))
+        folds[rows] = (at + np.arange(len(rows))) % k
+        at = (at + len(rows)) % k
+    return folds

@@ -138,6 +138,17 @@ class MultiLabel(Task):
     def _num_classes(self, labels):
         return int(np.asarray(labels).shape[1])
 
+    def strata(self, labels: np.ndarray) -> np.ndarray:
+        """Each example's rarest label (-1 for none): the rare labels spread over the folds first.
+
+        >>> MultiLabel().strata(np.array([[1, 1], [1, 0], [0, 0]])).tolist()
+        [1, 0, -1]
+        """
+        positive = np.asarray(labels) > 0.5
+        counts = positive.sum(axis=0)
+        rarity = np.where(positive, counts[None, :], np.iinfo(np.int64).max)
+        return np.where(positive.any(axis=1), rarity.argmin(axis=1), -1).astype(np.int64)
+
     def split(self, labels, fraction, seed):
         return iterative_stratification(np.asarray(labels) > 0, fraction, seed)
 

@@ -179,6 +179,10 @@ class Regression(Task):
 
         return SingleLabel().split(quantile_bins(labels), fraction, seed)
 
+    def strata(self, labels: np.ndarray) -> np.ndarray:
+        """The first target's quantile bins."""
+        return quantile_bins(labels)
+
     def spread_rows(self, labels: np.ndarray, count: int) -> list[int]:
         """Rows spread over the first target's range, lowest to highest.
 

@@ -143,6 +143,9 @@ class SingleLabel(Task):
     def class_counts(self, labels: np.ndarray, num_classes: int) -> np.ndarray:
         return np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
 
+    def strata(self, labels: np.ndarray) -> np.ndarray:
+        return np.asarray(labels, dtype=np.int64)
+
     def has_class(self, labels: np.ndarray, c: int) -> np.ndarray:
         return np.asarray(labels) == c
 

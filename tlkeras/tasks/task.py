@@ -134,6 +134,10 @@ class Task:
         """(train rows, validation rows): a seeded split keeping each class's share in both parts."""
         raise NotImplementedError
 
+    def strata(self, labels: np.ndarray) -> np.ndarray:
+        """A group per example that a stratified k-fold keeps in proportion in every fold (its class)."""
+        raise NotImplementedError
+
     def spread_rows(self, labels: np.ndarray, count: int) -> list[int]:
         """Up to `count` rows taking each class in turn (samples to check an export with)."""
         members = [list(np.flatnonzero(self.has_class(labels, c))) for c in range(self._num_classes(labels))]

@@ -6,7 +6,9 @@ bit), trains both stages with the trial's settings and scores the Task's headlin
 the trial's best epoch. What the frozen backbone computes is cached once per place it is taken (stage 1's features,
 and the activations at each stage-2 cut) and kept across trials (`tlkeras.training.parts.SharedCaches`): a trial
 that changes only the head's or stage 1's settings runs no backbone pass at all. Optuna's TPE sampler proposes the
-settings and its median pruner stops a trial whose validation curve is behind the others' at the same epoch.
+settings and its median pruner stops a trial whose validation curve is behind the others' at the same epoch. With
+`folds`, a trial's score is its mean over stratified folds of the training split (each fold's frozen outputs cached
+once too), and the validation split is left for the winner's own run.
 
 The study lives in `OUTPUT_DIR/tune.db` (SQLite through Optuna's RDB storage): the same command goes on after a
 kill - finished trials kept, an interrupted one run again, none counted twice - and `storage=` (postgresql://,
@@ -67,7 +69,7 @@ class TuneResult:
 
 def tune(data: Any = None, *, config: FinetuneConfig | str | None = None, search_space: Optional[dict] = None,
          n_trials: Optional[int] = None, timeout: Optional[float] = None, storage: Optional[str] = None,
-         train_best: bool = False, **options) -> TuneResult:
+         folds: Optional[int] = None, train_best: bool = False, **options) -> TuneResult:
     """Search the two-stage recipe on your data; every trial shares the data, the model and the cached features.
 
     Args:
@@ -79,6 +81,9 @@ def tune(data: Any = None, *, config: FinetuneConfig | str | None = None, search
             earlier, interrupted call and of other processes on the same storage.
         timeout: stop starting trials after this many seconds.
         storage: Optuna's storage URL; None: sqlite:///OUTPUT_DIR/tune.db.
+        folds: score each trial by the mean over this many stratified folds of the training split (each example
+            validates once), for data too small for one validation split to decide; the validation split is then
+            never seen by the search, and `train_best` scores the winner on it.
         train_best: then train, evaluate and export the best settings as a normal run (OUTPUT_DIR/best).
 
     Returns:
@@ -108,6 +113,9 @@ def tune(data: Any = None, *, config: FinetuneConfig | str | None = None, search
         raise ConfigError("tune: say when to stop: n_trials (--trials N) or timeout (--minutes M).")
     if n_trials is not None and (not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1):
         raise ConfigError(f"n_trials: {n_trials!r} is not valid: use a whole number of trials, at least 1.")
+    if folds is not None and (not isinstance(folds, int) or isinstance(folds, bool) or folds < 2):
+        raise ConfigError(f"folds: {folds!r} is not valid: use 2 or more (5 is usual), or leave it out to score on "
+                          "the validation split.")
     if timeout is not None and not timeout > 0:
         raise ConfigError(f"timeout: {timeout!r} is not valid: use a number of seconds above 0.")
     if cfg.val_data is None and not cfg.val_split > 0:
@@ -126,17 +134,18 @@ def tune(data: Any = None, *, config: FinetuneConfig | str | None = None, search
     from tlkeras import rundir
 
     with rundir.lock(output_dir):  # one search per folder: a trial left running in its own study died with its process
-        return _Search(cfg, space, output_dir, storage, verbose).run(n_trials, timeout, train_best)
+        return _Search(cfg, space, output_dir, storage, verbose, folds).run(n_trials, timeout, train_best)
 
 
 class _Search:
     """One search: the data, the model and the caches, built once; the study; the trials."""
 
     def __init__(self, cfg: FinetuneConfig, space: Optional[SearchSpace], output_dir: str, storage: Optional[str],
-                 verbose):
+                 verbose, folds: Optional[int] = None):
         self.cfg, self.space, self.output_dir, self.verbose = cfg, space, output_dir, verbose
         self.storage_url = storage or f"sqlite:///{os.path.abspath(os.path.join(output_dir, TUNE_DB))}"
         self.own_storage = storage is None  # the folder's own study, which only this (locked) process works on
+        self.folds = folds
         self.log = get_logger()
         self.timings: dict = {}
 
@@ -176,10 +185,31 @@ class _Search:
         self.space.check_against(self.model, cfg)  # unfreeze names and blocks the backbone has, before any trial
         self.pretrained = [w.copy() for w in self.model.get_weights()]
         self.momenta = _batch_norm_momenta(self.model)
-        self.run.caches = SharedCaches(self.model, self.bundle.train, self.bundle.val,
-                                       int(cfg.memory_budget_mb * 2**20), progress=False)
+        budget = int(cfg.memory_budget_mb * 2**20)
+        bundles = self._bundles()
+        self.splits = [(bundle, SharedCaches(self.model, bundle.train, bundle.val, budget // len(bundles)))
+                       for bundle in bundles]
         self.timings["prepare"] = round(time.time() - clock, 3)
         self.log.info("tune: searching %s", self.space.describe())
+
+    def _bundles(self) -> list:
+        """The data every trial trains and is scored on: the validation split; or, with `folds`, K stratified folds
+        of the training split (each trained on the others, scored on itself), the validation split left for the
+        best settings' final run."""
+        if not self.folds:
+            return [self.bundle]
+        from tlkeras.tasks.labels import k_folds
+
+        train = self.bundle.train_examples
+        folds = k_folds(self.bundle.task.strata(train.labels), self.folds, self.cfg.seed)
+        self.log.info("tune: %d folds of the %d training examples (%s each), the validation split kept for the "
+                      "best settings' run", self.folds, len(folds), "/".join(str(n) for n in np.bincount(folds)))
+        out = []
+        for index in range(self.folds):
+            fold_train, fold_val = train.split(np.flatnonzero(folds != index), np.flatnonzero(folds == index))
+            out.append(self.run.kind.with_split(self.bundle, fold_train, fold_val, self.run.train_cfg,
+                                                self.run.image_size))
+        return out
 
     # === The study ===
 
@@ -195,10 +225,11 @@ class _Search:
                           heartbeat=HEARTBEAT_SECONDS, grace=GRACE_SECONDS)
 
     def _fingerprint(self) -> str:
-        """What makes two searches the same study: the base config (without where its files go) and the space."""
+        """What makes two searches the same study: the base config (without where its files go), the space and the
+        folds."""
         base = {k: v for k, v in self.cfg.to_dict().items() if k not in ("output_dir",)}
         space = self.space.to_dict() if self.space is not None else "default"
-        text = json.dumps({"config": base, "space": space}, sort_keys=True, default=str)
+        text = json.dumps({"config": base, "space": space, "folds": self.folds}, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def run(self, n_trials: Optional[int], timeout: Optional[float], train_best: bool) -> TuneResult:
@@ -221,7 +252,8 @@ class _Search:
                 study.optimize(self._objective, timeout=timeout, callbacks=callbacks, catch=(ArithmeticError,),
                                gc_after_trial=True)
         finally:
-            self.run.caches.release()
+            for _, caches in self.splits:
+                caches.release()
         self.timings["search"] = round(time.time() - clock, 3)
         return self._finish(study, train_best)
 
@@ -243,30 +275,43 @@ class _Search:
         keras.utils.set_random_seed(cfg.seed)  # every trial the same batch order and the same draws
         run = dataclasses.replace(self.run, cfg=cfg, train_cfg=_distributed_settings(cfg, self.replicas),
                                   run_dir=directory, chief_dir=directory, timings={})
-        passes = self.run.caches.passes
-        with _quiet(self.log):  # each trial's stage lines: the trial's own line below says what it did
-            history, budget, _ = _train(run, self.model, self.bundle, directory, False,
-                                        callbacks=[_reporter(trial, self.bundle.task)], keep_cached_validation=True)
-            epoch = _restore_best(self.model, history, directory, self.bundle.val_count) if cfg.restore_best else None
-            value, metrics = self._score(cfg, history)
+        passes = sum(caches.passes for _, caches in self.splits)
+        scores, epochs = [], []
+        for index, (bundle, caches) in enumerate(self.splits):  # the validation split, or each fold
+            where = directory if len(self.splits) == 1 else os.path.join(directory, f"fold-{index + 1}")
+            if index:  # each fold from the pretrained weights too
+                self.model.set_weights(self.pretrained)
+                keras.utils.set_random_seed(cfg.seed)
+            fold = dataclasses.replace(run, run_dir=where, chief_dir=where, caches=caches)
+            # The pruner watches the first split's epochs: the later folds' curves would restart its steps
+            reporter = [_reporter(trial, bundle.task)] if index == 0 else []
+            with _quiet(self.log):  # each trial's stage lines: the trial's own line below says what it did
+                history, budget, _ = _train(fold, self.model, bundle, where, False, callbacks=reporter,
+                                            keep_cached_validation=True)
+                epoch = _restore_best(self.model, history, where, bundle.val_count) if cfg.restore_best else None
+                scores.append(self._score(cfg, history, bundle)[0])
+            epochs.append(epoch)
+        value = float(np.mean(scores))
+        if len(scores) > 1:
+            trial.set_user_attr("fold_scores", [round(s, 6) for s in scores])
         trial.set_user_attr("epochs", int(len(history.get("epoch") or [])))
-        trial.set_user_attr("best_epoch", epoch)
-        trial.set_user_attr("backbone_passes", self.run.caches.passes - passes)
+        trial.set_user_attr("best_epoch", epochs[0] if len(epochs) == 1 else None)
+        trial.set_user_attr("backbone_passes", sum(caches.passes for _, caches in self.splits) - passes)
         trial.set_user_attr("seconds", round(time.time() - clock, 3))
         self.log.info("tune: trial %d: %s %.4f in %.1f s (%s)", trial.number, self.bundle.task.headline_name, value,
                       time.time() - clock, ", ".join(f"{k} {_shown(v)}" for k, v in params.items()))
         return value
 
-    def _score(self, cfg, history) -> tuple[float, dict]:
-        """The Task's headline metric on the validation split (thresholds chosen as a run chooses them)."""
+    def _score(self, cfg, history, bundle) -> tuple[float, dict]:
+        """The Task's headline metric on `bundle`'s validation split (thresholds chosen as a run chooses them)."""
         from tlkeras.evaluate import predict_probabilities
 
-        task, names = self.bundle.task, self.bundle.class_names
+        task, names = bundle.task, bundle.class_names
         cached, history.cached_validation = history.cached_validation, None
         if cached is not None:
             probabilities, labels = predict_probabilities(self.model, cached.data, part=cached.model)
         else:
-            probabilities, labels = predict_probabilities(self.model, self.bundle.val)
+            probabilities, labels = predict_probabilities(self.model, bundle.val)
         decision = task.choose_decision(probabilities, labels, cfg.threshold, names)
         metrics = task.metrics(probabilities, labels, names, top_k=cfg.top_k, decision=decision)
         value = metrics.get(task.headline_key)
