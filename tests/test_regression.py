@@ -111,6 +111,10 @@ def test_the_report_shows_predicted_against_true_values(two_targets, tmp_path):
                          probabilities=values, labels=values + 1.0, class_names=["age", "score"], images_of=None,
                          config={}, task=get_task("regression"))
     assert [os.path.basename(f) for f in files] == ["training_curves.png", VALUES_FILE, "report.html"]
+    page = open(files[-1], encoding="utf-8").read()
+    assert f"<tr><th>r2</th><td>{two_targets.metrics['r2']}</td></tr>" in page  # the headline, not only the count
+    age = two_targets.metrics["per_target"]["age"]
+    assert f"<tr><th>age</th><td>{age['mae']:.4f}</td><td>{age['rmse']:.4f}</td>" in page
 
 
 def test_the_loss_is_taken_in_standard_units():

@@ -236,8 +236,9 @@ def write_html(run_dir: str, *, metrics: dict, config: dict, record: Optional[di
     esc = html.escape
     headline = [(k, metrics[k]) for k in metrics if k in ("count", "accuracy", "loss", "expected_calibration_error",
                                                           "roc_auc", "pr_auc", "micro_f1", "mean_average_precision",
-                                                          "subset_accuracy", "hamming_loss", "epoch",
-                                                          "restored_best", "tta") or k.startswith("top_")]
+                                                          "subset_accuracy", "hamming_loss", "r2", "mae", "rmse",
+                                                          "spearman", "epoch", "restored_best", "tta")
+                or k.startswith("top_")]
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>tlkeras run report</title>",
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
@@ -262,6 +263,14 @@ def write_html(run_dir: str, *, metrics: dict, config: dict, record: Optional[di
             v = metrics[avg]
             parts.append(f"<tr><th>{avg.replace('_avg', ' avg')}</th><td>{v['precision']:.4f}</td>"
                          f"<td>{v['recall']:.4f}</td><td>{v['f1']:.4f}</td>{blanks}<td>{metrics['count']}</td></tr>")
+        parts.append("</table>")
+    if metrics.get("per_target"):  # a regression's targets, in their own units
+        columns = ("mae", "rmse", "r2", "spearman", "mean", "std")
+        parts.append("<h2>Per target</h2><table><tr><th>target</th>"
+                     + "".join(f"<th>{esc(c.upper() if c in ('mae', 'rmse') else c)}</th>" for c in columns) + "</tr>")
+        for name, v in metrics["per_target"].items():
+            parts.append(f"<tr><th>{esc(name)}</th>" + "".join(
+                f"<td>{'-' if v.get(c) is None else f'{v[c]:.4f}'}</td>" for c in columns) + "</tr>")
         parts.append("</table>")
     for picture in pictures:
         if os.path.isfile(picture):
