@@ -67,8 +67,9 @@ def test_stage_1_trials_share_one_backbone_pass_and_start_from_the_same_weights(
     assert result.metric == "accuracy" and 0 <= result.best_value <= 1
 
 
-def test_best_yaml_trains_the_best_settings_as_they_are(tmp_path, colours, backbone):
-    result = tlkeras.tune(colours, backbone=backbone, **BASE, n_trials=3, output_dir=str(tmp_path / "search"),
+def test_best_yaml_trains_the_best_settings_as_they_are_and_the_report_shows_the_search(tmp_path, colours, backbone):
+    result = tlkeras.tune(colours, backbone=backbone, **{**BASE, "report": True}, n_trials=4,
+                          output_dir=str(tmp_path / "search"),
                           search_space={**STAGE1_SPACE, "stage2.unfreeze": [0.5, "all"]})
     best = FinetuneConfig.from_yaml(result.best_config)
     assert best.stage1.learning_rate == result.best_params["stage1.learning_rate"]
@@ -79,7 +80,16 @@ def test_best_yaml_trains_the_best_settings_as_they_are(tmp_path, colours, backb
     assert trained.run_dir == best.output_dir and trained.config.stage1.learning_rate == best.stage1.learning_rate
     with open(os.path.join(str(tmp_path / "search"), "tune.json"), encoding="utf-8") as f:
         summary = json.load(f)
-    assert summary["best"]["params"] == result.best_params and len(summary["trials"]) == 3
+    assert summary["best"]["params"] == result.best_params and len(summary["trials"]) == 4
+    complete = [t for t in summary["trials"] if t["state"] == "complete"]
+    if len(complete) >= 3 and len({t["value"] for t in complete}) > 1:  # fANOVA needs scores that differ
+        assert set(summary["importances"]) == set(result.best_params)
+        assert sum(summary["importances"].values()) == pytest.approx(1.0, abs=1e-3)
+    else:  # too few, or all alike: nothing to say, and nothing made up
+        assert summary["importances"] == {}
+    page = (tmp_path / "search" / "tune.html").read_text()
+    assert f"Best: trial {result.best_trial}" in page and page.count("<img") >= 2  # the history, the keys' scores
+    assert (tmp_path / "search" / "tune_history.png").stat().st_size > 1000
 
 
 def test_a_trial_behind_the_others_is_pruned(tmp_path, colours, backbone, monkeypatch):

@@ -340,11 +340,17 @@ class _Search:
                   f"{self.bundle.task.headline_name} {best.value:.4f}\n# searched: {self.space.describe()}\n"
                   f"# run it: tlkeras train --config {best_path}\n")
         write_text_atomic(best_path, header + best_cfg.to_yaml())
+        from tlkeras.tuning.report import importances, write_tune_report
+
+        found = importances(study)
         summary = {"best": {"trial": best.number, "value": best.value, "params": best.params},
                    "metric": self.bundle.task.headline_key, "space": self.space.to_dict(), "storage": self.storage_url,
-                   "trials": trials, "timings": self.timings,
+                   "importances": found, "trials": trials, "timings": self.timings,
                    "backbone_passes": sum(t.get("backbone_passes") or 0 for t in trials)}
         write_json_atomic(os.path.join(self.output_dir, SUMMARY_FILE), summary)
+        if self.cfg.report:
+            write_tune_report(self.output_dir, trials, self.space.keys(), self.bundle.task.headline_key, found,
+                              summary)
         self.log.info("tune: best trial %d, validation %s %.4f: %s; its config: %s", best.number,
                       self.bundle.task.headline_name, best.value,
                       ", ".join(f"{k} {_shown(v)}" for k, v in best.params.items()), best_path)
