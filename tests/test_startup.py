@@ -28,7 +28,7 @@ def _probe(*args, cwd=None) -> dict:
 
 
 @pytest.mark.parametrize("args", [["--help"], ["backbones"], ["train", "--help"], ["predict", "--help"],
-                                  ["export", "--help"], ["rank", "--help"], ["--version"]])
+                                  ["export", "--help"], ["rank", "--help"], ["tune", "--help"], ["--version"]])
 def test_help_and_listings_do_not_import_tensorflow(args):
     found = _probe(*args)
     assert found["code"] == 0, found["output"]
@@ -52,6 +52,9 @@ def test_help_and_listings_do_not_import_tensorflow(args):
     (["rank", "--data", "no/such/folder", "--backbones", "mobilenetv2"], "data: the path 'no/such/folder' does not exist."),
     (["rank", "--data", ".", "--backbones", " , "], "backbone candidates: ' , ' names no backbone"),
     (["train", "--data", ".", "--backbone", "auto:a,a"], "backbone candidates: a listed twice"),
+    (["tune", "--data", ".", "--trials", "0"], "n_trials: 0 is not valid: use a whole number of trials, at least 1."),
+    (["tune", "--data", ".", "--trials", "3", "--folds", "1"], "folds: 1 is not valid: use 2 or more"),
+    (["tune", "--data", "no/such/folder", "--trials", "3"], "data: the path 'no/such/folder' does not exist."),
 ])
 def test_config_and_path_errors_are_one_line_without_tensorflow(tmp_path, args, message):
     found = _probe(*args, cwd=tmp_path)

@@ -263,8 +263,11 @@ def tune(config_path, data, val_data, backbone, weights, image_size, batch_size,
         spec = spec.get("search", spec) if isinstance(spec, dict) and set(spec) == {"search"} else spec
         space = SearchSpace.parse(spec)
         space.check(cfg)
+    from tlkeras.tuning.search import check_stopping
+
     if trials is None and minutes is None:
         raise click.UsageError("say when to stop: --trials N or --minutes M.")
+    check_stopping(trials, minutes * 60 if minutes is not None else None, folds)  # before TensorFlow
     _start_tensorflow(lambda: check_run(cfg))
     from tlkeras.tuning import tune as run_tune
 

@@ -109,15 +109,7 @@ def tune(data: Any = None, *, config: FinetuneConfig | str | None = None, search
         raise ConfigError('tune searches with Optuna, which is not installed: pip install "tlkeras[tune]".') from None
     cfg = resolve_config(config, data, options)
     space = SearchSpace.parse(search_space) if search_space is not None else None
-    if n_trials is None and timeout is None:
-        raise ConfigError("tune: say when to stop: n_trials (--trials N) or timeout (--minutes M).")
-    if n_trials is not None and (not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1):
-        raise ConfigError(f"n_trials: {n_trials!r} is not valid: use a whole number of trials, at least 1.")
-    if folds is not None and (not isinstance(folds, int) or isinstance(folds, bool) or folds < 2):
-        raise ConfigError(f"folds: {folds!r} is not valid: use 2 or more (5 is usual), or leave it out to score on "
-                          "the validation split.")
-    if timeout is not None and not timeout > 0:
-        raise ConfigError(f"timeout: {timeout!r} is not valid: use a number of seconds above 0.")
+    check_stopping(n_trials, timeout, folds)
     if cfg.val_data is None and not cfg.val_split > 0:
         raise ConfigError("tune: each trial is scored on the validation split, but val_split is 0 and there is no "
                           "val_data; set val_split (e.g. 0.2) or val_data.")
@@ -135,6 +127,25 @@ def tune(data: Any = None, *, config: FinetuneConfig | str | None = None, search
 
     with rundir.lock(output_dir):  # one search per folder: a trial left running in its own study died with its process
         return _Search(cfg, space, output_dir, storage, verbose, folds).run(n_trials, timeout, train_best)
+
+
+def check_stopping(n_trials: Optional[int], timeout: Optional[float], folds: Optional[int]) -> None:
+    """When a search stops and how it scores, checked before any work (one line each).
+
+    >>> check_stopping(0, None, None)
+    Traceback (most recent call last):
+    ...
+    tlkeras.errors.ConfigError: n_trials: 0 is not valid: use a whole number of trials, at least 1.
+    """
+    if n_trials is None and timeout is None:
+        raise ConfigError("tune: say when to stop: n_trials (--trials N) or timeout (--minutes M).")
+    if n_trials is not None and (not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1):
+        raise ConfigError(f"n_trials: {n_trials!r} is not valid: use a whole number of trials, at least 1.")
+    if folds is not None and (not isinstance(folds, int) or isinstance(folds, bool) or folds < 2):
+        raise ConfigError(f"folds: {folds!r} is not valid: use 2 or more (5 is usual), or leave it out to score on "
+                          "the validation split.")
+    if timeout is not None and not timeout > 0:
+        raise ConfigError(f"timeout: {timeout!r} is not valid: use a number of seconds above 0.")
 
 
 class _Search:
