@@ -313,6 +313,6 @@ def uninstalled(monkeypatch):
 
 
 def pytest_collection_modifyitems(config, items):
-    """The slow end-to-end runs first (a stable sort): on several processes (`pytest -n 2`) they start
+    """The slow and long runs first (a stable sort): on several processes (`pytest -n 2`) they start
     side by side and the short tests fill in, instead of one long run ending the suite alone."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None and item.get_closest_marker("long") is None)

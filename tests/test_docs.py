@@ -67,7 +67,7 @@ def test_the_readme_is_a_door_whose_links_resolve():
     assert local and all(os.path.exists(os.path.join(ROOT, link)) for link in local), local
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_the_documentation_builds_strictly_and_offline(tmp_path):
     out = tmp_path / "html"
     done = subprocess.run([sys.executable, "-m", "sphinx", "-W", "--keep-going", "-n", "-q", "-b", "html",

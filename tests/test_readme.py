@@ -55,7 +55,7 @@ def _runs(folder) -> list[str]:
     return sorted(os.listdir(os.path.join(folder, "runs")))
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_the_python_quick_start_runs_as_written(user_folder, internet):
     namespace: dict = {}
     exec(readme_block("readme-python"), namespace)  # noqa: S102  (the README's own code)
@@ -67,7 +67,7 @@ def test_the_python_quick_start_runs_as_written(user_folder, internet):
     assert os.path.isfile(os.path.join(result.export_dir, "saved_model.pb"))
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_the_readme_s_other_backbones_run_as_written(
         user_folder, internet, hub_image_module, kerashub_preset, source_file, monkeypatch):  # noqa: F811
     from keras_hub.src.utils.preset_utils import BUILTIN_PRESETS
@@ -92,7 +92,7 @@ def test_the_readme_s_other_backbones_run_as_written(
         assert os.path.isfile(os.path.join(user_folder, "runs", run, "export", "1", "saved_model.pb")), run
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_the_cli_quick_start_runs_as_written(user_folder, internet):
     from tlkeras import cli
 
