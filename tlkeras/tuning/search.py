@@ -459,14 +459,17 @@ def _shown(value) -> str:
 
 
 def _batch_norm_momenta(model) -> dict:
-    import keras
+    """{layer id: momentum} of the backbone's BatchNormalization layers, whose momentum a stage 2 with `train_bn` and
+    `bn_momentum` sets (`tlkeras.freezing`): put back before each trial."""
+    from tlkeras import freezing
 
-    return {id(layer): layer.momentum for layer in model._flatten_layers()
-            if isinstance(layer, keras.layers.BatchNormalization)}
+    return {id(layer): layer.momentum for layer in freezing.backbone_layers(model) if freezing.is_batch_norm(layer)}
 
 
 def _set_batch_norm_momenta(model, momenta: dict) -> None:
-    for layer in model._flatten_layers():
+    from tlkeras import freezing
+
+    for layer in freezing.backbone_layers(model):
         if id(layer) in momenta:
             layer.momentum = momenta[id(layer)]
 
